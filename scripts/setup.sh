@@ -44,7 +44,9 @@ fi
 stamp_dir="${venv:-$root/.cache}"
 mkdir -p "$stamp_dir"
 stamp="$stamp_dir/.setup-$profile.sha256"
-want="$(cat "$root"/requirements/*.txt "$root/client/pyproject.toml" 2>/dev/null | sha256sum | cut -d' ' -f1)"
+hashed=("$root"/requirements/*.txt)
+[[ -f "$root/client/pyproject.toml" ]] && hashed+=("$root/client/pyproject.toml")
+want="$(cat "${hashed[@]}" | sha256sum | cut -d' ' -f1)"
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
   echo "setup.sh: $profile dependencies already installed ($python)"
   exit 0
