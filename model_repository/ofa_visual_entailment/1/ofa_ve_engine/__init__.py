@@ -1,0 +1,23 @@
+"""OFA visual entailment engine: plain Python, importable and testable without Triton."""
+
+from .batching import PreparedItem
+from .engine import VisualEntailmentEngine, resolve_device
+from .errors import CheckpointError, InvalidInputError
+from .labels import ANSWER_TO_LABEL, ANSWERS, LABEL_TO_ANSWER, LABELS
+from .limits import InputLimits
+from .settings import OFAArchitecture, TaskSettings
+
+__all__ = [
+    "ANSWERS",
+    "ANSWER_TO_LABEL",
+    "LABELS",
+    "LABEL_TO_ANSWER",
+    "CheckpointError",
+    "InputLimits",
+    "InvalidInputError",
+    "OFAArchitecture",
+    "PreparedItem",
+    "TaskSettings",
+    "VisualEntailmentEngine",
+    "resolve_device",
+]

@@ -1,0 +1,76 @@
+"""Turning prepared items into one padded batch on the engine's device.
+
+Text is right-padded to the longest item in the batch (not to a fixed length),
+which with OFA's absolute text positions and key-padding masks leaves every
+item's result what it would be alone. Pixels travel as uint8 and are scaled
+and normalized on the device with the reference's float32 operations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class PreparedItem:
+    """One request item after CPU preprocessing, ready to batch."""
+
+    pixels: np.ndarray
+    """[P, P, 3] uint8, resized RGB."""
+    input_ids: tuple[int, ...]
+    """Encoder tokens: BOS, BPE of the prompt, EOS."""
+    decoder_prompt: tuple[int, ...]
+    """Decoder input before the answer: the source without EOS, or BOS alone."""
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor
+    """[B, L] int64, right-padded."""
+    images: torch.Tensor
+    """[B, 3, P, P] normalized, in the model's dtype."""
+    decoder_prompts: torch.Tensor
+    """[B, T] int64, right-padded."""
+    prompt_lengths: torch.Tensor
+    """[B] int64, real length of each decoder prompt."""
+
+
+def pad_ids(rows: Sequence[Sequence[int]], pad_id: int) -> np.ndarray:
+    """Right-pad token rows to the longest one."""
+    out = np.full((len(rows), max(len(r) for r in rows)), pad_id, dtype=np.int64)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = row
+    return out
+
+
+def collate(
+    items: Sequence[PreparedItem],
+    *,
+    pad_id: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    mean: Sequence[float],
+    std: Sequence[float],
+    channels_last: bool,
+) -> Batch:
+    """Stack, pad and move a batch; normalization happens on ``device`` in float32."""
+    pixels = torch.from_numpy(np.stack([item.pixels for item in items]))
+    if device.type == "cuda":
+        pixels = pixels.pin_memory()
+    pixels = pixels.to(device, non_blocking=True).permute(0, 3, 1, 2)  # NCHW view, NHWC memory
+    if not channels_last:
+        pixels = pixels.contiguous()
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=device)[None, :, None, None]
+    std_t = torch.tensor(std, dtype=torch.float32, device=device)[None, :, None, None]
+    images = pixels.to(torch.float32).div(255).sub(mean_t).div(std_t).to(dtype)
+    prompts = [item.decoder_prompt for item in items]
+    return Batch(
+        input_ids=torch.from_numpy(pad_ids([it.input_ids for it in items], pad_id)).to(device),
+        images=images,
+        decoder_prompts=torch.from_numpy(pad_ids(prompts, pad_id)).to(device),
+        prompt_lengths=torch.tensor([len(p) for p in prompts], dtype=torch.long, device=device),
+    )

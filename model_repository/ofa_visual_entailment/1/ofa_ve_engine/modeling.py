@@ -1,0 +1,426 @@
+"""OFA's encoder-decoder, inference path only, with ModelScope's parameter names.
+
+``OFAModel(arch).state_dict()`` has exactly the keys of ModelScope's
+``modelscope.models.multi_modal.ofa.OFAModel`` for the same ``config.json``
+(buffers included), so checkpoints move both ways without conversion.
+Parameters that exist only for tasks other than visual entailment (image-code
+positions and norms of the decoder, the optional MLP head and temperature) are
+kept so that loading stays strict; they are never used here.
+
+What differs from the reference is only how the work is arranged: position
+biases depend on positions alone, so they are computed once per batch and
+broadcast instead of once per item; attention runs through
+``scaled_dot_product_attention``; the decoder returns hidden states so that
+scoring can project only what it needs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .resnet import ResNet
+from .settings import OFAArchitecture
+
+_ACTIVATIONS = {
+    "gelu": F.gelu,
+    "relu": F.relu,
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_fast": lambda x: F.gelu(x, approximate="tanh"),
+    "silu": F.silu,
+    "swish": F.silu,
+}
+
+
+def make_token_bucket_position(bucket_size: int, max_position: int = 1024) -> torch.Tensor:
+    """Relative text positions, log-bucketed beyond bucket_size/2 (OFA's formula)."""
+    context = torch.arange(max_position, dtype=torch.long)[:, None]
+    memory = torch.arange(max_position, dtype=torch.long)[None, :]
+    relative = context - memory
+    sign = torch.sign(relative)
+    mid = bucket_size // 2
+    abs_pos = torch.where((relative < mid) & (relative > -mid), mid - 1, torch.abs(relative))
+    log_pos = (
+        torch.ceil(torch.log(abs_pos / mid) / math.log((max_position - 1) / mid) * (mid - 1)) + mid
+    )
+    log_pos = log_pos.int()
+    bucket = torch.where(abs_pos.le(mid), relative, log_pos * sign).long()
+    return bucket + bucket_size - 1
+
+
+def make_image_bucket_position(bucket_size: int, num_relative_distance: int) -> torch.Tensor:
+    """Relative 2-D patch positions; row/column 0 are reserved for a class token."""
+    coords = torch.stack(
+        torch.meshgrid(torch.arange(bucket_size), torch.arange(bucket_size), indexing="ij")
+    )
+    flat = torch.flatten(coords, 1)
+    relative = (flat[:, :, None] - flat[:, None, :]).permute(1, 2, 0).contiguous()
+    relative[:, :, 0] += bucket_size - 1
+    relative[:, :, 1] += bucket_size - 1
+    relative[:, :, 0] *= 2 * bucket_size - 1
+    index = torch.zeros(size=(bucket_size * bucket_size + 1,) * 2, dtype=relative.dtype)
+    index[1:, 1:] = relative.sum(-1)
+    index[0, 0:] = num_relative_distance - 3
+    index[0:, 0] = num_relative_distance - 2
+    index[0, 0] = num_relative_distance - 1
+    return index
+
+
+def image_position_ids(
+    height: int, width: int, bucket_size: int, device: torch.device
+) -> torch.Tensor:
+    """Row-major patch ids into the image bucket table (id 0 is the unused class slot)."""
+    ids = (
+        torch.arange(width).unsqueeze(0).expand(height, width)
+        + torch.arange(height).unsqueeze(1) * bucket_size
+        + 1
+    )
+    return ids.reshape(-1).to(device)
+
+
+def padding_bias(padding_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[B, S] bool (True = pad) -> [B, 1, 1, S] additive bias, as ModelScope's _expand_mask."""
+    return torch.zeros(padding_mask.shape, dtype=dtype, device=padding_mask.device).masked_fill(
+        padding_mask, torch.finfo(dtype).min
+    )[:, None, None, :]
+
+
+class OFAAttention(nn.Module):
+    """Multi-head attention with an additive position bias and NormFormer head scaling."""
+
+    def __init__(self, embed_dim: int, num_heads: int, scale_factor: float) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = embed_dim // num_heads
+        self.scaling = float(self.head_dim * scale_factor) ** -0.5
+        self.k_proj = nn.Linear(embed_dim, embed_dim)
+        self.v_proj = nn.Linear(embed_dim, embed_dim)
+        self.q_proj = nn.Linear(embed_dim, embed_dim)
+        self.out_proj = nn.Linear(embed_dim, embed_dim)
+        self.c_attn = nn.Parameter(torch.ones(num_heads))
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        return x.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, kv: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """x [B, T, D] attends to kv [B, S, D]; bias broadcasts to [B, H, T, S]."""
+        b, t, d = x.shape
+        q = self._heads(self.q_proj(x))
+        k = self._heads(self.k_proj(kv))
+        v = self._heads(self.v_proj(kv))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scaling)
+        out = out * self.c_attn.to(out.dtype)[None, :, None, None]
+        return self.out_proj(out.transpose(1, 2).reshape(b, t, d))
+
+
+def _layer_norm(dim: int, enabled: bool = True) -> nn.LayerNorm | None:
+    return nn.LayerNorm(dim) if enabled else None
+
+
+def _apply(norm: nn.Module | None, x: torch.Tensor) -> torch.Tensor:
+    return norm(x) if norm is not None else x
+
+
+def _clamp_half(x: torch.Tensor) -> torch.Tensor:
+    """fp16 overflow guard, as the reference encoder layer does."""
+    if x.dtype == torch.float16 and not torch.isfinite(x).all():
+        limit = torch.finfo(x.dtype).max - 1000
+        x = torch.clamp(x, min=-limit, max=limit)
+    return x
+
+
+class OFAEncoderLayer(nn.Module):
+    def __init__(self, arch: OFAArchitecture) -> None:
+        super().__init__()
+        d, ffn = arch.d_model, arch.encoder_ffn_dim
+        self.self_attn = OFAAttention(d, arch.encoder_attention_heads, arch.attn_scale_factor)
+        self.self_attn_layer_norm = nn.LayerNorm(d)
+        self.self_attn_mid_layer_norm = _layer_norm(d, arch.normformer)
+        self.fc1 = nn.Linear(d, ffn)
+        self.fc2 = nn.Linear(ffn, d)
+        self.ffn_layer_norm = _layer_norm(ffn, arch.normformer)
+        self.final_layer_norm = nn.LayerNorm(d)
+        self.normalize_before = arch.encoder_normalize_before
+        self.activation = _ACTIVATIONS[arch.activation_function]
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        pre = self.normalize_before
+        h = self.self_attn_layer_norm(x) if pre else x
+        h = self.self_attn(h, h, bias)
+        x = x + _apply(self.self_attn_mid_layer_norm, h)
+        if not pre:
+            x = self.self_attn_layer_norm(x)
+        h = self.final_layer_norm(x) if pre else x
+        h = _apply(self.ffn_layer_norm, self.activation(self.fc1(h)))
+        x = x + self.fc2(h)
+        if not pre:
+            x = self.final_layer_norm(x)
+        return _clamp_half(x)
+
+
+class OFADecoderLayer(nn.Module):
+    def __init__(self, arch: OFAArchitecture) -> None:
+        super().__init__()
+        d, ffn, heads = arch.d_model, arch.decoder_ffn_dim, arch.decoder_attention_heads
+        self.self_attn = OFAAttention(d, heads, arch.attn_scale_factor)
+        self.self_attn_layer_norm = nn.LayerNorm(d)
+        self.self_attn_mid_layer_norm = _layer_norm(d, arch.normformer)
+        self.cross_attn = OFAAttention(d, heads, arch.attn_scale_factor)
+        self.cross_attn_layer_norm = nn.LayerNorm(d)
+        self.cross_attn_mid_layer_norm = _layer_norm(d, arch.normformer)
+        self.fc1 = nn.Linear(d, ffn)
+        self.fc2 = nn.Linear(ffn, d)
+        self.ffn_layer_norm = _layer_norm(ffn, arch.normformer)
+        self.final_layer_norm = nn.LayerNorm(d)
+        self.normalize_before = arch.decoder_normalize_before
+        self.activation = _ACTIVATIONS[arch.activation_function]
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        self_bias: torch.Tensor,
+        memory: torch.Tensor,
+        cross_bias: torch.Tensor,
+    ) -> torch.Tensor:
+        pre = self.normalize_before
+        h = self.self_attn_layer_norm(x) if pre else x
+        h = self.self_attn(h, h, self_bias)
+        x = x + _apply(self.self_attn_mid_layer_norm, h)
+        if not pre:
+            x = self.self_attn_layer_norm(x)
+        h = self.cross_attn_layer_norm(x) if pre else x
+        h = self.cross_attn(h, memory, cross_bias)
+        x = x + _apply(self.cross_attn_mid_layer_norm, h)
+        if not pre:
+            x = self.cross_attn_layer_norm(x)
+        h = self.final_layer_norm(x) if pre else x
+        h = _apply(self.ffn_layer_norm, self.activation(self.fc1(h)))
+        x = x + self.fc2(h)
+        if not pre:
+            x = self.final_layer_norm(x)
+        return x
+
+
+@dataclass
+class EncoderOutput:
+    hidden: torch.Tensor
+    """[B, S, D] encoder states (image patches first, then text tokens)."""
+    padding_mask: torch.Tensor
+    """[B, S] True where a text position is padding."""
+    position: torch.Tensor
+    """[S, D] layer-normed absolute position embeddings, shared by the batch."""
+
+
+def _rel_tables(count: int, num_rel: int, heads: int) -> nn.ModuleList:
+    tables = nn.ModuleList(nn.Embedding(num_rel, heads) for _ in range(count))
+    for t in tables:
+        nn.init.zeros_(t.weight)
+    return tables
+
+
+class OFAEncoder(nn.Module):
+    def __init__(self, arch: OFAArchitecture, embed_tokens: nn.Embedding) -> None:
+        super().__init__()
+        d, heads = arch.d_model, arch.encoder_attention_heads
+        self.arch = arch
+        self.num_heads = heads
+        self.embed_scale = math.sqrt(d) if arch.scale_embedding else 1.0
+        self.embed_tokens = embed_tokens
+        self.type_embedding = nn.Embedding(2, d) if arch.add_type_embedding else None
+        self.embed_images = ResNet(arch.resnet_layers)
+        self.image_proj = nn.Linear(ResNet.out_channels, d)
+        self.patch_layernorm_embedding = _layer_norm(d, arch.patch_layernorm_embedding)
+        self.embed_positions = nn.Embedding(arch.max_position_embeddings + 2, d)
+        self.embed_image_positions = nn.Embedding(arch.image_bucket_size**2 + 1, d)
+        self.pos_ln = nn.LayerNorm(d)
+        self.image_pos_ln = nn.LayerNorm(d)
+        self.pos_scaling = float(d / heads * arch.attn_scale_factor) ** -0.5
+        self.pos_q_linear = nn.Linear(d, d)
+        self.pos_k_linear = nn.Linear(d, d)
+        self.layers = nn.ModuleList(OFAEncoderLayer(arch) for _ in range(arch.encoder_layers))
+        self.layer_norm = _layer_norm(d, arch.encoder_normalize_before)
+        tables = 1 if arch.share_attn_bias else arch.encoder_layers
+        self.token_rel_pos_table_list = _rel_tables(tables, 2 * arch.token_bucket_size - 1, heads)
+        image_num_rel = (2 * arch.image_bucket_size - 1) ** 2 + 3
+        self.image_rel_pos_table_list = _rel_tables(tables, image_num_rel, heads)
+        self.register_buffer(
+            "image_rp_bucket", make_image_bucket_position(arch.image_bucket_size, image_num_rel)
+        )
+        self.layernorm_embedding = _layer_norm(d, arch.layernorm_embedding)
+        self.register_buffer("token_rp_bucket", make_token_bucket_position(arch.token_bucket_size))
+
+    def _abs_bias(self, pos: torch.Tensor) -> torch.Tensor:
+        """[S, D] positions -> [H, S, S] content-independent attention bias."""
+        s = pos.shape[0]
+        q = self.pos_q_linear(pos).view(s, self.num_heads, -1).transpose(0, 1) * self.pos_scaling
+        k = self.pos_k_linear(pos).view(s, self.num_heads, -1).transpose(0, 1)
+        return q @ k.transpose(1, 2)
+
+    def forward(self, input_ids: torch.Tensor, images: torch.Tensor) -> EncoderOutput:
+        """input_ids [B, L] right-padded; images [B, 3, P, P] normalized."""
+        bsz, text_len = input_ids.shape
+        device = input_ids.device
+        features = self.embed_images(images)  # [B, 1024, h, w]
+        h, w = features.shape[-2:]
+        num_patches = h * w
+        patch_ids = image_position_ids(h, w, self.arch.image_bucket_size, device)
+        image_x = self.image_proj(features.flatten(2).transpose(1, 2)) * self.embed_scale
+        text_x = self.embed_tokens(input_ids) * self.embed_scale
+        if self.type_embedding is not None:
+            text_x = text_x + self.type_embedding.weight[0]
+            image_x = image_x + self.type_embedding.weight[1]
+        text_x = _apply(self.layernorm_embedding, text_x)
+        image_x = _apply(self.patch_layernorm_embedding, image_x)
+        x = torch.cat([image_x, text_x], dim=1)
+
+        text_pad = input_ids.eq(self.arch.pad_token_id)
+        padding_mask = torch.cat(
+            [torch.zeros(bsz, num_patches, dtype=torch.bool, device=device), text_pad], dim=1
+        )
+        has_pads = bool(text_pad.any())
+        if has_pads:
+            x = x * (1 - padding_mask.unsqueeze(-1).type_as(x))
+
+        text_pos = self.pos_ln(self.embed_positions.weight[:text_len])
+        image_pos = self.image_pos_ln(self.embed_image_positions(patch_ids))
+        position = torch.cat([image_pos, text_pos], dim=0)  # [S, D]
+        abs_bias = self._abs_bias(position)
+        pad_bias = padding_bias(padding_mask, x.dtype) if has_pads else None
+        token_bucket = self.token_rp_bucket[:text_len, :text_len]
+        image_bucket = self.image_rp_bucket[patch_ids][:, patch_ids]
+
+        for idx, layer in enumerate(self.layers):
+            t = 0 if self.arch.share_attn_bias else idx
+            bias = abs_bias.clone()
+            bias[:, num_patches:, num_patches:] += F.embedding(
+                token_bucket, self.token_rel_pos_table_list[t].weight
+            ).permute(2, 0, 1)
+            bias[:, :num_patches, :num_patches] += F.embedding(
+                image_bucket, self.image_rel_pos_table_list[t].weight
+            ).permute(2, 0, 1)
+            bias = bias.unsqueeze(0)
+            if pad_bias is not None:
+                bias = bias + pad_bias
+            x = layer(x, bias.to(x.dtype))
+        x = _apply(self.layer_norm, x)
+        return EncoderOutput(hidden=x, padding_mask=padding_mask, position=position)
+
+
+class OFADecoder(nn.Module):
+    def __init__(self, arch: OFAArchitecture, embed_tokens: nn.Embedding) -> None:
+        super().__init__()
+        d, heads = arch.d_model, arch.decoder_attention_heads
+        self.arch = arch
+        self.num_heads = heads
+        self.embed_scale = math.sqrt(d) if arch.scale_embedding else 1.0
+        self.embed_tokens = embed_tokens
+        self.layers = nn.ModuleList(OFADecoderLayer(arch) for _ in range(arch.decoder_layers))
+        self.layernorm_embedding = _layer_norm(d, arch.layernorm_embedding)
+        self.embed_positions = nn.Embedding(arch.max_position_embeddings + 2, d)
+        self.embed_image_positions = nn.Embedding(arch.image_bucket_size**2 + 1, d)
+        self.pos_ln = nn.LayerNorm(d)
+        self.image_pos_ln = nn.LayerNorm(d)
+        self.pos_scaling = float(d / heads * arch.attn_scale_factor) ** -0.5
+        self.self_pos_q_linear = nn.Linear(d, d)
+        self.self_pos_k_linear = nn.Linear(d, d)
+        self.cross_pos_q_linear = nn.Linear(d, d)
+        self.cross_pos_k_linear = nn.Linear(d, d)
+        self.code_layernorm_embedding = _layer_norm(d, arch.code_layernorm_embedding)
+        self.layer_norm = _layer_norm(d, arch.decoder_normalize_before)
+        self.output_projection = nn.Linear(d, arch.vocab_size, bias=False)
+        if arch.share_decoder_input_output_embed:
+            self.output_projection.weight = embed_tokens.weight
+        tables = 1 if arch.share_attn_bias else arch.decoder_layers
+        self.token_rel_pos_table_list = _rel_tables(tables, 2 * arch.token_bucket_size - 1, heads)
+        image_num_rel = (2 * arch.image_bucket_size - 1) ** 2 + 3
+        window = arch.code_image_size // 8
+        code_ids = (
+            torch.arange(window).unsqueeze(0).expand(window, window)
+            + torch.arange(window).unsqueeze(1) * arch.image_bucket_size
+            + 1
+        )
+        code_ids = torch.cat([torch.tensor([0]), code_ids.reshape(-1), torch.tensor([1024] * 768)])
+        self.register_buffer("image_position_idx", code_ids)
+        self.image_rel_pos_table_list = _rel_tables(tables, image_num_rel, heads)
+        self.register_buffer(
+            "image_rp_bucket", make_image_bucket_position(arch.image_bucket_size, image_num_rel)
+        )
+        self.register_buffer("token_rp_bucket", make_token_bucket_position(arch.token_bucket_size))
+
+    def _pos_bias(
+        self, q_linear: nn.Linear, k_linear: nn.Linear, tgt: torch.Tensor, src: torch.Tensor
+    ) -> torch.Tensor:
+        """[T, D] and [S, D] positions -> [H, T, S] attention bias."""
+        q = q_linear(tgt).view(tgt.shape[0], self.num_heads, -1).transpose(0, 1)
+        k = k_linear(src).view(src.shape[0], self.num_heads, -1).transpose(0, 1)
+        return (q * self.pos_scaling) @ k.transpose(1, 2)
+
+    def forward(self, input_ids: torch.Tensor, encoder_out: EncoderOutput) -> torch.Tensor:
+        """Teacher-forced decoder states [B, T, D] after the final norm (not projected).
+
+        Causal self-attention only, as ModelScope's traverse scoring calls it: with
+        right padding, no real position ever sees a pad.
+        """
+        tgt_len = input_ids.shape[1]
+        tgt_pos = self.pos_ln(self.embed_positions.weight[:tgt_len])
+        self_bias = self._pos_bias(self.self_pos_q_linear, self.self_pos_k_linear, tgt_pos, tgt_pos)
+        cross_bias = self._pos_bias(
+            self.cross_pos_q_linear, self.cross_pos_k_linear, tgt_pos, encoder_out.position
+        ).unsqueeze(0)
+        x = self.embed_tokens(input_ids) * self.embed_scale
+        x = _apply(self.layernorm_embedding, x)
+        memory = encoder_out.hidden
+        cross_bias = (cross_bias + padding_bias(encoder_out.padding_mask, cross_bias.dtype)).to(
+            x.dtype
+        )
+        causal = torch.full((tgt_len, tgt_len), float("-inf"), device=x.device).triu(1)
+        token_bucket = self.token_rp_bucket[:tgt_len, :tgt_len]
+        for idx, layer in enumerate(self.layers):
+            t = 0 if self.arch.share_attn_bias else idx
+            rel = F.embedding(token_bucket, self.token_rel_pos_table_list[t].weight).permute(
+                2, 0, 1
+            )
+            bias = (self_bias + rel + causal).unsqueeze(0).to(x.dtype)
+            x = layer(x, bias, memory, cross_bias)
+        return _apply(self.layer_norm, x)
+
+
+class OFAModel(nn.Module):
+    """OFA with a shared token embedding; ``state_dict`` keys equal ModelScope's OFAModel."""
+
+    def __init__(self, arch: OFAArchitecture) -> None:
+        super().__init__()
+        self.arch = arch
+        shared = nn.Embedding(arch.vocab_size, arch.d_model, arch.pad_token_id)
+        self.encoder = OFAEncoder(arch, shared)
+        self.decoder = OFADecoder(arch, shared)
+        if not arch.exclude_mlp:
+            self.mlp_head = nn.Linear(arch.d_model, arch.mlp_dim)
+        if arch.temperature_init_value:
+            self.temp = nn.Parameter(arch.temperature_init_value * torch.ones([]))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Random initialisation in the spirit of OFA's (used for demo checkpoints only)."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                module.weight.normal_(0.0, 0.02)
+                if module.bias is not None:
+                    module.bias.zero_()
+            elif isinstance(module, nn.Embedding):
+                module.weight.normal_(0.0, 0.02)
+                if module.padding_idx is not None:
+                    module.weight[module.padding_idx].zero_()
+
+    def forward(
+        self, input_ids: torch.Tensor, images: torch.Tensor, decoder_input_ids: torch.Tensor
+    ) -> torch.Tensor:
+        """Full logits [B, T, V] (for tests; scoring projects only what it needs)."""
+        states = self.decoder(decoder_input_ids, self.encoder(input_ids, images))
+        return self.decoder.output_projection(states)
