@@ -42,12 +42,14 @@ def decode_image(data: bytes, limits: InputLimits, input_name: str = INPUT_NAME)
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
-        image = None
-        reason = "is not a decodable image (JPEG, PNG, WebP, BMP or GIF expected)"
-        if data[:8] == b"\x89PNG\r\n\x1a\n" or data[:2] == b"\xff\xd8":
-            reason = "could not be decoded: its header is corrupt or declares an absurd size"
-        raise InvalidInputError(input_name, reason) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise InvalidInputError(
+            input_name, f"declares more pixels than the limit of {limits.max_image_pixels}: {e}"
+        ) from None
+    except UnidentifiedImageError:
+        raise InvalidInputError(
+            input_name, "is not a decodable image (JPEG, PNG, WebP, BMP or GIF expected)"
+        ) from None
     except Exception as e:  # Pillow plugins raise assorted errors on garbage headers
         raise InvalidInputError(input_name, f"could not be decoded: {e}") from None
 
