@@ -1,0 +1,45 @@
+# One-command entry points. Each target first runs scripts/setup.sh, which creates
+# .venv and installs the pinned requirements (cheap when nothing changed), so every
+# target works from a fresh clone.
+#
+#   make serve            real tritonserver in the foreground on 127.0.0.1:8000/8001/8002
+#   make test             the whole suite, including tests against a real tritonserver
+#   make lint             ruff
+#   make demo-checkpoint  random-weight checkpoint in ModelScope's layout (DEMO_DIR)
+#
+# Variables: PYTEST_ARGS (e.g. PYTEST_ARGS="-m 'not server'"), SERVE_ARGS (passed to
+# scripts/serve.py, e.g. SERVE_ARGS="-- --log-verbose=1"), DEMO_DIR, DEMO_SEED, VENV.
+
+SHELL := /bin/bash
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+PYTEST_ARGS ?=
+SERVE_ARGS ?=
+DEMO_DIR ?= .cache/demo-checkpoint
+DEMO_SEED ?= 0
+
+.PHONY: help setup setup-serve serve test lint demo-checkpoint
+
+help:
+	@sed -n '1,/^$$/{s/^# \{0,1\}//;p}' Makefile
+
+setup:
+	scripts/setup.sh --venv $(VENV) --profile dev
+
+setup-serve:
+	scripts/setup.sh --venv $(VENV) --profile serve
+
+# The dev profile: scripts/fetch_model.py needs ModelScope's hub client (modelscope),
+# which the lean serve profile (engine + tritonserver) does not install.
+serve: setup
+	$(PYTHON) scripts/serve.py $(SERVE_ARGS)
+
+# pytest's own exit status fails the target, 5 ("no tests collected") included.
+test: setup
+	$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+demo-checkpoint: setup-serve
+	$(PYTHON) scripts/make_demo_checkpoint.py --out $(DEMO_DIR) --seed $(DEMO_SEED)

@@ -1,0 +1,206 @@
+#!/usr/bin/env python3
+"""Run a real tritonserver in the foreground serving OFA visual entailment (`make serve`).
+
+Which weights, in order:
+  1. OFA_VE_MODEL_DIR (or --model-dir): a ModelScope model directory you provide;
+  2. the real model from the ModelScope hub (`scripts/fetch_model.py`; cached in
+     $OFA_VE_MODEL_CACHE or ~/.cache/ofa-ve/modelscope; hub: $MODELSCOPE_ENDPOINT);
+  3. where the hub cannot be reached: a generated demo checkpoint with RANDOM
+     weights (cached under the cache folder), announced loudly: its answers are
+     meaningless, it only shows the server working.
+
+The model directory reaches the Triton model through the environment variable
+OFA_VE_MODEL_DIR of the tritonserver process (model.py reads it; it takes
+precedence over config.pbtxt's `model_dir` parameter).
+
+Endpoints bind 127.0.0.1 unless OFA_VE_BIND_ADDRESS (or --address) says otherwise:
+HTTP OFA_VE_HTTP_PORT (8000), gRPC OFA_VE_GRPC_PORT (8001), metrics
+OFA_VE_METRICS_PORT (8002). The process becomes tritonserver (exec), so Ctrl-C or
+SIGTERM reach Triton directly: it drains in-flight requests (up to
+--exit-timeout-secs), unloads the model and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import triton_runtime
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ENGINE_PARENT = REPO_ROOT / "model_repository" / "ofa_visual_entailment" / "1"
+MODEL_REPOSITORY = REPO_ROOT / "model_repository"
+MODEL_DIR_ENV = "OFA_VE_MODEL_DIR"
+CACHE_DIR_ENV = "OFA_VE_CACHE_DIR"
+DEMO_SEED = 0
+
+DEMO_WARNING = """
+==========================================================================
+  WARNING: THE MODELSCOPE HUB IS UNREACHABLE ({reason})
+  Serving a DEMO CHECKPOINT WITH RANDOM WEIGHTS:
+      {path}
+  Every answer this server gives is MEANINGLESS. It only shows the server
+  working. For real predictions set OFA_VE_MODEL_DIR to the ModelScope
+  model directory of damo/ofa_visual-entailment_snli-ve_distilled_v2_en
+  (or run where the hub is reachable: `make serve` fetches and caches it).
+==========================================================================
+"""
+
+
+def _say(message: str) -> None:
+    print(f"serve: {message}", file=sys.stderr, flush=True)
+
+
+def _env_port(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        port = int(value)
+    except ValueError:
+        raise SystemExit(f"serve: {name}={value!r} is not a port number") from None
+    if not 0 < port < 65536:
+        raise SystemExit(f"serve: {name}={port} is not a port number (1-65535)")
+    return port
+
+
+def demo_checkpoint(cache_dir: Path) -> Path:
+    """The cached random-weight checkpoint, written on first use."""
+    if str(ENGINE_PARENT) not in sys.path:
+        sys.path.insert(0, str(ENGINE_PARENT))
+    from ofa_ve_engine.demo_checkpoint import checkpoint_files, write_demo_checkpoint
+
+    out = cache_dir / f"demo-checkpoint-seed{DEMO_SEED}"
+    if all(p.is_file() for p in checkpoint_files(out)):
+        return out
+    _say(f"writing a random-weight demo checkpoint to {out} ...")
+    return write_demo_checkpoint(out, seed=DEMO_SEED)
+
+
+def resolve_model_dir(model_dir: Path | None, cache_dir: Path, hub_timeout_s: float) -> Path:
+    """Given directory, else the hub's real model, else (hub unreachable) the demo."""
+    if model_dir is not None:
+        if not model_dir.is_dir():
+            raise SystemExit(f"serve: model directory {model_dir} does not exist")
+        _say(f"model directory: {model_dir}")
+        return model_dir
+    from fetch_model import HubUnreachableError, ModelFetchError, fetch_model
+
+    _say("no OFA_VE_MODEL_DIR: fetching the real model from the ModelScope hub ...")
+    try:
+        path = fetch_model(timeout_s=hub_timeout_s)
+    except HubUnreachableError as exc:
+        path = demo_checkpoint(cache_dir)
+        print(DEMO_WARNING.format(reason=exc, path=path), file=sys.stderr, flush=True)
+        return path
+    except ModelFetchError as exc:  # reachable but failed: the user must see why
+        raise SystemExit(f"serve: {exc}") from None
+    _say(f"real model from the ModelScope hub: {path}")
+    return Path(path)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    env_dir = os.environ.get(MODEL_DIR_ENV, "").strip()
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n", 2)[2],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--model-dir",
+        type=Path,
+        default=Path(env_dir) if env_dir else None,
+        help=f"ModelScope model directory (default: ${MODEL_DIR_ENV}, else hub, else demo)",
+    )
+    parser.add_argument(
+        "--address",
+        default=os.environ.get("OFA_VE_BIND_ADDRESS", "").strip() or "127.0.0.1",
+        help="address every endpoint binds (default: $OFA_VE_BIND_ADDRESS or 127.0.0.1)",
+    )
+    parser.add_argument(
+        "--http-port",
+        type=int,
+        default=_env_port("OFA_VE_HTTP_PORT", 8000),
+        help="HTTP port (default: $OFA_VE_HTTP_PORT or 8000)",
+    )
+    parser.add_argument(
+        "--grpc-port",
+        type=int,
+        default=_env_port("OFA_VE_GRPC_PORT", 8001),
+        help="gRPC port (default: $OFA_VE_GRPC_PORT or 8001)",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=_env_port("OFA_VE_METRICS_PORT", 8002),
+        help="Prometheus metrics port (default: $OFA_VE_METRICS_PORT or 8002)",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=Path(os.environ.get(CACHE_DIR_ENV, "").strip() or REPO_ROOT / ".cache"),
+        help=f"where the demo checkpoint is kept (default: ${CACHE_DIR_ENV} or .cache/)",
+    )
+    parser.add_argument(
+        "--hub-timeout",
+        type=float,
+        default=10.0,
+        help="seconds to wait for the ModelScope hub before falling back (default 10)",
+    )
+    parser.add_argument(
+        "--exit-timeout-secs",
+        type=int,
+        default=triton_runtime.DEFAULT_EXIT_TIMEOUT_S,
+        help="on Ctrl-C/SIGTERM, how long Triton lets in-flight requests finish",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="resolve the model and print the tritonserver command, do not run it",
+    )
+    parser.add_argument(
+        "tritonserver_args",
+        nargs="*",
+        metavar="-- TRITONSERVER_ARG",
+        help="extra tritonserver flags, after `--` (e.g. -- --log-verbose=1)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        runtime = triton_runtime.prepare_runtime()
+    except triton_runtime.RuntimeSetupError as exc:
+        _say(str(exc))
+        return 1
+    model_dir = resolve_model_dir(args.model_dir, args.cache_dir, args.hub_timeout).resolve()
+    command = triton_runtime.server_command(
+        runtime,
+        MODEL_REPOSITORY,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        address=args.address,
+        exit_timeout_s=args.exit_timeout_secs,
+        extra_args=args.tritonserver_args,
+    )
+    env = triton_runtime.server_env(runtime, **{MODEL_DIR_ENV: str(model_dir)})
+    if args.dry_run:
+        print(f"{MODEL_DIR_ENV}={model_dir}")
+        print(" ".join(command))
+        return 0
+    _say(
+        f"starting tritonserver: HTTP {args.address}:{args.http_port}, gRPC "
+        f"{args.address}:{args.grpc_port}, metrics {args.address}:{args.metrics_port} "
+        "(Ctrl-C stops it)"
+    )
+    os.execve(command[0], command, env)
+    return 1  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main())

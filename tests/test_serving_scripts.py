@@ -1,0 +1,160 @@
+"""scripts/triton_runtime.py and scripts/serve.py without starting a server.
+
+The runtime's layout is checked by running what it laid out (the stub's and
+perf_analyzer's libraries resolve); serve.py's help, port/address handling and
+its refusal of a missing model directory by running the script. Starting a real
+server from serve.py is in test_server.py.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import triton_runtime
+from triton_runtime import GrpcTls, prepare_runtime, server_command, server_env
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SERVE = REPO_ROOT / "scripts" / "serve.py"
+RUNTIME = REPO_ROOT / "scripts" / "triton_runtime.py"
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *args], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def _ldd_missing(binary: Path, env: dict[str, str]) -> list[str]:
+    out = subprocess.run(["ldd", str(binary)], env=env, capture_output=True, text=True).stdout
+    return [line.strip() for line in out.splitlines() if "not found" in line]
+
+
+def test_layout_is_complete_and_its_binaries_resolve_their_libraries(tmp_path: Path) -> None:
+    runtime = prepare_runtime(tmp_path / "triton")
+    assert os.access(runtime.server, os.X_OK)
+    assert os.access(runtime.stub, os.X_OK)
+    assert (runtime.backend_dir / "python" / "libtriton_python.so").is_file()
+    assert (runtime.cache_dir / "local").is_dir()
+    libpython = runtime.lib_dir / f"libpython{sys.version_info[0]}.{sys.version_info[1]}.so.1.0"
+    assert libpython.resolve() == triton_runtime.find_libpython()
+    env = server_env(runtime)
+    assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
+    for binary in (
+        runtime.server,
+        runtime.stub,
+        runtime.backend_dir / "python" / "libtriton_python.so",
+    ):
+        assert _ldd_missing(binary, env) == [], binary
+    # The stub embeds exactly this interpreter's libpython, not another patch release.
+    ldd = subprocess.run(["ldd", str(runtime.stub)], env=env, capture_output=True, text=True)
+    assert str(runtime.lib_dir / libpython.name) in ldd.stdout
+
+
+def test_concurrent_preparation_gives_one_complete_layout(tmp_path: Path) -> None:
+    target = tmp_path / "shared"
+    with ThreadPoolExecutor(3) as pool:
+        roots = list(pool.map(lambda _: prepare_runtime(target).root, range(3)))
+    assert set(roots) == {target.resolve()}
+    assert prepare_runtime(target).stub.is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shared"]  # no staging left
+
+
+def test_perf_analyzer_runs_in_the_runtime_environment() -> None:
+    out = run(str(RUNTIME), "exec", "--", "perf_analyzer", "--version")
+    assert out.returncode == 0, out.stderr
+    assert "2.51.0" in out.stdout + out.stderr
+
+
+def test_env_prints_shell_exports() -> None:
+    out = run(str(RUNTIME), "env")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert [line.split("=")[0] for line in lines] == ["export LD_LIBRARY_PATH", "export PATH"]
+    assert "nvidia_pytriton.libs" in lines[0]
+
+
+def test_server_command_flags(tmp_path: Path) -> None:
+    runtime = prepare_runtime()
+    cpu = server_command(runtime, tmp_path, http_port=1, grpc_port=2, metrics_port=3, gpu=False)
+    assert "--pinned-memory-pool-byte-size=0" in cpu
+    for flag in (
+        "--http-address=127.0.0.1",
+        "--grpc-address=127.0.0.1",
+        "--metrics-address=127.0.0.1",
+        "--http-port=1",
+        "--grpc-port=2",
+        "--metrics-port=3",
+        "--strict-readiness=true",
+        "--disable-auto-complete-config",
+        f"--backend-directory={runtime.backend_dir}",
+        f"--model-repository={tmp_path.resolve()}",
+    ):
+        assert flag in cpu
+    gpu = server_command(runtime, tmp_path, gpu=True, address="0.0.0.0")
+    assert "--pinned-memory-pool-byte-size=0" not in gpu
+    assert "--grpc-address=0.0.0.0" in gpu
+
+    tls = GrpcTls(tmp_path / "s.pem", tmp_path / "s.key", tmp_path / "ca.pem", mutual=True)
+    with_tls = server_command(runtime, tmp_path, grpc_tls=tls)
+    assert "--grpc-use-ssl=true" in with_tls and "--grpc-use-ssl-mutual=true" in with_tls
+    assert f"--grpc-root-cert={tmp_path / 'ca.pem'}" in with_tls
+    with pytest.raises(ValueError, match="root certificate"):
+        server_command(
+            runtime, tmp_path, grpc_tls=GrpcTls(tls.server_cert, tls.server_key, None, True)
+        )
+
+
+def test_serve_help_names_every_setting() -> None:
+    out = run(str(SERVE), "--help")
+    assert out.returncode == 0, out.stderr
+    for name in (
+        "OFA_VE_MODEL_DIR",
+        "OFA_VE_HTTP_PORT",
+        "OFA_VE_GRPC_PORT",
+        "OFA_VE_METRICS_PORT",
+        "OFA_VE_BIND_ADDRESS",
+        "RANDOM",
+        "--dry-run",
+    ):
+        assert name in out.stdout, name
+
+
+def _env(**values: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OFA_VE_")}
+    env.update(values)
+    return env
+
+
+def test_serve_takes_ports_address_and_model_dir_from_the_environment(tmp_path: Path) -> None:
+    env = _env(
+        OFA_VE_MODEL_DIR=str(tmp_path),
+        OFA_VE_HTTP_PORT="18080",
+        OFA_VE_GRPC_PORT="18081",
+        OFA_VE_METRICS_PORT="18082",
+    )
+    out = run(str(SERVE), "--dry-run", env=env)
+    assert out.returncode == 0, out.stderr
+    assert f"OFA_VE_MODEL_DIR={tmp_path.resolve()}" in out.stdout
+    for flag in ("--http-port=18080", "--grpc-port=18081", "--metrics-port=18082"):
+        assert flag in out.stdout
+    assert out.stdout.count("-address=127.0.0.1") == 3
+
+    out = run(str(SERVE), "--dry-run", env={**env, "OFA_VE_BIND_ADDRESS": "0.0.0.0"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("-address=0.0.0.0") == 3
+
+
+def test_serve_refuses_a_missing_model_dir_and_a_bad_port(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere"
+    out = run(str(SERVE), "--dry-run", env=_env(OFA_VE_MODEL_DIR=str(missing)))
+    assert out.returncode != 0
+    assert str(missing) in out.stderr and "does not exist" in out.stderr
+    out = run(
+        str(SERVE), "--dry-run", env=_env(OFA_VE_MODEL_DIR=str(tmp_path), OFA_VE_GRPC_PORT="x")
+    )
+    assert out.returncode != 0 and "OFA_VE_GRPC_PORT" in out.stderr
