@@ -35,7 +35,6 @@ ENGINE_PARENT = REPO_ROOT / "model_repository" / "ofa_visual_entailment" / "1"
 MODEL_REPOSITORY = REPO_ROOT / "model_repository"
 MODEL_DIR_ENV = "OFA_VE_MODEL_DIR"
 CACHE_DIR_ENV = "OFA_VE_CACHE_DIR"
-DEMO_SEED = 0
 
 DEMO_WARNING = """
 ==========================================================================
@@ -71,13 +70,17 @@ def demo_checkpoint(cache_dir: Path) -> Path:
     """The cached random-weight checkpoint, written on first use."""
     if str(ENGINE_PARENT) not in sys.path:
         sys.path.insert(0, str(ENGINE_PARENT))
-    from ofa_ve_engine.demo_checkpoint import checkpoint_files, write_demo_checkpoint
+    from ofa_ve_engine.demo_checkpoint import (
+        DEFAULT_SEED,
+        checkpoint_files,
+        write_demo_checkpoint,
+    )
 
-    out = cache_dir / f"demo-checkpoint-seed{DEMO_SEED}"
+    out = cache_dir / f"demo-checkpoint-seed{DEFAULT_SEED}"
     if all(p.is_file() for p in checkpoint_files(out)):
         return out
     _say(f"writing a random-weight demo checkpoint to {out} ...")
-    return write_demo_checkpoint(out, seed=DEMO_SEED)
+    return write_demo_checkpoint(out, seed=DEFAULT_SEED)
 
 
 def resolve_model_dir(model_dir: Path | None, cache_dir: Path, hub_timeout_s: float) -> Path:

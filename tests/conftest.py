@@ -8,7 +8,7 @@ of their own (restarts, TLS, start-up behaviour) build one with
 checkpoint unless given another `model_dir`.
 
 Fixtures:
-- `demo_model_dir`: a random-weight checkpoint in ModelScope's layout (seed 0).
+- `demo_model_dir`: a random-weight checkpoint in ModelScope's layout (DEFAULT_SEED).
 - `model_repository`: the committed `model_repository/` folder, for own servers.
 - `triton_server`: the shared `TritonServer` (READY), on free loopback ports.
 - `grpc_client`: a `tritonclient.grpc.InferenceServerClient` to it.
@@ -27,10 +27,13 @@ from triton_server import MODEL_REPOSITORY, READY_TIMES, TritonServer, stop_all
 
 @pytest.fixture(scope="session")
 def demo_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random-weight OFA-tiny checkpoint (seed 0), written once per session."""
-    from ofa_ve_engine.demo_checkpoint import write_demo_checkpoint
+    """A random-weight OFA-tiny checkpoint, written once per session (DEFAULT_SEED: its
+    answers cover all three labels)."""
+    from ofa_ve_engine.demo_checkpoint import DEFAULT_SEED, write_demo_checkpoint
 
-    path = write_demo_checkpoint(tmp_path_factory.mktemp("demo-model") / "ofa-tiny-demo", seed=0)
+    path = write_demo_checkpoint(
+        tmp_path_factory.mktemp("demo-model") / "ofa-tiny-demo", seed=DEFAULT_SEED
+    )
     TritonServer.default_model_dir = path
     return path
 

@@ -17,7 +17,7 @@ own pipeline included. So this writes the same files with the same shapes:
                         tokens the id space is the real 59457
 - `answer2label.json`   `{"no": 0, "yes": 1, "maybe": 2}` (OFA's order)
 
-The BPE is small (a few thousand merges over the prompt words and common
+The BPE is small (about 1,900 merges over the prompt words and common
 English) but real: ` yes`, ` no`, ` maybe` are single tokens as in the real
 vocabulary, other text falls back to sub-word and byte tokens. Ids from the end
 of the merges up to `<mask>` are unused filler that BPE never produces; they
@@ -32,8 +32,10 @@ that it serves random weights.
 from __future__ import annotations
 
 import json
-import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterable
+from itertools import pairwise
 from pathlib import Path
 
 import torch
@@ -52,7 +54,8 @@ ANSWER2LABEL: dict[str, int] = {"no": 0, "yes": 1, "maybe": 2}
 BPE_VOCAB_SIZE = 50265
 """BART's vocabulary size: ids 0..50264, `<mask>` last."""
 
-DEFAULT_SEED = 0
+DEFAULT_SEED = 4
+"""The first seed whose random answers on the test images cover all three labels."""
 
 # OFA-tiny as OFAConfig reads it (HF `config.json` of OFA-Sys/ofa-tiny, the shape the
 # distilled SNLI-VE model shares). Keys and values follow OFAConfig's field names.
@@ -133,9 +136,7 @@ VISUAL_ENTAILMENT_CONFIGURATION: dict[str, object] = {
 
 # Words that become whole tokens (with and without GPT-2's leading-space marker):
 # OFA's two prompt templates, the answers, and everyday English of SNLI-VE-like captions.
-PROMPT_WORDS = (
-    "does the image describe can and text imply yes no maybe"
-)
+PROMPT_WORDS = "does the image describe can and text imply yes no maybe"
 COMMON_WORDS = """
 a an the this that these those there here is are was were be been being am do does did
 has have had having will would can could should may might must shall not no yes maybe
@@ -164,8 +165,8 @@ sits stands walks runs plays rides holds wears eats drinks looks watches talks
 is are has have outdoors indoors outside inside together alone near
 picture photo image scene view something nothing someone everyone
 """
-# Pre-tokenized pieces of typical punctuation in captions and prompts.
-PUNCTUATION_PIECES = ('"?', '."', "'s", "n't", ".", ",")
+# GPT-2 pre-tokens of the prompts' quotes and of common contractions.
+PUNCTUATION_PIECES = (' "', ' "?', "'s", "'t", "'re")
 
 
 def _byte_symbols() -> list[str]:
@@ -194,14 +195,11 @@ def _byte_level(text: str, symbols: list[str]) -> list[str]:
 
 def _apply_merges(pieces: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
     """Byte-pair encoding of one pre-token: repeatedly merge the lowest-ranked pair."""
+    unranked = len(ranks)
     while len(pieces) > 1:
-        best = min(
-            ((ranks.get(pair, len(ranks)), i) for i, pair in enumerate(zip(pieces, pieces[1:]))),
-        )
-        rank, _ = best
-        if rank == len(ranks):
+        left, right = min(pairwise(pieces), key=lambda p: ranks.get(p, unranked))
+        if (left, right) not in ranks:
             break
-        left, right = next(pair for pair, r in ranks.items() if r == rank)
         merged: list[str] = []
         i = 0
         while i < len(pieces):
@@ -234,12 +232,12 @@ def build_bpe() -> tuple[dict[str, int], list[tuple[str, str]]]:
     are what prompts produce, since every word in them follows a space.
     """
     symbols = _byte_symbols()
-    space = symbols[ord(" ")]
     merges: list[tuple[str, str]] = []
     ranks: dict[tuple[str, str], int] = {}
-    targets = [space + w for w in _word_list()] + _word_list() + list(PUNCTUATION_PIECES)
+    words = _word_list()
+    targets = [" " + w for w in words] + words + list(PUNCTUATION_PIECES)
     for target in targets:
-        pieces = _apply_merges(_byte_level(target.replace(space, " "), symbols), ranks)
+        pieces = _apply_merges(_byte_level(target, symbols), ranks)
         while len(pieces) > 1:
             pair = (pieces[0], pieces[1])
             if pair not in ranks:
@@ -259,8 +257,8 @@ def build_bpe() -> tuple[dict[str, int], list[tuple[str, str]]]:
         filler += 1
     vocab["<mask>"] = len(vocab)
     for target in targets:
-        encoded = _apply_merges(_byte_level(target.replace(space, " "), symbols), ranks)
-        if encoded != [target]:
+        encoded = _apply_merges(_byte_level(target, symbols), ranks)
+        if encoded != ["".join(_byte_level(target, symbols))]:
             raise AssertionError(f"demo BPE does not keep {target!r} whole: {encoded}")
     return vocab, merges
 
@@ -277,10 +275,40 @@ def write_tokenizer_files(out: Path) -> None:
     (out / MERGES_FILE).write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+def diversify_constant_tensors(module: torch.nn.Module, seed: int) -> None:
+    """Give every constant-initialised float tensor random values, in place.
+
+    A freshly initialised network has zero biases, unit norm scales, identity
+    BatchNorm statistics and unit head scales (355 such tensors in OFA-tiny). A
+    reimplementation that dropped a bias, swapped two LayerNorms or mis-folded
+    BatchNorm would still agree with the reference on such weights; with random
+    values everywhere, parity tests see every parameter. Scales stay near 1 and
+    variances positive, so activations keep their usual size.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in module.state_dict(keep_vars=True).items():
+            if not tensor.is_floating_point() or tensor.numel() == 0:
+                continue
+            flat = tensor.detach().flatten()
+            value = float(flat[0])
+            if not bool((flat == value).all()):
+                continue
+            noise = torch.randn(tensor.shape, generator=generator, dtype=torch.float32)
+            if name.endswith("running_var"):
+                fresh = 0.5 + torch.rand(tensor.shape, generator=generator, dtype=torch.float32)
+            elif value == 0.0:
+                fresh = 0.05 * noise
+            else:
+                fresh = value * (1.0 + 0.1 * noise)
+            tensor.copy_(fresh.to(tensor.dtype))
+
+
 def random_state_dict(config_json: Path, seed: int) -> dict[str, torch.Tensor]:
     """Weights of our own `OFAModel` for `config_json`, randomly initialised from `seed`.
 
-    Seeded on a forked RNG so that callers' global RNG state is left untouched.
+    The network's own initialisation runs on a forked, seeded RNG (callers'
+    global RNG state is left untouched), then `diversify_constant_tensors`.
     """
     from .modeling import OFAModel
 
@@ -288,6 +316,7 @@ def random_state_dict(config_json: Path, seed: int) -> dict[str, torch.Tensor]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = OFAModel(arch)
+    diversify_constant_tensors(model, seed)
     return model.state_dict()
 
 
@@ -302,29 +331,31 @@ def write_demo_checkpoint(
     """Write a complete random-weight model directory to `out` and return its path.
 
     `state_dict_factory(config_json, seed)` builds the weights; the default is our
-    own network (`random_state_dict`). Files are first written to a sibling
-    temporary folder and then moved into place, so a reader never sees a
-    half-written checkpoint.
+    own network (`random_state_dict`). The files are written into a staging
+    folder beside `out` first: a new `out` then appears whole in one rename, so a
+    concurrent reader never sees half a checkpoint; an existing `out` has its
+    files replaced one by one (each replace is atomic).
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    staging.mkdir(exist_ok=False)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         _dump_json(staging / CONFIGURATION_FILE, VISUAL_ENTAILMENT_CONFIGURATION)
         _dump_json(staging / CONFIG_FILE, OFA_TINY_CONFIG)
         _dump_json(staging / ANSWER_FILE, ANSWER2LABEL)
         write_tokenizer_files(staging)
         factory = state_dict_factory or random_state_dict
-        state = factory(staging / CONFIG_FILE, seed)
-        torch.save(state, staging / WEIGHTS_FILE)
-        out.mkdir(exist_ok=True)
-        for path in sorted(staging.iterdir()):
-            path.replace(out / path.name)
+        torch.save(factory(staging / CONFIG_FILE, seed), staging / WEIGHTS_FILE)
+        staging.chmod(0o755)  # mkdtemp makes it 0700
+        try:
+            staging.rename(out)
+        except OSError:  # `out` exists already (and is not an empty folder)
+            if not out.is_dir():
+                raise
+            for path in staging.iterdir():
+                path.replace(out / path.name)
     finally:
-        for path in staging.glob("*"):
-            path.unlink()
-        staging.rmdir()
+        shutil.rmtree(staging, ignore_errors=True)
     return out
 
 

@@ -1,0 +1,196 @@
+#!/usr/bin/env python3
+"""Download the real OFA visual-entailment model from the ModelScope hub (cached).
+
+    python scripts/fetch_model.py [--cache-dir DIR] [--revision REV] [--timeout S]
+
+Prints the model directory (a ModelScope model directory the engine loads) on
+stdout; progress and errors go to stderr. Exit status: 0 on success, 3 when the
+hub cannot be reached (so `make serve` can fall back to a demo checkpoint),
+1 on any other failure.
+
+The download itself is ModelScope's own `snapshot_download`
+(modelscope 1.40.2 delegates to `modelscope_hub`): it shows a tqdm bar per
+file (we pass its `TqdmCallback`), skips files already complete in the cache,
+and resumes a partial file (kept as `<name>.incomplete`) with HTTP Range
+requests, so re-running after an interruption continues where it stopped.
+
+Before downloading, one bounded request checks that the hub answers at all:
+ModelScope's own retries take 7-25 s to give up (DNS failure here: about 22 s),
+and a server start should not wait on that. The hub endpoint is ModelScope's:
+`MODELSCOPE_ENDPOINT` (or the deprecated `MODELSCOPE_DOMAIN`), else
+https://modelscope.cn. Cache: `--cache-dir`, else `OFA_VE_MODEL_CACHE`, else
+`~/.cache/ofa-ve/modelscope`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+from pathlib import Path
+
+MODEL_ID = "damo/ofa_visual-entailment_snli-ve_distilled_v2_en"
+CACHE_ENV = "OFA_VE_MODEL_CACHE"
+MODEL_DIR_ENV = "OFA_VE_MODEL_DIR"
+DEFAULT_CACHE_DIR = Path.home() / ".cache" / "ofa-ve" / "modelscope"
+DEFAULT_TIMEOUT_S = 10.0
+EXIT_HUB_UNREACHABLE = 3
+REQUIRED_FILES = ("configuration.json", "config.json", "pytorch_model.bin")
+
+
+class ModelFetchError(RuntimeError):
+    """The model could not be fetched (the message says why and what to do)."""
+
+
+class HubUnreachableError(ModelFetchError):
+    """The ModelScope hub did not answer: no network, DNS, proxy or firewall."""
+
+
+def default_cache_dir() -> Path:
+    """`OFA_VE_MODEL_CACHE` if set, else ~/.cache/ofa-ve/modelscope."""
+    env = os.environ.get(CACHE_ENV, "").strip()
+    return Path(env).expanduser() if env else DEFAULT_CACHE_DIR
+
+
+def hub_endpoint() -> str:
+    """The endpoint ModelScope itself would use (env overrides resolved its way)."""
+    from modelscope_hub import HubConfig
+
+    return str(HubConfig().endpoint)
+
+
+def _unreachable(endpoint: str, reason: str) -> HubUnreachableError:
+    return HubUnreachableError(
+        f"the ModelScope hub at {endpoint} is unreachable ({reason}). Either give the server "
+        f"a local ModelScope model directory with {MODEL_DIR_ENV}=/path/to/model, or fix "
+        f"network access to the hub (proxy: HTTPS_PROXY; other hub: MODELSCOPE_ENDPOINT)."
+    )
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    """The innermost exception (e.g. `gaierror`, `ConnectionRefusedError`): the readable one."""
+    seen = {id(error)}
+    while (nested := error.__cause__ or error.__context__) is not None and id(nested) not in seen:
+        seen.add(id(nested))
+        error = nested
+    return error
+
+
+def check_hub_reachable(endpoint: str, model_id: str, timeout_s: float) -> None:
+    """One GET of the model's metadata, bounded by `timeout_s` in total.
+
+    The request runs in a daemon thread because name resolution is not covered
+    by socket timeouts. Any HTTP answer below 500 counts as reachable (a 404 for
+    a wrong model id is reported by the download itself, precisely).
+    """
+    import requests
+
+    url = f"{endpoint.rstrip('/')}/api/v1/models/{model_id}"
+    outcome: list[int | BaseException] = []
+
+    def probe() -> None:
+        try:
+            with requests.get(url, timeout=(timeout_s, timeout_s), stream=True) as response:
+                outcome.append(response.status_code)
+        except BaseException as e:  # reported to the caller below
+            outcome.append(e)
+
+    worker = threading.Thread(target=probe, name="hub-probe", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if not outcome:
+        raise _unreachable(endpoint, f"no answer within {timeout_s:g} s")
+    result = outcome[0]
+    if isinstance(result, BaseException):
+        root = _root_cause(result)
+        raise _unreachable(endpoint, f"{type(root).__name__}: {str(root)[:200]}")
+    if result >= 500:
+        raise _unreachable(endpoint, f"it answered HTTP {result}")
+
+
+def fetch_model(
+    cache_dir: Path | None = None,
+    revision: str | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    model_id: str = MODEL_ID,
+) -> Path:
+    """Download (or reuse from the cache) the model and return its directory.
+
+    Raises HubUnreachableError within about `timeout_s` when the hub does not
+    answer, and ModelFetchError for any other failure (unknown revision,
+    incomplete download, ...). Partial downloads stay in the cache and resume.
+    """
+    if timeout_s <= 0:
+        raise ValueError("timeout_s must be positive")
+    cache_dir = (cache_dir or default_cache_dir()).expanduser()
+    endpoint = hub_endpoint()
+    check_hub_reachable(endpoint, model_id, timeout_s)
+
+    from modelscope.hub.callback import TqdmCallback
+    from modelscope.hub.snapshot_download import snapshot_download
+    from modelscope_hub.errors import HubError, NetworkError
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        path = snapshot_download(
+            model_id,
+            revision=revision,
+            cache_dir=cache_dir,
+            endpoint=endpoint,
+            progress_callbacks=[TqdmCallback],
+        )
+    except NetworkError as e:
+        raise _unreachable(endpoint, f"lost during download: {e}") from e
+    except (HubError, OSError) as e:
+        raise ModelFetchError(
+            f"downloading {model_id} (revision {revision or 'default'}) into {cache_dir} "
+            f"failed: {e}. (Re-running resumes partial files.) Or set {MODEL_DIR_ENV} to a "
+            "local ModelScope model directory."
+        ) from e
+    model_dir = Path(path)
+    missing = [name for name in REQUIRED_FILES if not (model_dir / name).is_file()]
+    if missing:
+        raise ModelFetchError(
+            f"{model_dir} was downloaded but lacks {', '.join(missing)}: not a ModelScope "
+            f"model directory for {model_id}"
+        )
+    return model_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=(
+            f"Download {MODEL_ID} from the ModelScope hub into a cache and print the "
+            "model directory. Exit 3 when the hub is unreachable."
+        )
+    )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help=f"cache folder (default: ${CACHE_ENV} or {DEFAULT_CACHE_DIR})",
+    )
+    parser.add_argument("--revision", default=None, help="hub revision (default: the hub's)")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        help=f"seconds to wait for the hub to answer (default {DEFAULT_TIMEOUT_S:g})",
+    )
+    parser.add_argument("--model-id", default=MODEL_ID, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    try:
+        model_dir = fetch_model(args.cache_dir, args.revision, args.timeout, args.model_id)
+    except HubUnreachableError as e:
+        print(f"fetch_model: {e}", file=sys.stderr)
+        return EXIT_HUB_UNREACHABLE
+    except ModelFetchError as e:
+        print(f"fetch_model: {e}", file=sys.stderr)
+        return 1
+    print(model_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

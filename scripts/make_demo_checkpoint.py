@@ -1,0 +1,58 @@
+#!/usr/bin/env python3
+"""Write a random-weight OFA-tiny checkpoint in ModelScope's model-directory layout.
+
+Used where the real model cannot be downloaded (`make serve` without hub access,
+the test suite, benchmarks). The same seed always gives byte-identical files.
+
+    python scripts/make_demo_checkpoint.py --out DIR [--seed N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+from pathlib import Path
+
+_ENGINE_PARENT = (
+    Path(__file__).resolve().parent.parent / "model_repository" / "ofa_visual_entailment" / "1"
+)
+if str(_ENGINE_PARENT) not in sys.path:
+    sys.path.insert(0, str(_ENGINE_PARENT))
+
+from ofa_ve_engine.demo_checkpoint import (  # noqa: E402  (path set up above)
+    DEFAULT_SEED,
+    checkpoint_files,
+    write_demo_checkpoint,
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=(
+            "Write a random-weight OFA-tiny visual-entailment checkpoint in exactly "
+            "ModelScope's layout (configuration.json, config.json, pytorch_model.bin, "
+            "vocab.json, merges.txt, answer2label.json). Its answers are meaningless: "
+            "it exists so the server and tests run where the ModelScope hub is unreachable."
+        )
+    )
+    parser.add_argument("--out", type=Path, required=True, help="model directory to write")
+    parser.add_argument(
+        "--seed", type=int, default=DEFAULT_SEED, help=f"weight seed (default {DEFAULT_SEED})"
+    )
+    parser.add_argument(
+        "--quiet", action="store_true", help="print only the directory, no file hashes"
+    )
+    args = parser.parse_args(argv)
+    out = write_demo_checkpoint(args.out, seed=args.seed)
+    if not args.quiet:
+        for path in checkpoint_files(out):
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            print(f"{digest}  {path.name}  ({path.stat().st_size} bytes)", file=sys.stderr)
+        print(f"demo checkpoint (RANDOM WEIGHTS, seed {args.seed}) written", file=sys.stderr)
+    print(out.resolve())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
