@@ -35,6 +35,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from images import HYPOTHESES, PREMISES, TEST_IMAGES
 from ofa_ve_engine import ANSWERS, LABELS
+from ofa_ve_engine.demo_checkpoint import DEFAULT_SEED
 from PIL import Image
 from triton_server import MODEL_NAME, REPO_ROOT, TritonServer, free_ports
 from tritonclient.utils import InferenceServerException
@@ -461,7 +462,9 @@ def test_serve_script_from_a_fresh_cache_with_the_hub_unreachable(tmp_path: Path
     assert "RANDOM DEMO WEIGHTS" in text  # the model's own log line, from tritonserver
     assert f"Started GRPCInferenceService at 127.0.0.1:{grpc_port}" in text
     assert f"Started HTTPService at 127.0.0.1:{http_port}" in text
-    assert (tmp_path / "cache" / "demo-checkpoint-seed0" / "pytorch_model.bin").is_file()
+    assert (
+        tmp_path / "cache" / f"demo-checkpoint-seed{DEFAULT_SEED}" / "pytorch_model.bin"
+    ).is_file()
 
 
 def _group_alive(pgid: int) -> bool:
