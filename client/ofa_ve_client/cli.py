@@ -1,0 +1,253 @@
+"""`ofa-ve`: predict one item, run a JSONL/CSV file, or check server health.
+
+Exit codes: 0 success; 1 a request (or, for `batch`, some row) failed, or the
+server is not ready (`health`); 2 bad command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .contract import DEFAULT_URL, MODEL_NAME
+from .errors import VisualEntailmentError
+
+URL_ENV = "OFA_VE_URL"  # comma-separated HOST:PORT list, the default for --url
+
+
+def _common_options() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    conn = common.add_argument_group("connection")
+    conn.add_argument(
+        "--url",
+        action="append",
+        metavar="HOST:PORT",
+        help=f"gRPC endpoint; repeat for round-robin and failover "
+        f"(default: ${URL_ENV} or {DEFAULT_URL})",
+    )
+    conn.add_argument("--model", default=MODEL_NAME, help="model name (default: %(default)s)")
+    conn.add_argument(
+        "--timeout", type=float, default=60.0, help="deadline per request, seconds (default: 60)"
+    )
+    conn.add_argument(
+        "--retries",
+        type=int,
+        default=4,
+        help="retries on UNAVAILABLE/RESOURCE_EXHAUSTED (default: 4; 0 disables)",
+    )
+    conn.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="gRPC metadata on every call, e.g. authorization='Bearer TOKEN'",
+    )
+    conn.add_argument("--compression", choices=("gzip", "deflate"), help="request compression")
+    tls = common.add_argument_group("TLS")
+    tls.add_argument("--ssl", action="store_true", help="use TLS")
+    tls.add_argument("--root-cert", metavar="PEM", help="CA certificate(s) to verify the server")
+    tls.add_argument("--client-cert", metavar="PEM", help="client certificate chain (mutual TLS)")
+    tls.add_argument("--client-key", metavar="PEM", help="client private key (mutual TLS)")
+    tls.add_argument("--tls-server-name", metavar="NAME", help="name expected in the server cert")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ofa-ve",
+        description="Client for the OFA visual-entailment model on Triton (gRPC).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = _common_options()
+
+    predict = sub.add_parser(
+        "predict",
+        parents=[common],
+        help="judge one image and hypothesis; prints one JSON object",
+        description="Judge one item and print {label, answer, score, probs} as JSON.",
+    )
+    predict.set_defaults(handler=cmd_predict, subparser=predict)
+    predict.add_argument("image", help="image file path or http(s) URL")
+    predict.add_argument("hypothesis", help="the sentence to judge")
+    predict.add_argument("--premise", help="optional text premise")
+
+    batch = sub.add_parser(
+        "batch",
+        parents=[common],
+        help="judge every row of a JSONL or CSV file; writes JSONL",
+        description="Rows have image, hypothesis and optional premise (JSONL keys, or CSV "
+        "columns in that order, with or without a header row). Relative image paths are "
+        "relative to the input file. Each output line is the row plus its prediction, "
+        "or an `error` object; the order is the input order.",
+    )
+    batch.set_defaults(handler=cmd_batch, subparser=batch)
+    batch.add_argument("input", help="input .jsonl or .csv file, or - for stdin")
+    batch.add_argument("--output", "-o", default="-", help="output .jsonl (default: stdout)")
+    batch.add_argument(
+        "--format", choices=("jsonl", "csv"), help="input format (default: by suffix)"
+    )
+    batch.add_argument("--concurrency", type=int, default=2, help="requests in flight (default: 2)")
+    batch.add_argument(
+        "--batch-size", type=int, help="items per request (default: the model's max_batch_size)"
+    )
+    progress = batch.add_mutually_exclusive_group()
+    progress.add_argument(
+        "--progress",
+        dest="progress",
+        action="store_true",
+        default=None,
+        help="always show progress",
+    )
+    progress.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="never show progress"
+    )
+
+    health = sub.add_parser(
+        "health",
+        parents=[common],
+        help="liveness, readiness and model readiness of each server (JSON)",
+        description="Prints per-server health as JSON; exit 0 when the model is ready somewhere.",
+    )
+    health.set_defaults(handler=cmd_health, subparser=health)
+    return parser
+
+
+def _headers(pairs: Sequence[str], parser: argparse.ArgumentParser) -> dict[str, str]:
+    headers = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            parser.error(f"--header expects KEY=VALUE, got {pair!r}")
+        headers[key.strip()] = value
+    return headers
+
+
+def make_client(args: argparse.Namespace, parser: argparse.ArgumentParser, **extra: Any) -> Any:
+    """A VisualEntailmentClient from the common flags (imported here: `--help` stays instant)."""
+    from .retry import RetryPolicy
+    from .sync_client import VisualEntailmentClient
+
+    urls = args.url or [u for u in os.environ.get(URL_ENV, DEFAULT_URL).split(",") if u.strip()]
+    tls_files = (args.root_cert, args.client_cert, args.client_key, args.tls_server_name)
+    try:
+        return VisualEntailmentClient(
+            urls,
+            model_name=args.model,
+            timeout=args.timeout,
+            retry=RetryPolicy(max_attempts=args.retries + 1),
+            headers=_headers(args.header, parser),
+            compression_algorithm=args.compression,
+            ssl=args.ssl or any(v is not None for v in tls_files),
+            root_certificates=args.root_cert,
+            certificate_chain=args.client_cert,
+            private_key=args.client_key,
+            tls_server_name=args.tls_server_name,
+            **extra,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+
+
+def _print_json(obj: Any, stream: Any = None) -> None:
+    print(json.dumps(obj, ensure_ascii=False), file=stream or sys.stdout, flush=True)
+
+
+def cmd_predict(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    with make_client(args, parser) as client:
+        try:
+            prediction = client.predict(args.image, args.hypothesis, args.premise)
+        except VisualEntailmentError as exc:
+            _print_json({"error": exc.to_dict()}, sys.stderr)
+            return 1
+    _print_json(prediction.to_dict())
+    return 0
+
+
+def cmd_health(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    with make_client(args, parser) as client:
+        servers = client.health()
+        ready = any(s["model_ready"] for s in servers)
+        report: dict[str, Any] = {"ready": ready, "model": args.model, "servers": servers}
+        if ready:
+            try:
+                report["max_batch_size"] = client.max_batch_size()
+                report["server"] = {
+                    k: v for k, v in client.server_metadata().items() if k in ("name", "version")
+                }
+            except VisualEntailmentError as exc:
+                report["error"] = exc.to_dict()
+    _print_json(report)
+    return 0 if ready else 1
+
+
+def cmd_batch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from . import batch_io
+
+    if args.concurrency < 1 or (args.batch_size is not None and args.batch_size < 1):
+        parser.error("--concurrency and --batch-size must be >= 1")
+    try:
+        fmt = batch_io.detect_format(args.input, args.format)
+        source = batch_io.open_text(args.input, "r", sys.stdin)
+        sink = batch_io.open_text(args.output, "w", sys.stdout)
+    except (ValueError, OSError) as exc:
+        parser.error(str(exc))
+    base = Path(args.input).resolve().parent if args.input != "-" else None
+    show = sys.stderr.isatty() if args.progress is None else args.progress
+    ok = failed = 0
+    with make_client(args, parser, concurrency=args.concurrency) as client, source:
+        bar = _progress_bar(show, batch_io.count_rows(args.input, fmt) if show else None)
+        try:
+            rows = batch_io.read_rows(source, fmt)
+            # Windows bound memory; each one keeps `concurrency` requests in flight.
+            window = max(256, 4 * args.concurrency * (args.batch_size or 32))
+            while chunk := list(itertools.islice(rows, window)):
+                usable = [r for r in chunk if r.error is None]
+                results = client.predict_batch(
+                    [batch_io.item_of(r, base) for r in usable],
+                    return_exceptions=True,
+                    batch_size=args.batch_size,
+                    progress=bar.update,
+                )
+                by_index = {r.index: res for r, res in zip(usable, results, strict=True)}
+                bar.update(len(chunk) - len(usable))
+                for row in chunk:
+                    result = row.error or by_index[row.index]
+                    failed += isinstance(result, VisualEntailmentError)
+                    ok += not isinstance(result, VisualEntailmentError)
+                    _print_json(batch_io.output_record(row, result), sink)
+        finally:
+            bar.close()
+            if sink is not sys.stdout:
+                sink.close()
+    print(f"ofa-ve batch: {ok} ok, {failed} failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _progress_bar(enabled: bool, total: int | None) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, disable=not enabled, unit="item", file=sys.stderr, dynamic_ncols=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args, args.subparser)
+    except VisualEntailmentError as exc:
+        _print_json({"error": exc.to_dict()}, sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""`pip install ./client` into a fresh virtualenv (no system site-packages, no torch):
+it installs, imports fast, never imports torch, and its `ofa-ve` talks to a real server.
+
+Dependencies are constrained to the versions of this environment, so pip takes
+them from its local cache when it has them. Nothing is skipped: a failed
+install fails the test.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from images import TEST_IMAGES
+
+pytestmark = [pytest.mark.slow, pytest.mark.server]
+
+CLIENT_DIR = Path(__file__).resolve().parents[1] / "client"
+# The client's runtime dependencies (and theirs that matter), pinned to what is tested here.
+PINNED = (
+    "tritonclient",
+    "numpy",
+    "pillow",
+    "urllib3",
+    "tqdm",
+    "grpcio",
+    "protobuf",
+    "python-rapidjson",
+    "packaging",
+)
+IMPORT_BUDGET_S = 0.5
+
+
+def _sh(*cmd: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    assert out.returncode == 0, f"{cmd[:4]} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    return out
+
+
+@pytest.fixture(scope="module")
+def fresh_venv(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("client-install")
+    # Build from a copy: an in-tree build would leave build/ and egg-info in client/.
+    source = root / "client"
+    shutil.copytree(
+        CLIENT_DIR, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__")
+    )
+    constraints = root / "constraints.txt"
+    constraints.write_text(
+        "".join(f"{name}=={importlib.metadata.version(name)}\n" for name in PINNED)
+    )
+    venv = root / "venv"
+    _sh(sys.executable, "-m", "venv", str(venv))
+    python = venv / "bin" / "python"
+    _sh(
+        str(python),
+        "-m",
+        "pip",
+        "install",
+        "--disable-pip-version-check",
+        "--quiet",
+        "-c",
+        str(constraints),
+        str(source),
+        timeout=300,
+    )
+    return venv
+
+
+def test_installs_without_torch_and_imports_fast(fresh_venv):
+    python = str(fresh_venv / "bin" / "python")
+    probe = (
+        "import importlib.util, sys, ofa_ve_client; "
+        "print(ofa_ve_client.__file__); "
+        "print(importlib.util.find_spec('torch') is None); "
+        "print(sorted(m for m in ('torch', 'tritonclient', 'grpc', 'numpy', 'PIL') "
+        "if m in sys.modules)); "
+        "ofa_ve_client.VisualEntailmentClient; ofa_ve_client.AsyncVisualEntailmentClient; "
+        "print('torch' in sys.modules)"
+    )
+    out = _sh(python, "-X", "importtime", "-c", probe)
+    location, no_torch_installed, loaded_by_import, torch_after_clients = out.stdout.split("\n")[:4]
+    assert str(fresh_venv) in location  # a real install, not this checkout
+    assert no_torch_installed == "True"
+    assert loaded_by_import == "[]"  # heavy modules load lazily
+    assert torch_after_clients == "False"
+    # -X importtime: "import time: self | cumulative | name" in microseconds.
+    cumulative = {
+        m.group(2).strip(): int(m.group(1))
+        for m in re.finditer(r"import time:\s+\d+ \|\s+(\d+) \| (.+)", out.stderr)
+    }
+    seconds = cumulative["ofa_ve_client"] / 1e6
+    assert seconds < IMPORT_BUDGET_S, f"import ofa_ve_client took {seconds:.3f}s"
+    _sh(python, "-m", "pip", "check")
+
+
+def test_installed_cli_predicts(fresh_venv, triton_server):
+    cli = str(fresh_venv / "bin" / "ofa-ve")
+    image = str(TEST_IMAGES["tiny_50x40_png"])
+    out = _sh(cli, "predict", image, "A cup of coffee.", "--url", triton_server.grpc_url)
+    result = json.loads(out.stdout)
+    assert result["label"] in ("entailment", "neutral", "contradiction")
+    assert abs(sum(result["probs"].values()) - 1) < 1e-4

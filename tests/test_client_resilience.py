@@ -1,0 +1,178 @@
+"""Deadlines, retries over a server restart, failover, round-robin, compression, keepalive.
+
+Each test talks to real tritonserver processes on 127.0.0.1; the restart and
+round-robin tests start one of their own (cleaned up by PID).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import tritonclient.grpc as tgrpc
+from images import HYPOTHESES, TEST_IMAGES
+from ofa_ve_client import (
+    DeadlineExceededError,
+    Item,
+    KeepAliveOptions,
+    Prediction,
+    RetryPolicy,
+    ServerUnavailableError,
+    VisualEntailmentClient,
+)
+from triton_server import TritonServer
+
+pytestmark = pytest.mark.server
+
+IMAGE = TEST_IMAGES["tiny_50x40_png"].read_bytes()
+MODEL = "ofa_visual_entailment"
+
+
+def dead_url() -> str:
+    """A loopback port with nothing listening (bound, then released)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+def same(a: Prediction, b: Prediction) -> bool:
+    return a.label == b.label and all(abs(a.probs[k] - b.probs[k]) < 1e-5 for k in a.probs)
+
+
+@pytest.fixture(scope="module")
+def second_server(model_repository) -> Iterator[TritonServer]:
+    """A tritonserver of this module's own: restarted by one test, round-robined by another."""
+    server = TritonServer(model_repository)
+    server.start()
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+def success_count(url: str) -> int:
+    with tgrpc.InferenceServerClient(url) as c:
+        stats = c.get_inference_statistics(MODEL, as_json=True)
+    return int(stats["model_stats"][0]["inference_stats"]["success"].get("count", 0))
+
+
+def test_tiny_deadline_fires(triton_server):
+    with VisualEntailmentClient(triton_server.grpc_url, timeout=0.001) as client:
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceededError) as info:
+            client.predict(IMAGE, "no time at all")
+        assert time.monotonic() - started < 1.0
+        assert isinstance(info.value, TimeoutError)
+        assert info.value.status == "DEADLINE_EXCEEDED"
+        # The per-call timeout overrides the client's default.
+        assert isinstance(client.predict(IMAGE, "enough time", timeout=60), Prediction)
+
+
+@pytest.mark.parametrize("how", ["stop", "kill"])
+def test_retries_ride_over_a_server_restart(second_server, how):
+    """Stop (SIGTERM) or kill (SIGKILL) the server mid-batch and start it again on the
+    same ports: every item is answered exactly once, with the right answer."""
+    batch = [Item(IMAGE, HYPOTHESES[i % len(HYPOTHESES)], f"premise {i}") for i in range(10)]
+    patient = RetryPolicy(max_attempts=200, initial_backoff=0.05, max_backoff=0.5)
+    with VisualEntailmentClient(second_server.grpc_url, retry=patient, timeout=120) as client:
+        expected = client.predict_batch(batch)
+        done = [0]
+        first_results = threading.Event()
+
+        def progress(n: int) -> None:
+            done[0] += n
+            first_results.set()
+
+        outcome: dict[str, object] = {}
+
+        def run() -> None:
+            try:
+                outcome["results"] = client.predict_batch(
+                    batch, batch_size=1, concurrency=2, return_exceptions=True, progress=progress
+                )
+            except BaseException as exc:  # surfaced by the assertions below
+                outcome["error"] = exc
+
+        worker = threading.Thread(target=run)
+        worker.start()
+        assert first_results.wait(60), "no result before the restart"
+        getattr(second_server, how)()
+        answered_before_restart = done[0]
+        second_server.start()
+        worker.join(150)
+        assert not worker.is_alive()
+        second_server.wait_ready()
+
+    assert "error" not in outcome, outcome.get("error")
+    results = outcome["results"]
+    assert answered_before_restart < len(batch), "the restart did not land mid-batch"
+    assert done[0] == len(batch)  # each item reported once
+    assert len(results) == len(batch)
+    for got, want in zip(results, expected, strict=True):
+        assert isinstance(got, Prediction), got
+        assert same(got, want)
+
+
+def test_failover_to_the_next_url(triton_server):
+    urls = [dead_url(), triton_server.grpc_url]
+    with VisualEntailmentClient(urls, timeout=30) as client:
+        started = time.monotonic()
+        results = [client.predict(IMAGE, HYPOTHESES[i]) for i in range(6)]
+        assert all(isinstance(r, Prediction) for r in results)
+        # Moving to the next URL is immediate: no backoff while untried URLs remain.
+        assert time.monotonic() - started < 20
+        assert client.is_server_ready()  # one of the two is enough
+        health = {h["url"]: h for h in client.health()}
+        assert health[urls[0]]["ready"] is False and "error" in health[urls[0]]
+        assert health[urls[1]]["model_ready"] is True
+
+
+def test_unreachable_server_fails_fast_without_retries():
+    with VisualEntailmentClient(dead_url(), retry=RetryPolicy.disabled()) as client:
+        started = time.monotonic()
+        with pytest.raises(ServerUnavailableError) as info:
+            client.predict(IMAGE, "nobody home")
+        assert time.monotonic() - started < 5
+        assert info.value.status == "UNAVAILABLE"
+        assert isinstance(info.value, ConnectionError)
+        assert client.is_server_ready() is False
+
+
+def test_retries_give_up_at_the_deadline():
+    patient = RetryPolicy(max_attempts=1000, initial_backoff=0.05, max_backoff=0.2)
+    with VisualEntailmentClient(dead_url(), retry=patient, timeout=1.0) as client:
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceededError) as info:
+            client.predict(IMAGE, "nobody home")
+        elapsed = time.monotonic() - started
+    assert 0.5 < elapsed < 3.0
+    assert info.value.attempts > 1 or "attempt" in str(info.value)
+
+
+def test_round_robin_spreads_calls_over_servers(triton_server, second_server):
+    urls = [triton_server.grpc_url, second_server.grpc_url]
+    before = [success_count(u) for u in urls]
+    with VisualEntailmentClient(urls) as client:
+        for i in range(10):
+            client.predict(IMAGE, HYPOTHESES[i])
+    after = [success_count(u) for u in urls]
+    assert [a - b for a, b in zip(after, before, strict=True)] == [5, 5]
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_compression(triton_server, algorithm):
+    with VisualEntailmentClient(triton_server.grpc_url) as plain:
+        want = plain.predict(IMAGE, HYPOTHESES[0])
+    with VisualEntailmentClient(triton_server.grpc_url, compression_algorithm=algorithm) as c:
+        assert same(c.predict(IMAGE, HYPOTHESES[0]), want)
+
+
+def test_keepalive_options(triton_server):
+    keepalive = KeepAliveOptions(keepalive_time_ms=20_000, keepalive_timeout_ms=5_000)
+    with VisualEntailmentClient(triton_server.grpc_url, keepalive=keepalive) as client:
+        assert isinstance(client.predict(IMAGE, HYPOTHESES[1]), Prediction)
