@@ -201,3 +201,16 @@ def test_bad_configuration_is_refused_up_front(kwargs):
     url = kwargs.pop("url", "127.0.0.1:8001")
     with pytest.raises(ValueError):
         VisualEntailmentClient(url, **kwargs)
+
+
+def test_server_urls_accept_host_port_and_grpc_resolver_targets() -> None:
+    from ofa_ve_client.config import normalize_urls
+
+    assert normalize_urls("grpc://10.0.0.1:8001") == ("10.0.0.1:8001",)
+    headless = "dns:///ofa-visual-entailment-headless.ofa-ve.svc.cluster.local:8001"
+    assert normalize_urls([headless, "unix:/run/triton.sock"]) == (
+        headless,
+        "unix:/run/triton.sock",
+    )
+    with pytest.raises(ValueError, match="HOST:PORT"):
+        normalize_urls("http://127.0.0.1:8000")

@@ -65,8 +65,17 @@ class ClientConfig:
     image_fetch: ImageFetchOptions = field(default_factory=ImageFetchOptions)
 
 
+GRPC_RESOLVER_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:")
+"""Target prefixes gRPC resolves itself; passed through as they are."""
+
+
 def normalize_urls(url: str | Sequence[str]) -> tuple[str, ...]:
-    """'host:port' or a list of them; a leading grpc:// is tolerated, http:// is a mistake."""
+    """'host:port' or a list of them; a leading grpc:// is tolerated, http:// is a mistake.
+
+    gRPC name-resolver targets pass through unchanged (e.g. ``dns:///svc:8001`` with
+    channel_args ``[("grpc.lb_policy_name", "round_robin")]`` spreads calls over every
+    address a headless Kubernetes Service resolves to).
+    """
     urls = [url] if isinstance(url, str) else list(url)
     if not urls:
         raise ValueError("at least one server URL is needed")
@@ -75,6 +84,9 @@ def normalize_urls(url: str | Sequence[str]) -> tuple[str, ...]:
         u = u.strip()
         if u.startswith("grpc://"):
             u = u[len("grpc://") :]
+        if u.startswith(GRPC_RESOLVER_SCHEMES):
+            out.append(u)
+            continue
         if "://" in u or not u:
             raise ValueError(f"server URL must be HOST:PORT (the gRPC port), got {u!r}")
         out.append(u)
