@@ -6,6 +6,7 @@
 #   make test             the whole suite, including tests against a real tritonserver
 #   make lint             ruff
 #   make demo-checkpoint  random-weight checkpoint in ModelScope's layout (DEMO_DIR)
+#   make soak             bounded load against a running `make serve` (SOAK_ARGS)
 #
 # Variables: PYTEST_ARGS (e.g. PYTEST_ARGS="-m 'not server'"), SERVE_ARGS (passed to
 # scripts/serve.py, e.g. SERVE_ARGS="-- --log-verbose=1"), DEMO_DIR, DEMO_SEED, VENV.
@@ -15,10 +16,11 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 PYTEST_ARGS ?=
 SERVE_ARGS ?=
+SOAK_ARGS ?=
 DEMO_DIR ?= .cache/demo-checkpoint
 DEMO_SEED ?= 0
 
-.PHONY: help setup setup-serve serve test lint demo-checkpoint
+.PHONY: help setup setup-serve serve test lint demo-checkpoint soak
 
 help:
 	@sed -n '1,/^$$/{s/^# \{0,1\}//;p}' Makefile
@@ -43,3 +45,6 @@ lint: setup
 
 demo-checkpoint: setup-serve
 	$(PYTHON) scripts/make_demo_checkpoint.py --out $(DEMO_DIR) --seed $(DEMO_SEED)
+
+soak: setup
+	$(PYTHON) scripts/soak.py $(SOAK_ARGS)

@@ -15,9 +15,10 @@ precedence over config.pbtxt's `model_dir` parameter).
 
 Endpoints bind 127.0.0.1 unless OFA_VE_BIND_ADDRESS (or --address) says otherwise:
 HTTP OFA_VE_HTTP_PORT (8000), gRPC OFA_VE_GRPC_PORT (8001), metrics
-OFA_VE_METRICS_PORT (8002). The process becomes tritonserver (exec), so Ctrl-C or
-SIGTERM reach Triton directly: it drains in-flight requests (up to
---exit-timeout-secs), unloads the model and exits.
+OFA_VE_METRICS_PORT (8002). The process becomes scripts/stub_watchdog.py (exec),
+which runs tritonserver and forwards Ctrl-C or SIGTERM to it: Triton drains
+in-flight requests (up to --exit-timeout-secs), unloads the model and exits. If a
+model instance's stub process dies, the watchdog stops the server and exits 70.
 """
 
 from __future__ import annotations
@@ -201,7 +202,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{args.address}:{args.grpc_port}, metrics {args.address}:{args.metrics_port} "
         "(Ctrl-C stops it)"
     )
-    os.execve(command[0], command, env)
+    # The watchdog runs tritonserver as its child and forwards signals; when a model
+    # instance's stub process dies (Triton 2.51 keeps reporting READY while every
+    # request fails), it stops the server and exits 70 so a supervisor restarts it.
+    watchdog = Path(__file__).resolve().parent / "stub_watchdog.py"
+    os.execve(sys.executable, [sys.executable, str(watchdog), "--", *command], env)
     return 1  # not reached
 
 

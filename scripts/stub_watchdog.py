@@ -1,0 +1,215 @@
+#!/usr/bin/env python3
+"""Run tritonserver, and stop it (exit 70) when one of its Python-backend stubs dies.
+
+Why: each model instance of a Python-backend model is a separate stub process.
+When one dies (an OOM kill, a segfault in a native library, a stray `kill -9`),
+Triton 2.51 (release 24.10) neither restarts it nor marks the model unready: the
+server keeps answering READY on /v2/health/ready and /v2/models/<m>/ready, and
+every request to that instance fails with INTERNAL "Stub process '<instance>' is
+not healthy." -- a black hole that readiness and liveness probes cannot see. A
+SIGTERM then waits out the whole --exit-timeout-secs and leaves the stub's
+/dev/shm region behind. (Measured; tests/test_faults.py pins both behaviours.)
+
+This wrapper turns that into an ordinary crash an orchestrator handles: it starts
+tritonserver as its child, forwards SIGTERM/SIGINT/SIGHUP/SIGQUIT to it, and polls
+the child's stub processes. When a stub it has seen serving turns into a zombie
+(a crash: Triton 2.51 never reaps a dead stub, while a stub it ends itself on an
+unload or shutdown is reaped and simply vanishes) and no stop was asked for, it
+logs why, sends SIGTERM (readiness drops at once), SIGKILLs whatever is left
+after --stop-timeout seconds, removes the dead stubs' /dev/shm regions, and exits
+70 (EX_SOFTWARE). Otherwise it exits with tritonserver's own status (128+N for a
+signal).
+
+    python scripts/stub_watchdog.py -- tritonserver --model-repository=... [flags]
+    python scripts/stub_watchdog.py --poll-interval 0.5 -- "$(which tritonserver)" ...
+
+Linux only (reads /proc), like tritonserver itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+STUB_NAME = "triton_python_backend_stub"
+SHM_PREFIX = "triton_python_backend_shm_region"
+EXIT_STUB_DIED = 70
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+
+
+def _say(message: str) -> None:
+    print(f"stub_watchdog: {message}", file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class Stub:
+    pid: int
+    instance: str
+    shm_region: str | None
+
+
+def _children(pid: int) -> set[int]:
+    found: set[int] = set()
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return found
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                found.update(int(p) for p in f.read().split())
+        except FileNotFoundError:
+            continue
+    return found
+
+
+def _argv(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return [p.decode(errors="replace") for p in f.read().split(b"\0") if p]
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+
+
+def _state(pid: int) -> str | None:
+    """The process state letter (R, S, Z...), None once the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return None
+
+
+def serving_stubs(server_pid: int) -> dict[int, Stub]:
+    """Live model-instance stubs of `server_pid`.
+
+    Stub argv (python_backend 24.10): stub, model.py, shm region, default size,
+    growth size, parent pid, backend dir, IPC handle, instance name, runtime dir. A
+    freshly forked child still shows tritonserver's argv and is skipped until it has
+    exec'd; the auto-complete stub carries no instance name and is skipped too.
+    """
+    stubs = {}
+    for pid in _children(server_pid):
+        argv = _argv(pid)
+        if not argv or not argv[0].endswith(STUB_NAME) or _state(pid) in (None, "Z", "X"):
+            continue
+        region = next((a for a in argv if a.startswith(SHM_PREFIX)), None)
+        instance = argv[8] if len(argv) >= 10 else ""
+        if instance:
+            stubs[pid] = Stub(pid, instance, region)
+    return stubs
+
+
+def remove_regions(stubs: Sequence[Stub]) -> list[str]:
+    """Delete the /dev/shm regions of dead stubs (Triton leaves them behind)."""
+    removed = []
+    for stub in stubs:
+        if stub.shm_region:
+            path = Path("/dev/shm") / stub.shm_region
+            try:
+                path.unlink()
+                removed.append(stub.shm_region)
+            except FileNotFoundError:
+                continue
+    return removed
+
+
+class Watchdog:
+    """tritonserver as a child process, watched for dead stubs."""
+
+    def __init__(self, command: Sequence[str], poll_interval_s: float, stop_timeout_s: float):
+        self.command = list(command)
+        self.poll_interval_s = poll_interval_s
+        self.stop_timeout_s = stop_timeout_s
+        self.stopping = False
+        self.child: subprocess.Popen[bytes] | None = None
+
+    def _forward(self, signum: int, _frame: object) -> None:
+        self.stopping = True  # stubs exit during a requested stop: not a failure
+        if self.child is not None and self.child.poll() is None:
+            self.child.send_signal(signum)
+
+    def run(self) -> int:
+        for signum in FORWARDED:
+            signal.signal(signum, self._forward)
+        try:
+            self.child = subprocess.Popen(self.command)
+        except OSError as e:
+            _say(f"cannot start {self.command[0]}: {e}")
+            return 127
+        seen: dict[int, Stub] = {}
+        while True:
+            code = self.child.poll()
+            if code is not None:
+                if code != 0:
+                    gone = [s for s in seen.values() if _state(s.pid) in (None, "Z", "X")]
+                    remove_regions(gone)
+                return code if code >= 0 else 128 - code
+            current = serving_stubs(self.child.pid)
+            # A crashed stub stays a zombie (2.51 never reaps it); one that Triton ends
+            # itself (unload in explicit mode, shutdown) is reaped and simply vanishes.
+            dead = [s for s in seen.values() if _state(s.pid) == "Z"]
+            if dead and not self.stopping:
+                return self._stub_died(dead, list(current.values()))
+            seen = {pid: s for pid, s in seen.items() if _state(pid) is not None}
+            seen.update(current)
+            time.sleep(self.poll_interval_s)
+
+    def _stub_died(self, dead: list[Stub], alive: list[Stub]) -> int:
+        assert self.child is not None
+        for stub in dead:
+            _say(
+                f"the Python-backend stub of model instance {stub.instance!r} (pid {stub.pid}) "
+                "died unexpectedly (an unreaped zombie). Triton 2.51 would keep "
+                "reporting READY and fail every request to it, so tritonserver "
+                f"(pid {self.child.pid}) is being stopped; restart it (exit {EXIT_STUB_DIED})."
+            )
+        self.stopping = True
+        self.child.send_signal(signal.SIGTERM)  # readiness drops at once
+        try:
+            self.child.wait(self.stop_timeout_s)
+        except subprocess.TimeoutExpired:
+            # With a dead instance Triton waits out its whole exit timeout: cut it short.
+            _say(f"tritonserver still running after {self.stop_timeout_s:.0f} s: SIGKILL")
+            for stub in alive:
+                if _state(stub.pid) not in (None, "Z", "X"):
+                    os.kill(stub.pid, signal.SIGKILL)
+            self.child.kill()
+            self.child.wait()
+        removed = remove_regions(dead + alive)
+        if removed:
+            _say(f"removed leftover shared memory: {', '.join(removed)}")
+        return EXIT_STUB_DIED
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="Everything after `--` is the tritonserver command line.",
+    )
+    parser.add_argument("--poll-interval", type=float, default=1.0, help="seconds (default 1)")
+    parser.add_argument(
+        "--stop-timeout",
+        type=float,
+        default=5.0,
+        help="seconds between SIGTERM and SIGKILL once a stub died (default 5)",
+    )
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- tritonserver ARGS...")
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser.error("give the tritonserver command after `--`")
+    if args.poll_interval <= 0 or args.stop_timeout < 0:
+        parser.error("--poll-interval must be positive and --stop-timeout not negative")
+    return Watchdog(command, args.poll_interval, args.stop_timeout).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

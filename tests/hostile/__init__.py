@@ -1,0 +1,1 @@
+"""Hostile and awkward request payloads, generated at test time (nothing big is committed)."""

@@ -1,0 +1,395 @@
+"""Faults against a real tritonserver: vanishing clients, a killed stub, SIGTERM, bad weights.
+
+What each test pins down (measured on Triton 2.51 / release 24.10, see
+docs/reliability.md):
+
+- a client that cancels or disconnects mid-request costs the server nothing: it
+  keeps serving, same stub process;
+- SIGTERM under load drains: every request already received is answered, readiness
+  drops at once, the process exits 0 within `--exit-timeout-secs`, and its /dev/shm
+  region is removed;
+- a start-up with a missing or corrupt checkpoint fails fast, non-zero, with the
+  reason in the log;
+- a stub process killed under load: every in-flight request gets an answer (an
+  error, never a hang), and the server must then stop pretending to be healthy.
+  Bare Triton 2.51 stays READY (kept as a strict xfail); under
+  scripts/stub_watchdog.py the server exits 70 for the orchestrator to replace.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as tgrpc
+from images import TEST_IMAGES
+from soak import SHM_PREFIX, cmdline, process_state, stub_pids
+from soak import children as soak_children
+from triton_server import ServerStartError, TritonServer
+from tritonclient.utils import InferenceServerException
+
+pytestmark = pytest.mark.server
+
+MODEL = "ofa_visual_entailment"
+IMAGE = TEST_IMAGES["tiny_50x40_png"].read_bytes()
+TIMEOUT_S = 120.0
+
+
+def inputs(items: int = 1, hypothesis: bytes = b"A cup of coffee.") -> list[tgrpc.InferInput]:
+    built = []
+    for name, value in (("IMAGE", IMAGE), ("HYPOTHESIS", hypothesis)):
+        inp = tgrpc.InferInput(name, [items, 1], "BYTES")
+        inp.set_data_from_numpy(np.array([[value]] * items, dtype=np.object_))
+        built.append(inp)
+    return built
+
+
+def answered(result: tgrpc.InferResult, items: int = 1) -> bool:
+    probs = result.as_numpy("PROBS")
+    return probs is not None and probs.shape == (items, 3)
+
+
+def shm_region_of_pid(server_pid: int) -> list[str]:
+    """The /dev/shm region names a tritonserver's stubs were started with."""
+    return [
+        part
+        for pid in stub_pids(server_pid)
+        for part in cmdline(pid)
+        if part.startswith(SHM_PREFIX)
+    ]
+
+
+def send_many(client: tgrpc.InferenceServerClient, count: int, items: int = 1) -> queue.Queue:
+    """`count` asynchronous requests; their (index, result, error) arrive on the queue."""
+    answers: queue.Queue = queue.Queue()
+    for i in range(count):
+        client.async_infer(
+            MODEL,
+            inputs(items, f"Request {i} about coffee.".encode()),
+            callback=partial(lambda i, result, error: answers.put((i, result, error)), i),
+            client_timeout=TIMEOUT_S,
+        )
+    return answers
+
+
+# ------------------------------------------------------------------ vanishing clients
+
+
+def metric_sum(server: TritonServer, name: str) -> float:
+    """The sum of a Prometheus metric over its labels, from the server's /metrics."""
+    with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
+        lines = response.read().decode().splitlines()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(name + "{"))
+
+
+def items_forwarded(server: TritonServer) -> float:
+    """Items the engine has run through the network (`ofa_ve_engine_batch_size_sum`)."""
+    return metric_sum(server, "ofa_ve_engine_batch_size_sum")
+
+
+def test_cancelled_requests_are_skipped_and_the_server_keeps_serving(triton_server, grpc_client):
+    """Requests cancelled while queued behind a busy model never reach the network (the
+    work an impatient client abandons is bounded by the batch already running), and
+    the server goes on serving with the same stub."""
+    stub = stub_pids(triton_server.pid)
+    before = items_forwarded(triton_server)
+    with tgrpc.InferenceServerClient(triton_server.grpc_url) as client:
+        blocker = send_many(client, 1, items=2)
+        time.sleep(0.3)  # the blocker is executing; what follows waits in the queue
+        contexts = [
+            client.async_infer(MODEL, inputs(4), callback=lambda result, error: None)
+            for _ in range(4)
+        ]
+        time.sleep(0.05)
+        for context in contexts:
+            context.cancel()
+        _, result, error = blocker.get(timeout=TIMEOUT_S)
+        assert error is None and answered(result, 2)
+    started = time.monotonic()
+    assert answered(grpc_client.infer(MODEL, inputs(), client_timeout=TIMEOUT_S))
+    assert time.monotonic() - started < 60
+    forwarded = items_forwarded(triton_server) - before
+    assert forwarded < 2 + 16 + 1, f"{forwarded} items computed: the cancelled ones ran"
+    assert stub_pids(triton_server.pid) == stub
+    assert grpc_client.is_model_ready(MODEL)
+
+
+def test_client_killed_mid_request_leaves_the_server_serving(triton_server, grpc_client):
+    """A client process SIGKILLed with requests in flight: its connection dies mid-call."""
+    stub = stub_pids(triton_server.pid)
+    script = textwrap.dedent(
+        f"""
+        import sys, numpy as np, tritonclient.grpc as g
+        c = g.InferenceServerClient({triton_server.grpc_url!r})
+        def inp(name, value):
+            i = g.InferInput(name, [4, 1], "BYTES")
+            i.set_data_from_numpy(np.array([[value]] * 4, dtype=np.object_))
+            return i
+        image = open({str(TEST_IMAGES["landscape_640x480_jpeg"])!r}, "rb").read()
+        c.async_infer({MODEL!r}, [inp("IMAGE", image), inp("HYPOTHESIS", b"x")],
+                      callback=lambda r, e: None)
+        print("sent", flush=True)
+        sys.stdin.read()
+        """
+    )
+    client = subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert client.stdout.readline().strip() == b"sent"
+        time.sleep(0.3)  # the first batch is on its way into execute
+    finally:
+        client.send_signal(signal.SIGKILL)
+        client.wait(10)
+    answers = send_many(grpc_client, 2)
+    for _ in range(2):
+        i, result, error = answers.get(timeout=TIMEOUT_S)
+        assert error is None, f"request {i} after the client died: {error}"
+        assert answered(result)
+    assert stub_pids(triton_server.pid) == stub
+    assert triton_server.is_running()
+
+
+def test_client_deadline_expiring_in_queue(triton_server, grpc_client):
+    """Requests whose client deadline passes while they wait fail DEADLINE_EXCEEDED on
+    the client; the server carries on and later requests succeed."""
+    with tgrpc.InferenceServerClient(triton_server.grpc_url) as client:
+        outcomes: queue.Queue = queue.Queue()
+        for _ in range(2):
+            client.async_infer(
+                MODEL,
+                inputs(1),
+                callback=lambda result, error: outcomes.put(error),
+                client_timeout=0.05,
+            )
+        errors = [outcomes.get(timeout=TIMEOUT_S) for _ in range(2)]
+    assert all(e is not None and "DEADLINE_EXCEEDED" in e.status() for e in errors), errors
+    assert answered(grpc_client.infer(MODEL, inputs(), client_timeout=TIMEOUT_S))
+
+
+# ------------------------------------------------------------------ SIGTERM drains
+
+WATCHDOG = Path(__file__).resolve().parent.parent / "scripts" / "stub_watchdog.py"
+
+
+class WatchedServer(TritonServer):
+    """tritonserver under scripts/stub_watchdog.py, as `make serve` and the container
+    should run it; `pid` is the watchdog's, tritonserver is its child."""
+
+    def command(self) -> list[str]:
+        return [sys.executable, str(WATCHDOG), "--poll-interval", "0.2", "--", *super().command()]
+
+    @property
+    def triton_pid(self) -> int:
+        children = [p for p in soak_children(self.pid) if "tritonserver" in " ".join(cmdline(p))]
+        assert len(children) == 1, children
+        return children[0]
+
+
+@pytest.fixture
+def watched_server(model_repository) -> Iterator[WatchedServer]:
+    """A server of this test's own, under the stub watchdog (signals go through it)."""
+    server = WatchedServer(model_repository, exit_timeout_s=60)
+    server.start()
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop(timeout=30)
+
+
+def test_sigterm_drains_in_flight_requests(watched_server):
+    """SIGTERM (to the watchdog, which forwards it) under load: readiness drops at once,
+    every request already received is answered, exit 0 within the exit timeout, and
+    the shared memory is gone."""
+    server = watched_server
+    regions = shm_region_of_pid(server.triton_pid)
+    assert regions and all(Path("/dev/shm", r).exists() for r in regions)
+    count = 6
+    with tgrpc.InferenceServerClient(server.grpc_url) as client:
+        first_batch = send_many(client, 1, items=8)
+        time.sleep(0.2)  # past the 5 ms batching delay: that batch is executing
+        answers = send_many(client, count)
+        # SIGTERM only once requests are waiting in the queue behind the running batch.
+        deadline = time.monotonic() + 30
+        while metric_sum(server, "nv_inference_pending_request_count") < 2:
+            assert time.monotonic() < deadline, "the requests never queued"
+            time.sleep(0.01)
+        signalled = time.monotonic()
+        os.kill(server.pid, signal.SIGTERM)
+        # Readiness drops at once, so a load balancer stops sending new work.
+        deadline = time.monotonic() + 5
+        while server.is_ready() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not server.is_ready(), "still READY after SIGTERM"
+        first = first_batch.get(timeout=TIMEOUT_S)
+        outcomes = [answers.get(timeout=TIMEOUT_S) for _ in range(count)]
+    failed = [(i, e) for i, _, e in [first, *outcomes] if e is not None]
+    assert not failed, f"requests dropped by the drain: {failed}"
+    assert answered(first[1], 8) and all(answered(result) for _, result, _ in outcomes)
+    code = server._process.wait(server.exit_timeout_s + 15)
+    took = time.monotonic() - signalled
+    assert code == 0, server.log_tail()
+    assert took < server.exit_timeout_s, f"exit took {took:.1f} s"
+    log = server.log_text()
+    assert "Waiting for in-flight requests to complete" in log
+    waited_for = [int(n) for n in re.findall(r"has (\d+) in-flight inferences", log)]
+    assert waited_for and max(waited_for) >= 2, "SIGTERM found nothing in flight to drain"
+    assert "Exit timeout expired" not in log
+    assert not [r for r in regions if Path("/dev/shm", r).exists()], "shm region left behind"
+
+
+# ------------------------------------------------------------------ start-up failures
+
+
+class _RunsCode:
+    """Unpickling this calls os.system(command): what a malicious checkpoint does."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self) -> tuple:
+        return (os.system, (self.command,))
+
+
+def _broken_model_dir(tmp_path: Path, demo_model_dir: Path, how: str) -> tuple[Path, str]:
+    """A copy of the demo checkpoint broken in one way; returns it and the log phrase."""
+    if how == "missing":
+        return tmp_path / "no-such-model", "does not exist"
+    broken = tmp_path / f"model-{how}"
+    broken.mkdir()
+    for f in demo_model_dir.iterdir():
+        if f.name != "pytorch_model.bin":
+            (broken / f.name).symlink_to(f)
+    weights = broken / "pytorch_model.bin"
+    if how == "truncated":
+        with open(demo_model_dir / "pytorch_model.bin", "rb") as src, open(weights, "wb") as dst:
+            dst.write(src.read(1_000_000))
+        return broken, "truncated or corrupt"
+    if how == "pickle_payload":
+        # A checkpoint that would run code if it were unpickled without weights_only.
+        import torch  # already imported by the demo_model_dir fixture
+
+        torch.save({"w": _RunsCode(f"touch {tmp_path / 'pwned'}")}, weights)
+        return broken, "could not be loaded safely"
+    raise ValueError(how)
+
+
+@pytest.mark.parametrize("how", ["missing", "truncated", "pickle_payload"])
+def test_bad_checkpoint_fails_start_up_fast(model_repository, demo_model_dir, tmp_path, how):
+    model_dir, phrase = _broken_model_dir(tmp_path, demo_model_dir, how)
+    server = TritonServer(model_repository, model_dir)
+    server.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(ServerStartError):
+            server.wait_ready(timeout=120)
+        took = time.monotonic() - started
+        code = server._process.wait(30)
+    finally:
+        server.stop(timeout=10)
+    log = server.log_text()
+    assert code != 0, f"exit code {code}"
+    assert took < 90, f"failing took {took:.0f} s"
+    assert phrase in log, log[-3000:]
+    assert str(model_dir) in log
+    if how == "pickle_payload":
+        assert not (tmp_path / "pwned").exists(), "the checkpoint's pickle payload ran"
+
+
+# ------------------------------------------------------------------ the stub dies
+
+STUB_DEATH_DEADLINE_S = 10
+
+
+def _load(client: tgrpc.InferenceServerClient, stop: threading.Event, out: list) -> None:
+    while not stop.is_set():
+        started = time.monotonic()
+        try:
+            result = client.infer(MODEL, inputs(), client_timeout=60)
+            out.append(("ok", time.monotonic() - started, answered(result)))
+        except InferenceServerException as e:
+            out.append((e.status(), time.monotonic() - started, e.message()))
+
+
+@pytest.mark.parametrize(
+    "watched",
+    [
+        pytest.param(True, id="under_stub_watchdog"),
+        pytest.param(
+            False,
+            id="bare_tritonserver",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="Triton 2.51 stays READY with a dead stub (a strict xfail: if this "
+                "starts passing, Triton changed; revisit scripts/stub_watchdog.py)",
+            ),
+        ),
+    ],
+)
+def test_stub_killed_under_load_takes_the_server_out(model_repository, watched):
+    """SIGKILL the stub (an OOM kill, a segfault in a native library) under load.
+
+    Required: every in-flight request is answered (an error, never a hang), and within
+    10 s the server is no longer READY and has exited non-zero, so an orchestrator
+    replaces it, with no stub process and no /dev/shm region left behind. Bare Triton
+    2.51 fails this (it stays READY and fails every request: "Stub process ... is not
+    healthy"); scripts/stub_watchdog.py makes it pass.
+    """
+    server = (WatchedServer if watched else TritonServer)(model_repository, exit_timeout_s=10)
+    server.start()
+    stop = threading.Event()
+    outcomes: list = []
+    workers: list[threading.Thread] = []
+    try:
+        server.wait_ready()
+        triton_pid = server.triton_pid if watched else server.pid
+        stubs = stub_pids(triton_pid)
+        regions = shm_region_of_pid(triton_pid)
+        assert len(stubs) == 1 and regions
+        with tgrpc.InferenceServerClient(server.grpc_url) as client:
+            workers = [
+                threading.Thread(target=_load, args=(client, stop, outcomes)) for _ in range(3)
+            ]
+            for w in workers:
+                w.start()
+            while not any(o[0] == "ok" for o in outcomes):
+                time.sleep(0.05)
+            os.kill(stubs[0], signal.SIGKILL)
+            killed = time.monotonic()
+            while server.is_running() and time.monotonic() - killed < STUB_DEATH_DEADLINE_S:
+                time.sleep(0.2)
+            stop.set()
+            for w in workers:
+                w.join(90)
+        assert not any(w.is_alive() for w in workers), "a request hung after the stub died"
+        errors = [o for o in outcomes if o[0] != "ok"]
+        assert errors, "no request failed although the stub was killed"
+        assert not server.is_running(), (
+            f"{STUB_DEATH_DEADLINE_S} s after the stub was killed the server is still running"
+            + (" and READY" if server.is_ready() else "")
+            + f"; errors seen: {sorted({o[2] for o in errors})[:2]}"
+        )
+        code = server._process.returncode
+        assert code == 70, f"exit code {code}"
+        assert "Python-backend stub of model instance" in server.log_text()
+        assert all(process_state(p) in (None, "Z") for p in stubs), "stub process left running"
+        assert not [r for r in regions if Path("/dev/shm", r).exists()], "shm region left"
+    finally:
+        stop.set()
+        server.kill()  # a bare tritonserver would wait out its exit timeout for nothing
+        for r in regions if "regions" in locals() else []:
+            Path("/dev/shm", r).unlink(missing_ok=True)  # what bare Triton leaves behind
