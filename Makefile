@@ -7,6 +7,9 @@
 #   make lint             ruff
 #   make demo-checkpoint  random-weight checkpoint in ModelScope's layout (DEMO_DIR)
 #   make soak             bounded load against a running `make serve` (SOAK_ARGS)
+#   make bench            side-by-side benchmark: ModelScope vs engine vs server (CPU or GPU)
+#   make bench-gpu        everything on a GPU machine (scripts/gpu_benchmark.sh)
+#   make loadtest         perf_analyzer sweeps against a running server (URL)
 #
 # Variables: PYTEST_ARGS (e.g. PYTEST_ARGS="-m 'not server'"), SERVE_ARGS (passed to
 # scripts/serve.py, e.g. SERVE_ARGS="-- --log-verbose=1"), DEMO_DIR, DEMO_SEED, VENV.
@@ -17,10 +20,11 @@ PYTHON := $(VENV)/bin/python
 PYTEST_ARGS ?=
 SERVE_ARGS ?=
 SOAK_ARGS ?=
+URL ?= 127.0.0.1:8001
 DEMO_DIR ?= .cache/demo-checkpoint
 DEMO_SEED ?= 0
 
-.PHONY: help setup setup-serve serve test lint demo-checkpoint soak
+.PHONY: help setup setup-serve serve test lint demo-checkpoint soak bench bench-gpu loadtest
 
 help:
 	@sed -n '1,/^$$/{s/^# \{0,1\}//;p}' Makefile
@@ -48,3 +52,13 @@ demo-checkpoint: setup-serve
 
 soak: setup
 	$(PYTHON) scripts/soak.py $(SOAK_ARGS)
+
+bench: setup
+	$(PYTHON) scripts/make_demo_checkpoint.py --out $(DEMO_DIR) --seed $(DEMO_SEED)
+	$(PYTHON) scripts/benchmark.py --model-dir $(DEMO_DIR) --out-dir .cache/bench --plot .cache/bench/benchmark.png
+
+bench-gpu: setup
+	scripts/gpu_benchmark.sh
+
+loadtest: setup
+	$(PYTHON) scripts/perf_analyzer_sweep.py --url $(URL) --out-dir .cache/loadtest

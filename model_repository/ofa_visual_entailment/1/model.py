@@ -168,18 +168,30 @@ class TritonPythonModel:
         )
         model_dir = resolve_model_dir(params, model_folder)
         device = instance_device(args)
+        chunk = params.text("image_chunk_size", "")
+        compile_stem = params.text("compile", "false").lower()
+        if compile_stem not in ("true", "false"):
+            raise ValueError(f"parameter 'compile' must be true or false, got {compile_stem!r}")
+        engine_batch = params.integer("engine_batch_size", 0)
+        if not engine_batch:  # auto: one item per pass on CPU (fastest there), whole batches on GPU
+            engine_batch = 1 if device == "cpu" else self.max_batch_size
         self.engine = VisualEntailmentEngine.from_model_dir(
             model_dir,
             device=device,
             dtype=DTYPES[dtype_name],
             limits=limits,
-            max_batch_size=params.integer("engine_batch_size", 0) or self.max_batch_size,
+            max_batch_size=engine_batch,
+            image_chunk_size=int(chunk) if chunk else None,
+            compile=compile_stem == "true",
+            linear_backend=params.text("linear_backend", "auto"),
         )
         weights = "demo" if self.engine.is_demo else "real"
         _log(
             "info",
             f"{self.instance}: loaded {weights} weights from {model_dir.resolve()} on "
             f"{self.engine.device} ({dtype_name}, engine batch {self.engine.max_batch_size}, "
+            f"image chunk {self.engine.image_chunk_size or 'whole batch'}, linear backend "
+            f"{self.engine.linear_backend}, compiled {self.engine.compiled}, "
             f"torch threads {torch.get_num_threads()}, preprocess threads {workers})",
         )
         if self.engine.is_demo:

@@ -21,10 +21,12 @@ from PIL import Image
 
 from .batching import PreparedItem, collate
 from .checkpoint import load_model
+from .compilation import compile_image_stem
 from .errors import CheckpointError, InvalidInputError
 from .image import decode_image, resize_image
 from .labels import ANSWER_TO_LABEL, LABELS
 from .limits import InputLimits
+from .onednn import choose_linear_backend
 from .resnet import fold_batchnorm
 from .scoring import AnswerScorer
 from .settings import TaskSettings
@@ -32,6 +34,11 @@ from .text import build_prompt
 from .tokenizer import OFATokenizer
 
 log = logging.getLogger(__name__)
+
+DEFAULT_CPU_IMAGE_CHUNK = 2
+"""Images per ResNet pass on CPU when not configured (docs/benchmarks.md has the sweep)."""
+COMPILE_MAX_FIXED_SIZES = 8
+"""Largest image chunk compiled as fixed shapes (one graph per size); beyond, dynamic."""
 
 HYPOTHESIS = "HYPOTHESIS"
 PREMISE = "PREMISE"
@@ -85,19 +92,37 @@ class VisualEntailmentEngine:
         max_batch_size: int = 32,
         fold_bn: bool = True,
         channels_last: bool | None = None,
+        image_chunk_size: int | None = None,
+        compile: bool = False,
+        linear_backend: str = "auto",
     ) -> None:
+        """Load a ModelScope model directory onto ``device``.
+
+        Performance options (results stay within float rounding of the defaults):
+        ``image_chunk_size`` runs the ResNet stem over at most this many images at a
+        time while the transformer sees the whole batch (``None``: 2 on CPU, where
+        the stem's activations fall out of cache as the batch grows; 0, the whole
+        batch, on GPUs). ``compile`` compiles the stem with ``torch.compile`` now
+        (seconds; on CPU it needs a C++ compiler), see ``compilation.py``.
+        ``linear_backend`` (``auto``, ``onednn``, ``aten``) picks the library behind
+        linear layers on CPU in float32, see ``onednn.py``.
+        """
         self.model_dir = Path(model_dir)
         if not self.model_dir.is_dir():
             raise CheckpointError(f"model directory {self.model_dir} does not exist")
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
+        if image_chunk_size is not None and image_chunk_size < 0:
+            raise ValueError("image_chunk_size must be 0 (whole batch) or positive")
         self.settings = TaskSettings.from_model_dir(self.model_dir)
         self.tokenizer = OFATokenizer(self.model_dir)
         self.device = resolve_device(device)
         self.dtype = dtype
         self.limits = limits or InputLimits()
         self.max_batch_size = max_batch_size
-        self.channels_last = self.device.type == "cpu" if channels_last is None else channels_last
+        # NHWC is what oneDNN (CPU) and tensor-core convolutions (GPU) run natively, and
+        # what the uint8 HWC pixels already are, so the batch needs no relayout.
+        self.channels_last = True if channels_last is None else channels_last
 
         model = load_model(self.model_dir)
         if len(self.tokenizer) != model.arch.vocab_size:
@@ -111,6 +136,12 @@ class VisualEntailmentEngine:
         if self.channels_last:
             model.encoder.embed_images.to(memory_format=torch.channels_last)
         self.model = model.eval().requires_grad_(False)
+        self.linear_backend = choose_linear_backend(self.model, self.device, dtype, linear_backend)
+        if image_chunk_size is None:
+            image_chunk_size = DEFAULT_CPU_IMAGE_CHUNK if self.device.type == "cpu" else 0
+        self.image_chunk_size = image_chunk_size
+        self.model.encoder.image_chunk_size = image_chunk_size
+        self.model.encoder.attend_by_length = self.device.type == "cpu"
 
         answers = self.settings.answers
         unknown = [a for a in answers if a not in ANSWER_TO_LABEL]
@@ -130,6 +161,23 @@ class VisualEntailmentEngine:
             vocab_size=model.arch.vocab_size,
         )
         self._lock = threading.Lock()
+        self.compiled = compile
+        if compile:  # last: a bad checkpoint fails before seconds of compilation
+            self._compile_image_stem()
+
+    def _compile_image_stem(self) -> None:
+        """Compile the ResNet stem for every batch size it will see (see compilation.py)."""
+        size = self.settings.patch_image_size
+        chunk = self.image_chunk_size
+        fixed = 0 < chunk <= COMPILE_MAX_FIXED_SIZES
+        self.model.encoder.image_stem = compile_image_stem(
+            self.model.encoder.embed_images,
+            example=torch.zeros(1, 3, size, size, device=self.device, dtype=self.dtype),
+            # A fixed chunk: one graph per size 1..chunk. Whole batches: a dynamic graph.
+            batch_sizes=range(1, chunk + 1) if fixed else (1, 2),
+            memory_format=torch.channels_last if self.channels_last else torch.contiguous_format,
+            dynamic=False if fixed else None,
+        )
 
     from_model_dir = classmethod(lambda cls, model_dir, **kw: cls(model_dir, **kw))
 

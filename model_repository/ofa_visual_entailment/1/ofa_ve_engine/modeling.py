@@ -11,18 +11,21 @@ What differs from the reference is only how the work is arranged: position
 biases depend on positions alone, so they are computed once per batch and
 broadcast instead of once per item; attention runs through
 ``scaled_dot_product_attention``; the decoder returns hidden states so that
-scoring can project only what it needs.
+scoring can project only what it needs; linear layers are ``onednn.Linear``
+(``nn.Linear`` with a switch to run through oneDNN on CPUs where MKL is slow).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .onednn import Linear
 from .resnet import ResNet
 from .settings import OFAArchitecture
 
@@ -97,23 +100,49 @@ class OFAAttention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = embed_dim // num_heads
         self.scaling = float(self.head_dim * scale_factor) ** -0.5
-        self.k_proj = nn.Linear(embed_dim, embed_dim)
-        self.v_proj = nn.Linear(embed_dim, embed_dim)
-        self.q_proj = nn.Linear(embed_dim, embed_dim)
-        self.out_proj = nn.Linear(embed_dim, embed_dim)
+        self.k_proj = Linear(embed_dim, embed_dim)
+        self.v_proj = Linear(embed_dim, embed_dim)
+        self.q_proj = Linear(embed_dim, embed_dim)
+        self.out_proj = Linear(embed_dim, embed_dim)
         self.c_attn = nn.Parameter(torch.ones(num_heads))
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         b, t, _ = x.shape
         return x.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor, kv: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        """x [B, T, D] attends to kv [B, S, D]; bias broadcasts to [B, H, T, S]."""
+    def forward(
+        self,
+        x: torch.Tensor,
+        kv: torch.Tensor,
+        bias: torch.Tensor,
+        lengths: list[int] | None = None,
+    ) -> torch.Tensor:
+        """x [B, T, D] attends to kv [B, S, D]; bias broadcasts to [B, H, T, S].
+
+        ``lengths`` (self-attention over right-padded items only): item i attends
+        with its first lengths[i] positions to its first lengths[i] positions, one
+        item at a time, and ``bias`` is the [1, H, S, S] bias shared by the batch
+        (no padding bias). That skips materializing a [B, H, S, S] bias per layer
+        (14 MB per item in float32), which on CPU costs more than the attention
+        itself saves by batching. Outputs at padded positions are left zero: they
+        are masked out of every later attention, as in the reference.
+        """
         b, t, d = x.shape
         q = self._heads(self.q_proj(x))
         k = self._heads(self.k_proj(kv))
         v = self._heads(self.v_proj(kv))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scaling)
+        if lengths is None:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scaling)
+        else:
+            out = torch.zeros_like(q)
+            for i, n in enumerate(lengths):
+                out[i : i + 1, :, :n] = F.scaled_dot_product_attention(
+                    q[i : i + 1, :, :n],
+                    k[i : i + 1, :, :n],
+                    v[i : i + 1, :, :n],
+                    attn_mask=bias[:, :, :n, :n],
+                    scale=self.scaling,
+                )
         out = out * self.c_attn.to(out.dtype)[None, :, None, None]
         return self.out_proj(out.transpose(1, 2).reshape(b, t, d))
 
@@ -127,8 +156,14 @@ def _apply(norm: nn.Module | None, x: torch.Tensor) -> torch.Tensor:
 
 
 def _clamp_half(x: torch.Tensor) -> torch.Tensor:
-    """fp16 overflow guard, as the reference encoder layer does."""
-    if x.dtype == torch.float16 and not torch.isfinite(x).all():
+    """fp16 overflow guard of the reference encoder layer, without its host sync.
+
+    The reference clamps to +-(max - 1000) only when the tensor holds an inf or NaN;
+    asking that is a GPU-to-host sync per layer. Clamping always gives the same
+    result for every value up to 64504 in magnitude and for infs (NaN stays NaN),
+    so only values in the last 1000 below fp16's max could differ.
+    """
+    if x.dtype == torch.float16:
         limit = torch.finfo(x.dtype).max - 1000
         x = torch.clamp(x, min=-limit, max=limit)
     return x
@@ -141,17 +176,19 @@ class OFAEncoderLayer(nn.Module):
         self.self_attn = OFAAttention(d, arch.encoder_attention_heads, arch.attn_scale_factor)
         self.self_attn_layer_norm = nn.LayerNorm(d)
         self.self_attn_mid_layer_norm = _layer_norm(d, arch.normformer)
-        self.fc1 = nn.Linear(d, ffn)
-        self.fc2 = nn.Linear(ffn, d)
+        self.fc1 = Linear(d, ffn)
+        self.fc2 = Linear(ffn, d)
         self.ffn_layer_norm = _layer_norm(ffn, arch.normformer)
         self.final_layer_norm = nn.LayerNorm(d)
         self.normalize_before = arch.encoder_normalize_before
         self.activation = _ACTIVATIONS[arch.activation_function]
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, bias: torch.Tensor, lengths: list[int] | None = None
+    ) -> torch.Tensor:
         pre = self.normalize_before
         h = self.self_attn_layer_norm(x) if pre else x
-        h = self.self_attn(h, h, bias)
+        h = self.self_attn(h, h, bias, lengths)
         x = x + _apply(self.self_attn_mid_layer_norm, h)
         if not pre:
             x = self.self_attn_layer_norm(x)
@@ -173,8 +210,8 @@ class OFADecoderLayer(nn.Module):
         self.cross_attn = OFAAttention(d, heads, arch.attn_scale_factor)
         self.cross_attn_layer_norm = nn.LayerNorm(d)
         self.cross_attn_mid_layer_norm = _layer_norm(d, arch.normformer)
-        self.fc1 = nn.Linear(d, ffn)
-        self.fc2 = nn.Linear(ffn, d)
+        self.fc1 = Linear(d, ffn)
+        self.fc2 = Linear(ffn, d)
         self.ffn_layer_norm = _layer_norm(ffn, arch.normformer)
         self.final_layer_norm = nn.LayerNorm(d)
         self.normalize_before = arch.decoder_normalize_before
@@ -216,6 +253,18 @@ class EncoderOutput:
     """[S, D] layer-normed absolute position embeddings, shared by the batch."""
 
 
+@dataclass
+class _PositionTable:
+    """The encoder's position embeddings and per-layer biases for up to ``text_len`` tokens."""
+
+    key: tuple[int, int, torch.dtype, torch.device]
+    text_len: int
+    position: torch.Tensor
+    """[h*w + text_len, D] layer-normed absolute positions (image patches first)."""
+    layer_biases: list[torch.Tensor]
+    """Per layer, [1, H, S, S]: absolute plus relative position bias, in the model dtype."""
+
+
 def _rel_tables(count: int, num_rel: int, heads: int) -> nn.ModuleList:
     tables = nn.ModuleList(nn.Embedding(num_rel, heads) for _ in range(count))
     for t in tables:
@@ -233,15 +282,15 @@ class OFAEncoder(nn.Module):
         self.embed_tokens = embed_tokens
         self.type_embedding = nn.Embedding(2, d) if arch.add_type_embedding else None
         self.embed_images = ResNet(arch.resnet_layers)
-        self.image_proj = nn.Linear(ResNet.out_channels, d)
+        self.image_proj = Linear(ResNet.out_channels, d)
         self.patch_layernorm_embedding = _layer_norm(d, arch.patch_layernorm_embedding)
         self.embed_positions = nn.Embedding(arch.max_position_embeddings + 2, d)
         self.embed_image_positions = nn.Embedding(arch.image_bucket_size**2 + 1, d)
         self.pos_ln = nn.LayerNorm(d)
         self.image_pos_ln = nn.LayerNorm(d)
         self.pos_scaling = float(d / heads * arch.attn_scale_factor) ** -0.5
-        self.pos_q_linear = nn.Linear(d, d)
-        self.pos_k_linear = nn.Linear(d, d)
+        self.pos_q_linear = Linear(d, d)
+        self.pos_k_linear = Linear(d, d)
         self.layers = nn.ModuleList(OFAEncoderLayer(arch) for _ in range(arch.encoder_layers))
         self.layer_norm = _layer_norm(d, arch.encoder_normalize_before)
         tables = 1 if arch.share_attn_bias else arch.encoder_layers
@@ -253,6 +302,27 @@ class OFAEncoder(nn.Module):
         )
         self.layernorm_embedding = _layer_norm(d, arch.layernorm_embedding)
         self.register_buffer("token_rp_bucket", make_token_bucket_position(arch.token_bucket_size))
+        self.image_chunk_size = 0
+        """Run the ResNet over at most this many images at a time (0: the whole batch).
+
+        On CPU its activations (B x 64 x 240 x 240 floats after the first conv) fall
+        out of cache as B grows, so the cost per image rises with B; the transformer
+        layers after it still see the whole batch."""
+        self.image_stem: Callable[[torch.Tensor], torch.Tensor] | None = None
+        """Replaces ``embed_images`` in the forward pass when set (a compiled copy of it)."""
+        self._position_cache: _PositionTable | None = None
+        self.attend_by_length = False
+        """Self-attention item by item over each item's real length when a batch has
+        padding (see ``OFAAttention.forward``): faster on CPU; one batched kernel with a
+        padding bias is better on GPUs."""
+
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, 3, P, P] -> [B, 1024, P/16, P/16] ResNet features, chunked as configured."""
+        stem = self.image_stem or self.embed_images
+        chunk = self.image_chunk_size
+        if chunk <= 0 or images.shape[0] <= chunk:
+            return stem(images)
+        return torch.cat([stem(part) for part in images.split(chunk)])
 
     def _abs_bias(self, pos: torch.Tensor) -> torch.Tensor:
         """[S, D] positions -> [H, S, S] content-independent attention bias."""
@@ -265,10 +335,9 @@ class OFAEncoder(nn.Module):
         """input_ids [B, L] right-padded; images [B, 3, P, P] normalized."""
         bsz, text_len = input_ids.shape
         device = input_ids.device
-        features = self.embed_images(images)  # [B, 1024, h, w]
+        features = self.image_features(images)  # [B, 1024, h, w]
         h, w = features.shape[-2:]
         num_patches = h * w
-        patch_ids = image_position_ids(h, w, self.arch.image_bucket_size, device)
         image_x = self.image_proj(features.flatten(2).transpose(1, 2)) * self.embed_scale
         text_x = self.embed_tokens(input_ids) * self.embed_scale
         if self.type_embedding is not None:
@@ -286,15 +355,63 @@ class OFAEncoder(nn.Module):
         if has_pads:
             x = x * (1 - padding_mask.unsqueeze(-1).type_as(x))
 
-        text_pos = self.pos_ln(self.embed_positions.weight[:text_len])
+        seq_len = num_patches + text_len
+        table = self._position_table(h, w, text_len, x.dtype)
+        position = table.position[:seq_len]  # [S, D]
+        lengths = pad_bias = None
+        if has_pads and self.attend_by_length:
+            lengths = (padding_mask.shape[1] - text_pad.sum(dim=1)).tolist()
+        elif has_pads:
+            pad_bias = padding_bias(padding_mask, x.dtype)
+
+        for layer, full_bias in zip(self.layers, table.layer_biases, strict=True):
+            bias = full_bias[:, :, :seq_len, :seq_len]
+            if pad_bias is not None:
+                bias = bias + pad_bias
+            x = layer(x, bias, lengths)
+        x = _apply(self.layer_norm, x)
+        return EncoderOutput(hidden=x, padding_mask=padding_mask, position=position)
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        self._position_cache = None  # new weights, new positions
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def _position_table(self, h: int, w: int, text_len: int, dtype: torch.dtype) -> _PositionTable:
+        """Position embeddings and per-layer position biases covering ``text_len`` tokens.
+
+        Why cached: they depend on positions alone, never on the batch, and every
+        position's row is the same whatever the text length (the text comes after
+        the image patches, and its position ids and relative buckets start at 0), so
+        the bias for S = h*w + L tokens is the top-left S x S block of the bias for
+        any longer text. Building them took several passes over an [H, S, S] tensor
+        per layer per batch (about 10% of a batch of one on CPU). The table is built
+        for twice the longest text seen so far, so it is rebuilt only a few times.
+        """
+        device = self.embed_positions.weight.device
+        cached = self._position_cache
+        if (
+            cached is not None
+            and cached.key == (h, w, dtype, device)
+            and cached.text_len >= text_len
+        ):
+            return cached
+        limit = min(self.arch.max_position_embeddings, self.token_rp_bucket.shape[0])
+        if text_len > limit:
+            raise ValueError(f"{text_len} text tokens exceed the model's {limit} positions")
+        num_patches = h * w
+        covered = max(text_len, 2 * cached.text_len if cached else 64)
+        # A row stride that is a multiple of 16 keeps sliced biases usable by the
+        # fused GPU attention kernels (they require aligned strides for the mask).
+        covered = min(limit, covered + (-(num_patches + covered)) % 16)
+        patch_ids = image_position_ids(h, w, self.arch.image_bucket_size, device)
+        text_pos = self.pos_ln(self.embed_positions.weight[:covered])
         image_pos = self.image_pos_ln(self.embed_image_positions(patch_ids))
         position = torch.cat([image_pos, text_pos], dim=0)  # [S, D]
         abs_bias = self._abs_bias(position)
-        pad_bias = padding_bias(padding_mask, x.dtype) if has_pads else None
-        token_bucket = self.token_rp_bucket[:text_len, :text_len]
+        token_bucket = self.token_rp_bucket[:covered, :covered]
         image_bucket = self.image_rp_bucket[patch_ids][:, patch_ids]
-
-        for idx, layer in enumerate(self.layers):
+        biases = []
+        for idx in range(len(self.layers)):
             t = 0 if self.arch.share_attn_bias else idx
             bias = abs_bias.clone()
             bias[:, num_patches:, num_patches:] += F.embedding(
@@ -303,12 +420,9 @@ class OFAEncoder(nn.Module):
             bias[:, :num_patches, :num_patches] += F.embedding(
                 image_bucket, self.image_rel_pos_table_list[t].weight
             ).permute(2, 0, 1)
-            bias = bias.unsqueeze(0)
-            if pad_bias is not None:
-                bias = bias + pad_bias
-            x = layer(x, bias.to(x.dtype))
-        x = _apply(self.layer_norm, x)
-        return EncoderOutput(hidden=x, padding_mask=padding_mask, position=position)
+            biases.append(bias.unsqueeze(0).to(dtype))
+        self._position_cache = _PositionTable((h, w, dtype, device), covered, position, biases)
+        return self._position_cache
 
 
 class OFADecoder(nn.Module):
@@ -326,10 +440,10 @@ class OFADecoder(nn.Module):
         self.pos_ln = nn.LayerNorm(d)
         self.image_pos_ln = nn.LayerNorm(d)
         self.pos_scaling = float(d / heads * arch.attn_scale_factor) ** -0.5
-        self.self_pos_q_linear = nn.Linear(d, d)
-        self.self_pos_k_linear = nn.Linear(d, d)
-        self.cross_pos_q_linear = nn.Linear(d, d)
-        self.cross_pos_k_linear = nn.Linear(d, d)
+        self.self_pos_q_linear = Linear(d, d)
+        self.self_pos_k_linear = Linear(d, d)
+        self.cross_pos_q_linear = Linear(d, d)
+        self.cross_pos_k_linear = Linear(d, d)
         self.code_layernorm_embedding = _layer_norm(d, arch.code_layernorm_embedding)
         self.layer_norm = _layer_norm(d, arch.decoder_normalize_before)
         self.output_projection = nn.Linear(d, arch.vocab_size, bias=False)

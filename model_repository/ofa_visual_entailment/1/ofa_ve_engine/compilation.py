@@ -1,0 +1,67 @@
+"""``torch.compile`` of the ResNet stem: the one part of the network where it pays.
+
+Measured on a 2-core AMD EPYC with AVX-512 (torch 2.14, docs/benchmarks.md):
+inductor with ``freezing`` turns every convolution of the stem into a oneDNN
+convolution with prepacked weights and folds the residual add and ReLU into it,
+which cuts the stem's CPU time to about 0.6x of eager channels_last (features
+move by ~2e-6 relative). Compiling the transformer layers gained nothing on CPU
+(their matmuls and attention are library calls already) and took 40 s, so they
+stay eager.
+
+Compilation is lazy in torch; ``compile_image_stem`` runs the stem once at every
+batch size it will see, so the seconds it takes (and any failure, such as a
+missing C++ compiler) happen while the model loads, not on the first request.
+Shapes stay few: with an image chunk of c the stem only sees 1..c images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+
+
+class CompileError(RuntimeError):
+    """torch.compile could not build the stem (message says what to do)."""
+
+
+def compile_image_stem(
+    stem: nn.Module,
+    *,
+    example: torch.Tensor,
+    batch_sizes: Iterable[int],
+    memory_format: torch.memory_format = torch.contiguous_format,
+    dynamic: bool | None = False,
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A compiled stand-in for ``stem``, already compiled at each of ``batch_sizes``.
+
+    ``example`` is one input image [1, 3, P, P] in the dtype and on the device the
+    engine feeds, ``memory_format`` its layout (both fix what the graphs are
+    compiled for). ``dynamic=None`` lets
+    torch mark the batch dimension dynamic after the first new size (for whole
+    batches of varying size, as on GPUs).
+    """
+    from torch._inductor import config as inductor_config
+
+    compiled = torch.compile(stem, dynamic=dynamic)
+
+    def run(images: torch.Tensor) -> torch.Tensor:
+        # Freezing (weights as constants: prepacking, conv+add+relu fusion) applies
+        # while a graph compiles; patching per call keeps it out of global state.
+        with inductor_config.patch(freezing=True):
+            return compiled(images)
+
+    with torch.inference_mode():
+        for size in sorted(set(batch_sizes)):
+            batch = example.expand(size, *example.shape[1:])
+            batch = batch.contiguous(memory_format=memory_format)
+            try:
+                run(batch)
+            except Exception as exc:  # inductor raises many kinds; all mean "not usable"
+                raise CompileError(
+                    f"torch.compile of the ResNet stem failed at batch size {size}: {exc!r}. "
+                    "On CPU inductor needs a C++ compiler (g++) at run time; turn `compile` "
+                    "off to run eagerly."
+                ) from exc
+    return run

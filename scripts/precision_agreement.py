@@ -1,0 +1,184 @@
+#!/usr/bin/env python3
+"""How far float16 / bfloat16 inference moves the answers from float32.
+
+Why: half precision roughly doubles throughput on GPUs (and bfloat16 on CPUs with
+AVX512-BF16), but it is only worth it if the labels stay the same. This runs the
+same image/text pairs through the engine in float32 and in each reduced dtype, on
+each device, and reports label agreement and the largest probability
+difference. A disagreement on a pair whose float32 answer was a near-tie means
+little; one on a clear answer means a lot, so each flip is listed with its
+float32 margin (top probability minus the runner-up).
+
+    .venv/bin/python scripts/precision_agreement.py --model-dir DIR \\
+        [--devices cpu,cuda] [--dtypes bfloat16,float16] [--json OUT] [--min-agreement 0.995]
+
+Defaults: every available device; bfloat16 on CPU (float16 has no fast CPU
+kernels), float16 and bfloat16 on GPUs. The float32 reference runs on the same
+device with TF32 off, so the comparison isolates the dtype. With a random-weight
+demo checkpoint most answers are near-ties (probabilities around 1/3), so its
+agreement understates what the real model gives: run it on the real weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT / "model_repository" / "ofa_visual_entailment" / "1"))
+IMAGES_DIR = REPO_ROOT / "tests" / "data" / "images"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
+
+HYPOTHESES = (
+    "Two people are standing outside.",
+    "A cat sleeps on a red sofa.",
+    "The picture shows a rocket on the launch pad.",
+    "Somebody is drinking coffee.",
+    "There is no animal in the image.",
+    "A woman wears a white space suit.",
+    "The animal has green eyes.",
+    "Coins lie on a dark table.",
+    "A man is holding a camera.",
+    "It is night and the sky is dark.",
+    "The cup is empty.",
+    "A horse stands next to a cat.",
+    "Nobody is in the picture.",
+    "The photo was taken indoors.",
+    "Something is about to fly.",
+    "The image is black and white.",
+    "A flag can be seen behind the person.",
+)
+PREMISES = (
+    "A photo taken at a space center.",
+    "A close-up photo of an animal's face.",
+    "A cup stands on a saucer on a table.",
+    "An old photograph of a photographer in a park.",
+)
+DEFAULT_DTYPES = {"cpu": ("bfloat16",), "cuda": ("float16", "bfloat16")}
+
+
+def pairs(images_dir: Path = IMAGES_DIR) -> list[tuple[Path, str, str | None]]:
+    """Every image with every hypothesis; every other pair also gets a premise."""
+    images = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    out = []
+    for i, image in enumerate(images):
+        for j, hypothesis in enumerate(HYPOTHESES):
+            premise = PREMISES[(i + j) % len(PREMISES)] if (i + j) % 2 else None
+            out.append((image, hypothesis, premise))
+    return out
+
+
+def run(engine, items: list, batch_size: int) -> np.ndarray:
+    return np.concatenate(
+        [engine.predict(items[i : i + batch_size]) for i in range(0, len(items), batch_size)]
+    )
+
+
+def compare(reference: np.ndarray, other: np.ndarray) -> dict[str, object]:
+    """Label agreement and probability differences of ``other`` against ``reference``."""
+    ref_labels, labels = reference.argmax(1), other.argmax(1)
+    ordered = np.sort(reference, axis=1)
+    margins = ordered[:, -1] - ordered[:, -2]
+    diff = np.abs(reference - other).max(axis=1)
+    flips = np.flatnonzero(ref_labels != labels)
+    clear = margins > 0.05
+    return {
+        "pairs": len(reference),
+        "label_agreement": round(float((ref_labels == labels).mean()), 5),
+        "max_prob_diff": float(diff.max()),
+        "mean_prob_diff": float(diff.mean()),
+        "flips": len(flips),
+        "flip_margins_fp32": [round(float(margins[i]), 5) for i in flips],
+        "pairs_with_margin_over_0.05": int(clear.sum()),
+        "agreement_margin_over_0.05": (
+            round(float((ref_labels[clear] == labels[clear]).mean()), 5) if clear.any() else None
+        ),
+        "median_fp32_margin": round(float(np.median(margins)), 5),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model-dir", type=Path, required=True)
+    parser.add_argument("--devices", default="", help="comma-separated (default: all available)")
+    parser.add_argument("--dtypes", default="", help="comma-separated (default: per device)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--images", type=Path, default=IMAGES_DIR)
+    parser.add_argument("--max-pairs", type=int, default=0, help="use the first N pairs only")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--min-agreement", type=float, default=0.0, help="exit 1 if any agreement is below this"
+    )
+    args = parser.parse_args(argv)
+
+    import torch
+    from ofa_ve_engine import VisualEntailmentEngine
+
+    devices = [d for d in args.devices.split(",") if d] or (
+        ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+    )
+    work = pairs(args.images)[: args.max_pairs or None]
+    results = {
+        "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "machine": f"{platform.node()} {platform.processor() or platform.machine()}",
+        "torch": torch.__version__,
+        "model_dir": str(args.model_dir),
+        "comparisons": [],
+    }
+    # float32 means float32: no TF32 in the reference.
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    fp32_by_device: dict[str, np.ndarray] = {}
+    failed = False
+    for device in devices:
+        kind = torch.device(device).type
+        dtypes = [d for d in args.dtypes.split(",") if d] or list(DEFAULT_DTYPES[kind])
+        engine = VisualEntailmentEngine(args.model_dir, device=device)
+        items = [engine.prepare(p.read_bytes(), h, prem) for p, h, prem in work]
+        reference = run(engine, items, args.batch_size)
+        fp32_by_device[device] = reference
+        weights = "demo (random)" if engine.is_demo else "real"
+        print(f"{device}: float32 reference over {len(items)} pairs ({weights} weights)")
+        del engine
+        for name in dtypes:
+            engine = VisualEntailmentEngine(
+                args.model_dir, device=device, dtype=getattr(torch, name)
+            )
+            row = {"device": device, "dtype": name, "weights": weights}
+            row.update(compare(reference, run(engine, items, args.batch_size)))
+            del engine
+            results["comparisons"].append(row)
+            failed |= row["label_agreement"] < args.min_agreement
+            print(
+                f"  {name}: label agreement {row['label_agreement']:.2%} "
+                f"({row['flips']} flips of {row['pairs']}; fp32 margins of the flips "
+                f"{row['flip_margins_fp32'][:8]}), max |dp| {row['max_prob_diff']:.2e}, "
+                f"agreement where fp32 margin > 0.05: {row['agreement_margin_over_0.05']} "
+                f"({row['pairs_with_margin_over_0.05']} pairs)",
+                flush=True,
+            )
+    if len(fp32_by_device) > 1:
+        base, *others = fp32_by_device
+        for device in others:
+            row = {"device": f"{device} vs {base}", "dtype": "float32"}
+            row.update(compare(fp32_by_device[base], fp32_by_device[device]))
+            results["comparisons"].append(row)
+            print(
+                f"float32 {device} vs {base}: agreement {row['label_agreement']:.2%}, "
+                f"max |dp| {row['max_prob_diff']:.2e}"
+            )
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
