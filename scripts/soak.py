@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from procfs import children, cmdline, process_state, vm_kib
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_IMAGES = REPO_ROOT / "tests" / "data" / "images"
@@ -57,48 +58,6 @@ PREMISES = ("", "A photo taken indoors.", "The picture shows an animal.")
 
 
 # ---------------------------------------------------------------- process inspection
-
-
-def vm_kib(pid: int, key: str = "VmRSS") -> int:
-    """One `/proc/PID/status` memory figure in KiB (VmRSS, VmHWM, RssAnon, RssShmem)."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    raise KeyError(f"{key} not in /proc/{pid}/status")
-
-
-def children(pid: int) -> list[int]:
-    """Direct child processes of `pid` (every thread's children)."""
-    found: list[int] = []
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except FileNotFoundError:
-        return found
-    for task in tasks:
-        try:
-            with open(f"/proc/{pid}/task/{task}/children") as f:
-                found.extend(int(p) for p in f.read().split())
-        except FileNotFoundError:
-            continue
-    return sorted(set(found))
-
-
-def cmdline(pid: int) -> list[str]:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return [part.decode(errors="replace") for part in f.read().split(b"\0") if part]
-    except (FileNotFoundError, ProcessLookupError):
-        return []
-
-
-def process_state(pid: int) -> str | None:
-    """The state letter of `pid` (R, S, Z...), or None once it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return None
 
 
 def stub_pids(server_pid: int) -> list[int]:

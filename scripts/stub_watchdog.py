@@ -38,6 +38,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from procfs import children, cmdline, process_state
+
 STUB_NAME = "triton_python_backend_stub"
 SHM_PREFIX = "triton_python_backend_shm_region"
 EXIT_STUB_DIED = 70
@@ -55,38 +57,6 @@ class Stub:
     shm_region: str | None
 
 
-def _children(pid: int) -> set[int]:
-    found: set[int] = set()
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except FileNotFoundError:
-        return found
-    for task in tasks:
-        try:
-            with open(f"/proc/{pid}/task/{task}/children") as f:
-                found.update(int(p) for p in f.read().split())
-        except FileNotFoundError:
-            continue
-    return found
-
-
-def _argv(pid: int) -> list[str]:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return [p.decode(errors="replace") for p in f.read().split(b"\0") if p]
-    except (FileNotFoundError, ProcessLookupError):
-        return []
-
-
-def _state(pid: int) -> str | None:
-    """The process state letter (R, S, Z...), None once the process is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return None
-
-
 def serving_stubs(server_pid: int) -> dict[int, Stub]:
     """Live model-instance stubs of `server_pid`.
 
@@ -96,9 +66,9 @@ def serving_stubs(server_pid: int) -> dict[int, Stub]:
     exec'd; the auto-complete stub carries no instance name and is skipped too.
     """
     stubs = {}
-    for pid in _children(server_pid):
-        argv = _argv(pid)
-        if not argv or not argv[0].endswith(STUB_NAME) or _state(pid) in (None, "Z", "X"):
+    for pid in children(server_pid):
+        argv = cmdline(pid)
+        if not argv or not argv[0].endswith(STUB_NAME) or process_state(pid) in (None, "Z", "X"):
             continue
         region = next((a for a in argv if a.startswith(SHM_PREFIX)), None)
         instance = argv[8] if len(argv) >= 10 else ""
@@ -149,16 +119,16 @@ class Watchdog:
             code = self.child.poll()
             if code is not None:
                 if code != 0:
-                    gone = [s for s in seen.values() if _state(s.pid) in (None, "Z", "X")]
+                    gone = [s for s in seen.values() if process_state(s.pid) in (None, "Z", "X")]
                     remove_regions(gone)
                 return code if code >= 0 else 128 - code
             current = serving_stubs(self.child.pid)
             # A crashed stub stays a zombie (2.51 never reaps it); one that Triton ends
             # itself (unload in explicit mode, shutdown) is reaped and simply vanishes.
-            dead = [s for s in seen.values() if _state(s.pid) == "Z"]
+            dead = [s for s in seen.values() if process_state(s.pid) == "Z"]
             if dead and not self.stopping:
                 return self._stub_died(dead, list(current.values()))
-            seen = {pid: s for pid, s in seen.items() if _state(pid) is not None}
+            seen = {pid: s for pid, s in seen.items() if process_state(pid) is not None}
             seen.update(current)
             time.sleep(self.poll_interval_s)
 
@@ -179,7 +149,7 @@ class Watchdog:
             # With a dead instance Triton waits out its whole exit timeout: cut it short.
             _say(f"tritonserver still running after {self.stop_timeout_s:.0f} s: SIGKILL")
             for stub in alive:
-                if _state(stub.pid) not in (None, "Z", "X"):
+                if process_state(stub.pid) not in (None, "Z", "X"):
                     os.kill(stub.pid, signal.SIGKILL)
             self.child.kill()
             self.child.wait()
