@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import triton_runtime
+from procfs import children, cmdline
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODEL_REPOSITORY = REPO_ROOT / "model_repository"
@@ -40,6 +41,7 @@ MODEL_DIR_ENV = "OFA_VE_MODEL_DIR"
 
 DEFAULT_READY_TIMEOUT_S = 240.0
 STOP_GRACE_S = 20.0
+SHM_REGION_PREFIX = "triton_python_backend_shm_region"
 
 _live: dict[int, TritonServer] = {}
 _live_lock = threading.Lock()
@@ -126,6 +128,7 @@ class TritonServer:
         self._log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self._log_dir / "tritonserver.log"
         self._process: subprocess.Popen[bytes] | None = None
+        self._shm_regions: set[str] = set()
         self._log_file = None
         self.started_at: float | None = None
         self.ready_after_s: float | None = None
@@ -219,6 +222,7 @@ class TritonServer:
         retried = False
         while True:
             if self.is_ready():
+                self._shm_regions.update(self._stub_shm_regions())
                 self.ready_after_s = time.monotonic() - (self.started_at or 0.0)
                 self._ports_pinned = True
                 READY_TIMES.append((repr(self), self.ready_after_s))
@@ -239,6 +243,17 @@ class TritonServer:
                     f"tritonserver not READY after {timeout:.0f} s; log:\n{self.log_tail()}"
                 )
             time.sleep(0.1)
+
+    def _stub_shm_regions(self) -> set[str]:
+        """The /dev/shm regions of this server's Python-backend stubs (named on their
+        command lines), so that they can be removed after a SIGKILL, which leaves them."""
+        regions: set[str] = set()
+        pending = [self._process.pid] if self._process is not None else []
+        while pending:
+            pid = pending.pop()
+            pending.extend(children(pid))
+            regions.update(a for a in cmdline(pid) if a.startswith(SHM_REGION_PREFIX))
+        return regions
 
     def _lost_port_race(self) -> bool:
         text = self.log_text()[-4000:].lower()
@@ -281,6 +296,9 @@ class TritonServer:
         if self._process is not None:
             with _live_lock:
                 _live.pop(self._process.pid, None)
+            if self._process.poll() is not None:  # the group is gone: nobody maps them
+                for region in self._shm_regions:
+                    Path("/dev/shm", region).unlink(missing_ok=True)
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
