@@ -8,11 +8,11 @@
 #   make demo-checkpoint  random-weight checkpoint in ModelScope's layout (DEMO_DIR)
 #   make soak             bounded load against a running `make serve` (SOAK_ARGS)
 #   make bench            side-by-side benchmark: ModelScope vs engine vs server (CPU or GPU)
-#   make bench-gpu        everything on a GPU machine (scripts/gpu_benchmark.sh)
+#   make gpu-check        the GPU check (CPU mode where there is no GPU; docs/gpu-check.md)
 #   make loadtest         perf_analyzer sweeps against a running server (URL)
 #
 # Variables: PYTEST_ARGS (e.g. PYTEST_ARGS="-m 'not server'"), SERVE_ARGS (passed to
-# scripts/serve.py, e.g. SERVE_ARGS="-- --log-verbose=1"), DEMO_DIR, DEMO_SEED, VENV.
+# `python -m ofa_ve_ops.serve`, e.g. SERVE_ARGS="-- --log-verbose=1"), DEMO_DIR, DEMO_SEED, VENV.
 
 SHELL := /bin/bash
 VENV ?= .venv
@@ -22,7 +22,9 @@ SERVE_ARGS ?=
 SOAK_ARGS ?=
 URL ?= 127.0.0.1:8001
 DEMO_DIR ?= .cache/demo-checkpoint
-DEMO_SEED ?= 0
+# Empty: the demo writer's DEFAULT_SEED (the same checkpoint the tests and `make serve` use).
+DEMO_SEED ?=
+SEED_ARG = $(if $(DEMO_SEED),--seed $(DEMO_SEED))
 
 .PHONY: help setup setup-serve serve test lint demo-checkpoint soak bench bench-gpu loadtest
 
@@ -35,10 +37,10 @@ setup:
 setup-serve:
 	scripts/setup.sh --venv $(VENV) --profile serve
 
-# The dev profile: scripts/fetch_model.py needs ModelScope's hub client (modelscope),
+# The dev profile: ofa_ve_ops.fetch_model needs ModelScope's hub client (modelscope),
 # which the lean serve profile (engine + tritonserver) does not install.
 serve: setup
-	$(PYTHON) scripts/serve.py $(SERVE_ARGS)
+	$(PYTHON) -m ofa_ve_ops.serve $(SERVE_ARGS)
 
 # pytest's own exit status fails the target, 5 ("no tests collected") included.
 test: setup
@@ -48,17 +50,17 @@ lint: setup
 	$(VENV)/bin/ruff check .
 
 demo-checkpoint: setup-serve
-	$(PYTHON) scripts/make_demo_checkpoint.py --out $(DEMO_DIR) --seed $(DEMO_SEED)
+	$(PYTHON) -m ofa_ve_ops.make_demo_checkpoint --out $(DEMO_DIR) $(SEED_ARG)
 
 soak: setup
-	$(PYTHON) scripts/soak.py $(SOAK_ARGS)
+	$(PYTHON) -m ofa_ve_bench.soak $(SOAK_ARGS)
 
 bench: setup
-	$(PYTHON) scripts/make_demo_checkpoint.py --out $(DEMO_DIR) --seed $(DEMO_SEED)
-	$(PYTHON) scripts/benchmark.py --model-dir $(DEMO_DIR) --out-dir .cache/bench --plot .cache/bench/benchmark.png
+	$(PYTHON) -m ofa_ve_ops.make_demo_checkpoint --out $(DEMO_DIR) $(SEED_ARG)
+	$(PYTHON) -m ofa_ve_bench.benchmark --model-dir $(DEMO_DIR) --out-dir .cache/bench --plot .cache/bench/benchmark.png
 
 bench-gpu: setup
 	scripts/gpu_benchmark.sh
 
 loadtest: setup
-	$(PYTHON) scripts/perf_analyzer_sweep.py --url $(URL) --out-dir .cache/loadtest
+	$(PYTHON) -m ofa_ve_bench.perf_analyzer_sweep --url $(URL) --out-dir .cache/loadtest

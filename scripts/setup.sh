@@ -8,6 +8,11 @@
 # Profiles: engine = what the model's Python-backend stub imports;
 #           serve  = engine + tritonserver/perf_analyzer/tritonclient from PyPI;
 #           dev    = serve + the ModelScope reference, test and lint tools, the client SDK.
+# In a virtualenv, the project's own packages are installed editable, in place:
+# ofa_ve_engine (from the model folder), ofa_ve_ops and ofa_ve_bench (scripts/), and
+# for dev the client SDK; so nothing needs sys.path edits. With --system (the
+# container) only the pinned requirements are installed: Triton imports the engine
+# from the model folder next to model.py.
 # Re-running is cheap: a stamp of the requirement files' hash skips pip when nothing changed.
 set -euo pipefail
 
@@ -45,7 +50,10 @@ stamp_dir="${venv:-$root/.cache}"
 mkdir -p "$stamp_dir"
 stamp="$stamp_dir/.setup-$profile.sha256"
 hashed=("$root"/requirements/*.txt)
-[[ -f "$root/client/pyproject.toml" ]] && hashed+=("$root/client/pyproject.toml")
+for project in client/pyproject.toml scripts/pyproject.toml \
+  model_repository/ofa_visual_entailment/1/pyproject.toml; do
+  [[ -f "$root/$project" ]] && hashed+=("$root/$project")
+done
 want="$(cat "${hashed[@]}" | sha256sum | cut -d' ' -f1)"
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
   echo "setup.sh: $profile dependencies already installed ($python)"
@@ -57,8 +65,13 @@ echo "setup.sh: installing $profile dependencies into $python"
 args=()
 for r in "${reqs[@]}"; do args+=(-r "$r"); done
 "$python" -m pip install --quiet --disable-pip-version-check "${args[@]}"
-if [[ "$profile" == "dev" && -f "$root/client/pyproject.toml" ]]; then
-  "$python" -m pip install --quiet --disable-pip-version-check -e "$root/client"
+if [[ -n "$venv" ]]; then
+  editable=(-e "$root/model_repository/ofa_visual_entailment/1")
+  [[ "$profile" != "engine" ]] && editable+=(-e "$root/scripts")
+  "$python" -m pip install --quiet --disable-pip-version-check --no-deps "${editable[@]}"
+  if [[ "$profile" == "dev" ]]; then
+    "$python" -m pip install --quiet --disable-pip-version-check -e "$root/client"
+  fi
 fi
 echo "$want" > "$stamp"
 echo "setup.sh: done"

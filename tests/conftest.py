@@ -22,7 +22,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from triton_server import MODEL_REPOSITORY, READY_TIMES, TritonServer, stop_all
+from ofa_ve_ops.paths import MODEL_REPOSITORY
+from ofa_ve_ops.server_process import READY_TIMES, TritonServer, stop_all
 
 
 @pytest.fixture(scope="session")

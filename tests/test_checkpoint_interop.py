@@ -15,14 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from images import TEST_IMAGES
+from ofa_ve_bench.reference.modelscope_checkpoint import run_cli_in_subprocess
+from ofa_ve_bench.reference.modelscope_pipeline import run_reference_in_subprocess
+from ofa_ve_bench.workload import TEST_IMAGES
 from ofa_ve_engine import ANSWER_TO_LABEL, LABELS, VisualEntailmentEngine
 from ofa_ve_engine.checkpoint import load_model
 from ofa_ve_engine.demo_checkpoint import write_demo_checkpoint
 from ofa_ve_engine.modeling import OFAModel
 from ofa_ve_engine.settings import OFAArchitecture
-from reference.modelscope_checkpoint import run_cli_in_subprocess
-from reference.modelscope_pipeline import run_reference_in_subprocess
 
 pytestmark = [pytest.mark.reference, pytest.mark.slow]
 

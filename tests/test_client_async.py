@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from images import HYPOTHESES, TEST_IMAGES
+from ofa_ve_bench.workload import HYPOTHESES, TEST_IMAGES
 from ofa_ve_client import (
     AsyncVisualEntailmentClient,
     ClientClosedError,

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from images import HYPOTHESES, TEST_IMAGES
+from ofa_ve_bench.workload import HYPOTHESES, TEST_IMAGES
 from ofa_ve_client import LABELS, VisualEntailmentClient
 
 pytestmark = pytest.mark.server

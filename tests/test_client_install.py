@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from images import TEST_IMAGES
+from ofa_ve_bench.workload import TEST_IMAGES
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from images import TEST_IMAGES
+from ofa_ve_bench.workload import TEST_IMAGES
 from ofa_ve_client import (
     ANSWERS,
     LABELS,

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 import tritonclient.grpc as tgrpc
-from images import HYPOTHESES, TEST_IMAGES
+from ofa_ve_bench.workload import HYPOTHESES, TEST_IMAGES
 from ofa_ve_client import (
     DeadlineExceededError,
     Item,
@@ -22,7 +22,7 @@ from ofa_ve_client import (
     ServerUnavailableError,
     VisualEntailmentClient,
 )
-from triton_server import TritonServer
+from ofa_ve_ops.server_process import TritonServer
 
 pytestmark = pytest.mark.server
 

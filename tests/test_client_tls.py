@@ -17,7 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from images import TEST_IMAGES
+from ofa_ve_bench.workload import TEST_IMAGES
 from ofa_ve_client import (
     AuthenticationError,
     Prediction,
@@ -25,7 +25,7 @@ from ofa_ve_client import (
     ServerUnavailableError,
     VisualEntailmentClient,
 )
-from triton_server import TritonServer
+from ofa_ve_ops.server_process import TritonServer
 
 pytestmark = pytest.mark.server
 

@@ -25,7 +25,7 @@ from ofa_ve_engine.demo_checkpoint import (
 )
 from ofa_ve_engine.tokenizer import OFATokenizer
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "make_demo_checkpoint.py"
+SCRIPT = ("-m", "ofa_ve_ops.make_demo_checkpoint")
 
 
 def _digests(model_dir: Path) -> dict[str, str]:
@@ -99,12 +99,12 @@ def test_bart_layout_vocabulary(demo: Path) -> None:
 @pytest.mark.slow
 def test_cli(demo: Path, tmp_path: Path) -> None:
     help_run = subprocess.run(
-        [sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, check=False
+        [sys.executable, *SCRIPT, "--help"], capture_output=True, text=True, check=False
     )
     assert help_run.returncode == 0 and "--seed" in help_run.stdout
     out = tmp_path / "cli-model"
     run = subprocess.run(
-        [sys.executable, str(SCRIPT), "--out", str(out), "--seed", str(DEFAULT_SEED)],
+        [sys.executable, *SCRIPT, "--out", str(out), "--seed", str(DEFAULT_SEED)],
         capture_output=True,
         text=True,
         timeout=300,

@@ -371,7 +371,7 @@ def test_image_code_runs_on_the_image_python(dockerfile) -> None:
     (image,) = {s.image for s in stages if s.image.startswith("nvcr.io/")}
     yy, mm = (int(x) for x in re.search(r":(\d\d)\.(\d\d)-", image).groups())
     python = ".".join(CONTAINER_PYTHON[(yy, mm)].split(".")[:2])
-    paths = [REPO / "model_repository", REPO / "scripts" / "fetch_model.py"]
+    paths = [REPO / "model_repository", REPO / "scripts" / "ofa_ve_ops"]
     result = subprocess.run(
         [tool("vermin"), f"-t={python}-", "--violations", "--no-tips", "--eval-annotations",
          *(str(p) for p in paths if p.exists())],
@@ -409,17 +409,16 @@ def test_final_stage_is_non_root_and_ships_the_model(dockerfile) -> None:
 
 
 def test_ports_agree_everywhere(dockerfile, compose, monkeypatch: pytest.MonkeyPatch) -> None:
-    import serve
-    import triton_runtime
+    from ofa_ve_ops import serve, triton_runtime
 
     defaults = inspect.signature(triton_runtime.server_command).parameters
     code_ports = {name: defaults[f"{name}_port"].default for name in TRITON_PORTS}
-    assert code_ports == TRITON_PORTS, "scripts/triton_runtime.py changed Triton's ports"
+    assert code_ports == TRITON_PORTS, "ofa_ve_ops.triton_runtime changed Triton's ports"
     for name in TRITON_PORTS:
         monkeypatch.delenv(f"OFA_VE_{name.upper()}_PORT", raising=False)
     args = serve.parse_args([])
     serve_ports = {name: getattr(args, f"{name}_port") for name in TRITON_PORTS}
-    assert serve_ports == TRITON_PORTS, "scripts/serve.py (`make serve`) uses other ports"
+    assert serve_ports == TRITON_PORTS, "ofa_ve_ops.serve (`make serve`) uses other ports"
 
     exposed = {int(p.split("/")[0]) for p in one(final_stage_instructions(dockerfile),
                                                  "EXPOSE").value.split()}
@@ -457,7 +456,7 @@ def test_ports_match_the_interface_doc() -> None:
 
 def test_server_flags_match_the_tested_runtime(dockerfile) -> None:
     """The image starts tritonserver with the flags the test suite's servers use."""
-    import triton_runtime
+    from ofa_ve_ops import triton_runtime
 
     runtime = triton_runtime.TritonRuntime(
         root=Path("/triton"), wheel_libs=Path("/libs"), python_bin_dir=Path("/bin")
@@ -476,7 +475,7 @@ def test_server_flags_match_the_tested_runtime(dockerfile) -> None:
 
 def test_server_flags_exist_in_the_tested_tritonserver(dockerfile, compose) -> None:
     """Every flag the image and compose pass is one the tested tritonserver (2.51) knows."""
-    import triton_runtime
+    from ofa_ve_ops import triton_runtime
 
     runtime = triton_runtime.prepare_runtime()
     result = subprocess.run(
@@ -519,11 +518,9 @@ def test_model_dir_is_where_the_weights_go(dockerfile) -> None:
 
 
 def test_fetch_script_has_the_cli_the_image_uses() -> None:
-    script = REPO / "scripts" / "fetch_model.py"
-    assert script.is_file(), "docker/Dockerfile runs scripts/fetch_model.py"
     result = subprocess.run(
-        [sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120,
-        check=False, cwd=REPO,
+        [sys.executable, "-m", "ofa_ve_ops.fetch_model", "--help"], capture_output=True,
+        text=True, timeout=120, check=False, cwd=REPO,
     )
     assert result.returncode == 0, result.stderr
     assert "--cache-dir" in result.stdout
@@ -576,7 +573,7 @@ def test_env_vars_exist_in_the_code(dockerfile, compose) -> None:
     assert "OFA_VE_MODEL_DIR" in ours
     code = "\n".join(
         p.read_text()
-        for p in [*(REPO / "model_repository").rglob("*.py"), *(REPO / "scripts").glob("*.py")]
+        for p in [*(REPO / "model_repository").rglob("*.py"), *(REPO / "scripts").rglob("*.py")]
     )
     missing = sorted(name for name in ours if name not in code)
     assert not missing, f"set by the deployment but read nowhere in the code: {missing}"
@@ -628,7 +625,7 @@ def test_compose_model_cache_volume(compose) -> None:
     fetch = services["model-fetch"]
     (fetch_mount,) = [v for v in fetch["volumes"] if v["source"] == "model-cache"]
     script = fetch["command"][-1]
-    assert "scripts/fetch_model.py --cache-dir " + fetch_mount["target"] in script
+    assert "-m ofa_ve_ops.fetch_model --cache-dir " + fetch_mount["target"] in script
     for name in ("triton", "triton-cpu"):
         service = services[name]
         (mount,) = [v for v in service["volumes"] if v["source"] == "model-cache"]

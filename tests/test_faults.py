@@ -13,7 +13,7 @@ docs/reliability.md):
 - a stub process killed under load: every in-flight request gets an answer (an
   error, never a hang), and the server must then stop pretending to be healthy.
   Bare Triton 2.51 stays READY (kept as a strict xfail); under
-  scripts/stub_watchdog.py the server exits 70 for the orchestrator to replace.
+  scripts/ofa_ve_ops/stub_watchdog.py the server exits 70 for the orchestrator to replace.
 """
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.grpc as tgrpc
-from images import TEST_IMAGES
-from soak import SHM_PREFIX, cmdline, process_state, stub_pids
-from soak import children as soak_children
-from triton_server import ServerStartError, TritonServer
+from ofa_ve_bench.soak import SHM_PREFIX, cmdline, process_state, stub_pids
+from ofa_ve_bench.soak import children as soak_children
+from ofa_ve_bench.workload import TEST_IMAGES
+from ofa_ve_ops.server_process import ServerStartError, TritonServer
 from tritonclient.utils import InferenceServerException
 
 pytestmark = pytest.mark.server
@@ -182,15 +182,15 @@ def test_client_deadline_expiring_in_queue(triton_server, grpc_client):
 
 # ------------------------------------------------------------------ SIGTERM drains
 
-WATCHDOG = Path(__file__).resolve().parent.parent / "scripts" / "stub_watchdog.py"
+WATCHDOG = ("-m", "ofa_ve_ops.stub_watchdog")
 
 
 class WatchedServer(TritonServer):
-    """tritonserver under scripts/stub_watchdog.py, as `make serve` and the container
+    """tritonserver under scripts/ofa_ve_ops/stub_watchdog.py, as `make serve` and the container
     should run it; `pid` is the watchdog's, tritonserver is its child."""
 
     def command(self) -> list[str]:
-        return [sys.executable, str(WATCHDOG), "--poll-interval", "0.2", "--", *super().command()]
+        return [sys.executable, *WATCHDOG, "--poll-interval", "0.2", "--", *super().command()]
 
     @property
     def triton_pid(self) -> int:
@@ -335,7 +335,7 @@ def _load(client: tgrpc.InferenceServerClient, stop: threading.Event, out: list)
             marks=pytest.mark.xfail(
                 strict=True,
                 reason="Triton 2.51 stays READY with a dead stub (a strict xfail: if this "
-                "starts passing, Triton changed; revisit scripts/stub_watchdog.py)",
+                "starts passing, Triton changed; revisit scripts/ofa_ve_ops/stub_watchdog.py)",
             ),
         ),
     ],
@@ -347,7 +347,7 @@ def test_stub_killed_under_load_takes_the_server_out(model_repository, watched):
     10 s the server is no longer READY and has exited non-zero, so an orchestrator
     replaces it, with no stub process and no /dev/shm region left behind. Bare Triton
     2.51 fails this (it stays READY and fails every request: "Stub process ... is not
-    healthy"); scripts/stub_watchdog.py makes it pass.
+    healthy"); scripts/ofa_ve_ops/stub_watchdog.py makes it pass.
     """
     server = (WatchedServer if watched else TritonServer)(model_repository, exit_timeout_s=10)
     server.start()

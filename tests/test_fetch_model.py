@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fetch_model import (
+from ofa_ve_ops.fetch_model import (
     CACHE_ENV,
     EXIT_HUB_UNREACHABLE,
     MODEL_DIR_ENV,
@@ -24,7 +24,7 @@ from fetch_model import (
     fetch_model,
 )
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "fetch_model.py"
+SCRIPT = ("-m", "ofa_ve_ops.fetch_model")
 
 
 def _closed_port() -> int:
@@ -96,7 +96,7 @@ def test_cli_exit_status_and_messages(tmp_path: Path) -> None:
     }
     started = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--cache-dir", str(tmp_path / "cache"), "--timeout", "5"],
+        [sys.executable, *SCRIPT, "--cache-dir", str(tmp_path / "cache"), "--timeout", "5"],
         capture_output=True,
         text=True,
         env=env,

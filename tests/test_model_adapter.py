@@ -6,7 +6,7 @@ NVIDIA's tensorrtllm_backend tests). Everything else is real: the committed
 config.pbtxt, converted to the JSON Triton hands to `initialize`; the engine over
 the demo checkpoint. Served behaviour is proven in test_server.py; here: one
 request's failure never touches another's, a failed forward pass fails its requests
-and not the process, cancellation, chunking by the engine batch size, the weights
+and not the process, cancellation, forward passes of forward_batch_size, the weights
 and device choices.
 """
 
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pytest
 from google.protobuf import json_format, text_format
-from images import HYPOTHESES, TEST_IMAGES
+from ofa_ve_bench.workload import HYPOTHESES, TEST_IMAGES
 from tritonclient.grpc import model_config_pb2
 
 MODEL_FOLDER = Path(__file__).resolve().parent.parent / "model_repository" / "ofa_visual_entailment"
@@ -181,7 +181,7 @@ def initialize(module, model_dir: Path, monkeypatch, **parameters: str):
 @pytest.fixture(scope="module")
 def model(model_module, demo_model_dir: Path) -> Iterator[Any]:
     with pytest.MonkeyPatch.context() as monkeypatch:
-        instance = initialize(model_module, demo_model_dir, monkeypatch, engine_batch_size="2")
+        instance = initialize(model_module, demo_model_dir, monkeypatch, forward_batch_size="2")
         yield instance
         instance.finalize()
 
@@ -192,11 +192,11 @@ OTHER = TEST_IMAGES["bmp_120x80"].read_bytes()
 
 # --------------------------------------------------------------------------- tests
 def test_the_committed_config_feeds_initialize(model, demo_model_dir: Path) -> None:
-    assert model.engine.max_batch_size == 2  # the parameter reached the engine
+    assert model.engine.forward_batch_size == 2  # the parameter reached the engine
     assert str(model.engine.device) == "cpu"
     assert model.engine.limits.max_text_bytes == 8192
-    assert model.warmup_seconds.value > 0
-    assert model.info.labels["weights"] == "demo"
+    assert model.metrics["warmup"].value > 0
+    assert model.metrics["info"].labels["weights"] == "demo"
     logged = "\n".join(message for _, message in Logger.lines)
     assert f"loaded demo weights from {demo_model_dir.resolve()}" in logged
     assert ("warn", "#  RANDOM DEMO WEIGHTS: " + str(demo_model_dir.resolve())) in Logger.lines
@@ -209,7 +209,7 @@ def test_bad_request_fails_alone_and_valid_ones_share_the_forward_passes(model) 
         Request([(OTHER, HYPOTHESES[4], "a premise")]),
         Request([(GOOD, "", None)]),
     ]
-    batches_before = list(model.batch_items.observed)
+    batches_before = list(model.metrics["batch"].observed)
     responses = model.execute(requests)
 
     assert len(responses) == 4
@@ -218,8 +218,8 @@ def test_bad_request_fails_alone_and_valid_ones_share_the_forward_passes(model) 
     assert "(item 1 of 2)" in responses[1].error.message()
     assert responses[3].error.code() == TritonError.INVALID_ARG
     assert responses[3].error.message().startswith("HYPOTHESIS: ")
-    # The three valid items ran together, in chunks of the engine batch size (2).
-    assert model.batch_items.observed[len(batches_before) :] == [2, 1]
+    # The three valid items ran together, in forward passes of forward_batch_size (2).
+    assert model.metrics["batch"].observed[len(batches_before) :] == [2, 1]
     engine = model.engine
     for response, items in (
         (responses[0], [(GOOD, HYPOTHESES[0], None), (OTHER, HYPOTHESES[1], None)]),
@@ -237,7 +237,7 @@ def test_bad_request_fails_alone_and_valid_ones_share_the_forward_passes(model) 
 
 
 def test_a_failed_forward_pass_fails_its_requests_not_the_process(model, monkeypatch) -> None:
-    def broken(items):
+    def broken(items, **_: object):
         raise RuntimeError("CUDA out of memory (injected)")
 
     monkeypatch.setattr(model.engine, "predict", broken)
@@ -279,7 +279,7 @@ def test_a_cancelled_request_is_not_run(model) -> None:
 
 
 def test_model_dir_resolution(model_module, monkeypatch, tmp_path: Path) -> None:
-    params = model_module._Parameters(model_config(model_dir="weights"))
+    params = model_module.from_triton_config(model_config(model_dir="weights"))
     monkeypatch.delenv("OFA_VE_MODEL_DIR", raising=False)
     with pytest.raises(FileNotFoundError, match="from parameter model_dir"):
         model_module.resolve_model_dir(params, tmp_path)
@@ -293,7 +293,7 @@ def test_model_dir_resolution(model_module, monkeypatch, tmp_path: Path) -> None
         model_module.resolve_model_dir(params, tmp_path)
     monkeypatch.delenv("OFA_VE_MODEL_DIR")
     with pytest.raises(ValueError, match="OFA_VE_MODEL_DIR"):
-        model_module.resolve_model_dir(model_module._Parameters(model_config()), tmp_path)
+        model_module.resolve_model_dir(model_module.from_triton_config(model_config()), tmp_path)
 
 
 def test_instance_device(model_module, monkeypatch) -> None:
@@ -311,6 +311,10 @@ def test_bad_parameters_are_named(model_module, demo_model_dir: Path, monkeypatc
         initialize(model_module, demo_model_dir, monkeypatch, max_image_bytes="lots")
     with pytest.raises(ValueError, match="'dtype'"):
         initialize(model_module, demo_model_dir, monkeypatch, dtype="float8")
+    with pytest.raises(ValueError, match="'image_chunk_size' must be an integer"):
+        initialize(model_module, demo_model_dir, monkeypatch, image_chunk_size="two")
+    with pytest.raises(ValueError, match="'engine_batch_size' is not a parameter"):
+        initialize(model_module, demo_model_dir, monkeypatch, engine_batch_size="1")
 
 
 def test_config_is_the_public_interface() -> None:

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from images import EXIF_IMAGE, HYPOTHESES, LONG_HYPOTHESIS, PREMISES, TEST_IMAGES
+from ofa_ve_bench.reference.modelscope_pipeline import run_reference_in_subprocess
+from ofa_ve_bench.workload import EXIF_IMAGE, HYPOTHESES, LONG_HYPOTHESIS, PREMISES, TEST_IMAGES
 from ofa_ve_engine import ANSWER_TO_LABEL, LABELS, PreparedItem, VisualEntailmentEngine
 from ofa_ve_engine.demo_checkpoint import write_demo_checkpoint
-from reference.modelscope_pipeline import run_reference_in_subprocess
 
 pytestmark = [pytest.mark.reference, pytest.mark.slow]
 

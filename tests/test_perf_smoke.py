@@ -13,8 +13,8 @@ import json
 import struct
 from pathlib import Path
 
-import perf_analyzer_sweep as sweep
 import pytest
+from ofa_ve_bench import perf_analyzer_sweep as sweep
 
 pytestmark = pytest.mark.server
 

@@ -35,10 +35,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from hostile import payloads
-from images import TEST_IMAGES
+from ofa_ve_bench.soak import children, listening_addresses
+from ofa_ve_bench.workload import TEST_IMAGES
+from ofa_ve_ops.server_process import TritonServer
 from PIL import Image, PngImagePlugin
-from soak import children, listening_addresses
-from triton_server import TritonServer
 from tritonclient.utils import InferenceServerException
 
 pytestmark = pytest.mark.server
@@ -84,7 +84,7 @@ def _loopback(address: str) -> bool:
 def test_serve_binds_loopback_unless_told_otherwise(demo_model_dir):
     """`make serve`'s command line binds every endpoint to 127.0.0.1 by default."""
     out = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "scripts" / "serve.py"), "--dry-run"],
+        [sys.executable, "-m", "ofa_ve_ops.serve", "--dry-run"],
         env={**_clean_env(), "OFA_VE_MODEL_DIR": str(demo_model_dir)},
         capture_output=True,
         text=True,

@@ -10,7 +10,7 @@ What is checked, and against what:
 - READY only after the warm-up inference (a server of its own, model loaded
   through the repository API while readiness is polled);
 - the custom metrics on the metrics endpoint;
-- `scripts/serve.py` (what `make serve` runs) from a fresh cache with the hub
+- `scripts/ofa_ve_ops/serve.py` (what `make serve` runs) from a fresh cache with the hub
   unreachable: demo weights announced loudly, READY, answers, Ctrl-C stops it.
 """
 
@@ -33,11 +33,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from images import HYPOTHESES, PREMISES, TEST_IMAGES
+from ofa_ve_bench.workload import HYPOTHESES, PREMISES, TEST_IMAGES
 from ofa_ve_engine import ANSWERS, LABELS
 from ofa_ve_engine.demo_checkpoint import DEFAULT_SEED
+from ofa_ve_ops.paths import MODEL_NAME
+from ofa_ve_ops.server_process import TritonServer, free_ports
 from PIL import Image
-from triton_server import MODEL_NAME, REPO_ROOT, TritonServer, free_ports
 from tritonclient.utils import InferenceServerException
 
 pytestmark = pytest.mark.server
@@ -422,7 +423,7 @@ def test_serve_script_from_a_fresh_cache_with_the_hub_unreachable(tmp_path: Path
     log_path = tmp_path / "serve.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, str(REPO_ROOT / "scripts" / "serve.py")],
+            [sys.executable, "-m", "ofa_ve_ops.serve"],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=log,

@@ -1,4 +1,4 @@
-"""scripts/triton_runtime.py and scripts/serve.py without starting a server.
+"""scripts/ofa_ve_ops/triton_runtime.py and scripts/ofa_ve_ops/serve.py without starting a server.
 
 The runtime's layout is checked by running what it laid out (the stub's and
 perf_analyzer's libraries resolve); serve.py's help, port/address handling and
@@ -15,12 +15,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-import triton_runtime
-from triton_runtime import GrpcTls, prepare_runtime, server_command, server_env
+from ofa_ve_ops import triton_runtime
+from ofa_ve_ops.triton_runtime import GrpcTls, prepare_runtime, server_command, server_env
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SERVE = REPO_ROOT / "scripts" / "serve.py"
-RUNTIME = REPO_ROOT / "scripts" / "triton_runtime.py"
+SERVE = "ofa_ve_ops.serve"
+RUNTIME = "ofa_ve_ops.triton_runtime"
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -65,13 +65,13 @@ def test_concurrent_preparation_gives_one_complete_layout(tmp_path: Path) -> Non
 
 
 def test_perf_analyzer_runs_in_the_runtime_environment() -> None:
-    out = run(str(RUNTIME), "exec", "--", "perf_analyzer", "--version")
+    out = run("-m", RUNTIME, "exec", "--", "perf_analyzer", "--version")
     assert out.returncode == 0, out.stderr
     assert "2.51.0" in out.stdout + out.stderr
 
 
 def test_env_prints_shell_exports() -> None:
-    out = run(str(RUNTIME), "env")
+    out = run("-m", RUNTIME, "env")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert [line.split("=")[0] for line in lines] == ["export LD_LIBRARY_PATH", "export PATH"]
@@ -110,7 +110,7 @@ def test_server_command_flags(tmp_path: Path) -> None:
 
 
 def test_serve_help_names_every_setting() -> None:
-    out = run(str(SERVE), "--help")
+    out = run("-m", SERVE, "--help")
     assert out.returncode == 0, out.stderr
     for name in (
         "OFA_VE_MODEL_DIR",
@@ -137,24 +137,24 @@ def test_serve_takes_ports_address_and_model_dir_from_the_environment(tmp_path: 
         OFA_VE_GRPC_PORT="18081",
         OFA_VE_METRICS_PORT="18082",
     )
-    out = run(str(SERVE), "--dry-run", env=env)
+    out = run("-m", SERVE, "--dry-run", env=env)
     assert out.returncode == 0, out.stderr
     assert f"OFA_VE_MODEL_DIR={tmp_path.resolve()}" in out.stdout
     for flag in ("--http-port=18080", "--grpc-port=18081", "--metrics-port=18082"):
         assert flag in out.stdout
     assert out.stdout.count("-address=127.0.0.1") == 3
 
-    out = run(str(SERVE), "--dry-run", env={**env, "OFA_VE_BIND_ADDRESS": "0.0.0.0"})
+    out = run("-m", SERVE, "--dry-run", env={**env, "OFA_VE_BIND_ADDRESS": "0.0.0.0"})
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("-address=0.0.0.0") == 3
 
 
 def test_serve_refuses_a_missing_model_dir_and_a_bad_port(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere"
-    out = run(str(SERVE), "--dry-run", env=_env(OFA_VE_MODEL_DIR=str(missing)))
+    out = run("-m", SERVE, "--dry-run", env=_env(OFA_VE_MODEL_DIR=str(missing)))
     assert out.returncode != 0
     assert str(missing) in out.stderr and "does not exist" in out.stderr
     out = run(
-        str(SERVE), "--dry-run", env=_env(OFA_VE_MODEL_DIR=str(tmp_path), OFA_VE_GRPC_PORT="x")
+        "-m", SERVE, "--dry-run", env=_env(OFA_VE_MODEL_DIR=str(tmp_path), OFA_VE_GRPC_PORT="x")
     )
     assert out.returncode != 0 and "OFA_VE_GRPC_PORT" in out.stderr

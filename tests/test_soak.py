@@ -1,4 +1,4 @@
-"""A short soak (scripts/soak.py, the same code as the 10-minute run) against the
+"""A short soak (scripts/ofa_ve_bench/soak.py, the same code as the 10-minute run) against the
 session's tritonserver: zero unexpected errors, hostile requests refused, and no
 memory or /dev/shm growth after the warm-up."""
 
@@ -8,14 +8,13 @@ import json
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from soak import check_loopback
+from ofa_ve_bench.soak import check_loopback
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "soak.py"
+SCRIPT = ("-m", "ofa_ve_bench.soak")
 
 
 def test_short_soak(triton_server, tmp_path):
@@ -24,7 +23,7 @@ def test_short_soak(triton_server, tmp_path):
     run = subprocess.run(
         [
             sys.executable,
-            str(SCRIPT),
+            *SCRIPT,
             "--url",
             triton_server.grpc_url,
             "--duration",
@@ -72,7 +71,7 @@ def test_soak_cli_reports_and_fails_without_a_server(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = subprocess.run(
-        [sys.executable, str(SCRIPT), "--url", f"127.0.0.1:{port}", "--duration", "5"],
+        [sys.executable, *SCRIPT, "--url", f"127.0.0.1:{port}", "--duration", "5"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -80,7 +79,7 @@ def test_soak_cli_reports_and_fails_without_a_server(tmp_path):
     assert out.returncode == 1
     assert f"no process of this user listens on port {port}" in out.stderr
     bad = subprocess.run(
-        [sys.executable, str(SCRIPT), "--url", "192.0.2.1:8001"],
+        [sys.executable, *SCRIPT, "--url", "192.0.2.1:8001"],
         capture_output=True,
         text=True,
         timeout=60,

@@ -9,7 +9,7 @@ difference. A disagreement on a pair whose float32 answer was a near-tie means
 little; one on a clear answer means a lot, so each flip is listed with its
 float32 margin (top probability minus the runner-up).
 
-    .venv/bin/python scripts/precision_agreement.py --model-dir DIR \\
+    .venv/bin/python -m ofa_ve_bench.precision_agreement --model-dir DIR \\
         [--devices cpu,cuda] [--dtypes bfloat16,float16] [--json OUT] [--min-agreement 0.995]
 
 Defaults: every available device; bfloat16 on CPU (float16 has no fast CPU
@@ -31,9 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT / "model_repository" / "ofa_visual_entailment" / "1"))
-IMAGES_DIR = REPO_ROOT / "tests" / "data" / "images"
+from ofa_ve_bench.workload import IMAGES_DIR
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 
 HYPOTHESES = (

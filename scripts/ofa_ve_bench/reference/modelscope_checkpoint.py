@@ -6,8 +6,8 @@ strictly (what `OFAModel.from_pretrained` does inside its pipeline). This runs
 ModelScope's code with the same import placeholders as the pipeline reference;
 tests call it through its CLI in a subprocess so the test process stays clean.
 
-    python -m reference.modelscope_checkpoint write OUT_DIR [--seed N]
-    python -m reference.modelscope_checkpoint check MODEL_DIR      # prints JSON
+    python -m ofa_ve_bench.reference.modelscope_checkpoint write OUT_DIR [--seed N]
+    python -m ofa_ve_bench.reference.modelscope_checkpoint check MODEL_DIR      # prints JSON
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -24,15 +23,7 @@ from typing import Any
 
 import torch
 
-from reference.modelscope_pipeline import install_import_stubs
-
-_TESTS_DIR = Path(__file__).resolve().parent.parent
-_ENGINE_PARENT = _TESTS_DIR.parent / "model_repository" / "ofa_visual_entailment" / "1"
-
-
-def _engine_path() -> None:
-    if str(_ENGINE_PARENT) not in sys.path:
-        sys.path.insert(0, str(_ENGINE_PARENT))
+from ofa_ve_bench.reference.modelscope_pipeline import install_import_stubs
 
 
 def _modelscope_ofa() -> tuple[type, type]:
@@ -46,7 +37,6 @@ def _modelscope_ofa() -> tuple[type, type]:
 def modelscope_random_state_dict(config_json: Path, seed: int) -> dict[str, torch.Tensor]:
     """ModelScope's own `OFAModel(OFAConfig.from_json_file(config_json))`, seeded and
     diversified exactly like our demo weights (every tensor non-constant)."""
-    _engine_path()
     from ofa_ve_engine.demo_checkpoint import diversify_constant_tensors
 
     config_cls, model_cls = _modelscope_ofa()
@@ -60,7 +50,6 @@ def modelscope_random_state_dict(config_json: Path, seed: int) -> dict[str, torc
 
 def write_modelscope_checkpoint(out: Path, seed: int) -> Path:
     """A demo-layout model directory whose weights ModelScope's class produced."""
-    _engine_path()
     from ofa_ve_engine.demo_checkpoint import write_demo_checkpoint
 
     return write_demo_checkpoint(out, seed=seed, state_dict_factory=modelscope_random_state_dict)
@@ -99,14 +88,11 @@ def loading_report(model_dir: Path) -> dict[str, Any]:
 
 def run_cli_in_subprocess(args: Sequence[str], timeout_s: float = 600.0) -> str:
     """Run this module's CLI in a fresh interpreter; returns its stdout."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(_TESTS_DIR), *filter(None, [env.get("PYTHONPATH")])])
     proc = subprocess.run(
-        [sys.executable, "-m", "reference.modelscope_checkpoint", *args],
+        [sys.executable, "-m", "ofa_ve_bench.reference.modelscope_checkpoint", *args],
         capture_output=True,
         text=True,
         timeout=timeout_s,
-        env=env,
         check=False,
     )
     if proc.returncode != 0:
@@ -118,7 +104,7 @@ def run_cli_in_subprocess(args: Sequence[str], timeout_s: float = 600.0) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m reference.modelscope_checkpoint")
+    parser = argparse.ArgumentParser(prog="python -m ofa_ve_bench.reference.modelscope_checkpoint")
     sub = parser.add_subparsers(dest="command", required=True)
     write = sub.add_parser("write", help="write a checkpoint from ModelScope's OFAModel")
     write.add_argument("out", type=Path)

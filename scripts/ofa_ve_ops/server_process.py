@@ -31,12 +31,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import ClassVar
 
-import triton_runtime
-from procfs import children, cmdline
+from ofa_ve_ops import triton_runtime
+from ofa_ve_ops.paths import MODEL_REPOSITORY
+from ofa_ve_ops.procfs import children, cmdline
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-MODEL_REPOSITORY = REPO_ROOT / "model_repository"
-MODEL_NAME = "ofa_visual_entailment"
 MODEL_DIR_ENV = "OFA_VE_MODEL_DIR"
 
 DEFAULT_READY_TIMEOUT_S = 240.0

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-IMAGES_DIR = Path(__file__).resolve().parent / "data" / "images"
+from ofa_ve_ops.paths import REPO_ROOT
+
+IMAGES_DIR = REPO_ROOT / "tests" / "data" / "images"
 
 TEST_IMAGES: dict[str, Path] = {
     # JPEG

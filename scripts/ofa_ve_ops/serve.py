@@ -3,7 +3,7 @@
 
 Which weights, in order:
   1. OFA_VE_MODEL_DIR (or --model-dir): a ModelScope model directory you provide;
-  2. the real model from the ModelScope hub (`scripts/fetch_model.py`; cached in
+  2. the real model from the ModelScope hub (`python -m ofa_ve_ops.fetch_model`; cached in
      $OFA_VE_MODEL_CACHE or ~/.cache/ofa-ve/modelscope; hub: $MODELSCOPE_ENDPOINT);
   3. where the hub cannot be reached: a generated demo checkpoint with RANDOM
      weights (cached under the cache folder), announced loudly: its answers are
@@ -15,7 +15,7 @@ precedence over config.pbtxt's `model_dir` parameter).
 
 Endpoints bind 127.0.0.1 unless OFA_VE_BIND_ADDRESS (or --address) says otherwise:
 HTTP OFA_VE_HTTP_PORT (8000), gRPC OFA_VE_GRPC_PORT (8001), metrics
-OFA_VE_METRICS_PORT (8002). The process becomes scripts/stub_watchdog.py (exec),
+OFA_VE_METRICS_PORT (8002). The process becomes `python -m ofa_ve_ops.stub_watchdog` (exec),
 which runs tritonserver and forwards Ctrl-C or SIGTERM to it: Triton drains
 in-flight requests (up to --exit-timeout-secs), unloads the model and exits. If a
 model instance's stub process dies, the watchdog stops the server and exits 70.
@@ -29,11 +29,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import triton_runtime
+from ofa_ve_ops import triton_runtime
+from ofa_ve_ops.paths import MODEL_REPOSITORY, REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-ENGINE_PARENT = REPO_ROOT / "model_repository" / "ofa_visual_entailment" / "1"
-MODEL_REPOSITORY = REPO_ROOT / "model_repository"
 MODEL_DIR_ENV = "OFA_VE_MODEL_DIR"
 CACHE_DIR_ENV = "OFA_VE_CACHE_DIR"
 
@@ -69,8 +67,6 @@ def _env_port(name: str, default: int) -> int:
 
 def demo_checkpoint(cache_dir: Path) -> Path:
     """The cached random-weight checkpoint, written on first use."""
-    if str(ENGINE_PARENT) not in sys.path:
-        sys.path.insert(0, str(ENGINE_PARENT))
     from ofa_ve_engine.demo_checkpoint import (
         DEFAULT_SEED,
         checkpoint_files,
@@ -91,7 +87,7 @@ def resolve_model_dir(model_dir: Path | None, cache_dir: Path, hub_timeout_s: fl
             raise SystemExit(f"serve: model directory {model_dir} does not exist")
         _say(f"model directory: {model_dir}")
         return model_dir
-    from fetch_model import HubUnreachableError, ModelFetchError, fetch_model
+    from ofa_ve_ops.fetch_model import HubUnreachableError, ModelFetchError, fetch_model
 
     _say("no OFA_VE_MODEL_DIR: fetching the real model from the ModelScope hub ...")
     try:
@@ -205,8 +201,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The watchdog runs tritonserver as its child and forwards signals; when a model
     # instance's stub process dies (Triton 2.51 keeps reporting READY while every
     # request fails), it stops the server and exits 70 so a supervisor restarts it.
-    watchdog = Path(__file__).resolve().parent / "stub_watchdog.py"
-    os.execve(sys.executable, [sys.executable, str(watchdog), "--", *command], env)
+    watchdog = [sys.executable, "-m", "ofa_ve_ops.stub_watchdog", "--"]
+    os.execve(sys.executable, [*watchdog, *command], env)
     return 1  # not reached
 
 

@@ -15,7 +15,7 @@ it measures:
   the batches the dynamic batcher formed were;
 - a CSV (one row per level) and a Markdown table.
 
-    .venv/bin/python scripts/perf_analyzer_sweep.py --url 127.0.0.1:8001 \\
+    .venv/bin/python -m ofa_ve_bench.perf_analyzer_sweep --url 127.0.0.1:8001 \\
         --concurrency 1,2,4,8,16,32 --request-rate 1,2,4 --out-dir /tmp/sweep
 
 BYTES tensors in perf_analyzer's JSON: a ``b64`` value is sent as the tensor's raw
@@ -40,10 +40,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-import triton_runtime
+from ofa_ve_ops import triton_runtime
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-IMAGES_DIR = REPO_ROOT / "tests" / "data" / "images"
+from ofa_ve_bench.workload import IMAGES_DIR
+
 MODEL_NAME = "ofa_visual_entailment"
 IMAGE_SUFFIXES = {
     "jpeg": (".jpg", ".jpeg"),

@@ -12,8 +12,8 @@ growing after the warm-up.
 
 Loopback only (it refuses any other host), and it stops by itself:
 
-    python scripts/soak.py                         # 600 s against 127.0.0.1:8001
-    python scripts/soak.py --duration 120 --concurrency 16 --json soak.json
+    python -m ofa_ve_bench.soak                         # 600 s against 127.0.0.1:8001
+    python -m ofa_ve_bench.soak --duration 120 --concurrency 16 --json soak.json
 
 The server's process is found from the port it listens on (or pass --server-pid).
 Exit status 0 when every criterion holds, 1 otherwise, 2 on bad arguments.
@@ -37,9 +37,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from procfs import children, cmdline, process_state, vm_kib
+from ofa_ve_ops.paths import REPO_ROOT
+from ofa_ve_ops.procfs import children, cmdline, process_state, vm_kib
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_IMAGES = REPO_ROOT / "tests" / "data" / "images"
 MODEL = "ofa_visual_entailment"
 MAX_BATCH_ITEMS = 32  # config.pbtxt max_batch_size

@@ -17,7 +17,7 @@ from tests: it also keeps the import hook out of the test process.
 
 CLI (prints a JSON list, one `{"labels": ..., "scores": ...}` per pair):
 
-    python -m reference.modelscope_pipeline MODEL_DIR PAIRS.json [--dump-inputs DIR]
+    python -m ofa_ve_bench.reference.modelscope_pipeline MODEL_DIR PAIRS.json [--dump-inputs DIR]
 
 PAIRS.json is a list of `{"image": PATH, "hypothesis": TEXT, "premise": TEXT|null}`
 objects (or `[PATH, HYPOTHESIS, PREMISE]` triples); relative image paths are
@@ -64,8 +64,6 @@ ABSENT_OPTIONAL_MODULES: frozenset[str] = frozenset({"fairseq.ngram_repeat_block
 
 Pair = tuple[str | os.PathLike[str] | bytes, str, str | None]
 """(image path or encoded bytes, hypothesis, premise or None)"""
-
-_TESTS_DIR = Path(__file__).resolve().parent.parent
 
 
 class StubbedModuleUsedError(RuntimeError):
@@ -291,15 +289,12 @@ def run_reference_in_subprocess(
         ]
         pairs_file = scratch / "pairs.json"
         pairs_file.write_text(json.dumps(records), encoding="utf-8")
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            [str(_TESTS_DIR), *filter(None, [env.get("PYTHONPATH")])]
-        )
-        command = [python, "-m", "reference.modelscope_pipeline", str(model_dir), str(pairs_file)]
+        module = "ofa_ve_bench.reference.modelscope_pipeline"
+        command = [python, "-m", module, str(model_dir), str(pairs_file)]
         if inputs_dir is not None:
             command += ["--dump-inputs", str(inputs_dir)]
         proc = subprocess.run(
-            command, capture_output=True, text=True, timeout=timeout_s, env=env, check=False
+            command, capture_output=True, text=True, timeout=timeout_s, check=False
         )
         if proc.returncode != 0:
             raise RuntimeError(
@@ -339,7 +334,7 @@ def _load_pairs(path: Path) -> list[Pair]:
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point: print ModelScope's outputs for the pairs as one JSON list."""
     parser = argparse.ArgumentParser(
-        prog="python -m reference.modelscope_pipeline",
+        prog="python -m ofa_ve_bench.reference.modelscope_pipeline",
         description="Run ModelScope's own visual-entailment pipeline offline and print JSON.",
     )
     parser.add_argument("model_dir", type=Path, help="local ModelScope model directory")

@@ -20,8 +20,8 @@ after --stop-timeout seconds, removes the dead stubs' /dev/shm regions, and exit
 70 (EX_SOFTWARE). Otherwise it exits with tritonserver's own status (128+N for a
 signal).
 
-    python scripts/stub_watchdog.py -- tritonserver --model-repository=... [flags]
-    python scripts/stub_watchdog.py --poll-interval 0.5 -- "$(which tritonserver)" ...
+    python -m ofa_ve_ops.stub_watchdog -- tritonserver --model-repository=... [flags]
+    python -m ofa_ve_ops.stub_watchdog --poll-interval 0.5 -- "$(which tritonserver)" ...
 
 Linux only (reads /proc), like tritonserver itself.
 """
@@ -38,7 +38,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from procfs import children, cmdline, process_state
+from ofa_ve_ops.procfs import children, cmdline, process_state
 
 STUB_NAME = "triton_python_backend_stub"
 SHM_PREFIX = "triton_python_backend_shm_region"

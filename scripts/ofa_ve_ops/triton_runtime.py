@@ -18,10 +18,10 @@ module does what docs/triton-from-pypi.md describes (and what PyTriton itself do
 
 Importable: `prepare_runtime()`, `server_command(...)`, `server_env(...)`. CLI:
 
-    python scripts/triton_runtime.py prepare            # lay out, print the work dir
-    python scripts/triton_runtime.py env                # `export` lines for a shell
-    python scripts/triton_runtime.py exec -- perf_analyzer -m ofa_visual_entailment ...
-    python scripts/triton_runtime.py command --model-repository model_repository
+    python -m ofa_ve_ops.triton_runtime prepare            # lay out, print the work dir
+    python -m ofa_ve_ops.triton_runtime env                # `export` lines for a shell
+    python -m ofa_ve_ops.triton_runtime exec -- perf_analyzer -m ofa_visual_entailment ...
+    python -m ofa_ve_ops.triton_runtime command --model-repository model_repository
 """
 
 from __future__ import annotations
@@ -40,8 +40,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_WORK_ROOT = REPO_ROOT / ".cache" / "triton"
+from ofa_ve_ops.paths import CACHE_DIR, MODEL_REPOSITORY
+
+DEFAULT_WORK_ROOT = CACHE_DIR / "triton"
 WORK_DIR_ENV = "OFA_VE_TRITON_DIR"
 
 # Python backend shared memory (one region per model instance, in /dev/shm). The
@@ -342,7 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = sub.add_parser("exec", help="run a command (e.g. perf_analyzer) with the runtime env")
     run.add_argument("cmd", nargs=argparse.REMAINDER, help="command after `--`")
     show = sub.add_parser("command", help="print the tritonserver command line")
-    show.add_argument("--model-repository", type=Path, default=REPO_ROOT / "model_repository")
+    show.add_argument("--model-repository", type=Path, default=MODEL_REPOSITORY)
     args = parser.parse_args(argv)
 
     try:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Download the real OFA visual-entailment model from the ModelScope hub (cached).
 
-    python scripts/fetch_model.py [--cache-dir DIR] [--revision REV] [--timeout S]
+    python -m ofa_ve_ops.fetch_model [--cache-dir DIR] [--revision REV] [--timeout S]
 
 Prints the model directory (a ModelScope model directory the engine loads) on
 stdout; progress and errors go to stderr. Exit status: 0 on success, 3 when the

@@ -8,7 +8,7 @@ server starts first, and then ``--rounds`` rounds each measure (a), (b) and (c)
 in turn; ratios are taken within each round and reported as the median and
 range over rounds. Each round records the machine's load average.
 
-    .venv/bin/python scripts/benchmark.py --model-dir DIR --out-dir /tmp/bench \\
+    .venv/bin/python -m ofa_ve_bench.benchmark --model-dir DIR --out-dir /tmp/bench \\
         --plot /tmp/bench/throughput.png [--device cpu|cuda] [--concurrency 1,2,4,8,16]
 
 (a) ModelScope's own pipeline, one item per call (the only way it works), from
@@ -43,15 +43,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import perf_analyzer_sweep as sweep_mod
+from ofa_ve_ops.paths import MODEL_NAME, MODEL_REPOSITORY
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-MODEL_REPOSITORY = REPO_ROOT / "model_repository"
-MODEL_NAME = "ofa_visual_entailment"
-ENGINE_PARENT = MODEL_REPOSITORY / MODEL_NAME / "1"
-for extra in (ENGINE_PARENT, REPO_ROOT / "tests"):
-    if str(extra) not in sys.path:
-        sys.path.insert(0, str(extra))
+from ofa_ve_bench import perf_analyzer_sweep as sweep_mod
 
 # Engine keyword arguments that config.pbtxt parameters map to (model.py does the same).
 ENGINE_PARAMS = {
@@ -104,7 +98,7 @@ def _torch_dtype(name: str):
 # --------------------------------------------------------------------------- (a)
 def modelscope_pipeline(model_dir: Path, device: str):
     """ModelScope's own pipeline; on GPUs built as build_pipeline does, on the GPU."""
-    from reference.modelscope_pipeline import build_pipeline, install_import_stubs
+    from ofa_ve_bench.reference.modelscope_pipeline import build_pipeline, install_import_stubs
 
     if device == "cpu":
         return build_pipeline(model_dir)
@@ -120,7 +114,10 @@ class ModelScopeRunner:
     """ModelScope's pipeline, built once, called one item at a time from the image files."""
 
     def __init__(self, model_dir: Path, device: str, items: Sequence[tuple[Path, str, str]]):
-        from reference.modelscope_pipeline import offline_environment, preserved_global_rngs
+        from ofa_ve_bench.reference.modelscope_pipeline import (
+            offline_environment,
+            preserved_global_rngs,
+        )
 
         self.items = items
         with preserved_global_rngs(), offline_environment():
@@ -312,7 +309,7 @@ def gpu_memory_by_pid() -> dict[int, int]:
 
 def start_server(model_dir: Path, out_dir: Path, args: argparse.Namespace, params: dict[str, str]):
     """A READY tritonserver on a configured copy of the repository (caller stops it)."""
-    from triton_server import TritonServer
+    from ofa_ve_ops.server_process import TritonServer
 
     repo = make_model_repository(
         Path(tempfile.mkdtemp(prefix="bench-repo-")) / "model_repository",

@@ -4,7 +4,7 @@
 Used where the real model cannot be downloaded (`make serve` without hub access,
 the test suite, benchmarks). The same seed always gives byte-identical files.
 
-    python scripts/make_demo_checkpoint.py --out DIR [--seed N]
+    python -m ofa_ve_ops.make_demo_checkpoint --out DIR [--seed N]
 """
 
 from __future__ import annotations
@@ -14,13 +14,7 @@ import hashlib
 import sys
 from pathlib import Path
 
-_ENGINE_PARENT = (
-    Path(__file__).resolve().parent.parent / "model_repository" / "ofa_visual_entailment" / "1"
-)
-if str(_ENGINE_PARENT) not in sys.path:
-    sys.path.insert(0, str(_ENGINE_PARENT))
-
-from ofa_ve_engine.demo_checkpoint import (  # noqa: E402  (path set up above)
+from ofa_ve_engine.demo_checkpoint import (
     DEFAULT_SEED,
     checkpoint_files,
     write_demo_checkpoint,

@@ -1,0 +1,1 @@
+"""Measurement: benchmarks, load tests, soak, GPU check (never imported by serving code)."""

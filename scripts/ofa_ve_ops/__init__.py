@@ -1,0 +1,1 @@
+"""Serving and operations: the tritonserver runtime from PyPI, serve, fetch, watchdog, /proc."""
