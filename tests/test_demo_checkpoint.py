@@ -12,9 +12,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from ofa_ve_engine import OFAArchitecture, TaskSettings
+from ofa_ve_bench.workload import HYPOTHESES, TEST_IMAGES
+from ofa_ve_engine import OFAArchitecture, TaskSettings, VisualEntailmentEngine
 from ofa_ve_engine.demo_checkpoint import (
     ANSWER_FILE,
     BPE_VOCAB_SIZE,
@@ -114,3 +116,27 @@ def test_cli(demo: Path, tmp_path: Path) -> None:
     assert run.stdout.strip() == str(out.resolve())
     assert "RANDOM WEIGHTS" in run.stderr
     assert _digests(out) == _digests(demo)
+
+
+@pytest.fixture(scope="module")
+def decisive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_demo_checkpoint(tmp_path_factory.mktemp("decisive") / "model", decisive=True)
+
+
+@pytest.mark.slow
+def test_decisive_checkpoint_is_confident_and_varied(decisive: Path) -> None:
+    """Like a trained model: large margins on real photos, and every label occurs."""
+    model = json.loads((decisive / "configuration.json").read_text())["model"]
+    assert model["demo"] is True and model["decisive"] is True
+    engine = VisualEntailmentEngine.from_model_dir(decisive, device="cpu")
+    assert engine.is_demo
+    items = [
+        engine.prepare(path.read_bytes(), hypothesis)
+        for path in TEST_IMAGES.values()
+        for hypothesis in HYPOTHESES[:3]
+    ]
+    probs = engine.predict(items)
+    ranked = np.sort(probs, axis=1)
+    margins = ranked[:, -1] - ranked[:, -2]
+    assert float(np.median(margins)) > 0.3, margins
+    assert set(probs.argmax(axis=1).tolist()) == {0, 1, 2}

@@ -1,4 +1,9 @@
-"""The engine on a demo checkpoint: batching, scoring paths, input validation, loading."""
+"""The engine on the session's demo checkpoint: batching, scoring paths, inputs, loading.
+
+One engine (conftest's ``demo_engine``) serves every test; variants with other
+options are assembled from its parts (the constructor does no I/O), so the 33M
+checkpoint is loaded again only where loading itself is under test.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,8 @@ import numpy as np
 import pytest
 import torch
 from ofa_ve_engine import CheckpointError, InputLimits, InvalidInputError, VisualEntailmentEngine
+from ofa_ve_engine.batching import collate
+from ofa_ve_engine.checkpoint import load_model
 from ofa_ve_engine.tokenizer import OFATokenizer
 from PIL import Image
 
@@ -34,8 +41,13 @@ def _png(color: tuple[int, int, int], size: tuple[int, int]) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def engine(demo_model_dir: Path) -> VisualEntailmentEngine:
-    return VisualEntailmentEngine(demo_model_dir, device="cpu")
+def engine(demo_engine: VisualEntailmentEngine) -> VisualEntailmentEngine:
+    return demo_engine
+
+
+def _variant(engine: VisualEntailmentEngine, **options: object) -> VisualEntailmentEngine:
+    """Another engine over the same tokenizer, settings and network."""
+    return VisualEntailmentEngine(engine.settings, engine.tokenizer, engine.model, **options)
 
 
 @pytest.fixture(scope="module")
@@ -60,23 +72,46 @@ def test_batched_equals_one_by_one(engine: VisualEntailmentEngine, items: list) 
     assert (batched.argmax(1) == alone.argmax(1)).all()
 
 
-def test_chunks_equal_one_batch(demo_model_dir: Path, items: list) -> None:
-    small = VisualEntailmentEngine(demo_model_dir, device="cpu", max_batch_size=4)
-    big = VisualEntailmentEngine(demo_model_dir, device="cpu", max_batch_size=32)
-    np.testing.assert_allclose(small.predict(items), big.predict(items), atol=1e-5, rtol=0)
+def test_forward_passes_equal_one_pass(engine: VisualEntailmentEngine, items: list) -> None:
+    small = _variant(engine, forward_batch_size=4)
+    passes: list[tuple[int, float]] = []
+    got = small.predict(items, on_pass=lambda done, seconds: passes.append((len(done), seconds)))
+    assert [n for n, _ in passes] == [4, len(items) - 4]
+    assert all(seconds >= 0 for _, seconds in passes)
+    big = _variant(engine, forward_batch_size=32)
+    np.testing.assert_allclose(got, big.predict(items), atol=1e-5, rtol=0)
 
 
-def test_general_path_equals_one_pass(engine: VisualEntailmentEngine, items: list) -> None:
+def test_teacher_forced_scoring_equals_one_pass(
+    engine: VisualEntailmentEngine, items: list
+) -> None:
+    """The general (reference) traverse scoring and the one-pass shortcut agree."""
     assert engine.scorer.single_token
-    np.testing.assert_allclose(
-        engine.predict(items, force_general=True), engine.predict(items), atol=1e-5, rtol=0
+    batch = collate(
+        items,
+        pad_id=engine.tokenizer.pad_id,
+        device=engine.device,
+        dtype=engine.dtype,
+        mean=engine.settings.mean,
+        std=engine.settings.std,
+        channels_last=True,
     )
+    with torch.inference_mode():
+        encoded = engine.model.encoder(batch.input_ids, batch.images)
+        args = (engine.model, encoded, batch.decoder_prompts, batch.prompt_lengths)
+        general = engine.scorer.score_teacher_forced(*args)
+        one_pass = engine.scorer.score_one_pass(*args)
+    torch.testing.assert_close(general, one_pass, atol=1e-5, rtol=0)
 
 
-def test_unfolded_batchnorm_agrees(demo_model_dir: Path, items: list) -> None:
-    plain = VisualEntailmentEngine(demo_model_dir, device="cpu", fold_bn=False, channels_last=False)
-    fast = VisualEntailmentEngine(demo_model_dir, device="cpu")
-    np.testing.assert_allclose(plain.predict(items), fast.predict(items), atol=1e-5, rtol=0)
+def test_unfolded_batchnorm_agrees(
+    engine: VisualEntailmentEngine, demo_model_dir: Path, items: list
+) -> None:
+    """Eager BatchNorm, NCHW pixels, aten linear layers: the loader's speedups off."""
+    model = load_model(demo_model_dir).requires_grad_(False)
+    plain = VisualEntailmentEngine(engine.settings, engine.tokenizer, model, channels_last=False)
+    assert plain.linear_backend == "aten"
+    np.testing.assert_allclose(plain.predict(items), engine.predict(items), atol=1e-5, rtol=0)
 
 
 def test_empty_or_blank_premise_means_image_alone(engine: VisualEntailmentEngine) -> None:
@@ -116,10 +151,8 @@ def test_bad_text_is_refused_naming_the_input(
     assert info.value.input_name == name and fragment in str(info.value)
 
 
-def test_limits_are_configurable(demo_model_dir: Path) -> None:
-    strict = VisualEntailmentEngine(
-        demo_model_dir, device="cpu", limits=InputLimits(max_image_pixels=100, max_text_bytes=10)
-    )
+def test_limits_are_configurable(engine: VisualEntailmentEngine) -> None:
+    strict = _variant(engine, limits=InputLimits(max_image_pixels=100, max_text_bytes=10))
     with pytest.raises(InvalidInputError, match="IMAGE: is 40x30 = 1200 pixels"):
         strict.prepare(_png((1, 2, 3), (40, 30)), "short")
     with pytest.raises(InvalidInputError, match="HYPOTHESIS: is 11 bytes"):
@@ -172,7 +205,7 @@ def test_truncated_weights_give_a_clear_error(demo_model_dir: Path, tmp_path: Pa
     weights.unlink()
     weights.write_bytes(data[: len(data) // 3])
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
-        VisualEntailmentEngine(model_dir, device="cpu")
+        VisualEntailmentEngine.from_model_dir(model_dir, device="cpu")
 
 
 def test_missing_and_unexpected_keys_are_named(demo_model_dir: Path, tmp_path: Path) -> None:
@@ -183,7 +216,7 @@ def test_missing_and_unexpected_keys_are_named(demo_model_dir: Path, tmp_path: P
     (model_dir / "pytorch_model.bin").unlink()
     torch.save(state, model_dir / "pytorch_model.bin")
     with pytest.raises(CheckpointError) as info:
-        VisualEntailmentEngine(model_dir, device="cpu")
+        VisualEntailmentEngine.from_model_dir(model_dir, device="cpu")
     assert "encoder.layers.2.fc1.weight" in str(info.value)
     assert "encoder.extra.weight" in str(info.value)
 
@@ -197,7 +230,7 @@ def test_pickled_objects_are_refused(demo_model_dir: Path, tmp_path: Path) -> No
     (model_dir / "pytorch_model.bin").unlink()
     torch.save({"payload": _NotAWeight()}, model_dir / "pytorch_model.bin")
     with pytest.raises(CheckpointError, match="weights_only"):
-        VisualEntailmentEngine(model_dir, device="cpu")
+        VisualEntailmentEngine.from_model_dir(model_dir, device="cpu")
 
 
 @pytest.mark.parametrize(
@@ -214,9 +247,9 @@ def test_bad_config_files_are_named(
     model_dir = _copy_model_dir(demo_model_dir, tmp_path / "m")
     (model_dir / file).write_text(content)
     with pytest.raises(CheckpointError, match=fragment):
-        VisualEntailmentEngine(model_dir, device="cpu")
+        VisualEntailmentEngine.from_model_dir(model_dir, device="cpu")
 
 
 def test_missing_model_dir(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="does not exist"):
-        VisualEntailmentEngine(tmp_path / "nowhere", device="cpu")
+        VisualEntailmentEngine.from_model_dir(tmp_path / "nowhere", device="cpu")

@@ -28,10 +28,17 @@ IMAGES = ["landscape_640x480_jpeg", "tiny_50x40_png", "wide_1024x256_jpeg"]
 @pytest.fixture(scope="module")
 def plain(demo_model_dir: Path) -> VisualEntailmentEngine:
     """No chunking, aten linear layers, batched attention with a padding bias."""
-    engine = VisualEntailmentEngine(
-        demo_model_dir, device="cpu", image_chunk_size=0, linear_backend="aten"
+    engine = VisualEntailmentEngine.from_model_dir(
+        demo_model_dir, device="cpu", image_chunk_size=64, linear_backend="aten"
     )
-    engine.model.encoder.attend_by_length = False
+    engine.attend_by_length = False
+    return engine
+
+
+def _variant(plain: VisualEntailmentEngine, **options: object) -> VisualEntailmentEngine:
+    """An engine with other options over plain's network (no loading)."""
+    engine = VisualEntailmentEngine(plain.settings, plain.tokenizer, plain.model, **options)
+    engine.attend_by_length = False
     return engine
 
 
@@ -50,33 +57,29 @@ def expected(plain: VisualEntailmentEngine, items: list) -> np.ndarray:
     return plain.predict(items)
 
 
-def test_cpu_defaults_chunk_the_resnet_and_attend_by_length(demo_model_dir: Path) -> None:
-    engine = VisualEntailmentEngine(demo_model_dir, device="cpu")
-    assert engine.image_chunk_size >= 1
-    assert engine.model.encoder.attend_by_length
-    assert engine.linear_backend in ("onednn", "aten")
+def test_cpu_defaults_chunk_the_resnet_and_attend_by_length(
+    demo_engine: VisualEntailmentEngine,
+) -> None:
+    assert demo_engine.image_chunk_size == 2
+    assert demo_engine.attend_by_length
+    assert demo_engine.linear_backend in ("onednn", "aten")
+    assert demo_engine.forward_batch_size == 32 and not demo_engine.compiled
 
 
 @pytest.mark.parametrize("chunk", [1, 2])
 def test_image_chunks_give_the_same_answers(
-    demo_model_dir: Path, items: list, expected: np.ndarray, chunk: int
+    plain: VisualEntailmentEngine, items: list, expected: np.ndarray, chunk: int
 ) -> None:
-    engine = VisualEntailmentEngine(
-        demo_model_dir, device="cpu", image_chunk_size=chunk, linear_backend="aten"
-    )
-    engine.model.encoder.attend_by_length = False
+    engine = _variant(plain, image_chunk_size=chunk)
     np.testing.assert_allclose(engine.predict(items), expected, atol=1e-5)
 
 
 def test_attention_by_length_gives_the_same_answers(
     plain: VisualEntailmentEngine, items: list, expected: np.ndarray
 ) -> None:
-    plain.model.encoder.attend_by_length = True
-    try:
-        got = plain.predict(items)
-    finally:
-        plain.model.encoder.attend_by_length = False
-    np.testing.assert_allclose(got, expected, atol=1e-5)
+    engine = _variant(plain, image_chunk_size=64)
+    engine.attend_by_length = True
+    np.testing.assert_allclose(engine.predict(items), expected, atol=1e-5)
 
 
 def test_onednn_linear_gives_the_same_answers(
@@ -84,10 +87,10 @@ def test_onednn_linear_gives_the_same_answers(
 ) -> None:
     if not torch.backends.mkldnn.is_available():
         pytest.skip("this torch has no oneDNN")
-    engine = VisualEntailmentEngine(
-        demo_model_dir, device="cpu", image_chunk_size=0, linear_backend="onednn"
+    engine = VisualEntailmentEngine.from_model_dir(
+        demo_model_dir, device="cpu", image_chunk_size=64, linear_backend="onednn"
     )
-    engine.model.encoder.attend_by_length = False
+    engine.attend_by_length = False
     assert engine.linear_backend == "onednn"
     layers = [m for m in engine.model.modules() if isinstance(m, Linear)]
     assert layers and all(m.onednn for m in layers)
@@ -102,9 +105,14 @@ def test_linear_backend_is_validated(plain: VisualEntailmentEngine) -> None:
     assert choose_linear_backend(plain.model, torch.device("cpu"), torch.float32, "aten") == "aten"
 
 
-def test_bad_image_chunk_size_is_refused(demo_model_dir: Path) -> None:
+@pytest.mark.parametrize("chunk", [0, -1])
+def test_bad_image_chunk_size_is_refused(
+    plain: VisualEntailmentEngine, demo_model_dir: Path, chunk: int
+) -> None:
     with pytest.raises(ValueError, match="image_chunk_size"):
-        VisualEntailmentEngine(demo_model_dir, device="cpu", image_chunk_size=-1)
+        _variant(plain, image_chunk_size=chunk)
+    with pytest.raises(ValueError, match="image_chunk_size"):  # before any loading
+        VisualEntailmentEngine.from_model_dir(demo_model_dir, image_chunk_size=chunk)
 
 
 def test_half_precision_guard_clamps_overflow_only() -> None:
@@ -123,26 +131,28 @@ def test_half_precision_guard_clamps_overflow_only() -> None:
 def test_compiled_stem_gives_the_same_answers(
     demo_model_dir: Path, items: list, expected: np.ndarray
 ) -> None:
-    engine = VisualEntailmentEngine(
+    engine = VisualEntailmentEngine.from_model_dir(
         demo_model_dir, device="cpu", image_chunk_size=2, compile=True, linear_backend="aten"
     )
-    engine.model.encoder.attend_by_length = False
+    engine.attend_by_length = False
     assert engine.compiled and engine.model.encoder.image_stem is not None
     np.testing.assert_allclose(engine.predict(items), expected, atol=1e-5)
 
 
-def test_position_table_grows_and_matches_a_fresh_one(demo_model_dir: Path) -> None:
+def test_position_table_grows_and_matches_a_fresh_one(plain: VisualEntailmentEngine) -> None:
     """Biases cached for short texts are rebuilt, not misused, when a longer text comes."""
+    engine = _variant(plain)
+    encoder = engine.model.encoder
     image = TEST_IMAGES["tiny_50x40_png"].read_bytes()
     long_text = " ".join(["a small cat sits on a wide red sofa near the window"] * 12)
-    warm = VisualEntailmentEngine(demo_model_dir, device="cpu")
-    short = warm.prepare(image, "A cat.")
-    long = warm.prepare(image, long_text)
+    short = engine.prepare(image, "A cat.")
+    long = engine.prepare(image, long_text)
     assert len(long.input_ids) > 64 + 16
-    warm.predict([short])
-    first = warm.model.encoder._position_cache.text_len
-    got = warm.predict([long, short])
-    assert warm.model.encoder._position_cache.text_len >= len(long.input_ids) > first
-    fresh = VisualEntailmentEngine(demo_model_dir, device="cpu")
-    want = np.concatenate([fresh.predict([long]), fresh.predict([short])])
+    encoder._position_cache = None  # as freshly loaded
+    engine.predict([short])
+    first = encoder._position_cache.text_len
+    got = engine.predict([long, short])
+    assert encoder._position_cache.text_len >= len(long.input_ids) > first
+    encoder._position_cache = None  # fresh: built for the long text first
+    want = np.concatenate([engine.predict([long]), engine.predict([short])])
     np.testing.assert_allclose(got, want, atol=1e-5)

@@ -5,16 +5,13 @@ execution to `ofa_ve_engine.serving.ExecutionRunner` (which prepares every item,
 runs the valid ones through the engine and splits the results per request), and
 turn each outcome into a response or an error for that request alone. Everything
 model-specific lives in `ofa_ve_engine`, which imports and tests without Triton;
-the parameters of config.pbtxt are parsed by `ofa_ve_engine.parameters`.
-
-The weights come from the `OFA_VE_MODEL_DIR` environment variable, else the
-`model_dir` parameter.
+the parameters of config.pbtxt are parsed by `ofa_ve_engine.parameters`, which
+also finds the weights (`OFA_VE_MODEL_DIR`, else the `model_dir` parameter).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -23,61 +20,21 @@ import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
 from ofa_ve_engine import ANSWERS, LABELS, InvalidInputError, VisualEntailmentEngine
-from ofa_ve_engine.parameters import ModelParameters, from_triton_config
-from ofa_ve_engine.serving import ExecutionHooks, ExecutionRunner, RequestInputs
+from ofa_ve_engine.parameters import from_triton_config, resolve_model_dir
+from ofa_ve_engine.serving import (
+    DEMO_BANNER,
+    METRICS,
+    ExecutionHooks,
+    ExecutionRunner,
+    RequestInputs,
+)
 
-MODEL_DIR_ENV = "OFA_VE_MODEL_DIR"
 INPUT_NAMES = ("IMAGE", "HYPOTHESIS", "PREMISE")
 LABEL_BYTES = np.array([label.encode() for label in LABELS], dtype=np.object_)
 ANSWER_BYTES = np.array([answer.encode() for answer in ANSWERS], dtype=np.object_)
 
-# Custom metrics on Triton's /metrics endpoint: key -> (name, kind, buckets, description).
-METRICS: dict[str, tuple[str, str, list[float] | None, str]] = {
-    "preprocess": ("ofa_ve_preprocess_duration_seconds", "HISTOGRAM",
-                   [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0],
-                   "Time to decode, resize and tokenize one item"),
-    "forward": ("ofa_ve_forward_duration_seconds", "HISTOGRAM",
-                [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
-                "Time of one engine forward pass over a batch of items"),
-    "batch": ("ofa_ve_engine_batch_size", "HISTOGRAM", [1, 2, 4, 8, 16, 32, 64, 128],
-              "Items per engine forward pass (the batch sizes actually run)"),
-    "invalid": ("ofa_ve_invalid_requests_total", "COUNTER", None,
-                "Requests refused with INVALID_ARG, by the input at fault"),
-    "warmup": ("ofa_ve_warmup_duration_seconds", "GAUGE", None,
-               "Duration of the start-up warm-up inference, set before READY"),
-    "info": ("ofa_ve_model_info", "GAUGE", None,
-             "1 per instance; labels say which weights (real or demo) and device"),
-}
-
-DEMO_BANNER = """
-##########################################################################
-#  RANDOM DEMO WEIGHTS: {path}
-#  This checkpoint was generated with random weights (no model hub was
-#  reachable). Its answers are MEANINGLESS. Set OFA_VE_MODEL_DIR to the
-#  real ModelScope model directory for real predictions.
-##########################################################################"""
-
-
 def _log(level: str, message: str) -> None:
     getattr(pb_utils.Logger, f"log_{level}")(message)
-
-
-def resolve_model_dir(params: ModelParameters, model_folder: Path) -> Path:
-    """OFA_VE_MODEL_DIR wins (set per deployment); else the `model_dir` parameter."""
-    from_env = os.environ.get(MODEL_DIR_ENV, "").strip()
-    configured = from_env or params.model_dir
-    if not configured:
-        raise ValueError(
-            f"no model directory: set the environment variable {MODEL_DIR_ENV} of the "
-            "tritonserver process (or the `model_dir` parameter in config.pbtxt) to a "
-            "ModelScope model directory"
-        )
-    path = Path(configured).expanduser()
-    path = path if path.is_absolute() else model_folder / path
-    if not path.is_dir():
-        source = f"${MODEL_DIR_ENV}" if from_env else "parameter model_dir"
-        raise FileNotFoundError(f"model directory {path} (from {source}) does not exist")
-    return path
 
 
 def instance_device(args: dict[str, str]) -> str:
@@ -113,10 +70,11 @@ class TritonPythonModel:
         pipelined = params.pipelined(engine.device.type)
         self.runner = ExecutionRunner(engine, workers=workers, pipelined=pipelined)
         weights = "demo" if engine.is_demo else "real"
+        forward = engine.forward_batch_size or "whole execution"
+        chunk = engine.image_chunk_size or "whole pass"
         _log("info", f"{self.instance}: loaded {weights} weights from {model_dir.resolve()} on "
-             f"{engine.device} ({params.dtype}, forward batch {engine.forward_batch_size or 'whole'}"
-             f", image chunk {engine.image_chunk_size or 'whole pass'}, image path "
-             f"{params.image_path}, linear backend {engine.linear_backend}, compiled "
+             f"{engine.device} ({params.dtype}, forward batch {forward}, image chunk {chunk}, "
+             f"image path {params.image_path}, linear backend {engine.linear_backend}, compiled "
              f"{engine.compiled}, torch threads {torch.get_num_threads()}, preprocess threads "
              f"{workers}, pipelined {pipelined})")
         if engine.is_demo:  # one log call per line: Triton escapes newlines inside one

@@ -3,7 +3,7 @@
 from .batching import PreparedItem
 from .engine import VisualEntailmentEngine, resolve_device
 from .errors import CheckpointError, InvalidInputError
-from .labels import ANSWER_TO_LABEL, ANSWERS, LABEL_TO_ANSWER, LABELS
+from .labels import ANSWER_TO_LABEL, ANSWERS, LABELS
 from .limits import InputLimits
 from .settings import OFAArchitecture, TaskSettings
 
@@ -11,7 +11,6 @@ __all__ = [
     "ANSWERS",
     "ANSWER_TO_LABEL",
     "LABELS",
-    "LABEL_TO_ANSWER",
     "CheckpointError",
     "InputLimits",
     "InvalidInputError",

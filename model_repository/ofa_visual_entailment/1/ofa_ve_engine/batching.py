@@ -19,12 +19,14 @@ import torch
 class PreparedItem:
     """One request item after CPU preprocessing, ready to batch."""
 
-    pixels: np.ndarray
-    """[P, P, 3] uint8, resized RGB."""
+    pixels: np.ndarray | None
+    """[P, P, 3] uint8, resized RGB; None when ``encoded`` is decoded on the device."""
     input_ids: tuple[int, ...]
     """Encoder tokens: BOS, BPE of the prompt, EOS."""
     decoder_prompt: tuple[int, ...]
     """Decoder input before the answer: the source without EOS, or BOS alone."""
+    encoded: bytes | None = None
+    """The JPEG file itself, for the GPU image path (header already checked)."""
 
 
 @dataclass
@@ -56,11 +58,17 @@ def collate(
     mean: Sequence[float],
     std: Sequence[float],
     channels_last: bool,
+    pixels: torch.Tensor | None = None,
 ) -> Batch:
-    """Stack, pad and move a batch; normalization happens on ``device`` in float32."""
-    pixels = torch.from_numpy(np.stack([item.pixels for item in items]))
-    if device.type == "cuda":
-        pixels = pixels.pin_memory()
+    """Stack, pad and move a batch; normalization happens on ``device`` in float32.
+
+    ``pixels``: the batch's [B, P, P, 3] uint8 pixels already on ``device`` (the GPU
+    image path decodes there); otherwise they are stacked from the items.
+    """
+    if pixels is None:
+        pixels = torch.from_numpy(np.stack([item.pixels for item in items]))
+        if device.type == "cuda":
+            pixels = pixels.pin_memory()
     pixels = pixels.to(device, non_blocking=True).permute(0, 3, 1, 2)  # NCHW view, NHWC memory
     if not channels_last:
         pixels = pixels.contiguous()

@@ -22,10 +22,6 @@ import torch
 from torch import nn
 
 
-class CompileError(RuntimeError):
-    """torch.compile could not build the stem (message says what to do)."""
-
-
 def compile_image_stem(
     stem: nn.Module,
     *,
@@ -38,7 +34,8 @@ def compile_image_stem(
 
     ``example`` is one input image [1, 3, P, P] in the dtype and on the device the
     engine feeds, ``memory_format`` its layout (both fix what the graphs are
-    compiled for). ``dynamic=None`` lets
+    compiled for). Any failure is a RuntimeError saying what to do, raised here
+    rather than on a first request. ``dynamic=None`` lets
     torch mark the batch dimension dynamic after the first new size (for whole
     batches of varying size, as on GPUs).
     """
@@ -59,7 +56,7 @@ def compile_image_stem(
             try:
                 run(batch)
             except Exception as exc:  # inductor raises many kinds; all mean "not usable"
-                raise CompileError(
+                raise RuntimeError(
                     f"torch.compile of the ResNet stem failed at batch size {size}: {exc!r}. "
                     "On CPU inductor needs a C++ compiler (g++) at run time; turn `compile` "
                     "off to run eagerly."

@@ -27,11 +27,19 @@ match the network's 59457 output logits.
 Everything is deterministic for a seed: the same seed gives byte-identical files.
 `configuration.json` carries `model.demo: true` so the engine can announce loudly
 that it serves random weights.
+
+Random weights answer almost uniformly (top-1 margins around 0.01), which is
+useless for precision and fidelity comparisons. `decisive=True` rewrites only
+the three answer embeddings (`make_decisive`) so that answers are confident
+(median margin above 0.5 on the test photos) and cover all three labels, and
+records `model.decisive: true` next to `model.demo: true`.
 """
 
 from __future__ import annotations
 
+import copy
 import json
+import math
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable
@@ -39,7 +47,9 @@ from itertools import pairwise
 from pathlib import Path
 
 import torch
+from PIL import Image
 
+from .batching import collate
 from .settings import (
     CONFIG_FILE,
     CONFIGURATION_FILE,
@@ -322,30 +332,149 @@ def random_state_dict(config_json: Path, seed: int) -> dict[str, torch.Tensor]:
 
 StateDictFactory = Callable[[Path, int], dict[str, torch.Tensor]]
 
+DECISIVE_SCALE = 3.0
+"""Answer logits of a decisive checkpoint: this many whitened standard deviations."""
+_CALIBRATION_SENTENCES = (
+    "a man is riding a horse on the beach.",
+    "two dogs are playing in the snow.",
+    "the woman is holding a red umbrella.",
+    "people are sitting at a table in a kitchen.",
+)
+"""Hypotheses for calibrating a decisive checkpoint (none contains an answer word, so
+the answer embeddings being rewritten never enter these inputs)."""
+_SHARED_EMBEDDING_KEYS = (
+    "encoder.embed_tokens.weight",
+    "decoder.embed_tokens.weight",
+    "decoder.output_projection.weight",
+)
+
+
+def _calibration_images(seed: int, count: int = 6) -> list[Image.Image]:
+    """Blurry colour fields with a bright square: deterministic, photo-like enough."""
+    generator = torch.Generator().manual_seed(seed)
+    images = []
+    for _ in range(count):
+        grid = (torch.rand(6, 6, 3, generator=generator) * 255).to(torch.uint8).numpy()
+        image = Image.fromarray(grid).resize((96, 96), Image.Resampling.BICUBIC)
+        x, y = (int(v) for v in torch.randint(0, 64, (2,), generator=generator))
+        image.paste((250, 250, 240), (x, y, x + 24, y + 24))
+        images.append(image)
+    return images
+
+
+def make_decisive(
+    model_dir: Path, state: dict[str, torch.Tensor], seed: int, scale: float = DECISIVE_SCALE
+) -> dict[str, torch.Tensor]:
+    """``state`` with answer-token embeddings that make the random network decisive.
+
+    Why: random weights give almost uniform answers (top-1 margins of ~0.01), so
+    precision and fidelity comparisons on them measure noise. Here the decoder
+    states where answers are scored are computed on calibration inputs (images
+    x sentences); the answer rows of the shared token embedding (the output
+    projection) become three directions 120 degrees apart in the plane of the
+    main variation with the image and the main variation with the sentence
+    (orthogonal to the states' mean, whitened), times ``scale``. Answers then
+    depend on both inputs, with large margins, and cover all three labels like a
+    trained model's; every other weight is unchanged. Rows are rounded to 2**-10
+    so that float noise of another CPU rarely changes a byte.
+    """
+    from .engine import VisualEntailmentEngine
+    from .modeling import OFAModel
+    from .scoring import AnswerScorer
+    from .settings import TaskSettings
+    from .tokenizer import OFATokenizer
+
+    arch = OFAArchitecture.from_config_json(model_dir / CONFIG_FILE)
+    with torch.random.fork_rng(devices=[]):
+        model = OFAModel(arch)
+    model.load_state_dict(state, strict=True)
+    engine = VisualEntailmentEngine(
+        TaskSettings.from_model_dir(model_dir),
+        OFATokenizer(model_dir),
+        model.eval().requires_grad_(False),
+        forward_batch_size=8,
+    )
+    items = [
+        engine.prepare(image, sentence)
+        for image in _calibration_images(seed)
+        for sentence in _CALIBRATION_SENTENCES
+    ]
+    states = []
+    with torch.inference_mode():
+        for start in range(0, len(items), engine.forward_batch_size):
+            batch = collate(
+                items[start : start + engine.forward_batch_size],
+                pad_id=engine.tokenizer.pad_id,
+                device=engine.device,
+                dtype=engine.dtype,
+                mean=engine.settings.mean,
+                std=engine.settings.std,
+                channels_last=False,
+            )
+            encoded = model.encoder(batch.input_ids, batch.images)
+            states.append(
+                AnswerScorer.last_states(
+                    model, encoded, batch.decoder_prompts, batch.prompt_lengths
+                )
+            )
+    hidden = torch.cat(states).double()  # [images * sentences, D]
+    mean = hidden.mean(0)
+    per_image = hidden.view(-1, len(_CALIBRATION_SENTENCES), hidden.shape[1])
+    by_image = (per_image - per_image.mean(0)).flatten(0, 1)  # what the image changes
+    by_sentence = per_image.mean(0) - mean  # what the sentence changes
+    basis = [mean / mean.norm()]
+    for variation in (by_image, by_sentence):
+        v = torch.linalg.svd(variation, full_matrices=False)[2][0]  # main direction
+        for b in basis:  # Gram-Schmidt against the mean and the first direction
+            v = v - (v @ b) * b
+        basis.append(v / v.norm())
+    plane = torch.stack(basis[1:])  # [2, D]
+    spread = ((hidden - mean) @ plane.T).std(0)  # [2]
+    offset = float(torch.rand(1, generator=torch.Generator().manual_seed(seed))) * 2 * math.pi
+    key = next(k for k in _SHARED_EMBEDDING_KEYS if k in state)
+    embedding = state[key].clone()
+    for k, answer in enumerate(ANSWER2LABEL):
+        (token,) = engine.tokenizer.encode(" " + answer)
+        angle = offset + 2 * math.pi * k / len(ANSWER2LABEL)
+        direction = torch.tensor([math.cos(angle), math.sin(angle)], dtype=torch.float64)
+        row = scale * ((direction / spread) @ plane)
+        embedding[token] = (torch.round(row * 2**10) / 2**10).to(embedding.dtype)
+    return {k: embedding if k in _SHARED_EMBEDDING_KEYS else v for k, v in state.items()}
+
 
 def write_demo_checkpoint(
     out: Path | str,
     seed: int = DEFAULT_SEED,
     state_dict_factory: StateDictFactory | None = None,
+    decisive: bool = False,
 ) -> Path:
     """Write a complete random-weight model directory to `out` and return its path.
 
     `state_dict_factory(config_json, seed)` builds the weights; the default is our
-    own network (`random_state_dict`). The files are written into a staging
-    folder beside `out` first: a new `out` then appears whole in one rename, so a
-    concurrent reader never sees half a checkpoint; an existing `out` has its
-    files replaced one by one (each replace is atomic).
+    own network (`random_state_dict`). `decisive=True` then rewrites the answer
+    embeddings (`make_decisive`) so that answers are confident and varied, and
+    records `"decisive": true` in `configuration.json` (still `demo: true`).
+    The files are written into a staging folder beside `out` first: a new `out`
+    then appears whole in one rename, so a concurrent reader never sees half a
+    checkpoint; an existing `out` has its files replaced one by one (each
+    replace is atomic).
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        _dump_json(staging / CONFIGURATION_FILE, VISUAL_ENTAILMENT_CONFIGURATION)
+        configuration = copy.deepcopy(VISUAL_ENTAILMENT_CONFIGURATION)
+        if decisive:
+            configuration["model"]["decisive"] = True  # type: ignore[index]
+        _dump_json(staging / CONFIGURATION_FILE, configuration)
         _dump_json(staging / CONFIG_FILE, OFA_TINY_CONFIG)
         _dump_json(staging / ANSWER_FILE, ANSWER2LABEL)
         write_tokenizer_files(staging)
         factory = state_dict_factory or random_state_dict
-        torch.save(factory(staging / CONFIG_FILE, seed), staging / WEIGHTS_FILE)
+        state = factory(staging / CONFIG_FILE, seed)
+        if decisive:
+            state = make_decisive(staging, state, seed)
+        torch.save(state, staging / WEIGHTS_FILE)
         staging.chmod(0o755)  # mkdtemp makes it 0700
         try:
             staging.rename(out)

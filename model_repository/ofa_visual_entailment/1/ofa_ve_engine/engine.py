@@ -1,10 +1,15 @@
 """The visual-entailment engine: ModelScope-faithful preprocessing and batched scoring.
 
-``prepare`` does the per-item CPU work (decode, resize, prompt, BPE) and raises
-``InvalidInputError`` for that item alone; ``predict`` runs any number of
-prepared items through the network in batches of at most ``max_batch_size``
-(one encoder pass and one decoder pass per batch) and returns the full
-probability distribution in ``LABELS`` order.
+``VisualEntailmentEngine.from_model_dir`` loads a ModelScope model directory
+(all the I/O, weight loading, BatchNorm folding, backend choice and
+compilation); the constructor only assembles parts already in memory, so tests
+and tools can build one around any network. ``prepare`` does the per-item CPU
+work (decode, resize, prompt, BPE) and raises ``InvalidInputError`` for that
+item alone; ``predict`` runs any number of prepared items through the network
+in forward passes of at most ``forward_batch_size`` (one encoder and one
+decoder pass each) and returns the full probability distribution in
+``LABELS`` order. It is the one owner of batching: a server hands it every
+item it has and learns about each pass through ``on_pass``.
 """
 
 from __future__ import annotations
@@ -12,21 +17,24 @@ from __future__ import annotations
 import io
 import logging
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from . import gpu_image
 from .batching import PreparedItem, collate
 from .checkpoint import load_model
 from .compilation import compile_image_stem
 from .errors import CheckpointError, InvalidInputError
-from .image import decode_image, resize_image
-from .labels import ANSWER_TO_LABEL, LABELS
+from .image import load_pixels, resize_image
+from .labels import ANSWERS, LABELS
 from .limits import InputLimits
-from .onednn import choose_linear_backend
+from .modeling import OFAModel
+from .onednn import Linear, choose_linear_backend
 from .resnet import fold_batchnorm
 from .scoring import AnswerScorer
 from .settings import TaskSettings
@@ -37,11 +45,22 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CPU_IMAGE_CHUNK = 2
 """Images per ResNet pass on CPU when not configured (docs/benchmarks.md has the sweep)."""
+DEFAULT_FORWARD_BATCH_SIZE = 32
+"""Items per forward pass when the caller does not say (Triton's max_batch_size)."""
+AUTO_CPU_FORWARD_BATCH_SIZE = 1
+"""``forward_batch_size=None`` on CPU: one item per pass is the least CPU per item
+(123/133/137/148 ms at 1/2/4/8 items: the stem's activations fall out of cache)."""
 COMPILE_MAX_FIXED_SIZES = 8
 """Largest image chunk compiled as fixed shapes (one graph per size); beyond, dynamic."""
 
+IMAGE_PATHS = ("exact", "fast", "gpu")
+"""How ``prepare`` turns image bytes into pixels (config parameter ``image_path``)."""
+
 HYPOTHESIS = "HYPOTHESIS"
 PREMISE = "PREMISE"
+
+PassCallback = Callable[[Sequence[PreparedItem], float], None]
+"""``on_pass(items_in_pass, seconds)``: called by ``predict`` after each forward pass."""
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -80,111 +99,183 @@ def _text(value: str | bytes | None, name: str, limits: InputLimits) -> str:
 
 
 class VisualEntailmentEngine:
-    """OFA visual entailment over a ModelScope model directory."""
+    """OFA visual entailment: ``prepare`` items one by one, ``predict`` them in batches."""
 
     def __init__(
         self,
+        settings: TaskSettings,
+        tokenizer: OFATokenizer,
+        model: OFAModel,
+        *,
+        limits: InputLimits | None = None,
+        forward_batch_size: int | None = DEFAULT_FORWARD_BATCH_SIZE,
+        image_chunk_size: int | None = None,
+        channels_last: bool = True,
+        image_path: str = "exact",
+        model_dir: Path | None = None,
+    ) -> None:
+        """Assemble an engine from parts already in memory: no file I/O, no timing.
+
+        ``model`` must already be on its device, in its dtype, in eval mode (what
+        ``from_model_dir`` prepares); the engine reads ``device`` and ``dtype`` from
+        it. ``forward_batch_size`` caps the items per forward pass; ``None`` is the
+        automatic choice (1 on CPU, no cap on a GPU: every ``predict`` call is one
+        pass). This and ``image_chunk_size`` below are the engine's one CPU/GPU rule.
+        ``image_chunk_size`` runs the ResNet stem over at most this many images at a
+        time while the transformer sees the whole pass (``None``: 2 on CPU, where
+        the stem's activations fall out of cache as the batch grows; the whole pass
+        on GPUs). ``channels_last`` sends the pixel batch NHWC (as the uint8 pixels
+        already are, and what oneDNN and tensor-core convolutions run natively).
+        ``image_path``: ``exact`` (bit-identical to the reference), ``fast`` (large
+        JPEGs downscaled in the DCT domain first) or ``gpu`` (JPEGs decoded with
+        nvJPEG and resized on the GPU; on a CPU engine this is ``exact``).
+        ``model_dir`` only names the source in messages. The engine keeps these
+        choices itself (the model carries only its weights, linear backend and
+        compiled stem), so engines with different options may share one model.
+        """
+        self._check_sizes(forward_batch_size, image_chunk_size)
+        if image_path not in IMAGE_PATHS:
+            raise ValueError(f"image_path must be one of {list(IMAGE_PATHS)}, got {image_path!r}")
+        source = f"{model_dir}: " if model_dir is not None else ""
+        if len(tokenizer) != model.arch.vocab_size:
+            raise CheckpointError(
+                f"{source}the tokenizer has {len(tokenizer)} tokens (vocab.json plus 9192 "
+                f"added) but config.json says vocab_size {model.arch.vocab_size}"
+            )
+        answers = settings.answers
+        if sorted(answers) != sorted(ANSWERS):
+            raise CheckpointError(
+                f"{source}answers {answers} are not OFA's visual-entailment answers "
+                f"{sorted(ANSWERS)}"
+            )
+        weight = next(model.parameters())
+        self.settings = settings
+        self.tokenizer = tokenizer
+        self.model = model
+        self.model_dir = model_dir
+        self.device: torch.device = weight.device
+        self.dtype: torch.dtype = weight.dtype
+        self.limits = limits or InputLimits()
+        if forward_batch_size is None and self.device.type == "cpu":
+            forward_batch_size = AUTO_CPU_FORWARD_BATCH_SIZE
+        self.forward_batch_size = forward_batch_size
+        """At most this many items per forward pass; None: each predict call is one pass."""
+        self.channels_last = channels_last
+        on_cpu = self.device.type == "cpu"
+        self.image_path = "exact" if image_path == "gpu" and on_cpu else image_path
+        """The image path in effect (``gpu`` asked of a CPU engine is ``exact``)."""
+        if image_chunk_size is None and self.device.type == "cpu":
+            image_chunk_size = DEFAULT_CPU_IMAGE_CHUNK
+        self.image_chunk_size = image_chunk_size
+        """At most this many images per ResNet pass; None: the whole forward pass."""
+        self.attend_by_length = self.device.type == "cpu"
+        """Self-attention item by item over real lengths (see ``OFAEncoder.forward``)."""
+        # Column j of the scorer's output is answers[j]; this reorders into LABELS order.
+        self._label_columns = [answers.index(a) for a in ANSWERS]
+        self.scorer = AnswerScorer(
+            [tokenizer.encode(" " + a) for a in answers],
+            bos_id=tokenizer.bos_id,
+            eos_id=tokenizer.eos_id,
+            pad_id=tokenizer.pad_id,
+        )
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_model_dir(
+        cls,
         model_dir: str | Path,
         *,
         device: str | torch.device | None = None,
         dtype: torch.dtype = torch.float32,
         limits: InputLimits | None = None,
-        max_batch_size: int = 32,
-        fold_bn: bool = True,
-        channels_last: bool | None = None,
+        forward_batch_size: int | None = DEFAULT_FORWARD_BATCH_SIZE,
         image_chunk_size: int | None = None,
         compile: bool = False,
         linear_backend: str = "auto",
-    ) -> None:
-        """Load a ModelScope model directory onto ``device``.
+        image_path: str = "exact",
+    ) -> VisualEntailmentEngine:
+        """Load a ModelScope model directory onto ``device`` (None: a GPU if there is one).
 
-        Performance options (results stay within float rounding of the defaults):
-        ``image_chunk_size`` runs the ResNet stem over at most this many images at a
-        time while the transformer sees the whole batch (``None``: 2 on CPU, where
-        the stem's activations fall out of cache as the batch grows; 0, the whole
-        batch, on GPUs). ``compile`` compiles the stem with ``torch.compile`` now
-        (seconds; on CPU it needs a C++ compiler), see ``compilation.py``.
-        ``linear_backend`` (``auto``, ``onednn``, ``aten``) picks the library behind
-        linear layers on CPU in float32, see ``onednn.py``.
+        Reads the settings, tokenizer and weights (strictly, ``weights_only``), folds
+        BatchNorm into the stem's convolutions, moves the network to ``device`` and
+        ``dtype``, picks the library behind linear layers (``linear_backend``:
+        ``auto``, ``onednn``, ``aten``; see ``onednn.py``) and, with ``compile``,
+        compiles the ResNet stem for every batch size it will see (seconds; on CPU
+        it needs a C++ compiler; see ``compilation.py``). Results stay within float
+        rounding of the plain eager path whatever the options. Every problem with
+        the directory is a CheckpointError naming the file.
         """
-        self.model_dir = Path(model_dir)
-        if not self.model_dir.is_dir():
-            raise CheckpointError(f"model directory {self.model_dir} does not exist")
-        if max_batch_size < 1:
-            raise ValueError("max_batch_size must be at least 1")
-        if image_chunk_size is not None and image_chunk_size < 0:
-            raise ValueError("image_chunk_size must be 0 (whole batch) or positive")
-        self.settings = TaskSettings.from_model_dir(self.model_dir)
-        self.tokenizer = OFATokenizer(self.model_dir)
-        self.device = resolve_device(device)
-        self.dtype = dtype
-        self.limits = limits or InputLimits()
-        self.max_batch_size = max_batch_size
-        # NHWC is what oneDNN (CPU) and tensor-core convolutions (GPU) run natively, and
-        # what the uint8 HWC pixels already are, so the batch needs no relayout.
-        self.channels_last = True if channels_last is None else channels_last
-
-        model = load_model(self.model_dir)
-        if len(self.tokenizer) != model.arch.vocab_size:
-            raise CheckpointError(
-                f"{self.model_dir}: the tokenizer has {len(self.tokenizer)} tokens (vocab.json "
-                f"plus 9192 added) but config.json says vocab_size {model.arch.vocab_size}"
-            )
-        if fold_bn:
-            fold_batchnorm(model.encoder.embed_images)
-        model = model.to(device=self.device, dtype=dtype)
-        if self.channels_last:
-            model.encoder.embed_images.to(memory_format=torch.channels_last)
-        self.model = model.eval().requires_grad_(False)
-        self.linear_backend = choose_linear_backend(self.model, self.device, dtype, linear_backend)
-        if image_chunk_size is None:
-            image_chunk_size = DEFAULT_CPU_IMAGE_CHUNK if self.device.type == "cpu" else 0
-        self.image_chunk_size = image_chunk_size
-        self.model.encoder.image_chunk_size = image_chunk_size
-        self.model.encoder.attend_by_length = self.device.type == "cpu"
-
-        answers = self.settings.answers
-        unknown = [a for a in answers if a not in ANSWER_TO_LABEL]
-        if unknown or sorted(answers) != sorted(ANSWER_TO_LABEL):
-            raise CheckpointError(
-                f"{self.model_dir}: answers {answers} are not OFA's visual-entailment answers "
-                f"{sorted(ANSWER_TO_LABEL)}"
-            )
-        self.answers = answers
-        # Column j of the scorer's output is answers[j]; this reorders into LABELS order.
-        self._label_columns = [answers.index(a) for a in ("yes", "maybe", "no")]
-        self.scorer = AnswerScorer(
-            [self.tokenizer.encode(" " + a) for a in answers],
-            bos_id=self.tokenizer.bos_id,
-            eos_id=self.tokenizer.eos_id,
-            pad_id=self.tokenizer.pad_id,
-            vocab_size=model.arch.vocab_size,
+        model_dir = Path(model_dir)
+        if not model_dir.is_dir():
+            raise CheckpointError(f"model directory {model_dir} does not exist")
+        cls._check_sizes(forward_batch_size, image_chunk_size)  # before seconds of loading
+        settings = TaskSettings.from_model_dir(model_dir)
+        tokenizer = OFATokenizer(model_dir)
+        resolved = resolve_device(device)
+        model = load_model(model_dir)
+        fold_batchnorm(model.encoder.embed_images)
+        model = model.to(device=resolved, dtype=dtype).eval().requires_grad_(False)
+        model.encoder.embed_images.to(memory_format=torch.channels_last)
+        choose_linear_backend(model, resolved, dtype, linear_backend)
+        engine = cls(
+            settings,
+            tokenizer,
+            model,
+            limits=limits,
+            forward_batch_size=forward_batch_size,
+            image_chunk_size=image_chunk_size,
+            channels_last=True,
+            image_path=image_path,
+            model_dir=model_dir,
         )
-        self._lock = threading.Lock()
-        self.compiled = compile
         if compile:  # last: a bad checkpoint fails before seconds of compilation
-            self._compile_image_stem()
+            engine._compile_image_stem()
+        return engine
+
+    @staticmethod
+    def _check_sizes(forward_batch_size: int | None, image_chunk_size: int | None) -> None:
+        """ValueError naming the argument for sizes the engine cannot use."""
+        if forward_batch_size is not None and forward_batch_size < 1:
+            raise ValueError(
+                f"forward_batch_size must be a positive int or None (automatic), "
+                f"got {forward_batch_size}"
+            )
+        if image_chunk_size is not None and image_chunk_size < 1:
+            raise ValueError(
+                f"image_chunk_size must be a positive int or None (automatic), "
+                f"got {image_chunk_size}"
+            )
 
     def _compile_image_stem(self) -> None:
         """Compile the ResNet stem for every batch size it will see (see compilation.py)."""
         size = self.settings.patch_image_size
-        chunk = self.image_chunk_size
-        fixed = 0 < chunk <= COMPILE_MAX_FIXED_SIZES
+        largest = self.forward_batch_size or DEFAULT_FORWARD_BATCH_SIZE
+        chunk = min(self.image_chunk_size or largest, largest)
+        fixed = chunk <= COMPILE_MAX_FIXED_SIZES
         self.model.encoder.image_stem = compile_image_stem(
             self.model.encoder.embed_images,
             example=torch.zeros(1, 3, size, size, device=self.device, dtype=self.dtype),
-            # A fixed chunk: one graph per size 1..chunk. Whole batches: a dynamic graph.
+            # Up to a few sizes: one graph per size 1..chunk. Beyond: a dynamic graph.
             batch_sizes=range(1, chunk + 1) if fixed else (1, 2),
             memory_format=torch.channels_last if self.channels_last else torch.contiguous_format,
             dynamic=False if fixed else None,
         )
 
-    from_model_dir = classmethod(lambda cls, model_dir, **kw: cls(model_dir, **kw))
-
     @property
     def is_demo(self) -> bool:
         """True for random-weight demo checkpoints (``model.demo`` in configuration.json)."""
         return self.settings.demo
+
+    @property
+    def linear_backend(self) -> str:
+        """``onednn`` or ``aten``: the library behind the network's linear layers."""
+        onednn = any(isinstance(m, Linear) and m.onednn for m in self.model.modules())
+        return "onednn" if onednn else "aten"
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the ResNet stem runs a compiled copy (``compile=True``)."""
+        return self.model.encoder.image_stem is not None
 
     def prepare(
         self,
@@ -200,13 +291,18 @@ class VisualEntailmentEngine:
             premise = _text(premise, PREMISE, self.limits)
             if not premise.strip():
                 premise = None  # absent or empty means the image alone
-        if isinstance(image, Image.Image):
-            rgb = image.convert("RGB")  # as the reference: no EXIF step for PIL input
+        size = self.settings.patch_image_size
+        encoded = None
+        if isinstance(image, Image.Image):  # as the reference: no EXIF step for PIL input
+            pixels = resize_image(image.convert("RGB"), size)
         elif isinstance(image, bytes | bytearray | memoryview):
-            rgb = decode_image(bytes(image), self.limits)
+            data = bytes(image)
+            if self.image_path == "gpu" and gpu_image.device_eligible(data, self.limits):
+                pixels, encoded = None, data  # decoded with its batch, on the device
+            else:
+                pixels = load_pixels(data, size, self.limits, fast=self.image_path == "fast")
         else:
             raise InvalidInputError("IMAGE", f"must be encoded bytes, not {type(image).__name__}")
-        pixels = resize_image(rgb, self.settings.patch_image_size)
 
         s = self.settings
         prompt = build_prompt(hypothesis, premise, s.max_src_length, s.prompt)
@@ -216,36 +312,70 @@ class VisualEntailmentEngine:
             self.tokenizer.eos_id,
         )
         decoder_prompt = ids[:-1] if s.prompt_type == "prev_output" else (self.tokenizer.bos_id,)
-        return PreparedItem(pixels=pixels, input_ids=ids, decoder_prompt=decoder_prompt)
+        return PreparedItem(
+            pixels=pixels, input_ids=ids, decoder_prompt=decoder_prompt, encoded=encoded
+        )
+
+    def predict(
+        self, items: Sequence[PreparedItem], *, on_pass: PassCallback | None = None
+    ) -> np.ndarray:
+        """[N, 3] float32 probabilities in LABELS order.
+
+        Runs forward passes of at most ``forward_batch_size`` items, in order; after
+        each, ``on_pass(items_in_pass, seconds)`` (if given) learns what ran and how
+        long it took, outside the engine's lock.
+        """
+        out = [np.zeros((0, len(LABELS)), dtype=np.float32)]
+        size = self.forward_batch_size or max(1, len(items))
+        for start in range(0, len(items), size):
+            chunk = items[start : start + size]
+            with self._lock:  # one forward at a time per engine
+                started = time.perf_counter()
+                out.append(self._forward(chunk))
+                seconds = time.perf_counter() - started
+            if on_pass is not None:
+                on_pass(chunk, seconds)
+        return np.concatenate(out)
 
     @torch.inference_mode()
-    def predict(self, items: Sequence[PreparedItem], *, force_general: bool = False) -> np.ndarray:
-        """[N, 3] float32 probabilities in LABELS order, computed max_batch_size at a time."""
-        if not items:
-            return np.zeros((0, len(LABELS)), dtype=np.float32)
-        out = []
-        with self._lock:  # one forward at a time per engine; callers batch instead
-            for start in range(0, len(items), self.max_batch_size):
-                chunk = items[start : start + self.max_batch_size]
-                batch = collate(
-                    chunk,
-                    pad_id=self.tokenizer.pad_id,
-                    device=self.device,
-                    dtype=self.dtype,
-                    mean=self.settings.mean,
-                    std=self.settings.std,
-                    channels_last=self.channels_last,
-                )
-                encoded = self.model.encoder(batch.input_ids, batch.images)
-                probs = self.scorer.score(
-                    self.model,
-                    encoded,
-                    batch.decoder_prompts,
-                    batch.prompt_lengths,
-                    force_general=force_general,
-                )
-                out.append(probs[:, self._label_columns].float().cpu())
-        return torch.cat(out).numpy()
+    def _forward(self, items: Sequence[PreparedItem]) -> np.ndarray:
+        """One forward pass: [len(items), 3] float32 in LABELS order, on the host."""
+        pixels = None
+        if any(item.pixels is None for item in items):  # the GPU image path
+            pixels = self._device_pixels(items)
+        batch = collate(
+            items,
+            pad_id=self.tokenizer.pad_id,
+            device=self.device,
+            dtype=self.dtype,
+            mean=self.settings.mean,
+            std=self.settings.std,
+            channels_last=self.channels_last,
+            pixels=pixels,
+        )
+        encoded = self.model.encoder(
+            batch.input_ids,
+            batch.images,
+            image_chunk_size=self.image_chunk_size,
+            attend_by_length=self.attend_by_length,
+        )
+        probs = self.scorer.score(self.model, encoded, batch.decoder_prompts, batch.prompt_lengths)
+        return probs[:, self._label_columns].float().cpu().numpy()
+
+    def _device_pixels(self, items: Sequence[PreparedItem]) -> torch.Tensor:
+        """The pass's [B, P, P, 3] uint8 pixels on the device: JPEGs kept encoded by
+        ``prepare`` are decoded there in one batched call, the others copied over."""
+        size = self.settings.patch_image_size
+        out = torch.empty((len(items), size, size, 3), dtype=torch.uint8, device=self.device)
+        encoded = [i for i, item in enumerate(items) if item.pixels is None]
+        decoded = gpu_image.load_pixels_gpu(
+            [items[i].encoded for i in encoded], size, self.limits, device=self.device
+        )
+        out[torch.tensor(encoded, device=self.device)] = decoded
+        for i, item in enumerate(items):
+            if item.pixels is not None:
+                out[i] = torch.from_numpy(item.pixels).to(self.device, non_blocking=True)
+        return out
 
     def warmup(self, batch_sizes: Sequence[int] = (1,)) -> None:
         """Run real inferences (encoded PNG through the whole path) before serving."""

@@ -6,6 +6,18 @@ kept, no crop), scales to [0, 1] and normalizes. The decode and resize happen
 here on CPU and yield uint8 pixels; scaling and normalization run on the
 engine's device in ``batching.py`` (the same float32 operations, on 4x fewer
 bytes moved).
+
+Two entry points:
+
+- ``decode_image`` + ``resize_image``: the reference route, all Pillow.
+- ``load_pixels(data, size, limits, fast=False)``: decode and resize in one
+  call, on the cheapest route whose pixels are bit-identical to the reference
+  (see ``jpeg.py``: libjpeg-turbo through simplejpeg for plain JPEGs, straight
+  into the layout Pillow's resize reads, skipping two full-size copies). Every
+  limit check and every error message is the reference's, because the header is
+  still read by the same Pillow code. ``fast=True`` opts into a DCT-domain
+  downscale for large JPEGs: NOT bit-identical (see docs/datapath.md for how far
+  it moves pixels and probabilities).
 """
 
 from __future__ import annotations
@@ -16,6 +28,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from . import jpeg
 from .errors import InvalidInputError
 from .limits import InputLimits
 
@@ -24,12 +37,15 @@ ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "GIF", "MPO"})
 
 INPUT_NAME = "IMAGE"
 
+ROUTE_PILLOW = "pillow"
+"""Route name prefix of the reference (all-Pillow) route; ``route_of`` appends why."""
 
-def decode_image(data: bytes, limits: InputLimits, input_name: str = INPUT_NAME) -> Image.Image:
-    """Decode an encoded image to an upright RGB PIL image, refusing hostile input early.
 
-    Size limits are checked from the header, before pixels are decoded, so a
-    decompression bomb costs only its header.
+def open_checked(data: bytes, limits: InputLimits, input_name: str = INPUT_NAME) -> Image.Image:
+    """Open ``data`` lazily (header only) and apply every size limit before any pixel work.
+
+    Why separate: both routes share this step, so the limits (bytes, header pixels,
+    decompression bombs) and their messages cannot drift apart.
     """
     if not data:
         raise InvalidInputError(input_name, "is empty (0 bytes)")
@@ -66,6 +82,11 @@ def decode_image(data: bytes, limits: InputLimits, input_name: str = INPUT_NAME)
             f"is {width}x{height} = {width * height} pixels, over the limit of "
             f"{limits.max_image_pixels} pixels",
         )
+    return image
+
+
+def _finish(image: Image.Image, input_name: str) -> Image.Image:
+    """The reference's pixel work on an opened image: first frame, EXIF upright, RGB."""
     try:
         image.load()  # the first frame of an animation, as the reference
         image = ImageOps.exif_transpose(image)
@@ -74,7 +95,73 @@ def decode_image(data: bytes, limits: InputLimits, input_name: str = INPUT_NAME)
         raise InvalidInputError(input_name, f"could not be decoded: {e}") from None
 
 
+def decode_image(data: bytes, limits: InputLimits, input_name: str = INPUT_NAME) -> Image.Image:
+    """Decode an encoded image to an upright RGB PIL image, refusing hostile input early.
+
+    Size limits are checked from the header, before pixels are decoded, so a
+    decompression bomb costs only its header.
+    """
+    return _finish(open_checked(data, limits, input_name), input_name)
+
+
 def resize_image(image: Image.Image, size: int) -> np.ndarray:
     """Bicubic resize to (size, size); returns HWC uint8 pixels, contiguous."""
     resized = image.resize((size, size), Image.Resampling.BICUBIC)
     return np.asarray(resized, dtype=np.uint8)
+
+
+def _resize_rgbx(rgbx: np.ndarray, size: int) -> np.ndarray:
+    """Pillow's bicubic resize of an [H, W, 4] RGBX array, read without a 3->4 byte repack.
+
+    ``frombytes(..., "raw", "RGBX")`` is a straight 4-byte copy into Pillow's own
+    storage (RGB images are stored 4 bytes a pixel), so the resize then runs the
+    very same RGB code as ``resize_image``.
+    """
+    height, width = rgbx.shape[:2]
+    image = Image.frombytes("RGB", (width, height), rgbx, "raw", "RGBX")
+    return resize_image(image, size)
+
+
+def _load(
+    data: bytes, size: int, limits: InputLimits, fast: bool, input_name: str
+) -> tuple[np.ndarray, str]:
+    image = open_checked(data, limits, input_name)
+    plan = jpeg.plan(image)
+    if plan.ok:
+        rgbx = jpeg.decode_rgbx(data, plan, min_side=2 * size if fast else 0)
+        if rgbx is not None:
+            return _resize_rgbx(rgbx, size), plan.route(scaled=rgbx.shape[:2] != plan.upright)
+        reason = "simplejpeg refused it (the reference decides the outcome)"
+    else:
+        reason = plan.reason
+    # The reference route re-opens the bytes: the probe above may have parsed EXIF.
+    pixels = resize_image(decode_image(data, limits, input_name), size)
+    return pixels, f"{ROUTE_PILLOW}: {reason}"
+
+
+def load_pixels(
+    data: bytes,
+    size: int,
+    limits: InputLimits,
+    *,
+    fast: bool = False,
+    input_name: str = INPUT_NAME,
+) -> np.ndarray:
+    """Encoded image bytes -> [size, size, 3] uint8 RGB, C-contiguous (``PreparedItem.pixels``).
+
+    Equal, bit for bit, to ``resize_image(decode_image(data, limits), size)`` when
+    ``fast`` is False, and raises the same ``InvalidInputError`` (same limits, same
+    messages) on bad input; only cheaper, by decoding plain JPEGs with
+    libjpeg-turbo directly (``jpeg.py`` lists what falls back to Pillow and why).
+
+    ``fast=True``: JPEGs are decoded at the smallest libjpeg-turbo DCT scale
+    (M/8) that keeps both sides >= 2 * size (large photos only; smaller ones
+    decode at full size), then take the same bicubic resize. Not bit-identical;
+    opt-in only.
+    """
+    return _load(data, size, limits, fast, input_name)[0]
+
+
+def route_of(data: bytes, size: int, limits: InputLimits, *, fast: bool = False) -> str:
+    """Which route ``load_pixels`` takes for ``data`` and, for Pillow, why (benchmarks, docs)."""
+    return _load(data, size, limits, fast, INPUT_NAME)[1]

@@ -13,4 +13,4 @@ ANSWERS: tuple[str, str, str] = ("yes", "maybe", "no")
 """OFA's answer word for each label, in LABELS order."""
 
 ANSWER_TO_LABEL: dict[str, str] = dict(zip(ANSWERS, LABELS, strict=True))
-LABEL_TO_ANSWER: dict[str, str] = dict(zip(LABELS, ANSWERS, strict=True))
+"""OFA's answer word -> our label."""

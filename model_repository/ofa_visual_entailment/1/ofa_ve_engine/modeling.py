@@ -106,53 +106,60 @@ class OFAAttention(nn.Module):
         self.out_proj = Linear(embed_dim, embed_dim)
         self.c_attn = nn.Parameter(torch.ones(num_heads))
 
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, _ = x.shape
-        return x.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+    def _shape(self, states: torch.Tensor) -> torch.Tensor:
+        """[B, T, D] -> [B, H, T, D/H]."""
+        bsz, seq_len, _ = states.shape
+        return states.view(bsz, seq_len, self.num_heads, self.head_dim).transpose(1, 2)
 
     def forward(
         self,
-        x: torch.Tensor,
-        kv: torch.Tensor,
-        bias: torch.Tensor,
+        hidden_states: torch.Tensor,
+        key_value_states: torch.Tensor,
+        attn_bias: torch.Tensor,
         lengths: list[int] | None = None,
     ) -> torch.Tensor:
-        """x [B, T, D] attends to kv [B, S, D]; bias broadcasts to [B, H, T, S].
+        """hidden_states [B, T, D] attend to key_value_states [B, S, D]; attn_bias
+        broadcasts to [B, H, T, S] (position bias plus padding/causal mask).
 
         ``lengths`` (self-attention over right-padded items only): item i attends
         with its first lengths[i] positions to its first lengths[i] positions, one
-        item at a time, and ``bias`` is the [1, H, S, S] bias shared by the batch
-        (no padding bias). That skips materializing a [B, H, S, S] bias per layer
-        (14 MB per item in float32), which on CPU costs more than the attention
-        itself saves by batching. Outputs at padded positions are left zero: they
-        are masked out of every later attention, as in the reference.
+        item at a time, and ``attn_bias`` is the [1, H, S, S] bias shared by the
+        batch (no padding bias). That skips materializing a [B, H, S, S] bias per
+        layer (14 MB per item in float32), which on CPU costs more than the
+        attention itself saves by batching. Outputs at padded positions are left
+        zero: they are masked out of every later attention, as in the reference.
         """
-        b, t, d = x.shape
-        q = self._heads(self.q_proj(x))
-        k = self._heads(self.k_proj(kv))
-        v = self._heads(self.v_proj(kv))
+        bsz, tgt_len, embed_dim = hidden_states.shape
+        query_states = self._shape(self.q_proj(hidden_states))
+        key_states = self._shape(self.k_proj(key_value_states))
+        value_states = self._shape(self.v_proj(key_value_states))
         if lengths is None:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scaling)
+            attn_output = F.scaled_dot_product_attention(
+                query_states, key_states, value_states, attn_mask=attn_bias, scale=self.scaling
+            )
         else:
-            out = torch.zeros_like(q)
+            attn_output = torch.zeros_like(query_states)
             for i, n in enumerate(lengths):
-                out[i : i + 1, :, :n] = F.scaled_dot_product_attention(
-                    q[i : i + 1, :, :n],
-                    k[i : i + 1, :, :n],
-                    v[i : i + 1, :, :n],
-                    attn_mask=bias[:, :, :n, :n],
+                attn_output[i : i + 1, :, :n] = F.scaled_dot_product_attention(
+                    query_states[i : i + 1, :, :n],
+                    key_states[i : i + 1, :, :n],
+                    value_states[i : i + 1, :, :n],
+                    attn_mask=attn_bias[:, :, :n, :n],
                     scale=self.scaling,
                 )
-        out = out * self.c_attn.to(out.dtype)[None, :, None, None]
-        return self.out_proj(out.transpose(1, 2).reshape(b, t, d))
+        attn_output = attn_output * self.c_attn.to(attn_output.dtype)[None, :, None, None]
+        attn_output = attn_output.transpose(1, 2).reshape(bsz, tgt_len, embed_dim)
+        return self.out_proj(attn_output)
 
 
 def _layer_norm(dim: int, enabled: bool = True) -> nn.LayerNorm | None:
+    """A LayerNorm where the config enables it (None keeps the key out of the state dict)."""
     return nn.LayerNorm(dim) if enabled else None
 
 
-def _apply(norm: nn.Module | None, x: torch.Tensor) -> torch.Tensor:
-    return norm(x) if norm is not None else x
+def _apply(norm: nn.Module | None, hidden_states: torch.Tensor) -> torch.Tensor:
+    """``norm(hidden_states)``, or them unchanged where the config has no such norm."""
+    return norm(hidden_states) if norm is not None else hidden_states
 
 
 def _clamp_half(x: torch.Tensor) -> torch.Tensor:
@@ -170,6 +177,8 @@ def _clamp_half(x: torch.Tensor) -> torch.Tensor:
 
 
 class OFAEncoderLayer(nn.Module):
+    """Self-attention and FFN, each pre- or post-normed, with NormFormer's mid norms."""
+
     def __init__(self, arch: OFAArchitecture) -> None:
         super().__init__()
         d, ffn = arch.d_model, arch.encoder_ffn_dim
@@ -181,32 +190,45 @@ class OFAEncoderLayer(nn.Module):
         self.ffn_layer_norm = _layer_norm(ffn, arch.normformer)
         self.final_layer_norm = nn.LayerNorm(d)
         self.normalize_before = arch.encoder_normalize_before
-        self.activation = _ACTIVATIONS[arch.activation_function]
+        self.activation_fn = _ACTIVATIONS[arch.activation_function]
 
     def forward(
-        self, x: torch.Tensor, bias: torch.Tensor, lengths: list[int] | None = None
+        self,
+        hidden_states: torch.Tensor,
+        attn_bias: torch.Tensor,
+        lengths: list[int] | None = None,
     ) -> torch.Tensor:
+        """[B, S, D] -> [B, S, D]; ``attn_bias`` and ``lengths`` as in OFAAttention."""
         pre = self.normalize_before
-        h = self.self_attn_layer_norm(x) if pre else x
-        h = self.self_attn(h, h, bias, lengths)
-        x = x + _apply(self.self_attn_mid_layer_norm, h)
+        residual = hidden_states
+        if pre:
+            hidden_states = self.self_attn_layer_norm(hidden_states)
+        hidden_states = self.self_attn(hidden_states, hidden_states, attn_bias, lengths)
+        hidden_states = residual + _apply(self.self_attn_mid_layer_norm, hidden_states)
         if not pre:
-            x = self.self_attn_layer_norm(x)
-        h = self.final_layer_norm(x) if pre else x
-        h = _apply(self.ffn_layer_norm, self.activation(self.fc1(h)))
-        x = x + self.fc2(h)
+            hidden_states = self.self_attn_layer_norm(hidden_states)
+
+        residual = hidden_states
+        if pre:
+            hidden_states = self.final_layer_norm(hidden_states)
+        hidden_states = self.activation_fn(self.fc1(hidden_states))
+        hidden_states = self.fc2(_apply(self.ffn_layer_norm, hidden_states))
+        hidden_states = residual + hidden_states
         if not pre:
-            x = self.final_layer_norm(x)
-        return _clamp_half(x)
+            hidden_states = self.final_layer_norm(hidden_states)
+        return _clamp_half(hidden_states)
 
 
 class OFADecoderLayer(nn.Module):
+    """Causal self-attention, cross-attention to the encoder, FFN (as OFAEncoderLayer)."""
+
     def __init__(self, arch: OFAArchitecture) -> None:
         super().__init__()
         d, ffn, heads = arch.d_model, arch.decoder_ffn_dim, arch.decoder_attention_heads
         self.self_attn = OFAAttention(d, heads, arch.attn_scale_factor)
         self.self_attn_layer_norm = nn.LayerNorm(d)
         self.self_attn_mid_layer_norm = _layer_norm(d, arch.normformer)
+        # ModelScope's name for what Hugging Face's BART calls encoder_attn (a state-dict key).
         self.cross_attn = OFAAttention(d, heads, arch.attn_scale_factor)
         self.cross_attn_layer_norm = nn.LayerNorm(d)
         self.cross_attn_mid_layer_norm = _layer_norm(d, arch.normformer)
@@ -215,41 +237,53 @@ class OFADecoderLayer(nn.Module):
         self.ffn_layer_norm = _layer_norm(ffn, arch.normformer)
         self.final_layer_norm = nn.LayerNorm(d)
         self.normalize_before = arch.decoder_normalize_before
-        self.activation = _ACTIVATIONS[arch.activation_function]
+        self.activation_fn = _ACTIVATIONS[arch.activation_function]
 
     def forward(
         self,
-        x: torch.Tensor,
-        self_bias: torch.Tensor,
-        memory: torch.Tensor,
-        cross_bias: torch.Tensor,
+        hidden_states: torch.Tensor,
+        self_attn_bias: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        encoder_attn_bias: torch.Tensor,
     ) -> torch.Tensor:
+        """[B, T, D] -> [B, T, D], attending to ``encoder_hidden_states`` [B, S, D]."""
         pre = self.normalize_before
-        h = self.self_attn_layer_norm(x) if pre else x
-        h = self.self_attn(h, h, self_bias)
-        x = x + _apply(self.self_attn_mid_layer_norm, h)
+        residual = hidden_states
+        if pre:
+            hidden_states = self.self_attn_layer_norm(hidden_states)
+        hidden_states = self.self_attn(hidden_states, hidden_states, self_attn_bias)
+        hidden_states = residual + _apply(self.self_attn_mid_layer_norm, hidden_states)
         if not pre:
-            x = self.self_attn_layer_norm(x)
-        h = self.cross_attn_layer_norm(x) if pre else x
-        h = self.cross_attn(h, memory, cross_bias)
-        x = x + _apply(self.cross_attn_mid_layer_norm, h)
+            hidden_states = self.self_attn_layer_norm(hidden_states)
+
+        residual = hidden_states
+        if pre:
+            hidden_states = self.cross_attn_layer_norm(hidden_states)
+        hidden_states = self.cross_attn(hidden_states, encoder_hidden_states, encoder_attn_bias)
+        hidden_states = residual + _apply(self.cross_attn_mid_layer_norm, hidden_states)
         if not pre:
-            x = self.cross_attn_layer_norm(x)
-        h = self.final_layer_norm(x) if pre else x
-        h = _apply(self.ffn_layer_norm, self.activation(self.fc1(h)))
-        x = x + self.fc2(h)
+            hidden_states = self.cross_attn_layer_norm(hidden_states)
+
+        residual = hidden_states
+        if pre:
+            hidden_states = self.final_layer_norm(hidden_states)
+        hidden_states = self.activation_fn(self.fc1(hidden_states))
+        hidden_states = self.fc2(_apply(self.ffn_layer_norm, hidden_states))
+        hidden_states = residual + hidden_states
         if not pre:
-            x = self.final_layer_norm(x)
-        return x
+            hidden_states = self.final_layer_norm(hidden_states)
+        return hidden_states
 
 
 @dataclass
 class EncoderOutput:
-    hidden: torch.Tensor
+    """What the decoder needs from the encoder (ModelScope's encoder-output names)."""
+
+    last_hidden_state: torch.Tensor
     """[B, S, D] encoder states (image patches first, then text tokens)."""
     padding_mask: torch.Tensor
     """[B, S] True where a text position is padding."""
-    position: torch.Tensor
+    position_embedding: torch.Tensor
     """[S, D] layer-normed absolute position embeddings, shared by the batch."""
 
 
@@ -266,6 +300,7 @@ class _PositionTable:
 
 
 def _rel_tables(count: int, num_rel: int, heads: int) -> nn.ModuleList:
+    """Relative-position bias tables (one per layer unless shared), zero-initialised."""
     tables = nn.ModuleList(nn.Embedding(num_rel, heads) for _ in range(count))
     for t in tables:
         nn.init.zeros_(t.weight)
@@ -273,6 +308,8 @@ def _rel_tables(count: int, num_rel: int, heads: int) -> nn.ModuleList:
 
 
 class OFAEncoder(nn.Module):
+    """ResNet patches and text tokens, embedded and run through the encoder layers."""
+
     def __init__(self, arch: OFAArchitecture, embed_tokens: nn.Embedding) -> None:
         super().__init__()
         d, heads = arch.d_model, arch.encoder_attention_heads
@@ -302,25 +339,23 @@ class OFAEncoder(nn.Module):
         )
         self.layernorm_embedding = _layer_norm(d, arch.layernorm_embedding)
         self.register_buffer("token_rp_bucket", make_token_bucket_position(arch.token_bucket_size))
-        self.image_chunk_size = 0
-        """Run the ResNet over at most this many images at a time (0: the whole batch).
-
-        On CPU its activations (B x 64 x 240 x 240 floats after the first conv) fall
-        out of cache as B grows, so the cost per image rises with B; the transformer
-        layers after it still see the whole batch."""
         self.image_stem: Callable[[torch.Tensor], torch.Tensor] | None = None
         """Replaces ``embed_images`` in the forward pass when set (a compiled copy of it)."""
         self._position_cache: _PositionTable | None = None
-        self.attend_by_length = False
-        """Self-attention item by item over each item's real length when a batch has
-        padding (see ``OFAAttention.forward``): faster on CPU; one batched kernel with a
-        padding bias is better on GPUs."""
 
-    def image_features(self, images: torch.Tensor) -> torch.Tensor:
-        """[B, 3, P, P] -> [B, 1024, P/16, P/16] ResNet features, chunked as configured."""
+    def image_features(
+        self, images: torch.Tensor, image_chunk_size: int | None = None
+    ) -> torch.Tensor:
+        """[B, 3, P, P] -> [B, 1024, P/16, P/16] ResNet features.
+
+        ``image_chunk_size`` runs the ResNet over at most this many images at a time
+        (None: all at once). On CPU its activations (B x 64 x 240 x 240 floats after
+        the first conv) fall out of cache as B grows, so the cost per image rises
+        with B; the transformer layers after it still see the whole batch.
+        """
         stem = self.image_stem or self.embed_images
-        chunk = self.image_chunk_size
-        if chunk <= 0 or images.shape[0] <= chunk:
+        chunk = image_chunk_size
+        if chunk is None or images.shape[0] <= chunk:
             return stem(images)
         return torch.cat([stem(part) for part in images.split(chunk)])
 
@@ -331,21 +366,35 @@ class OFAEncoder(nn.Module):
         k = self.pos_k_linear(pos).view(s, self.num_heads, -1).transpose(0, 1)
         return q @ k.transpose(1, 2)
 
-    def forward(self, input_ids: torch.Tensor, images: torch.Tensor) -> EncoderOutput:
-        """input_ids [B, L] right-padded; images [B, 3, P, P] normalized."""
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        images: torch.Tensor,
+        *,
+        image_chunk_size: int | None = None,
+        attend_by_length: bool = False,
+    ) -> EncoderOutput:
+        """input_ids [B, L] right-padded; images [B, 3, P, P] normalized.
+
+        How the work is arranged (the result is the same up to float rounding):
+        ``image_chunk_size`` as in ``image_features``; ``attend_by_length`` runs
+        self-attention item by item over each item's real length when the batch has
+        padding (see ``OFAAttention.forward``): faster on CPU, where one batched
+        kernel with a padding bias is slower; the batched kernel is better on GPUs.
+        """
         bsz, text_len = input_ids.shape
         device = input_ids.device
-        features = self.image_features(images)  # [B, 1024, h, w]
+        features = self.image_features(images, image_chunk_size)  # [B, 1024, h, w]
         h, w = features.shape[-2:]
         num_patches = h * w
-        image_x = self.image_proj(features.flatten(2).transpose(1, 2)) * self.embed_scale
-        text_x = self.embed_tokens(input_ids) * self.embed_scale
+        image_embeds = self.image_proj(features.flatten(2).transpose(1, 2)) * self.embed_scale
+        inputs_embeds = self.embed_tokens(input_ids) * self.embed_scale
         if self.type_embedding is not None:
-            text_x = text_x + self.type_embedding.weight[0]
-            image_x = image_x + self.type_embedding.weight[1]
-        text_x = _apply(self.layernorm_embedding, text_x)
-        image_x = _apply(self.patch_layernorm_embedding, image_x)
-        x = torch.cat([image_x, text_x], dim=1)
+            inputs_embeds = inputs_embeds + self.type_embedding.weight[0]
+            image_embeds = image_embeds + self.type_embedding.weight[1]
+        inputs_embeds = _apply(self.layernorm_embedding, inputs_embeds)
+        image_embeds = _apply(self.patch_layernorm_embedding, image_embeds)
+        hidden_states = torch.cat([image_embeds, inputs_embeds], dim=1)
 
         text_pad = input_ids.eq(self.arch.pad_token_id)
         padding_mask = torch.cat(
@@ -353,26 +402,31 @@ class OFAEncoder(nn.Module):
         )
         has_pads = bool(text_pad.any())
         if has_pads:
-            x = x * (1 - padding_mask.unsqueeze(-1).type_as(x))
+            hidden_states = hidden_states * (1 - padding_mask.unsqueeze(-1).type_as(hidden_states))
 
         seq_len = num_patches + text_len
-        table = self._position_table(h, w, text_len, x.dtype)
-        position = table.position[:seq_len]  # [S, D]
-        lengths = pad_bias = None
-        if has_pads and self.attend_by_length:
+        table = self._position_table(h, w, text_len, hidden_states.dtype)
+        position_embedding = table.position[:seq_len]  # [S, D]
+        lengths = attention_mask = None
+        if has_pads and attend_by_length:
             lengths = (padding_mask.shape[1] - text_pad.sum(dim=1)).tolist()
         elif has_pads:
-            pad_bias = padding_bias(padding_mask, x.dtype)
+            attention_mask = padding_bias(padding_mask, hidden_states.dtype)
 
-        for layer, full_bias in zip(self.layers, table.layer_biases, strict=True):
-            bias = full_bias[:, :, :seq_len, :seq_len]
-            if pad_bias is not None:
-                bias = bias + pad_bias
-            x = layer(x, bias, lengths)
-        x = _apply(self.layer_norm, x)
-        return EncoderOutput(hidden=x, padding_mask=padding_mask, position=position)
+        for layer, layer_bias in zip(self.layers, table.layer_biases, strict=True):
+            attn_bias = layer_bias[:, :, :seq_len, :seq_len]
+            if attention_mask is not None:
+                attn_bias = attn_bias + attention_mask
+            hidden_states = layer(hidden_states, attn_bias, lengths)
+        hidden_states = _apply(self.layer_norm, hidden_states)
+        return EncoderOutput(
+            last_hidden_state=hidden_states,
+            padding_mask=padding_mask,
+            position_embedding=position_embedding,
+        )
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        """Drop cached position biases: they were computed from the old weights."""
         self._position_cache = None  # new weights, new positions
         super()._load_from_state_dict(*args, **kwargs)
 
@@ -426,6 +480,8 @@ class OFAEncoder(nn.Module):
 
 
 class OFADecoder(nn.Module):
+    """The decoder, returning hidden states (scoring projects only the answers' logits)."""
+
     def __init__(self, arch: OFAArchitecture, embed_tokens: nn.Embedding) -> None:
         super().__init__()
         d, heads = arch.d_model, arch.decoder_attention_heads
@@ -467,12 +523,16 @@ class OFADecoder(nn.Module):
         self.register_buffer("token_rp_bucket", make_token_bucket_position(arch.token_bucket_size))
 
     def _pos_bias(
-        self, q_linear: nn.Linear, k_linear: nn.Linear, tgt: torch.Tensor, src: torch.Tensor
+        self,
+        q_linear: nn.Linear,
+        k_linear: nn.Linear,
+        tgt_pos: torch.Tensor,
+        src_pos: torch.Tensor,
     ) -> torch.Tensor:
         """[T, D] and [S, D] positions -> [H, T, S] attention bias."""
-        q = q_linear(tgt).view(tgt.shape[0], self.num_heads, -1).transpose(0, 1)
-        k = k_linear(src).view(src.shape[0], self.num_heads, -1).transpose(0, 1)
-        return (q * self.pos_scaling) @ k.transpose(1, 2)
+        query = q_linear(tgt_pos).view(tgt_pos.shape[0], self.num_heads, -1).transpose(0, 1)
+        key = k_linear(src_pos).view(src_pos.shape[0], self.num_heads, -1).transpose(0, 1)
+        return (query * self.pos_scaling) @ key.transpose(1, 2)
 
     def forward(self, input_ids: torch.Tensor, encoder_out: EncoderOutput) -> torch.Tensor:
         """Teacher-forced decoder states [B, T, D] after the final norm (not projected).
@@ -482,26 +542,36 @@ class OFADecoder(nn.Module):
         """
         tgt_len = input_ids.shape[1]
         tgt_pos = self.pos_ln(self.embed_positions.weight[:tgt_len])
-        self_bias = self._pos_bias(self.self_pos_q_linear, self.self_pos_k_linear, tgt_pos, tgt_pos)
-        cross_bias = self._pos_bias(
-            self.cross_pos_q_linear, self.cross_pos_k_linear, tgt_pos, encoder_out.position
-        ).unsqueeze(0)
-        x = self.embed_tokens(input_ids) * self.embed_scale
-        x = _apply(self.layernorm_embedding, x)
-        memory = encoder_out.hidden
-        cross_bias = (cross_bias + padding_bias(encoder_out.padding_mask, cross_bias.dtype)).to(
-            x.dtype
+        self_pos_bias = self._pos_bias(
+            self.self_pos_q_linear, self.self_pos_k_linear, tgt_pos, tgt_pos
         )
-        causal = torch.full((tgt_len, tgt_len), float("-inf"), device=x.device).triu(1)
+        cross_pos_bias = self._pos_bias(
+            self.cross_pos_q_linear,
+            self.cross_pos_k_linear,
+            tgt_pos,
+            encoder_out.position_embedding,
+        ).unsqueeze(0)
+        hidden_states = self.embed_tokens(input_ids) * self.embed_scale
+        hidden_states = _apply(self.layernorm_embedding, hidden_states)
+        encoder_attn_bias = cross_pos_bias + padding_bias(
+            encoder_out.padding_mask, cross_pos_bias.dtype
+        )
+        encoder_attn_bias = encoder_attn_bias.to(hidden_states.dtype)
+        causal_mask = torch.full(
+            (tgt_len, tgt_len), float("-inf"), device=hidden_states.device
+        ).triu(1)
         token_bucket = self.token_rp_bucket[:tgt_len, :tgt_len]
         for idx, layer in enumerate(self.layers):
-            t = 0 if self.arch.share_attn_bias else idx
-            rel = F.embedding(token_bucket, self.token_rel_pos_table_list[t].weight).permute(
-                2, 0, 1
+            table = self.token_rel_pos_table_list[0 if self.arch.share_attn_bias else idx]
+            rel_pos_bias = F.embedding(token_bucket, table.weight).permute(2, 0, 1)
+            self_attn_bias = (self_pos_bias + rel_pos_bias + causal_mask).unsqueeze(0)
+            hidden_states = layer(
+                hidden_states,
+                self_attn_bias.to(hidden_states.dtype),
+                encoder_out.last_hidden_state,
+                encoder_attn_bias,
             )
-            bias = (self_bias + rel + causal).unsqueeze(0).to(x.dtype)
-            x = layer(x, bias, memory, cross_bias)
-        return _apply(self.layer_norm, x)
+        return _apply(self.layer_norm, hidden_states)
 
 
 class OFAModel(nn.Module):
@@ -531,10 +601,3 @@ class OFAModel(nn.Module):
                 module.weight.normal_(0.0, 0.02)
                 if module.padding_idx is not None:
                     module.weight[module.padding_idx].zero_()
-
-    def forward(
-        self, input_ids: torch.Tensor, images: torch.Tensor, decoder_input_ids: torch.Tensor
-    ) -> torch.Tensor:
-        """Full logits [B, T, V] (for tests; scoring projects only what it needs)."""
-        states = self.decoder(decoder_input_ids, self.encoder(input_ids, images))
-        return self.decoder.output_projection(states)

@@ -19,11 +19,13 @@ import argparse
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from .limits import InputLimits
 
 AUTO = "auto"
+MODEL_DIR_ENV = "OFA_VE_MODEL_DIR"
 DTYPE_NAMES = ("float32", "float16", "bfloat16")
 LINEAR_BACKENDS = ("auto", "onednn", "aten")
 IMAGE_PATHS = ("exact", "fast", "gpu")
@@ -67,7 +69,8 @@ class Parameter:
             return text
         if self.kind == "choice":
             if text not in self.choices:
-                raise ParameterError(self.name, f"must be one of {list(self.choices)}, got {text!r}")
+                choices = list(self.choices)
+                raise ParameterError(self.name, f"must be one of {choices}, got {text!r}")
             return text
         if self.kind == "bool":
             lowered = text.lower()
@@ -233,6 +236,26 @@ def from_triton_config(model_config: Mapping[str, Any]) -> ModelParameters:
     """The parameters of a Triton model config as JSON (what `initialize` receives)."""
     raw = model_config.get("parameters") or {}
     return read_parameters({k: v.get("string_value", "") for k, v in raw.items()})
+
+
+def resolve_model_dir(
+    params: ModelParameters, model_folder: Path, environ: Mapping[str, str] = os.environ
+) -> Path:
+    """OFA_VE_MODEL_DIR wins (set per deployment); else the `model_dir` parameter."""
+    from_env = environ.get(MODEL_DIR_ENV, "").strip()
+    configured = from_env or params.model_dir
+    if not configured:
+        raise ValueError(
+            f"no model directory: set the environment variable {MODEL_DIR_ENV} of the "
+            "tritonserver process (or the `model_dir` parameter in config.pbtxt) to a "
+            "ModelScope model directory"
+        )
+    path = Path(configured).expanduser()
+    path = path if path.is_absolute() else model_folder / path
+    if not path.is_dir():
+        source = f"${MODEL_DIR_ENV}" if from_env else "parameter model_dir"
+        raise FileNotFoundError(f"model directory {path} (from {source}) does not exist")
+    return path
 
 
 def parse_assignments(pairs: Sequence[str]) -> dict[str, str]:

@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 
 def _conv(cin: int, cout: int, kernel: int, stride: int = 1) -> nn.Conv2d:
+    """A bias-free "same" convolution (a BatchNorm follows each)."""
     return nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=False)
 
 
 class Bottleneck(nn.Module):
+    """1x1 -> 3x3 (stride) -> 1x1 convolutions with a residual, torchvision's v1.5 layout."""
+
     expansion = 4
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1) -> None:
@@ -73,26 +77,14 @@ class ResNet(nn.Module):
         return self.layer3(self.layer2(self.layer1(x)))
 
 
-def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    fused = nn.Conv2d(
-        conv.in_channels,
-        conv.out_channels,
-        conv.kernel_size,
-        stride=conv.stride,
-        padding=conv.padding,
-        bias=True,
-    ).to(device=conv.weight.device, dtype=conv.weight.dtype)
-    with torch.no_grad():
-        fused.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
-        bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-        fused.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
-    return fused
-
-
 @torch.no_grad()
 def fold_batchnorm(resnet: ResNet) -> None:
-    """Fold each BatchNorm into its convolution in place (eval-only afterwards)."""
+    """Fold each BatchNorm into its convolution in place, with PyTorch's own fusion.
+
+    Call it after loading weights (the state-dict keys are the unfolded ones). The
+    stem is put in eval mode first: folding bakes in the running statistics.
+    """
+    resnet.eval()
     pairs: list[tuple[nn.Module, str, str]] = [(resnet, "conv1", "bn1")]
     for stage in (resnet.layer1, resnet.layer2, resnet.layer3):
         for block in stage:
@@ -100,6 +92,6 @@ def fold_batchnorm(resnet: ResNet) -> None:
             if block.downsample is not None:
                 pairs.append((block.downsample, "0", "1"))
     for owner, conv_name, bn_name in pairs:
-        fused = _fold(getattr(owner, conv_name), getattr(owner, bn_name))
+        fused = fuse_conv_bn_eval(getattr(owner, conv_name), getattr(owner, bn_name))
         setattr(owner, conv_name, fused)
         setattr(owner, bn_name, nn.Identity())

@@ -7,7 +7,8 @@ When every answer is one distinct BPE token (` yes`, ` no`, ` maybe` in the
 real vocabulary), the trie leaves one choice after the answer (EOS, log-prob
 0), so the whole computation is a softmax over the answers' logits at the last
 prompt position: one decoder pass, no answer loop. ``AnswerScorer`` takes that
-path when it applies and the general path otherwise.
+path (``score_one_pass``) when it applies and the general one
+(``score_teacher_forced``) otherwise.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class AnswerTrie:
                 node = node.setdefault(token, {})
 
     def next_tokens(self, prefix: Sequence[int]) -> list[int]:
+        """Tokens allowed after ``prefix`` (EOS alone once ``prefix`` leaves the trie)."""
         node = self.root
         for token in prefix:
             if token not in node:
@@ -49,17 +51,16 @@ class AnswerScorer:
         bos_id: int,
         eos_id: int,
         pad_id: int,
-        vocab_size: int,
     ) -> None:
         if not answer_ids or any(len(a) == 0 for a in answer_ids):
             raise ValueError("every candidate answer must tokenize to at least one token")
         self.answer_ids = [list(a) for a in answer_ids]
         self.bos_id, self.eos_id, self.pad_id = bos_id, eos_id, pad_id
-        self.vocab_size = vocab_size
         firsts = [a[0] for a in self.answer_ids]
         self.single_token = all(len(a) == 1 for a in self.answer_ids) and len(set(firsts)) == len(
             firsts
         )
+        """Every answer is one distinct token: ``score_one_pass`` gives the exact result."""
         self.trie = AnswerTrie(self.answer_ids, bos_id, eos_id)
         self._first_ids = torch.tensor(firsts, dtype=torch.long)
 
@@ -69,35 +70,47 @@ class AnswerScorer:
         encoder_out: EncoderOutput,
         prompts: torch.Tensor,
         prompt_lengths: torch.Tensor,
-        *,
-        force_general: bool = False,
     ) -> torch.Tensor:
         """[B, A] float32 probabilities. ``prompts`` is [B, T] right-padded."""
-        if self.single_token and not force_general:
-            return self._score_one_pass(model, encoder_out, prompts, prompt_lengths)
-        return self._score_teacher_forced(model, encoder_out, prompts, prompt_lengths)
+        if self.single_token:
+            return self.score_one_pass(model, encoder_out, prompts, prompt_lengths)
+        return self.score_teacher_forced(model, encoder_out, prompts, prompt_lengths)
 
-    def _score_one_pass(
+    @staticmethod
+    def last_states(
+        model: OFAModel,
+        encoder_out: EncoderOutput,
+        prompts: torch.Tensor,
+        prompt_lengths: torch.Tensor,
+    ) -> torch.Tensor:
+        """[B, D] decoder states at each item's last prompt position (where answers start)."""
+        hidden_states = model.decoder(prompts, encoder_out)
+        rows = torch.arange(prompts.shape[0], device=prompts.device)
+        return hidden_states[rows, prompt_lengths - 1]
+
+    def score_one_pass(
         self,
         model: OFAModel,
         encoder_out: EncoderOutput,
         prompts: torch.Tensor,
         prompt_lengths: torch.Tensor,
     ) -> torch.Tensor:
-        states = model.decoder(prompts, encoder_out)
-        rows = torch.arange(prompts.shape[0], device=prompts.device)
-        last = states[rows, prompt_lengths - 1]  # [B, D]
+        """Softmax over the answers' logits at the last prompt position (single tokens only)."""
+        if not self.single_token:
+            raise ValueError("one-pass scoring needs every answer to be one distinct token")
+        last = self.last_states(model, encoder_out, prompts, prompt_lengths)  # [B, D]
         weight = model.decoder.output_projection.weight[self._first_ids.to(last.device)]
         logits = last @ weight.T  # [B, A]
         return torch.softmax(logits.float(), dim=-1)
 
-    def _score_teacher_forced(
+    def score_teacher_forced(
         self,
         model: OFAModel,
         encoder_out: EncoderOutput,
         prompts: torch.Tensor,
         prompt_lengths: torch.Tensor,
     ) -> torch.Tensor:
+        """The reference's traverse scoring: every answer teacher-forced, trie-masked, summed."""
         device = prompts.device
         bsz, num_answers = prompts.shape[0], len(self.answer_ids)
         inputs: list[list[int]] = []
@@ -116,15 +129,15 @@ class AnswerScorer:
         for row, tokens in enumerate(inputs):
             padded[row, : len(tokens)] = torch.tensor(tokens)
         repeated = EncoderOutput(
-            hidden=encoder_out.hidden.repeat_interleave(num_answers, dim=0),
+            last_hidden_state=encoder_out.last_hidden_state.repeat_interleave(num_answers, dim=0),
             padding_mask=encoder_out.padding_mask.repeat_interleave(num_answers, dim=0),
-            position=encoder_out.position,
+            position_embedding=encoder_out.position_embedding,
         )
-        states = model.decoder(padded.to(device), repeated)
+        hidden_states = model.decoder(padded.to(device), repeated)
         totals = torch.zeros(len(inputs), dtype=torch.float32, device=device)
         weight = model.decoder.output_projection.weight
         for row, (start, targets, allowed) in enumerate(spans):
-            logits = (states[row, start : start + len(targets)] @ weight.T).float()  # [n, V]
+            logits = (hidden_states[row, start : start + len(targets)] @ weight.T).float()  # [n, V]
             mask = torch.ones_like(logits, dtype=torch.bool)
             for j, tokens in enumerate(allowed):
                 mask[j, tokens] = False

@@ -19,12 +19,40 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from .batching import PreparedItem
 from .errors import InvalidInputError
 from .labels import LABELS
+
+# The model's own metrics on Triton's /metrics endpoint (model.py creates them):
+# key -> (name, kind, buckets, description). Their names are part of the interface.
+METRICS: dict[str, tuple[str, str, list[float] | None, str]] = {
+    "preprocess": ("ofa_ve_preprocess_duration_seconds", "HISTOGRAM",
+                   [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0],
+                   "Time to decode, resize and tokenize one item"),
+    "forward": ("ofa_ve_forward_duration_seconds", "HISTOGRAM",
+                [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
+                "Time of one engine forward pass over a batch of items"),
+    "batch": ("ofa_ve_engine_batch_size", "HISTOGRAM", [1, 2, 4, 8, 16, 32, 64, 128],
+              "Items per engine forward pass (the batch sizes actually run)"),
+    "invalid": ("ofa_ve_invalid_requests_total", "COUNTER", None,
+                "Requests refused with INVALID_ARG, by the input at fault"),
+    "warmup": ("ofa_ve_warmup_duration_seconds", "GAUGE", None,
+               "Duration of the start-up warm-up inference, set before READY"),
+    "info": ("ofa_ve_model_info", "GAUGE", None,
+             "1 per instance; labels say which weights (real or demo) and device"),
+}
+
+DEMO_BANNER = """
+##########################################################################
+#  RANDOM DEMO WEIGHTS: {path}
+#  This checkpoint was generated with random weights (no model hub was
+#  reachable). Its answers are MEANINGLESS. Set OFA_VE_MODEL_DIR to the
+#  real ModelScope model directory for real predictions.
+##########################################################################"""
 
 
 @dataclass(frozen=True)
@@ -75,7 +103,9 @@ class ExecutionRunner:
     def __init__(self, engine, *, workers: int = 1, pipelined: bool = False) -> None:
         self.engine = engine
         self.pipelined = pipelined
-        self._pool = ThreadPoolExecutor(workers, "preprocess") if workers > 1 else None
+        # Pipelining needs a decoder thread beside the one running the forward pass.
+        threaded = workers > 1 or pipelined
+        self._pool = ThreadPoolExecutor(max(1, workers), "preprocess") if threaded else None
 
     def close(self) -> None:
         if self._pool is not None:
@@ -85,7 +115,7 @@ class ExecutionRunner:
         started = time.perf_counter()
         try:
             item = self.engine.prepare(job.image, job.hypothesis, job.premise)
-        except Exception as exc:  # noqa: BLE001  (reported per request by the caller)
+        except Exception as exc:
             return None, exc, 0.0
         return item, None, time.perf_counter() - started
 
@@ -101,7 +131,7 @@ class ExecutionRunner:
             for number, r in enumerate(requests) if r is not None
             for index in range(len(r))
         ]
-        if self._pool is not None and len(jobs) > 1:
+        if self._pool is not None and (len(jobs) > 1 or self.pipelined):
             for job in jobs:
                 job.future = self._pool.submit(self._prepare, job)
         prepared: dict[int, list[PreparedItem]] = {}
@@ -112,13 +142,16 @@ class ExecutionRunner:
             else:
                 items = self._collect(jobs, outcomes, prepared, hooks)
                 results = [self._run_pass(items, outcomes, prepared, hooks)]
-        except Exception as exc:  # noqa: BLE001  (a failed forward fails its requests only)
+        except Exception as exc:
             failed = RuntimeError(f"inference failed: the forward pass raised {exc!r}")
             for number in prepared:
                 if outcomes[number].error is None:
                     outcomes[number].error = failed
             return outcomes
         self._scatter(results, outcomes, prepared)
+        for outcome, given in zip(outcomes, requests, strict=True):
+            if given is None:  # skipped: neither results nor an error
+                outcome.probs = None
         return outcomes
 
     # ------------------------------------------------------------------ internals
@@ -161,16 +194,19 @@ class ExecutionRunner:
         if group:
             yield group
 
-    def _run_pass(self, group, outcomes, prepared, hooks) -> list[tuple[int, PreparedItem, np.ndarray]]:
+    def _run_pass(self, group, outcomes, prepared, hooks) -> list[tuple[int, PreparedItem, Any]]:
         """Predict the group's items (skipping requests that failed meanwhile)."""
         live = [(n, item) for n, item in group if outcomes[n].error is None]
         if not live:
             return []
-        probs = self.engine.predict([item for _, item in live], on_pass=hooks.forward_pass)
+        probs = self.engine.predict(
+            [item for _, item in live],
+            on_pass=lambda items, seconds: hooks.forward_pass(len(items), seconds),
+        )
         return [(n, item, row) for (n, item), row in zip(live, probs, strict=True)]
 
     @staticmethod
-    def _scatter(results, outcomes, prepared) -> None:  # noqa: ARG004
+    def _scatter(results, outcomes, prepared) -> None:
         rows: dict[int, list[np.ndarray]] = {}
         for passed in results:
             for number, _item, row in passed:

@@ -97,6 +97,7 @@ class OFAArchitecture:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = CONFIG_FILE) -> OFAArchitecture:
+        """Keep the fields we know (config.json has many training-only ones), then validate."""
         known = {f.name for f in fields(cls)}
         arch = cls(**{k: v for k, v in raw.items() if k in known})
         arch.validate(source)
@@ -104,13 +105,12 @@ class OFAArchitecture:
 
     @classmethod
     def from_config_json(cls, path: Path) -> OFAArchitecture:
+        """Read and validate ``config.json``; errors name the file."""
         return cls.from_dict(read_json(path), str(path))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @property
     def resnet_layers(self) -> tuple[int, int, int]:
+        """Bottleneck blocks per stage, as ModelScope's ``ofa/resnet.py`` builds them."""
         return _RESNET_LAYERS[self.resnet_type]
 
     def validate(self, source: str = CONFIG_FILE) -> None:
@@ -149,26 +149,23 @@ class OFAArchitecture:
 class TaskSettings:
     """What ``configuration.json`` says about preprocessing and scoring."""
 
-    model_type: str = "ofa"
-    task: str = "visual-entailment"
-    language: str = "en"
-    gen_type: str = "generation"
     prompt_type: str = "none"
     prompt: str | None = None
     patch_image_size: int = 480
     max_src_length: int = 256
     imagenet_default_mean_and_std: bool = False
     answer2label: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_ANSWER2LABEL))
-    answer2label_file: str | None = None
     demo: bool = False
     """True for the random-weight checkpoints our demo writer makes (``model.demo``)."""
 
     @property
     def mean(self) -> tuple[float, float, float]:
+        """Per-channel pixel mean the reference normalizes with."""
         return (0.485, 0.456, 0.406) if self.imagenet_default_mean_and_std else (0.5, 0.5, 0.5)
 
     @property
     def std(self) -> tuple[float, float, float]:
+        """Per-channel pixel std the reference normalizes with."""
         return (0.229, 0.224, 0.225) if self.imagenet_default_mean_and_std else (0.5, 0.5, 0.5)
 
     @property
@@ -178,6 +175,7 @@ class TaskSettings:
 
     @classmethod
     def from_model_dir(cls, model_dir: Path) -> TaskSettings:
+        """Read ``configuration.json`` (and its answer file), refusing what we cannot serve."""
         path = model_dir / CONFIGURATION_FILE
         raw = read_json(path)
         model = raw.get("model") or {}
@@ -196,6 +194,8 @@ class TaskSettings:
             raise CheckpointError(
                 f"{path}: model.language {language!r}: only English OFA is supported"
             )
+        # Both values get traverse's full distribution here: ModelScope's `generation` is a
+        # beam search within the same answer trie whose one answer (score 1.0) is its argmax.
         gen_type = str(model.get("gen_type", "generation"))
         if gen_type not in ("generation", "traverse"):
             raise CheckpointError(f"{path}: model.gen_type must be 'generation' or 'traverse'")
@@ -213,10 +213,6 @@ class TaskSettings:
         prompt = model.get("prompt")
         try:
             settings = cls(
-                model_type=model_type,
-                task=str(raw.get("task", "visual-entailment")),
-                language=language,
-                gen_type=gen_type,
                 prompt_type=prompt_type,
                 prompt=str(prompt) if prompt else None,
                 patch_image_size=int(model.get("patch_image_size", 480)),
@@ -225,7 +221,6 @@ class TaskSettings:
                     model.get("imagenet_default_mean_and_std", False)
                 ),
                 answer2label=answer2label,
-                answer2label_file=str(answer_file) if answer_file else None,
                 demo=bool(model.get("demo", False)),
             )
         except (TypeError, ValueError) as e:

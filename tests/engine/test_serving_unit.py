@@ -1,0 +1,94 @@
+"""ExecutionRunner: one execution's requests gathered, prepared, predicted once, scattered.
+
+Real engine (tiny architecture), real encoded images: results per request must equal
+predicting that request's items alone, a bad item must fail only its own request, and
+both the sequential and the pipelined schedule must give the same answers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from engine_tiny import png
+from ofa_ve_engine import InvalidInputError, VisualEntailmentEngine
+from ofa_ve_engine.serving import ExecutionHooks, ExecutionRunner, RequestInputs
+
+IMAGES = [png((30 * i, 120, 200 - 20 * i), (24 + 9 * i, 18 + 5 * i)) for i in range(5)]
+
+
+def request(*items: tuple[bytes, str, str | None]) -> RequestInputs:
+    return RequestInputs(
+        [image for image, _, _ in items],
+        [hyp.encode() for _, hyp, _ in items],
+        [(premise or "").encode() for _, _, premise in items],
+    )
+
+
+@pytest.fixture(scope="module", params=[(1, False), (2, False), (2, True), (1, True)],
+                ids=["inline", "pool", "pipelined", "pipelined-1-thread"])
+def runner(request, tiny_engine: VisualEntailmentEngine):
+    workers, pipelined = request.param
+    # Two items per pass, so an execution of several requests spans several passes.
+    engine = VisualEntailmentEngine(
+        tiny_engine.settings, tiny_engine.tokenizer, tiny_engine.model,
+        limits=tiny_engine.limits, forward_batch_size=2,
+    )
+    runner = ExecutionRunner(engine, workers=workers, pipelined=pipelined)
+    yield runner
+    runner.close()
+
+
+def alone(engine: VisualEntailmentEngine, req: RequestInputs) -> np.ndarray:
+    items = [engine.prepare(i, h, p) for i, h, p in zip(req.images, req.hypotheses, req.premises,
+                                                          strict=True)]
+    return engine.predict(items)
+
+
+def test_each_request_gets_what_it_would_get_alone(runner: ExecutionRunner) -> None:
+    requests = [
+        request((IMAGES[0], "a red square.", None), (IMAGES[1], "two blue things", "a premise")),
+        request((IMAGES[2], "Is this a dog?", None)),
+        request((IMAGES[3], "tab\tand newline\n", None), (IMAGES[4], "CAPS", None),
+                (IMAGES[0], "a third item", "premise!")),
+    ]
+    passes: list[int] = []
+    prepared: list[float] = []
+    hooks = ExecutionHooks(prepared=prepared.append,
+                           forward_pass=lambda items, seconds: passes.append(items))
+    outcomes = runner.run(requests, hooks)
+    assert [o.error for o in outcomes] == [None, None, None]
+    for req, outcome in zip(requests, outcomes, strict=True):
+        assert outcome.probs.shape == (len(req), 3)
+        np.testing.assert_allclose(outcome.probs, alone(runner.engine, req), atol=1e-5)
+    assert sum(passes) == 6 and len(prepared) == 6
+
+
+def test_a_bad_item_fails_its_request_alone(runner: ExecutionRunner) -> None:
+    invalid: list[str] = []
+    requests = [
+        request((IMAGES[0], "fine", None)),
+        request((IMAGES[1], "fine too", None), (b"not an image", "bad image", None)),
+        request((IMAGES[2], "", None)),
+        None,  # a cancelled request: skipped
+        request((IMAGES[3], "also fine", None)),
+    ]
+    outcomes = runner.run(requests, ExecutionHooks(invalid=invalid.append))
+    assert outcomes[0].error is None and outcomes[4].error is None
+    assert isinstance(outcomes[1].error, InvalidInputError) and outcomes[1].failed_item == 1
+    assert outcomes[1].error.input_name == "IMAGE" and outcomes[1].probs is None
+    assert isinstance(outcomes[2].error, InvalidInputError)
+    assert outcomes[2].error.input_name == "HYPOTHESIS"
+    assert outcomes[3].probs is None and outcomes[3].error is None
+    assert sorted(invalid) == ["HYPOTHESIS", "IMAGE"]
+    np.testing.assert_allclose(outcomes[4].probs, alone(runner.engine, requests[4]), atol=1e-5)
+
+
+def test_a_failed_forward_pass_fails_its_requests(runner: ExecutionRunner, monkeypatch) -> None:
+    def broken(items, **_: object) -> np.ndarray:
+        raise RuntimeError("device lost (injected)")
+
+    monkeypatch.setattr(runner.engine, "predict", broken)
+    outcomes = runner.run([request((IMAGES[0], "x", None)), request((b"junk", "y", None))])
+    assert "device lost (injected)" in str(outcomes[0].error)
+    assert outcomes[0].failed_item is None
+    assert isinstance(outcomes[1].error, InvalidInputError)
