@@ -26,7 +26,7 @@ DEMO_DIR ?= .cache/demo-checkpoint
 DEMO_SEED ?=
 SEED_ARG = $(if $(DEMO_SEED),--seed $(DEMO_SEED))
 
-.PHONY: help setup setup-serve serve test lint demo-checkpoint soak bench bench-gpu loadtest
+.PHONY: help setup setup-serve serve test lint demo-checkpoint soak bench gpu-check loadtest
 
 help:
 	@sed -n '1,/^$$/{s/^# \{0,1\}//;p}' Makefile
@@ -59,8 +59,11 @@ bench: setup
 	$(PYTHON) -m ofa_ve_ops.make_demo_checkpoint --out $(DEMO_DIR) $(SEED_ARG)
 	$(PYTHON) -m ofa_ve_bench.benchmark --model-dir $(DEMO_DIR) --out-dir .cache/bench --plot .cache/bench/benchmark.png
 
-bench-gpu: setup
-	scripts/gpu_benchmark.sh
+# Both parts of the GPU check; on a machine without a GPU, the CPU mode (small sizes,
+# "no GPU figures"). On the lent GPU machine the parts run as two device calls
+# (docs/gpu-check.md; wheels from `python -m ofa_ve_bench.wheelhouse`).
+gpu-check: setup
+	$(PYTHON) -m ofa_ve_bench.gpu_check --mode auto --out .cache/gpu-check
 
 loadtest: setup
 	$(PYTHON) -m ofa_ve_bench.perf_analyzer_sweep --url $(URL) --out-dir .cache/loadtest

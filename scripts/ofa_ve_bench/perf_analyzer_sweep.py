@@ -32,6 +32,7 @@ import io
 import json
 import math
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -42,23 +43,14 @@ from pathlib import Path
 
 from ofa_ve_ops import triton_runtime
 
+from ofa_ve_bench import workload as _workload
+from ofa_ve_bench.machine import load_average
 from ofa_ve_bench.workload import IMAGES_DIR
 
 MODEL_NAME = "ofa_visual_entailment"
-IMAGE_SUFFIXES = {
-    "jpeg": (".jpg", ".jpeg"),
-    "all": (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"),
-}
-
-# Hypothesis, premise ("" = none). Every other item has a premise.
-TEXTS: tuple[tuple[str, str], ...] = (
-    ("Two people are standing outside.", ""),
-    ("A cat sleeps on a red sofa.", "A close-up photo of an animal's face."),
-    ("The picture shows a rocket on the launch pad.", ""),
-    ("Somebody is drinking coffee.", "A cup stands on a saucer on a table."),
-    ("There is no animal in the image.", ""),
-    ("A woman wears a white space suit.", "An official portrait of an astronaut."),
-)
+IMAGE_SUFFIXES = _workload.FORMATS
+TEXTS = _workload.LOAD_TEXTS
+"""Hypothesis, premise ("" = none): the workload's load texts (ofa_ve_bench.workload)."""
 
 
 def bytes_value(data: bytes) -> dict[str, object]:
@@ -69,32 +61,21 @@ def bytes_value(data: bytes) -> dict[str, object]:
 
 def workload_images(images_dir: Path = IMAGES_DIR, formats: str = "all") -> list[Path]:
     """The encoded test images, sorted (``formats``: ``all`` or ``jpeg``)."""
-    suffixes = IMAGE_SUFFIXES[formats]
-    paths = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in suffixes)
-    if not paths:
-        raise SystemExit(f"no {formats} images in {images_dir}")
-    return paths
+    return _workload.image_paths(formats, images_dir)
 
 
 def workload_items(
     images_dir: Path = IMAGES_DIR, formats: str = "all", steps: int = 0
 ) -> list[tuple[Path, str, str]]:
-    """(image path, hypothesis, premise) items cycling through images and texts.
-
-    ``steps`` items (0: as many as the longer of the two lists), so that every image
-    meets prompts with and without a premise as the list wraps around. Every
-    benchmark uses this one list, so all of them do the same work.
-    """
-    images = workload_images(images_dir, formats)
-    count = steps or max(len(images), len(TEXTS))
-    return [(images[i % len(images)], *TEXTS[i % len(TEXTS)]) for i in range(count)]
+    """(image path, hypothesis, premise) items: `ofa_ve_bench.workload.path_items`."""
+    return _workload.path_items(steps, formats, images_dir)
 
 
 def workload(
     images_dir: Path = IMAGES_DIR, formats: str = "all", steps: int = 0
 ) -> list[tuple[bytes, str, str]]:
-    """``workload_items`` with the encoded image bytes instead of their paths."""
-    return [(p.read_bytes(), h, prem) for p, h, prem in workload_items(images_dir, formats, steps)]
+    """(image bytes, hypothesis, premise) items: `ofa_ve_bench.workload.items`."""
+    return _workload.items(steps, formats, images_dir=images_dir)
 
 
 def write_input_data(items: Sequence[tuple[bytes, str, str]], path: Path) -> Path:
@@ -264,7 +245,24 @@ def parse_perf_csv(text: str) -> dict[str, float]:
 
 
 def _load() -> float:
-    return os.getloadavg()[0]
+    return load_average()
+
+
+def find_perf_analyzer(env: dict[str, str] | None = None) -> str:
+    """The perf_analyzer binary: on PATH, beside this Python, or in a sys.path entry's bin/.
+
+    Why the last place: `pip install --target DIR` (the GPU check's wheelhouse) puts
+    the wheel's binary in DIR/bin, which is on no PATH.
+    """
+    found = shutil.which("perf_analyzer", path=(env or os.environ).get("PATH"))
+    if found:
+        return found
+    places = [Path(sys.executable).parent, *(Path(entry or ".") / "bin" for entry in sys.path)]
+    for place in places:
+        candidate = place / "perf_analyzer"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    raise FileNotFoundError("perf_analyzer not found (install tritonclient[grpc]==2.51.0)")
 
 
 def run_point(
@@ -307,6 +305,7 @@ def run_point(
         request_count=request_count,
         max_threads=max_threads,
     )
+    cmd[0] = find_perf_analyzer(env)
     stats_url = stats_url or url
     load_before = _load()
     before = server_counters(stats_url, model)

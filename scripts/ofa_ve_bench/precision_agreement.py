@@ -31,47 +31,24 @@ from pathlib import Path
 
 import numpy as np
 
+from ofa_ve_bench import workload
 from ofa_ve_bench.workload import IMAGES_DIR
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
-
-HYPOTHESES = (
-    "Two people are standing outside.",
-    "A cat sleeps on a red sofa.",
-    "The picture shows a rocket on the launch pad.",
-    "Somebody is drinking coffee.",
-    "There is no animal in the image.",
-    "A woman wears a white space suit.",
-    "The animal has green eyes.",
-    "Coins lie on a dark table.",
-    "A man is holding a camera.",
-    "It is night and the sky is dark.",
-    "The cup is empty.",
-    "A horse stands next to a cat.",
-    "Nobody is in the picture.",
-    "The photo was taken indoors.",
-    "Something is about to fly.",
-    "The image is black and white.",
-    "A flag can be seen behind the person.",
-)
-PREMISES = (
-    "A photo taken at a space center.",
-    "A close-up photo of an animal's face.",
-    "A cup stands on a saucer on a table.",
-    "An old photograph of a photographer in a park.",
-)
 DEFAULT_DTYPES = {"cpu": ("bfloat16",), "cuda": ("float16", "bfloat16")}
 
 
-def pairs(images_dir: Path = IMAGES_DIR) -> list[tuple[Path, str, str | None]]:
-    """Every image with every hypothesis; every other pair also gets a premise."""
-    images = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    out = []
-    for i, image in enumerate(images):
-        for j, hypothesis in enumerate(HYPOTHESES):
-            premise = PREMISES[(i + j) % len(PREMISES)] if (i + j) % 2 else None
-            out.append((image, hypothesis, premise))
-    return out
+def pairs(images_dir: Path = IMAGES_DIR) -> list[workload.Item]:
+    """Every image with every hypothesis; every other pair also gets a premise
+    (`ofa_ve_bench.workload.agreement_items`)."""
+    return workload.agreement_items("all", images_dir)
+
+
+def load_engine(model_dir: Path, device: str, dtype: str, batch_size: int):
+    """The engine in `dtype` on `device`, forward passes of up to `batch_size` items."""
+    from ofa_ve_bench.engine_runner import build_engine
+
+    engine, _ = build_engine(model_dir, device, {"dtype": dtype}, forward_batch_size=batch_size)
+    return engine
 
 
 def run(engine, items: list, batch_size: int) -> np.ndarray:
@@ -118,7 +95,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import torch
-    from ofa_ve_engine import VisualEntailmentEngine
 
     devices = [d for d in args.devices.split(",") if d] or (
         ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
@@ -139,17 +115,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     for device in devices:
         kind = torch.device(device).type
         dtypes = [d for d in args.dtypes.split(",") if d] or list(DEFAULT_DTYPES[kind])
-        engine = VisualEntailmentEngine(args.model_dir, device=device)
-        items = [engine.prepare(p.read_bytes(), h, prem) for p, h, prem in work]
+        engine = load_engine(args.model_dir, device, "float32", args.batch_size)
+        items = [engine.prepare(image, h, prem or None) for image, h, prem in work]
         reference = run(engine, items, args.batch_size)
         fp32_by_device[device] = reference
         weights = "demo (random)" if engine.is_demo else "real"
         print(f"{device}: float32 reference over {len(items)} pairs ({weights} weights)")
         del engine
         for name in dtypes:
-            engine = VisualEntailmentEngine(
-                args.model_dir, device=device, dtype=getattr(torch, name)
-            )
+            engine = load_engine(args.model_dir, device, name, args.batch_size)
             row = {"device": device, "dtype": name, "weights": weights}
             row.update(compare(reference, run(engine, items, args.batch_size)))
             del engine

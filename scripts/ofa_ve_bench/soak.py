@@ -27,7 +27,6 @@ import ipaddress
 import json
 import os
 import random
-import socket
 import statistics
 import sys
 import time
@@ -37,24 +36,23 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from ofa_ve_ops.paths import REPO_ROOT
-from ofa_ve_ops.procfs import children, cmdline, process_state, vm_kib
+from ofa_ve_ops.procfs import (
+    children,
+    cmdline,
+    listening_sockets,
+    pids,
+    process_state,
+    socket_inodes,
+    vm_kib,
+)
 
-DEFAULT_IMAGES = REPO_ROOT / "tests" / "data" / "images"
+from ofa_ve_bench import workload
+
+DEFAULT_IMAGES = workload.IMAGES_DIR
 MODEL = "ofa_visual_entailment"
 MAX_BATCH_ITEMS = 32  # config.pbtxt max_batch_size
 STUB_NAME = "triton_python_backend_stub"
 SHM_PREFIX = "triton_python_backend_shm_region"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
-HYPOTHESES = (
-    "A cat looks at the camera.",
-    "There is a cup of coffee on the table.",
-    "A rocket is being launched.",
-    "A woman in a space suit smiles.",
-    "Two dogs play in the snow.",
-    "Some coins lie on a dark surface.",
-)
-PREMISES = ("", "A photo taken indoors.", "The picture shows an animal.")
 
 
 # ---------------------------------------------------------------- process inspection
@@ -70,43 +68,6 @@ def stub_pids(server_pid: int) -> list[int]:
     ]
 
 
-def listening_sockets() -> dict[int, tuple[str, int]]:
-    """Socket inode -> (address, port) for every TCP socket in LISTEN state."""
-    found: dict[int, tuple[str, int]] = {}
-    for table, family in (("/proc/net/tcp", socket.AF_INET), ("/proc/net/tcp6", socket.AF_INET6)):
-        try:
-            with open(table) as f:
-                rows = f.read().splitlines()[1:]
-        except FileNotFoundError:
-            continue
-        for row in rows:
-            fields = row.split()
-            if fields[3] != "0A":  # LISTEN
-                continue
-            hex_addr, hex_port = fields[1].split(":")
-            raw = bytes.fromhex(hex_addr)
-            # /proc prints each 32-bit word in host (little-endian) order.
-            raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
-            found[int(fields[9])] = (socket.inet_ntop(family, raw), int(hex_port, 16))
-    return found
-
-
-def socket_inodes(pid: int) -> set[int]:
-    inodes = set()
-    try:
-        fds = os.listdir(f"/proc/{pid}/fd")
-    except (FileNotFoundError, PermissionError):
-        return inodes
-    for fd in fds:
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(int(target[8:-1]))
-    return inodes
-
-
 def listening_addresses(pid: int) -> list[tuple[str, int]]:
     """Every (address, port) that process `pid` listens on."""
     table = listening_sockets()
@@ -116,9 +77,9 @@ def listening_addresses(pid: int) -> list[tuple[str, int]]:
 def pid_listening_on(port: int) -> int | None:
     """The process listening on TCP `port`, if this user can see it."""
     inodes = {i for i, (_, p) in listening_sockets().items() if p == port}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and socket_inodes(int(entry)) & inodes:
-            return int(entry)
+    for pid in pids():
+        if socket_inodes(pid) & inodes:
+            return pid
     return None
 
 
@@ -170,20 +131,12 @@ class Payload:
 
 
 def load_payloads(images_dir: Path, seed: int = 0) -> list[Payload]:
-    """Real photos x hypotheses x premises, plus a few hostile requests (about 1 in 14)."""
-    images = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not images:
-        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {images_dir}")
+    """The workload's photos and texts (4 per image), plus a few hostile requests (about 1
+    in 14)."""
+    images = workload.image_paths("all", images_dir)
+    real = workload.items(4 * len(images), "all", seed=seed, images_dir=images_dir)
+    valid = [Payload(image, h.encode(), p.encode() or None) for image, h, p in real]
     rng = random.Random(seed)
-    valid = [
-        Payload(
-            image.read_bytes(),
-            rng.choice(HYPOTHESES).encode(),
-            rng.choice(PREMISES).encode() or None,
-        )
-        for image in images
-        for _ in range(4)
-    ]
     first = images[0].read_bytes()
     hostile = [
         Payload(b"", b"An empty file.", None, True),

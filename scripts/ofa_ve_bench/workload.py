@@ -1,13 +1,22 @@
-"""The suite's shared test inputs: real encoded images and awkward sentences.
+"""The one workload: the test images and texts every test, benchmark and check sends.
 
-Images are real photographs re-encoded by `tests/data/make_images.py` (sources
-and licences are documented there). Each exercises one thing a decoder can get
-wrong: aspect ratio, tiny or exact-size images, EXIF orientation, alpha, gray,
-palette, CMYK, and the other formats the server accepts.
+Why one module: the soak, the perf_analyzer sweep, the side-by-side benchmark, the
+precision check and the GPU check used to write out their own lists of images and
+sentences, so "the same work" meant something different in each. Here are the
+images (real photographs re-encoded by `tests/data/make_images.py`, sources and
+licences documented there), the sentences, and the functions that turn them into
+(image bytes, hypothesis, premise) items for a given count, seed and set of formats.
+
+Each test image exercises one thing a decoder can get wrong: aspect ratio, tiny or
+exact-size images, EXIF orientation, alpha, gray, palette, CMYK, and the other
+formats the server accepts.
 """
 
 from __future__ import annotations
 
+import io
+import random
+from collections.abc import Sequence
 from pathlib import Path
 
 from ofa_ve_ops.paths import REPO_ROOT
@@ -60,7 +69,7 @@ HYPOTHESES: tuple[str, ...] = (
     "A café serves crème brûlée.",
 )
 """Hypotheses exercising case, punctuation (leading and inner), hyphens, slashes,
-`<person>`, runs of whitespace, tabs/newlines and non-ASCII text."""
+`<person>`, runs of whitespace, tabs/newlines and non-ASCII text (the parity tests)."""
 
 PREMISES: tuple[str, ...] = (
     "A woman wearing an orange space suit.",
@@ -73,3 +82,112 @@ PREMISES: tuple[str, ...] = (
 
 LONG_HYPOTHESIS = " ".join(["a big red dog runs"] * 70)
 """350 words: longer than OFA's 256-word / 256-token source limit (truncated)."""
+
+LOAD_TEXTS: tuple[tuple[str, str], ...] = (
+    ("Two people are standing outside.", ""),
+    ("A cat sleeps on a red sofa.", "A close-up photo of an animal's face."),
+    ("The picture shows a rocket on the launch pad.", ""),
+    ("Somebody is drinking coffee.", "A cup stands on a saucer on a table."),
+    ("There is no animal in the image.", ""),
+    ("A woman wears a white space suit.", "An official portrait of an astronaut."),
+)
+"""(hypothesis, premise) of the load tests and benchmarks; "" = no premise. Every other
+item has one, so as the list wraps every image meets prompts with and without."""
+
+AGREEMENT_HYPOTHESES: tuple[str, ...] = (
+    *(h for h, _ in LOAD_TEXTS),
+    "The animal has green eyes.",
+    "Coins lie on a dark table.",
+    "A man is holding a camera.",
+    "It is night and the sky is dark.",
+    "The cup is empty.",
+    "A horse stands next to a cat.",
+    "Nobody is in the picture.",
+    "The photo was taken indoors.",
+    "Something is about to fly.",
+    "The image is black and white.",
+    "A flag can be seen behind the person.",
+)
+"""The precision comparisons' hypotheses: every image meets each of them."""
+
+AGREEMENT_PREMISES: tuple[str, ...] = (
+    "A photo taken at a space center.",
+    "A close-up photo of an animal's face.",
+    "A cup stands on a saucer on a table.",
+    "An old photograph of a photographer in a park.",
+)
+
+FORMATS: dict[str, tuple[str, ...]] = {
+    "jpeg": (".jpg", ".jpeg"),
+    "all": (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"),
+}
+"""`formats` values: which file suffixes of IMAGES_DIR a workload uses."""
+
+Item = tuple[bytes, str, str]
+"""(encoded image, hypothesis, premise); premise "" means the image alone."""
+
+
+def image_paths(formats: str = "all", images_dir: Path = IMAGES_DIR) -> list[Path]:
+    """The encoded test images of these formats, sorted by file name."""
+    suffixes = FORMATS[formats]
+    paths = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in suffixes)
+    if not paths:
+        raise ValueError(f"no {formats} images ({', '.join(suffixes)}) in {images_dir}")
+    return paths
+
+
+def path_items(
+    count: int = 0, formats: str = "all", images_dir: Path = IMAGES_DIR
+) -> list[tuple[Path, str, str]]:
+    """(image path, hypothesis, premise) items cycling through images and LOAD_TEXTS.
+
+    ``count`` items (0: as many as the longer of the two lists). ModelScope's pipeline
+    reads files, so the benchmark needs the paths; everything else wants `items`.
+    """
+    images = image_paths(formats, images_dir)
+    count = count or max(len(images), len(LOAD_TEXTS))
+    return [(images[i % len(images)], *LOAD_TEXTS[i % len(LOAD_TEXTS)]) for i in range(count)]
+
+
+def items(
+    count: int = 0,
+    formats: str = "all",
+    seed: int | None = None,
+    images_dir: Path = IMAGES_DIR,
+) -> list[Item]:
+    """``path_items`` with the encoded bytes; ``seed`` shuffles the order reproducibly."""
+    out = [(p.read_bytes(), h, prem) for p, h, prem in path_items(count, formats, images_dir)]
+    if seed is not None:
+        random.Random(seed).shuffle(out)
+    return out
+
+
+def agreement_items(formats: str = "all", images_dir: Path = IMAGES_DIR) -> list[Item]:
+    """Every image with every AGREEMENT_HYPOTHESES entry; every other pair has a premise."""
+    out = []
+    for i, image in enumerate(image_paths(formats, images_dir)):
+        data = image.read_bytes()
+        for j, hypothesis in enumerate(AGREEMENT_HYPOTHESES):
+            premise = AGREEMENT_PREMISES[(i + j) % len(AGREEMENT_PREMISES)] if (i + j) % 2 else ""
+            out.append((data, hypothesis, premise))
+    return out
+
+
+def large_jpegs(
+    sizes: Sequence[tuple[int, int]] = ((1920, 1080), (4032, 3024)),
+    quality: int = 90,
+    images_dir: Path = IMAGES_DIR,
+) -> list[bytes]:
+    """Camera-sized JPEGs made by upscaling the JPEG test photos (decode costs scale
+    with pixels, so preprocessing throughput is measured on what phones send)."""
+    from PIL import Image
+
+    sources = image_paths("jpeg", images_dir)
+    out = []
+    for n, size in enumerate(sizes):
+        with Image.open(sources[n % len(sources)]) as img:
+            big = img.convert("RGB").resize(size, Image.Resampling.BICUBIC)
+        buffer = io.BytesIO()
+        big.save(buffer, format="JPEG", quality=quality)
+        out.append(buffer.getvalue())
+    return out

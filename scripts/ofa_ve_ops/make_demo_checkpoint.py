@@ -4,7 +4,7 @@
 Used where the real model cannot be downloaded (`make serve` without hub access,
 the test suite, benchmarks). The same seed always gives byte-identical files.
 
-    python -m ofa_ve_ops.make_demo_checkpoint --out DIR [--seed N]
+    python -m ofa_ve_ops.make_demo_checkpoint --out DIR [--seed N] [--decisive]
 """
 
 from __future__ import annotations
@@ -35,15 +35,22 @@ def main(argv: list[str] | None = None) -> int:
         "--seed", type=int, default=DEFAULT_SEED, help=f"weight seed (default {DEFAULT_SEED})"
     )
     parser.add_argument(
+        "--decisive",
+        action="store_true",
+        help="confident, varied answers like a trained model's (large margins, all three "
+        "labels): the checkpoint precision and fidelity comparisons are measured on",
+    )
+    parser.add_argument(
         "--quiet", action="store_true", help="print only the directory, no file hashes"
     )
     args = parser.parse_args(argv)
-    out = write_demo_checkpoint(args.out, seed=args.seed)
+    out = write_demo_checkpoint(args.out, seed=args.seed, decisive=args.decisive)
     if not args.quiet:
         for path in checkpoint_files(out):
             digest = hashlib.sha256(path.read_bytes()).hexdigest()
             print(f"{digest}  {path.name}  ({path.stat().st_size} bytes)", file=sys.stderr)
-        print(f"demo checkpoint (RANDOM WEIGHTS, seed {args.seed}) written", file=sys.stderr)
+        kind = "decisive, " if args.decisive else ""
+        print(f"demo checkpoint (RANDOM WEIGHTS, {kind}seed {args.seed}) written", file=sys.stderr)
     print(out.resolve())
     return 0
 

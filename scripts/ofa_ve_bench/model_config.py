@@ -1,0 +1,110 @@
+"""A benchmark's copy of the model repository, its config.pbtxt edited through protobuf.
+
+Why protobuf and not regexes: config.pbtxt is a `ModelConfig` message in text
+format. Parsing it with Triton's own schema (tritonclient's `model_config_pb2`)
+and writing it back means an edit can only produce a config Triton can parse, a
+field that is not there is added rather than silently missed, and a typo in a field
+name fails here instead of at the server's load. The copy loses the committed
+file's comments (it is a temporary file the server reads once); the values are
+the committed ones except where an edit says otherwise.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ofa_ve_ops.paths import CONFIG_PBTXT, MODEL_NAME, MODEL_REPOSITORY
+
+KINDS = ("KIND_AUTO", "KIND_CPU", "KIND_GPU")
+
+
+def _pb2() -> Any:
+    from tritonclient.grpc import model_config_pb2
+
+    return model_config_pb2
+
+
+def parse(text: str) -> Any:
+    """A `ModelConfig` message from config.pbtxt text (ParseError names line and column)."""
+    from google.protobuf import text_format
+
+    return text_format.Parse(text, _pb2().ModelConfig())
+
+
+def to_text(config: Any) -> str:
+    """The message as config.pbtxt text."""
+    from google.protobuf import text_format
+
+    return text_format.MessageToString(config)
+
+
+def load(path: Path = CONFIG_PBTXT) -> Any:
+    return parse(Path(path).read_text())
+
+
+@dataclass(frozen=True)
+class ConfigEdits:
+    """What a benchmark changes in config.pbtxt; None / empty leaves a value as committed."""
+
+    max_batch_size: int | None = None
+    instances: int | None = None
+    """`count` of every instance group."""
+    kind: str | None = None
+    """KIND_AUTO, KIND_CPU or KIND_GPU for every instance group."""
+    queue_delay_us: int | None = None
+    preferred_batch_sizes: Sequence[int] | None = None
+    parameters: Mapping[str, str] = field(default_factory=dict)
+    """config.pbtxt `parameters` (string values), set or added."""
+
+
+def apply(config: Any, edits: ConfigEdits) -> Any:
+    """Apply `edits` to the `ModelConfig` message in place and return it."""
+    pb2 = _pb2()
+    if edits.max_batch_size is not None:
+        config.max_batch_size = edits.max_batch_size
+    if edits.instances is not None or edits.kind is not None:
+        if not config.instance_group:
+            config.instance_group.add()
+        for group in config.instance_group:
+            if edits.instances is not None:
+                group.count = edits.instances
+            if edits.kind is not None:
+                if edits.kind not in KINDS:
+                    raise ValueError(f"instance kind must be one of {KINDS}, got {edits.kind!r}")
+                group.kind = pb2.ModelInstanceGroup.Kind.Value(edits.kind)
+    if edits.queue_delay_us is not None:
+        config.dynamic_batching.max_queue_delay_microseconds = edits.queue_delay_us
+    if edits.preferred_batch_sizes is not None:
+        del config.dynamic_batching.preferred_batch_size[:]
+        config.dynamic_batching.preferred_batch_size.extend(edits.preferred_batch_sizes)
+    for key, value in edits.parameters.items():
+        config.parameters[key].string_value = value
+    return config
+
+
+def parameters(config: Any) -> dict[str, str]:
+    """The message's `parameters` as name -> string value."""
+    return {key: value.string_value for key, value in config.parameters.items()}
+
+
+def make_model_repository(dest: Path, edits: ConfigEdits, source: Path = MODEL_REPOSITORY) -> Path:
+    """A copy of `source` (the model repository) whose config.pbtxt carries `edits`."""
+    shutil.copytree(source, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    path = dest / MODEL_NAME / "config.pbtxt"
+    config = apply(load(path), edits)
+    path.write_text(
+        "# Written by ofa_ve_bench.model_config from the committed config.pbtxt plus edits.\n"
+        + to_text(config)
+    )
+    return dest
+
+
+def preferred_sizes(text: str | None) -> list[int] | None:
+    """`--preferred 4,8` -> [4, 8]; None stays None (leave the committed sizes)."""
+    if text is None:
+        return None
+    return [int(part) for part in text.split(",") if part.strip()]

@@ -1,0 +1,413 @@
+"""Unit tests of the benchmark's parts (scripts/ofa_ve_bench): no server, no timing.
+
+Why: benchmark.py used to be one 775-line script whose config edits were regexes and
+whose arithmetic was only ever run at the end of a long measurement. Each part is
+now a module with a contract that is checked here on fixed inputs: the config copy
+round-trips through protobuf and applies exactly the edits asked for; `--param`
+values are checked by the model's own parameter table (errors name the parameter);
+medians, ratios and the implied throughputs are right on hand-made numbers; the
+report renders them; the machine description names the CPU; the workload is one list.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import pytest
+from ofa_ve_bench import (
+    engine_runner,
+    gpu_check,
+    machine,
+    model_config,
+    perf_analyzer_sweep,
+    precision_agreement,
+    results,
+    server_run,
+    soak,
+    wheelhouse,
+    workload,
+)
+from ofa_ve_bench.report import report
+from ofa_ve_engine.parameters import ParameterError
+from ofa_ve_ops import procfs
+from ofa_ve_ops.paths import CONFIG_PBTXT, MODEL_NAME
+
+pytest.importorskip("tritonclient.grpc.model_config_pb2")
+
+
+# ------------------------------------------------------------------ model_config
+
+
+def test_config_round_trip_preserves_the_committed_config() -> None:
+    committed = model_config.load(CONFIG_PBTXT)
+    again = model_config.parse(model_config.to_text(committed))
+    assert again == committed
+    assert committed.name == MODEL_NAME
+    assert committed.max_batch_size == 32
+    assert "dtype" in model_config.parameters(committed)
+
+
+def test_config_edits_apply_and_leave_the_rest(tmp_path: Path) -> None:
+    committed = model_config.load(CONFIG_PBTXT)
+    edits = model_config.ConfigEdits(
+        max_batch_size=64,
+        instances=2,
+        kind="KIND_CPU",
+        queue_delay_us=1500,
+        preferred_batch_sizes=[16, 64],
+        parameters={"dtype": "float16", "image_path": "gpu"},
+    )
+    repo = model_config.make_model_repository(tmp_path / "repo", edits)
+    edited = model_config.load(repo / MODEL_NAME / "config.pbtxt")
+    assert edited.max_batch_size == 64
+    assert [g.count for g in edited.instance_group] == [2]
+    kind = edited.instance_group[0].kind
+    assert edited.instance_group[0].Kind.Name(kind) == "KIND_CPU"
+    assert edited.dynamic_batching.max_queue_delay_microseconds == 1500
+    assert list(edited.dynamic_batching.preferred_batch_size) == [16, 64]
+    params = model_config.parameters(edited)
+    assert params["dtype"] == "float16" and params["image_path"] == "gpu"
+    # Everything not edited is as committed.
+    before = model_config.parameters(committed)
+    assert {k: v for k, v in params.items() if k not in ("dtype", "image_path")} == {
+        k: v for k, v in before.items() if k not in ("dtype", "image_path")
+    }
+    assert edited.input == committed.input and edited.output == committed.output
+    assert edited.dynamic_batching.default_queue_policy == (
+        committed.dynamic_batching.default_queue_policy
+    )
+    assert (repo / MODEL_NAME / "1" / "model.py").is_file()
+    assert not list(repo.rglob("__pycache__"))
+
+
+def test_config_edit_of_nothing_is_the_committed_config(tmp_path: Path) -> None:
+    repo = model_config.make_model_repository(tmp_path / "repo", model_config.ConfigEdits())
+    assert model_config.load(repo / MODEL_NAME / "config.pbtxt") == model_config.load(CONFIG_PBTXT)
+
+
+def test_config_refuses_an_unknown_kind() -> None:
+    with pytest.raises(ValueError, match="KIND_TPU"):
+        model_config.apply(model_config.load(), model_config.ConfigEdits(kind="KIND_TPU"))
+
+
+def test_preferred_sizes_parse() -> None:
+    assert model_config.preferred_sizes("4, 8,") == [4, 8]
+    assert model_config.preferred_sizes(None) is None
+
+
+# ------------------------------------------------------------- engine parameters
+
+
+def test_param_validation_names_the_parameter() -> None:
+    with pytest.raises(ParameterError, match="forward_batch_size"):
+        engine_runner.validated_params(["forward_batch_size=zero"])
+    with pytest.raises(ParameterError, match="no_such_knob"):
+        engine_runner.validated_params(["no_such_knob=1"])
+    with pytest.raises(ParameterError, match="dtype"):
+        engine_runner.validated_params(["dtype=float8"])
+    assert engine_runner.validated_params(["dtype=bfloat16", "compile=false"]) == {
+        "dtype": "bfloat16",
+        "compile": "false",
+    }
+
+
+def test_engine_kwargs_follow_the_loader_signature() -> None:
+    import torch
+
+    def old_loader(model_dir, *, device=None, dtype=torch.float32, forward_batch_size=32):
+        raise AssertionError("not called")
+
+    kwargs, dropped = engine_runner.engine_kwargs(
+        {"dtype": "float16", "image_path": "gpu"}, old_loader
+    )
+    assert kwargs == {"dtype": torch.float16}  # auto forward_batch_size: the loader's default
+    assert "image_chunk_size" not in kwargs
+    assert "image_path" in dropped and "limits" in dropped
+
+    kwargs, _ = engine_runner.engine_kwargs({"forward_batch_size": "8"}, old_loader)
+    assert kwargs["forward_batch_size"] == 8
+
+    def new_loader(model_dir, *, device=None, forward_batch_size: int | None = 32, **rest):
+        raise AssertionError("not called")
+
+    kwargs, dropped = engine_runner.engine_kwargs({"image_path": "gpu"}, new_loader)
+    assert kwargs["forward_batch_size"] is None and kwargs["image_path"] == "gpu"
+    assert not dropped
+
+
+def test_engine_kwargs_suit_this_checkouts_loader() -> None:
+    kwargs, dropped = engine_runner.engine_kwargs({"dtype": "float32"})
+    accepted = inspect.signature(engine_runner.loader()).parameters
+    assert set(kwargs) <= set(accepted)
+    assert not set(dropped) & set(accepted)
+
+
+# ------------------------------------------------------------------- aggregation
+
+
+def _round(n: int, a: float, b1: float, b4: float, c1: float, c4: float) -> dict:
+    def engine(size: int, ips: float) -> dict:
+        return {
+            "batch_size": size,
+            "items_per_s": ips,
+            "call_p50_ms": 1000 * size / ips,
+            "call_p99_ms": 2000 * size / ips,
+        }
+
+    def server(level: int, ips: float, errors: int = 0) -> dict:
+        return {
+            "mode": "concurrency",
+            "level": float(level),
+            "throughput": ips,
+            "p50_ms": 1000 * level / ips,
+            "p95_ms": 1.5 * 1000 * level / ips,
+            "p99_ms": 2 * 1000 * level / ips,
+            "server_queue_ms": 1.0,
+            "server_compute_infer_ms": 5.0,
+            "avg_batch": float(level),
+            "errors": errors,
+        }
+
+    return {
+        "round": n,
+        "load_before": 0.5 * n,
+        "modelscope": {"items_per_s": a, "call_p50_ms": 1000 / a, "call_p99_ms": 1200 / a},
+        "engine": [engine(1, b1), engine(4, b4)],
+        "server": [server(1, c1), server(4, c4)],
+    }
+
+
+ROUNDS = [
+    _round(1, a=2.0, b1=4.0, b4=8.0, c1=3.0, c4=12.0),
+    _round(2, a=4.0, b1=6.0, b4=10.0, c1=5.0, c4=20.0),
+    _round(3, a=3.0, b1=5.0, b4=9.0, c1=4.0, c4=15.0),
+]
+
+
+def test_aggregate_takes_medians_and_picks_the_best() -> None:
+    agg = results.aggregate(ROUNDS)
+    assert agg["rounds"] == 3
+    assert agg["modelscope"]["items_per_s"] == 3.0
+    assert [e["items_per_s"] for e in agg["engine"]] == [5.0, 9.0]
+    assert agg["engine_best"]["batch_size"] == 4
+    assert [p["throughput"] for p in agg["server"]] == [4.0, 15.0]
+    assert agg["server_best"]["level"] == 4.0
+    # p99 worst is the max over rounds, not the median.
+    assert agg["server"][1]["p99_ms_worst"] == pytest.approx(2 * 4000 / 12.0)
+
+
+def test_ratios_are_taken_within_each_round() -> None:
+    ratios = results.aggregate(ROUNDS)["ratios"]
+    # b/a per round: 8/2=4, 10/4=2.5, 9/3=3 -> median 3; c/a: 6, 5, 5; c/b: 1.5, 2, 1.667
+    assert ratios["b/a"] == {"median": 3.0, "min": 2.5, "max": 4.0}
+    assert ratios["c/a"] == {"median": 5.0, "min": 5.0, "max": 6.0}
+    assert ratios["c/b"] == {"median": 1.667, "min": 1.5, "max": 2.0}
+
+
+def test_a_level_with_errors_is_never_the_best() -> None:
+    rounds = [_round(1, 2.0, 4.0, 8.0, 3.0, 12.0)]
+    rounds[0]["server"][1]["errors"] = 1
+    agg = results.aggregate(rounds)
+    assert agg["server_best"]["level"] == 1.0
+    assert agg["ratios"]["c/a"]["median"] == 1.5
+
+
+def test_p50_implied_throughput() -> None:
+    agg = results.aggregate(ROUNDS)
+    implied = agg["p50_implied"]
+    assert implied["modelscope"] == pytest.approx(1000 / agg["modelscope"]["call_p50_ms"])
+    assert implied["engine_best_batch"] == 4
+    assert implied["engine"][4] == pytest.approx(9.0)
+    assert implied["server"][4.0] == pytest.approx(15.0)
+    assert implied["c/b"] == pytest.approx(15.0 / 9.0)
+
+
+def test_throughput_and_percentiles() -> None:
+    t = results.Throughput("engine", 2, items=10, seconds=4.0, latencies_ms=[5, 1, 3, 2, 4])
+    assert t.items_per_s == 2.5
+    assert t.percentile(50) == 3 and t.percentile(99) == 5 and t.percentile(0) == 1
+    row = t.summary()
+    assert row["calls"] == 5 and row["call_p50_ms"] == 3 and "latencies_ms" not in row
+    assert results.percentile([], 50) == 0.0 and results.median([]) == 0.0
+    assert results.aggregate([]) == {
+        "rounds": 0,
+        "ratios": {},
+        "p50_implied": {
+            "modelscope": None,
+            "engine": {},
+            "engine_best_batch": None,
+            "server": {},
+            "server_best_concurrency": None,
+            "b/a": None,
+            "c/a": None,
+            "c/b": None,
+        },
+    }
+
+
+# ------------------------------------------------------------------------ report
+
+
+def test_report_renders_measurements_and_ratios() -> None:
+    out = {
+        "title": "unit test",
+        "rounds": ROUNDS,
+        "summary": results.aggregate(ROUNDS),
+        "machine": "a machine",
+        "command": "benchmark --x",
+        "engine_settings": {"dtype": "float32"},
+        "engine_options_dropped": ["image_path"],
+        "server": {
+            "cold_start_to_ready_s": 12.34,
+            "load_before_start": 1.0,
+            "memory": {
+                "processes": [
+                    {"process": "tritonserver", "peak_rss_mib": 300.0},
+                    {"process": "stub", "peak_rss_mib": 1100.0, "gpu_mib": 900},
+                ],
+                "peak_rss_total_mib": 1400.0,
+            },
+        },
+    }
+    text = report(out)
+    assert text.startswith("### unit test")
+    assert "| (a) ModelScope pipeline, 1 per call | 3.00 |" in text
+    assert "| (b) engine, batch 4 (best) | 9.00 |" in text
+    assert "| (c) Triton, c=4 | 15.00 |" in text
+    assert "3.00x (rounds: 2.50-4.00)" in text
+    assert "cold start to READY: 12.3 s" in text
+    assert "stub 1100 MiB (GPU 900 MiB)" in text
+    assert "image_path" in text and "a machine" in text
+
+
+# ----------------------------------------------------------------------- machine
+
+
+def test_machine_description_has_the_cpu_model() -> None:
+    facts = machine.describe("cpu")
+    assert facts.cpu and facts.cpu == machine.cpu_model()
+    assert facts.cores >= 1 and facts.gpu is None
+    assert facts.cpu in str(facts) and "cores" in str(facts)
+    if procfs.cpu_model():
+        assert facts.cpu == procfs.cpu_model()
+    assert machine.load_average() >= 0.0
+    assert len(procfs.load_average()) == 3
+
+
+def test_procfs_process_group_and_sockets() -> None:
+    import os
+
+    assert os.getpid() in procfs.process_group(os.getpgid(0))
+    assert os.getpid() in procfs.pids()
+    assert isinstance(procfs.listening_sockets(), dict)
+    assert isinstance(procfs.socket_inodes(os.getpid()), set)
+
+
+def test_gpu_memory_csv_parse() -> None:
+    assert server_run.parse_gpu_memory("123, 456\n7,8\nbad line\n") == {123: 456, 7: 8}
+
+
+# ---------------------------------------------------------------------- workload
+
+
+def test_one_workload_feeds_every_tool() -> None:
+    items = workload.items(8)
+    assert len(items) == 8
+    assert all(isinstance(image, bytes) and image for image, _, _ in items)
+    assert {bool(p) for _, _, p in items} == {True, False}
+    assert perf_analyzer_sweep.workload(steps=8) == items
+    assert perf_analyzer_sweep.TEXTS is workload.LOAD_TEXTS
+    assert [p for p, _, _ in workload.path_items(3, "jpeg")] == workload.image_paths("jpeg")[:3]
+    shuffled = workload.items(8, seed=1)
+    assert sorted(shuffled) == sorted(items) and workload.items(8, seed=1) == shuffled
+    pairs = precision_agreement.pairs()
+    assert len(pairs) == len(workload.image_paths()) * len(workload.AGREEMENT_HYPOTHESES)
+    payloads = soak.load_payloads(workload.IMAGES_DIR)
+    texts = {h for h, _ in workload.LOAD_TEXTS}
+    assert {p.hypothesis.decode() for p in payloads if not p.hostile} <= texts
+
+
+def test_large_jpegs_are_camera_sized() -> None:
+    from io import BytesIO
+
+    from PIL import Image
+
+    (one,) = workload.large_jpegs(((800, 600),))
+    with Image.open(BytesIO(one)) as img:
+        assert img.format == "JPEG" and img.size == (800, 600)
+
+
+# --------------------------------------------------------------------- gpu check
+
+
+def test_gpu_check_budget_and_summary(tmp_path: Path) -> None:
+    now = [0.0]
+    budget = gpu_check.Budget(100.0, clock=lambda: now[0])
+    check = gpu_check.Check(budget)
+    check.run("fine", lambda step: [{"x": 1.23456}])
+    check.run("broken", lambda step: 1 / 0)
+    now[0] = 99.0
+    check.run("late", lambda step: None)
+    assert [s.status for s in check.steps] == ["ok", "failed", "skipped"]
+    assert "ZeroDivisionError" in check.steps[1].notes[0]
+    summary = {
+        "mode": "cpu",
+        "part": "engine",
+        "date": "today",
+        "budget_s": 100.0,
+        "seconds": 1.0,
+        "environment": {},
+        "steps": [s.__dict__ for s in check.steps],
+    }
+    text = gpu_check.write_summary(summary, tmp_path)
+    assert gpu_check.CPU_MODE_BANNER in text
+    assert "| 1.235 |" in text and "## late: skipped" in text
+    assert (tmp_path / "summary.json").is_file() and (tmp_path / "summary.md").is_file()
+
+
+def test_log_errors_pick_the_load_failure() -> None:
+    log = (
+        'I1 pb_stub.cc] "Failed to initialize Python stub: TypeError: bad\\n\\nAt:\\n  x"\n'
+        "I2 all fine\n"
+        "| ofa_visual_entailment | 1 | UNAVAILABLE: Internal: TypeError: bad |\n"
+    )
+    found = gpu_check.log_errors(log)
+    assert len(found) == 2 and "TypeError: bad" in found[0] and "At:" not in found[0]
+
+
+# -------------------------------------------------------------------- wheelhouse
+
+
+def test_wheelhouse_packs_into_the_fewest_parts() -> None:
+    sizes = {"pytriton": 26.0, "numpy": 8.5, "client": 4.6, "small": 0.5}
+    assert wheelhouse.pack(sizes, 58.0) == [["pytriton", "numpy", "client", "small"]]
+    assert wheelhouse.pack(sizes, 30.0) == [["pytriton", "small"], ["numpy", "client"]]
+    with pytest.raises(ValueError, match="pytriton"):
+        wheelhouse.pack(sizes, 20.0)
+    one, two = wheelhouse.device_calls([".whl/server"])
+    assert "carry" not in one and two["carry"] == [".whl/server"]
+    assert "--part engine" in one["command"] and "--part server" in two["command"]
+    assert all(len(c["command"]) <= 2000 and c["timeout_s"] <= 600 for c in (one, two))
+
+
+def test_wheelhouse_slims_and_recompresses(tmp_path: Path) -> None:
+    import zipfile
+
+    source = tmp_path / "src" / "demo-1.0-py3-none-any.whl"
+    source.parent.mkdir()
+    with zipfile.ZipFile(source, "w") as z:
+        z.writestr("demo/keep.py", "x = 1\n" * 100)
+        z.writestr("demo/python_backend_stubs/3.11/stub", b"\0" * 1000)
+        z.writestr(
+            "demo-1.0.dist-info/RECORD",
+            "demo/keep.py,,\ndemo/python_backend_stubs/3.11/stub,,\ndemo-1.0.dist-info/RECORD,,\n",
+        )
+    drop = wheelhouse.wheels("3.12")[0].drop
+    dest, dropped = wheelhouse.slim(source, tmp_path / "out", drop)
+    assert dropped == ["demo/python_backend_stubs/3.11/stub"]
+    with zipfile.ZipFile(dest) as z:
+        assert z.namelist() == ["demo/keep.py", "demo-1.0.dist-info/RECORD"]
+        assert all(i.compress_type == zipfile.ZIP_LZMA for i in z.infolist())
+        assert "3.11" not in z.read("demo-1.0.dist-info/RECORD").decode()
+    assert not any("3.12" in p for p in drop if "stubs" in p)
