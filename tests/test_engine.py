@@ -7,7 +7,6 @@ checkpoint is loaded again only where loading itself is under test.
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 from pathlib import Path
@@ -16,10 +15,9 @@ import numpy as np
 import pytest
 import torch
 from ofa_ve_engine import CheckpointError, InputLimits, InvalidInputError, VisualEntailmentEngine
-from ofa_ve_engine.batching import collate
 from ofa_ve_engine.checkpoint import load_model
 from ofa_ve_engine.tokenizer import OFATokenizer
-from PIL import Image
+from synthetic_images import png
 
 MIXED_TEXTS = [
     ("Two birds sit on a wire.", None),
@@ -31,13 +29,6 @@ MIXED_TEXTS = [
 ]
 
 
-def _png(color: tuple[int, int, int], size: tuple[int, int]) -> bytes:
-    image = Image.new("RGB", size, color)
-    for x in range(0, size[0], 7):
-        image.putpixel((x, x % size[1]), (255 - color[0], 30, 200))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +43,7 @@ def _variant(engine: VisualEntailmentEngine, **options: object) -> VisualEntailm
 
 @pytest.fixture(scope="module")
 def items(engine: VisualEntailmentEngine) -> list:
-    images = [_png((20 * i, 90, 160), (64 + 13 * i, 48 + 29 * i)) for i in range(len(MIXED_TEXTS))]
+    images = [png((20 * i, 90, 160), (64 + 13 * i, 48 + 29 * i)) for i in range(len(MIXED_TEXTS))]
     return [engine.prepare(img, h, p) for img, (h, p) in zip(images, MIXED_TEXTS, strict=True)]
 
 
@@ -87,15 +78,7 @@ def test_teacher_forced_scoring_equals_one_pass(
 ) -> None:
     """The general (reference) traverse scoring and the one-pass shortcut agree."""
     assert engine.scorer.single_token
-    batch = collate(
-        items,
-        pad_id=engine.tokenizer.pad_id,
-        device=engine.device,
-        dtype=engine.dtype,
-        mean=engine.settings.mean,
-        std=engine.settings.std,
-        channels_last=True,
-    )
+    batch = engine.collate(items)
     with torch.inference_mode():
         encoded = engine.model.encoder(batch.input_ids, batch.images)
         args = (engine.model, encoded, batch.decoder_prompts, batch.prompt_lengths)
@@ -115,14 +98,14 @@ def test_unfolded_batchnorm_agrees(
 
 
 def test_empty_or_blank_premise_means_image_alone(engine: VisualEntailmentEngine) -> None:
-    image = _png((1, 2, 3), (40, 30))
+    image = png((1, 2, 3), (40, 30))
     alone = engine.prepare(image, "A red square.")
     for premise in ("", "   ", b""):
         assert engine.prepare(image, "A red square.", premise).input_ids == alone.input_ids
 
 
 def test_prompt_tokens_and_decoder_prompt(engine: VisualEntailmentEngine) -> None:
-    item = engine.prepare(_png((1, 2, 3), (40, 30)), "There are two BIRDS.")
+    item = engine.prepare(png((1, 2, 3), (40, 30)), "There are two BIRDS.")
     tok = engine.tokenizer
     assert item.input_ids[0] == tok.bos_id and item.input_ids[-1] == tok.eos_id
     assert (
@@ -147,16 +130,16 @@ def test_bad_text_is_refused_naming_the_input(
     engine: VisualEntailmentEngine, hypothesis: object, premise: object, name: str, fragment: str
 ) -> None:
     with pytest.raises(InvalidInputError) as info:
-        engine.prepare(_png((1, 2, 3), (40, 30)), hypothesis, premise)  # type: ignore[arg-type]
+        engine.prepare(png((1, 2, 3), (40, 30)), hypothesis, premise)  # type: ignore[arg-type]
     assert info.value.input_name == name and fragment in str(info.value)
 
 
 def test_limits_are_configurable(engine: VisualEntailmentEngine) -> None:
     strict = _variant(engine, limits=InputLimits(max_image_pixels=100, max_text_bytes=10))
     with pytest.raises(InvalidInputError, match="IMAGE: is 40x30 = 1200 pixels"):
-        strict.prepare(_png((1, 2, 3), (40, 30)), "short")
+        strict.prepare(png((1, 2, 3), (40, 30)), "short")
     with pytest.raises(InvalidInputError, match="HYPOTHESIS: is 11 bytes"):
-        strict.prepare(_png((1, 2, 3), (5, 5)), "eleven char")
+        strict.prepare(png((1, 2, 3), (5, 5)), "eleven char")
 
 
 STRINGS = [

@@ -28,13 +28,13 @@ JSON, lands in ``--out``:
 from __future__ import annotations
 
 import argparse
+import atexit
 import concurrent.futures
 import datetime as dt
 import importlib.metadata
 import inspect
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -177,18 +177,8 @@ class Check:
 
 def nvidia_smi() -> dict[str, object] | None:
     """GPU name, driver, memory used/total (MiB) from nvidia-smi; None without one."""
-    if not shutil.which("nvidia-smi"):
-        return None
-    query = "name,driver_version,memory.used,memory.total"
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader,nounits"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
+    out = machine.nvidia_smi_csv("--query-gpu=name,driver_version,memory.used,memory.total")
+    if out is None:
         return None
     first = out.strip().splitlines()[0] if out.strip() else ""
     parts = [p.strip() for p in first.split(",")]
@@ -493,6 +483,7 @@ def step_server(
         },
     )
     log_dir = Path(tempfile.mkdtemp(prefix=f"gpu-check-server-{image_path}-"))
+    atexit.register(shutil.rmtree, log_dir, ignore_errors=True)  # its log is copied to out
     figures: dict[str, object] = {"image_path": image_path, "dtype": sizes.server_dtype}
     try:
         server = server_run.start_server(
@@ -691,7 +682,9 @@ def run_check(
         summary["banner"] = CPU_MODE_BANNER
     check = Check(budget)
     if model_dir is None:
-        model_dir, weights = write_checkpoint(Path(tempfile.mkdtemp(prefix="gpu-check-")) / "m")
+        scratch = Path(tempfile.mkdtemp(prefix="gpu-check-"))
+        atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+        model_dir, weights = write_checkpoint(scratch / "m")
     else:
         weights = f"given model directory {model_dir}"
     summary["weights"] = weights

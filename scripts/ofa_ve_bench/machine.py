@@ -98,3 +98,20 @@ def describe(device: str = "cpu") -> Machine:
         gpu=gpu_name(device),
         load_average=load_average(),
     )
+
+
+def nvidia_smi_csv(*query: str) -> str | None:
+    """nvidia-smi's CSV answer (no header, no units) to ``query`` flags, e.g.
+    ``--query-gpu=name``; None where there is no nvidia-smi or it fails."""
+    if not shutil.which("nvidia-smi"):
+        return None
+    try:
+        return subprocess.run(
+            ["nvidia-smi", *query, "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None

@@ -9,8 +9,8 @@ process from nvidia-smi.
 
 from __future__ import annotations
 
+import atexit
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,7 +19,7 @@ from typing import Any
 from ofa_ve_ops import procfs
 from ofa_ve_ops.paths import MODEL_NAME, MODEL_REPOSITORY
 
-from ofa_ve_bench import model_config
+from ofa_ve_bench import machine, model_config
 from ofa_ve_bench.machine import load_average
 
 STUB_NAME = "triton_python_backend_stub"
@@ -34,19 +34,8 @@ def _kib(pid: int, key: str) -> int:
 
 def gpu_memory_by_pid() -> dict[int, int]:
     """MiB of GPU memory per process, from nvidia-smi (empty where there is none)."""
-    if not shutil.which("nvidia-smi"):
-        return {}
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return {}
-    return parse_gpu_memory(out)
+    out = machine.nvidia_smi_csv("--query-compute-apps=pid,used_memory")
+    return {} if out is None else parse_gpu_memory(out)
 
 
 def parse_gpu_memory(csv_text: str) -> dict[int, int]:
@@ -102,8 +91,10 @@ def start_server(
     """
     from ofa_ve_ops.server_process import TritonServer
 
+    scratch = Path(tempfile.mkdtemp(prefix="bench-repo-"))
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)  # the edited copy
     repo = model_config.make_model_repository(
-        Path(tempfile.mkdtemp(prefix="bench-repo-")) / "model_repository",
+        scratch / "model_repository",
         edits,
         source=model_repository or MODEL_REPOSITORY,
     )

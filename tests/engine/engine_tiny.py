@@ -11,7 +11,6 @@ engine's vocabulary check and answer tokens are the real ones.
 from __future__ import annotations
 
 import copy
-import io
 import json
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from ofa_ve_engine.demo_checkpoint import (
     write_tokenizer_files,
 )
 from ofa_ve_engine.settings import CONFIG_FILE, CONFIGURATION_FILE, WEIGHTS_FILE
-from PIL import Image
+from synthetic_images import png  # noqa: F401  (re-exported for the engine tests)
 
 TINY_CONFIG: dict[str, object] = {
     **OFA_TINY_CONFIG,
@@ -66,14 +65,6 @@ def write_tiny_model_dir(out: Path, seed: int = TINY_SEED) -> Path:
     return out
 
 
-def png(color: tuple[int, int, int], size: tuple[int, int]) -> bytes:
-    """A small PNG with a few contrasting pixels (so images differ beyond their colour)."""
-    image = Image.new("RGB", size, color)
-    for x in range(0, size[0], 5):
-        image.putpixel((x, x % size[1]), (255 - color[0], 30, 200))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 TEXTS: list[tuple[str, str | None]] = [

@@ -20,20 +20,16 @@ def _parts(engine: VisualEntailmentEngine) -> tuple:
     return engine.settings, engine.tokenizer, engine.model
 
 
-def test_loader_signature_is_stable() -> None:
-    """model.py and the scripts call the loader with exactly these keywords."""
+def test_loader_takes_what_the_parameter_table_sets() -> None:
+    """model.py passes `ModelParameters.engine_options()` to the loader: every key must be
+    one of its keyword-only arguments (and nothing else the loader needs is required)."""
+    from ofa_ve_engine.parameters import ModelParameters
+
     params = inspect.signature(VisualEntailmentEngine.from_model_dir).parameters
-    assert list(params) == [
-        "model_dir",
-        "device",
-        "dtype",
-        "limits",
-        "forward_batch_size",
-        "image_chunk_size",
-        "compile",
-        "linear_backend",
-    ]
+    assert set(ModelParameters().engine_options()) <= set(params) - {"model_dir", "device"}
     assert all(p.kind is p.KEYWORD_ONLY for name, p in params.items() if name != "model_dir")
+    required = [n for n, p in params.items() if p.default is p.empty and n != "model_dir"]
+    assert required == []
     assert params["dtype"].default is torch.float32 and params["forward_batch_size"].default == 32
 
 

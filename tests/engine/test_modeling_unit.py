@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from engine_tiny import TINY_CONFIG
 from ofa_ve_engine import VisualEntailmentEngine
-from ofa_ve_engine.batching import collate
 from ofa_ve_engine.modeling import (
     OFAModel,
     make_image_bucket_position,
@@ -66,15 +65,7 @@ def test_each_item_is_computed_as_if_alone(
     model = e.model
 
     def encode(items: list, **options: object) -> torch.Tensor:
-        batch = collate(
-            items,
-            pad_id=e.tokenizer.pad_id,
-            device=e.device,
-            dtype=e.dtype,
-            mean=e.settings.mean,
-            std=e.settings.std,
-            channels_last=True,
-        )
+        batch = e.collate(items)
         out = model.encoder(batch.input_ids, batch.images, **options)
         states = model.decoder(batch.decoder_prompts, out)
         return states, batch.prompt_lengths

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 from ofa_ve_engine import VisualEntailmentEngine
-from ofa_ve_engine.batching import collate
 from ofa_ve_engine.scoring import AnswerScorer, AnswerTrie
 
 
@@ -13,15 +12,7 @@ from ofa_ve_engine.scoring import AnswerScorer, AnswerTrie
 def encoded(tiny_engine: VisualEntailmentEngine, tiny_items: list):
     """(model, encoder output, decoder prompts, prompt lengths) for the tiny items."""
     e = tiny_engine
-    batch = collate(
-        tiny_items,
-        pad_id=e.tokenizer.pad_id,
-        device=e.device,
-        dtype=e.dtype,
-        mean=e.settings.mean,
-        std=e.settings.std,
-        channels_last=True,
-    )
+    batch = e.collate(tiny_items)
     with torch.inference_mode():
         out = e.model.encoder(batch.input_ids, batch.images)
     return e.model, out, batch.decoder_prompts, batch.prompt_lengths

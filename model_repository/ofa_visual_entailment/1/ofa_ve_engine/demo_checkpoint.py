@@ -49,7 +49,6 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .batching import collate
 from .settings import (
     CONFIG_FILE,
     CONFIGURATION_FILE,
@@ -402,14 +401,8 @@ def make_decisive(
     states = []
     with torch.inference_mode():
         for start in range(0, len(items), engine.forward_batch_size):
-            batch = collate(
-                items[start : start + engine.forward_batch_size],
-                pad_id=engine.tokenizer.pad_id,
-                device=engine.device,
-                dtype=engine.dtype,
-                mean=engine.settings.mean,
-                std=engine.settings.std,
-                channels_last=False,
+            batch = engine.collate(
+                items[start : start + engine.forward_batch_size], channels_last=False
             )
             encoded = model.encoder(batch.input_ids, batch.images)
             states.append(

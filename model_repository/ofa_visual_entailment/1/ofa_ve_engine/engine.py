@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from . import gpu_image
-from .batching import PreparedItem, collate
+from .batching import Batch, PreparedItem, collate
 from .checkpoint import load_model
 from .compilation import compile_image_stem
 from .errors import CheckpointError, InvalidInputError
@@ -337,22 +337,27 @@ class VisualEntailmentEngine:
                 on_pass(chunk, seconds)
         return np.concatenate(out)
 
-    @torch.inference_mode()
-    def _forward(self, items: Sequence[PreparedItem]) -> np.ndarray:
-        """One forward pass: [len(items), 3] float32 in LABELS order, on the host."""
+    def collate(self, items: Sequence[PreparedItem], *, channels_last: bool | None = None) -> Batch:
+        """The padded batch of ``items`` on the engine's device, as a forward pass gets it
+        (JPEGs kept encoded for the GPU image path are decoded there first)."""
         pixels = None
         if any(item.pixels is None for item in items):  # the GPU image path
             pixels = self._device_pixels(items)
-        batch = collate(
+        return collate(
             items,
             pad_id=self.tokenizer.pad_id,
             device=self.device,
             dtype=self.dtype,
             mean=self.settings.mean,
             std=self.settings.std,
-            channels_last=self.channels_last,
+            channels_last=self.channels_last if channels_last is None else channels_last,
             pixels=pixels,
         )
+
+    @torch.inference_mode()
+    def _forward(self, items: Sequence[PreparedItem]) -> np.ndarray:
+        """One forward pass: [len(items), 3] float32 in LABELS order, on the host."""
+        batch = self.collate(items)
         encoded = self.model.encoder(
             batch.input_ids,
             batch.images,
