@@ -121,3 +121,26 @@ def test_prepare_and_warmup(tiny_engine: VisualEntailmentEngine) -> None:
     with pytest.raises(InvalidInputError, match="IMAGE: must be encoded bytes"):
         tiny_engine.prepare("not an image", "Two dogs.")  # type: ignore[arg-type]
     tiny_engine.warmup((1, 3))
+
+
+def test_gpu_image_path_keeps_jpegs_encoded_and_decodes_them_in_the_pass(
+    tiny_engine: VisualEntailmentEngine,
+) -> None:
+    """The wiring of image_path=gpu, run on CPU tensors (torchvision's CPU decoder): JPEGs
+    travel encoded to the pass, other formats as pixels, and the answers stay close to the
+    exact path's (the fidelity itself is measured by ofa_ve_bench.image_fidelity)."""
+    pytest.importorskip("torchvision")
+    from ofa_ve_bench.workload import TEST_IMAGES
+
+    cpu_gpu = VisualEntailmentEngine(
+        tiny_engine.settings, tiny_engine.tokenizer, tiny_engine.model, image_path="gpu"
+    )
+    assert cpu_gpu.image_path == "exact"  # a CPU engine asked for the GPU path uses exact
+    cpu_gpu.image_path = "gpu"  # force the device route onto CPU tensors for this test
+    jpeg = TEST_IMAGES["landscape_640x480_jpeg"].read_bytes()
+    small_png = TEST_IMAGES["tiny_50x40_png"].read_bytes()
+    items = [cpu_gpu.prepare(jpeg, "a person."), cpu_gpu.prepare(small_png, "a cup.")]
+    assert items[0].pixels is None and items[0].encoded == jpeg
+    assert items[1].pixels is not None and items[1].encoded is None
+    exact = [tiny_engine.prepare(jpeg, "a person."), tiny_engine.prepare(small_png, "a cup.")]
+    np.testing.assert_allclose(cpu_gpu.predict(items), tiny_engine.predict(exact), atol=2e-2)

@@ -92,3 +92,34 @@ def test_a_failed_forward_pass_fails_its_requests(runner: ExecutionRunner, monke
     assert "device lost (injected)" in str(outcomes[0].error)
     assert outcomes[0].failed_item is None
     assert isinstance(outcomes[1].error, InvalidInputError)
+
+
+def test_an_item_refused_inside_the_pass_fails_its_request_alone(
+    tiny_engine: VisualEntailmentEngine, monkeypatch
+) -> None:
+    """The GPU image path decodes JPEGs inside the forward pass; one the device (and the
+    exact route after it) refuses must fail its own request, not the whole pass."""
+    bad = IMAGES[2]
+    bad_pixels = tiny_engine.prepare(bad, "x").pixels
+    real_predict = tiny_engine.predict
+
+    def predict(items, **kwargs):
+        if any(item.pixels is not None and np.array_equal(item.pixels, bad_pixels)
+               for item in items):
+            raise InvalidInputError("IMAGE", "could not be decoded: corrupt scan (injected)")
+        return real_predict(items, **kwargs)
+
+    monkeypatch.setattr(tiny_engine, "predict", predict)
+    invalid: list[str] = []
+    runner = ExecutionRunner(tiny_engine, workers=2)
+    requests = [request((IMAGES[0], "one", None)),
+                request((IMAGES[1], "two", None), (bad, "three", None)),
+                request((IMAGES[3], "four", None))]
+    outcomes = runner.run(requests, ExecutionHooks(invalid=invalid.append))
+    runner.close()
+    assert outcomes[1].failed_item == 1 and "corrupt scan" in str(outcomes[1].error)
+    assert invalid == ["IMAGE"]
+    for number in (0, 2):
+        assert outcomes[number].error is None
+        np.testing.assert_allclose(outcomes[number].probs, alone(tiny_engine, requests[number]),
+                                   atol=1e-5)

@@ -379,7 +379,7 @@ class VisualEntailmentEngine:
         out[torch.tensor(encoded, device=self.device)] = decoded
         for i, item in enumerate(items):
             if item.pixels is not None:
-                out[i] = torch.from_numpy(item.pixels).to(self.device, non_blocking=True)
+                out[i] = torch.as_tensor(np.array(item.pixels), device=self.device)  # writable
         return out
 
     def warmup(self, batch_sizes: Sequence[int] = (1,)) -> None:

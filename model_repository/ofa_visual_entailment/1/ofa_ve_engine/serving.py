@@ -161,7 +161,7 @@ class ExecutionRunner:
     def _accept(
         self, job: _Job, outcomes: list[RequestOutcome], prepared: dict[int, list[PreparedItem]],
         hooks: ExecutionHooks,
-    ) -> tuple[int, PreparedItem] | None:
+    ) -> tuple[int, int, PreparedItem] | None:
         item, exc, seconds = self._result(job)
         outcome = outcomes[job.request]
         if outcome.error is not None:
@@ -174,16 +174,16 @@ class ExecutionRunner:
             return None
         hooks.prepared(seconds)
         prepared.setdefault(job.request, []).append(item)
-        return job.request, item
+        return job.request, job.index, item
 
-    def _collect(self, jobs, outcomes, prepared, hooks) -> list[tuple[int, PreparedItem]]:
+    def _collect(self, jobs, outcomes, prepared, hooks) -> list[tuple[int, int, PreparedItem]]:
         accepted = [self._accept(job, outcomes, prepared, hooks) for job in jobs]
         return [a for a in accepted if a is not None and outcomes[a[0]].error is None]
 
-    def _groups(self, jobs, outcomes, prepared, hooks) -> Iterator[list[tuple[int, PreparedItem]]]:
+    def _groups(self, jobs, outcomes, prepared, hooks) -> Iterator[list[tuple[int, int, Any]]]:
         """Forward-pass-sized groups, yielded as soon as their items are prepared."""
         size = self.engine.forward_batch_size or len(jobs) or 1
-        group: list[tuple[int, PreparedItem]] = []
+        group: list[tuple[int, int, PreparedItem]] = []
         for job in jobs:
             accepted = self._accept(job, outcomes, prepared, hooks)
             if accepted is not None:
@@ -195,15 +195,36 @@ class ExecutionRunner:
             yield group
 
     def _run_pass(self, group, outcomes, prepared, hooks) -> list[tuple[int, PreparedItem, Any]]:
-        """Predict the group's items (skipping requests that failed meanwhile)."""
-        live = [(n, item) for n, item in group if outcomes[n].error is None]
+        """Predict the group's items (skipping requests that failed meanwhile).
+
+        An item can still turn out bad inside the pass: the GPU image path decodes
+        JPEGs there, and a corrupt one is refused then (InvalidInputError). The pass
+        is then run again item by item, so that only the bad item's request fails.
+        """
+        live = [(n, i, item) for n, i, item in group if outcomes[n].error is None]
         if not live:
             return []
-        probs = self.engine.predict(
-            [item for _, item in live],
-            on_pass=lambda items, seconds: hooks.forward_pass(len(items), seconds),
-        )
-        return [(n, item, row) for (n, item), row in zip(live, probs, strict=True)]
+
+        def on_pass(items: Sequence[PreparedItem], seconds: float) -> None:
+            hooks.forward_pass(len(items), seconds)
+
+        try:
+            probs = self.engine.predict([item for _, _, item in live], on_pass=on_pass)
+            return [(n, item, row) for (n, _, item), row in zip(live, probs, strict=True)]
+        except InvalidInputError:
+            pass
+        out = []
+        for number, index, item in live:
+            if outcomes[number].error is not None:
+                continue
+            try:
+                (row,) = self.engine.predict([item], on_pass=on_pass)
+            except InvalidInputError as exc:
+                outcomes[number].error, outcomes[number].failed_item = exc, index
+                hooks.invalid(exc.input_name)
+                continue
+            out.append((number, item, row))
+        return out
 
     @staticmethod
     def _scatter(results, outcomes, prepared) -> None:
