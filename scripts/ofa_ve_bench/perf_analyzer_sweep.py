@@ -20,7 +20,7 @@ it measures:
 
 BYTES tensors in perf_analyzer's JSON: a ``b64`` value is sent as the tensor's raw
 buffer, and a BYTES buffer is a 4-byte little-endian length followed by the
-bytes, so each value is b64 of exactly that (docs/triton-from-pypi.md).
+bytes, so each value is b64 of exactly that.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 
 Why: the wheel carries the complete server, Python backend and one backend stub per
 Python version, but not in a shape tritonserver can run from where pip put it. This
-module does what docs/triton-from-pypi.md describes (and what PyTriton itself does):
+module does what PyTriton itself does to run it:
 
 1. copy `bin/`, `backends/` and `caches/` into a work directory (default
    `.cache/triton/<python>-<pytriton>/`) and the stub for *this* Python into

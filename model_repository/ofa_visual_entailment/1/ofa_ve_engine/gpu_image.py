@@ -1,7 +1,7 @@
 """Opt-in GPU image path: nvJPEG decode and antialiased bicubic resize on the device.
 
 Why: on a GPU host the CPU, not the accelerator, caps items/s once the model
-is fast (docs/datapath.md: about 8 CPU-ms per 640x480 JPEG item, about 200 for
+is fast (docs/benchmarks.md: about 8 CPU-ms per 640x480 JPEG item, about 200 for
 a 12 MP photo, most of it Pillow's bicubic resize). Decoding with nvJPEG
 (``torchvision.io.decode_jpeg`` on a list, batched) and resizing with
 ``interpolate(mode="bicubic", antialias=True)`` moves that work to the device.

@@ -16,7 +16,7 @@ Two entry points:
   into the layout Pillow's resize reads, skipping two full-size copies). Every
   limit check and every error message is the reference's, because the header is
   still read by the same Pillow code. ``fast=True`` opts into a DCT-domain
-  downscale for large JPEGs: NOT bit-identical (see docs/datapath.md for how far
+  downscale for large JPEGs: NOT bit-identical (see docs/benchmarks.md for how far
   it moves pixels and probabilities).
 """
 
