@@ -253,10 +253,10 @@ def test_a_failed_forward_pass_fails_its_requests_not_the_process(model, monkeyp
 def test_an_unexpected_preprocessing_failure_fails_only_its_request(model, monkeypatch) -> None:
     real_prepare = model.engine.prepare
 
-    def prepare(image, hypothesis, premise=None):
+    def prepare(image, hypothesis, premise=None, **options):
         if image == OTHER:
             raise MemoryError("decoder blew up (injected)")
-        return real_prepare(image, hypothesis, premise)
+        return real_prepare(image, hypothesis, premise, **options)
 
     monkeypatch.setattr(model.engine, "prepare", prepare)
     responses = model.execute(

@@ -116,6 +116,11 @@ class TritonPythonModel:
             name: self._families["invalid"].Metric({**labels, "input": name})
             for name in INPUT_NAMES
         }
+        self.stem_lookups = {
+            result: self._families["stem_cache"].Metric({**labels, "result": result})
+            for result in ("hit", "miss")
+        }
+        self._stem_counted = {"hit": 0, "miss": 0}
         self.hooks = ExecutionHooks(
             prepared=self.metrics["preprocess"].observe,
             invalid=lambda name: self.invalid[name].increment(1),
@@ -125,6 +130,14 @@ class TritonPythonModel:
     def _observe_pass(self, items: int, seconds: float) -> None:
         self.metrics["forward"].observe(seconds)
         self.metrics["batch"].observe(items)
+
+    def _count_stem_lookups(self) -> None:
+        """Move the engine's stem-cache counts onto the counters (by their increase)."""
+        cache = self.engine.stem_cache
+        for result, total in (("hit", cache.hits), ("miss", cache.misses)):
+            if total > self._stem_counted[result]:
+                self.stem_lookups[result].increment(total - self._stem_counted[result])
+                self._stem_counted[result] = total
 
     @staticmethod
     def _inputs(request: Any) -> RequestInputs | None:
@@ -141,6 +154,7 @@ class TritonPythonModel:
         """One response per request; all valid items of all requests run batched."""
         inputs = [self._inputs(request) for request in requests]
         outcomes = self.runner.run(inputs, self.hooks)
+        self._count_stem_lookups()
         return [
             self._response(outcome) if given is not None else self._error(
                 pb_utils.TritonError("request cancelled", pb_utils.TritonError.CANCELLED)

@@ -27,14 +27,17 @@ class PreparedItem:
     """Decoder input before the answer: the source without EOS, or BOS alone."""
     encoded: bytes | None = None
     """The JPEG file itself, for the GPU image path (header already checked)."""
+    image_key: bytes | None = None
+    """Digest of the encoded image: items with the same key share one decode and one
+    stem pass (``stem.py``); None for images given as PIL objects."""
 
 
 @dataclass
 class Batch:
     input_ids: torch.Tensor
     """[B, L] int64, right-padded."""
-    images: torch.Tensor
-    """[B, 3, P, P] normalized, in the model's dtype."""
+    images: torch.Tensor | None
+    """[B, 3, P, P] normalized, in the model's dtype (None when not asked for)."""
     decoder_prompts: torch.Tensor
     """[B, T] int64, right-padded."""
     prompt_lengths: torch.Tensor
@@ -59,12 +62,23 @@ def collate(
     std: Sequence[float],
     channels_last: bool,
     pixels: torch.Tensor | None = None,
+    with_images: bool = True,
 ) -> Batch:
     """Stack, pad and move a batch; normalization happens on ``device`` in float32.
 
     ``pixels``: the batch's [B, P, P, 3] uint8 pixels already on ``device`` (the GPU
     image path decodes there); otherwise they are stacked from the items.
+    ``with_images=False``: the text tensors only (the stem's features come from
+    elsewhere).
     """
+    prompts = [item.decoder_prompt for item in items]
+    text = {
+        "input_ids": torch.from_numpy(pad_ids([it.input_ids for it in items], pad_id)).to(device),
+        "decoder_prompts": torch.from_numpy(pad_ids(prompts, pad_id)).to(device),
+        "prompt_lengths": torch.tensor([len(p) for p in prompts], dtype=torch.long, device=device),
+    }
+    if not with_images:
+        return Batch(images=None, **text)
     if pixels is None:
         pixels = torch.from_numpy(np.stack([item.pixels for item in items]))
         if device.type == "cuda":
@@ -75,10 +89,4 @@ def collate(
     mean_t = torch.tensor(mean, dtype=torch.float32, device=device)[None, :, None, None]
     std_t = torch.tensor(std, dtype=torch.float32, device=device)[None, :, None, None]
     images = pixels.to(torch.float32).div(255).sub(mean_t).div(std_t).to(dtype)
-    prompts = [item.decoder_prompt for item in items]
-    return Batch(
-        input_ids=torch.from_numpy(pad_ids([it.input_ids for it in items], pad_id)).to(device),
-        images=images,
-        decoder_prompts=torch.from_numpy(pad_ids(prompts, pad_id)).to(device),
-        prompt_lengths=torch.tensor([len(p) for p in prompts], dtype=torch.long, device=device),
-    )
+    return Batch(images=images, **text)

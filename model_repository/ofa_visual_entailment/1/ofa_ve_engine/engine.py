@@ -38,6 +38,7 @@ from .onednn import Linear, choose_linear_backend
 from .resnet import fold_batchnorm
 from .scoring import AnswerScorer
 from .settings import TaskSettings
+from .stem import StemCache, StemFeatures, image_key
 from .text import build_prompt
 from .tokenizer import OFATokenizer
 
@@ -112,6 +113,7 @@ class VisualEntailmentEngine:
         image_chunk_size: int | None = None,
         channels_last: bool = True,
         image_path: str = "exact",
+        stem_cache_items: int = 0,
         model_dir: Path | None = None,
     ) -> None:
         """Assemble an engine from parts already in memory: no file I/O, no timing.
@@ -129,7 +131,9 @@ class VisualEntailmentEngine:
         ``image_path``: ``exact`` (bit-identical to the reference), ``fast`` (large
         JPEGs downscaled in the DCT domain first) or ``gpu`` (JPEGs decoded with
         nvJPEG and resized on the GPU; on a CPU engine this is ``exact``).
-        ``model_dir`` only names the source in messages. The engine keeps these
+        ``stem_cache_items``: how many images' stem outputs to keep across calls
+        (0: none); items with the same image always share one stem pass within a
+        call (``stem.py``). ``model_dir`` only names the source in messages. The engine keeps these
         choices itself (the model carries only its weights, linear backend and
         compiled stem), so engines with different options may share one model.
         """
@@ -178,6 +182,8 @@ class VisualEntailmentEngine:
             eos_id=tokenizer.eos_id,
             pad_id=tokenizer.pad_id,
         )
+        self.stem_cache = StemCache(stem_cache_items)
+        """Stem outputs kept across calls, by image digest (capacity 0: off)."""
         self._lock = threading.Lock()
 
     @classmethod
@@ -193,6 +199,7 @@ class VisualEntailmentEngine:
         compile: bool = False,
         linear_backend: str = "auto",
         image_path: str = "exact",
+        stem_cache_items: int = 0,
     ) -> VisualEntailmentEngine:
         """Load a ModelScope model directory onto ``device`` (None: a GPU if there is one).
 
@@ -226,6 +233,7 @@ class VisualEntailmentEngine:
             image_chunk_size=image_chunk_size,
             channels_last=True,
             image_path=image_path,
+            stem_cache_items=stem_cache_items,
             model_dir=model_dir,
         )
         if compile:  # last: a bad checkpoint fails before seconds of compilation
@@ -282,8 +290,14 @@ class VisualEntailmentEngine:
         image: bytes | Image.Image,
         hypothesis: str | bytes,
         premise: str | bytes | None = None,
+        *,
+        like: PreparedItem | None = None,
     ) -> PreparedItem:
-        """CPU preprocessing of one item; raises InvalidInputError naming the bad input."""
+        """CPU preprocessing of one item; raises InvalidInputError naming the bad input.
+
+        ``like``: an item prepared earlier; if its image has the same bytes, its pixels
+        are reused instead of decoding again (many hypotheses about one image).
+        """
         hypothesis = _text(hypothesis, HYPOTHESIS, self.limits)
         if not hypothesis.strip():
             raise InvalidInputError(HYPOTHESIS, "is empty")
@@ -292,12 +306,15 @@ class VisualEntailmentEngine:
             if not premise.strip():
                 premise = None  # absent or empty means the image alone
         size = self.settings.patch_image_size
-        encoded = None
+        encoded = key = None
         if isinstance(image, Image.Image):  # as the reference: no EXIF step for PIL input
             pixels = resize_image(image.convert("RGB"), size)
         elif isinstance(image, bytes | bytearray | memoryview):
             data = bytes(image)
-            if self.image_path == "gpu" and gpu_image.device_eligible(data, self.limits):
+            key = image_key(data)
+            if like is not None and like.image_key == key:
+                pixels, encoded = like.pixels, like.encoded
+            elif self.image_path == "gpu" and gpu_image.device_eligible(data, self.limits):
                 pixels, encoded = None, data  # decoded with its batch, on the device
             else:
                 pixels = load_pixels(data, size, self.limits, fast=self.image_path == "fast")
@@ -313,7 +330,11 @@ class VisualEntailmentEngine:
         )
         decoder_prompt = ids[:-1] if s.prompt_type == "prev_output" else (self.tokenizer.bos_id,)
         return PreparedItem(
-            pixels=pixels, input_ids=ids, decoder_prompt=decoder_prompt, encoded=encoded
+            pixels=pixels,
+            input_ids=ids,
+            decoder_prompt=decoder_prompt,
+            encoded=encoded,
+            image_key=key,
         )
 
     def predict(
@@ -327,21 +348,28 @@ class VisualEntailmentEngine:
         """
         out = [np.zeros((0, len(LABELS)), dtype=np.float32)]
         size = self.forward_batch_size or max(1, len(items))
+        stems = StemFeatures(items, self._stem, self.stem_cache)
         for start in range(0, len(items), size):
             chunk = items[start : start + size]
-            with self._lock:  # one forward at a time per engine
+            with self._lock:  # one forward at a time per engine (and its stem cache)
                 started = time.perf_counter()
-                out.append(self._forward(chunk))
+                out.append(self._forward(chunk, stems))
                 seconds = time.perf_counter() - started
             if on_pass is not None:
                 on_pass(chunk, seconds)
         return np.concatenate(out)
 
-    def collate(self, items: Sequence[PreparedItem], *, channels_last: bool | None = None) -> Batch:
+    def collate(
+        self,
+        items: Sequence[PreparedItem],
+        *,
+        channels_last: bool | None = None,
+        with_images: bool = True,
+    ) -> Batch:
         """The padded batch of ``items`` on the engine's device, as a forward pass gets it
         (JPEGs kept encoded for the GPU image path are decoded there first)."""
         pixels = None
-        if any(item.pixels is None for item in items):  # the GPU image path
+        if with_images and any(item.pixels is None for item in items):  # GPU image path
             pixels = self._device_pixels(items)
         return collate(
             items,
@@ -352,15 +380,22 @@ class VisualEntailmentEngine:
             std=self.settings.std,
             channels_last=self.channels_last if channels_last is None else channels_last,
             pixels=pixels,
+            with_images=with_images,
         )
 
+    def _stem(self, items: Sequence[PreparedItem]) -> torch.Tensor:
+        """The ResNet stem over ``items``' images: [len(items), 1024, h, w]."""
+        images = self.collate(items).images
+        return self.model.encoder.image_features(images, self.image_chunk_size)
+
     @torch.inference_mode()
-    def _forward(self, items: Sequence[PreparedItem]) -> np.ndarray:
-        """One forward pass: [len(items), 3] float32 in LABELS order, on the host."""
-        batch = self.collate(items)
+    def _forward(self, items: Sequence[PreparedItem], stems: StemFeatures) -> np.ndarray:
+        """One forward pass: [len(items), 3] float32 in LABELS order, on the host; the
+        stem runs once per distinct image of the ``predict`` call (``stems``)."""
+        batch = self.collate(items, with_images=False)
         encoded = self.model.encoder(
             batch.input_ids,
-            batch.images,
+            features=stems.for_pass(items),
             image_chunk_size=self.image_chunk_size,
             attend_by_length=self.attend_by_length,
         )

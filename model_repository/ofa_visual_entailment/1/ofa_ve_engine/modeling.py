@@ -369,12 +369,15 @@ class OFAEncoder(nn.Module):
     def forward(
         self,
         input_ids: torch.Tensor,
-        images: torch.Tensor,
+        images: torch.Tensor | None = None,
         *,
+        features: torch.Tensor | None = None,
         image_chunk_size: int | None = None,
         attend_by_length: bool = False,
     ) -> EncoderOutput:
-        """input_ids [B, L] right-padded; images [B, 3, P, P] normalized.
+        """input_ids [B, L] right-padded; images [B, 3, P, P] normalized, or their
+        ``features`` ([B, 1024, h, w], from ``image_features``) when the caller has them
+        already (items that share an image share one stem pass).
 
         How the work is arranged (the result is the same up to float rounding):
         ``image_chunk_size`` as in ``image_features``; ``attend_by_length`` runs
@@ -384,7 +387,8 @@ class OFAEncoder(nn.Module):
         """
         bsz, text_len = input_ids.shape
         device = input_ids.device
-        features = self.image_features(images, image_chunk_size)  # [B, 1024, h, w]
+        if features is None:
+            features = self.image_features(images, image_chunk_size)  # [B, 1024, h, w]
         h, w = features.shape[-2:]
         num_patches = h * w
         image_embeds = self.image_proj(features.flatten(2).transpose(1, 2)) * self.embed_scale

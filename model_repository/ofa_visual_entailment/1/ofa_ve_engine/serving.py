@@ -40,6 +40,8 @@ METRICS: dict[str, tuple[str, str, list[float] | None, str]] = {
               "Items per engine forward pass (the batch sizes actually run)"),
     "invalid": ("ofa_ve_invalid_requests_total", "COUNTER", None,
                 "Requests refused with INVALID_ARG, by the input at fault"),
+    "stem_cache": ("ofa_ve_stem_cache_lookups_total", "COUNTER", None,
+                   "Stem-cache lookups by result (hit or miss); none while the cache is off"),
     "warmup": ("ofa_ve_warmup_duration_seconds", "GAUGE", None,
                "Duration of the start-up warm-up inference, set before READY"),
     "info": ("ofa_ve_model_info", "GAUGE", None,
@@ -94,11 +96,25 @@ class _Job:
     image: bytes
     hypothesis: bytes
     premise: bytes | None
-    future: Future | None = field(default=None, repr=False)
+    group: _ImageGroup | None = field(default=None, repr=False)
+    slot: int = 0
+
+
+@dataclass
+class _ImageGroup:
+    """The jobs of one execution that carry the same image bytes: decoded once."""
+
+    jobs: list[_Job] = field(default_factory=list)
+    future: Future | None = None
+    results: list[tuple[PreparedItem | None, Exception | None, float]] | None = None
 
 
 class ExecutionRunner:
-    """Gather, prepare, predict, scatter: the engine behind one model instance."""
+    """Gather, prepare, predict, scatter: the engine behind one model instance.
+
+    Items of the execution that carry the same image bytes (several hypotheses about
+    one photo, in one request or in several) are decoded once, and the engine runs
+    its stem once for them."""
 
     def __init__(self, engine, *, workers: int = 1, pipelined: bool = False) -> None:
         self.engine = engine
@@ -111,13 +127,29 @@ class ExecutionRunner:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
 
-    def _prepare(self, job: _Job) -> tuple[PreparedItem | None, Exception | None, float]:
-        started = time.perf_counter()
-        try:
-            item = self.engine.prepare(job.image, job.hypothesis, job.premise)
-        except Exception as exc:
-            return None, exc, 0.0
-        return item, None, time.perf_counter() - started
+    def _prepare_group(
+        self, group: _ImageGroup
+    ) -> list[tuple[PreparedItem | None, Exception | None, float]]:
+        """Prepare the jobs of one image: the first decodes, the others reuse its pixels;
+        an image the first job finds bad is bad for all of them."""
+        out: list[tuple[PreparedItem | None, Exception | None, float]] = []
+        like: PreparedItem | None = None
+        image_error: InvalidInputError | None = None
+        for job in group.jobs:
+            if image_error is not None:
+                out.append((None, image_error, 0.0))
+                continue
+            started = time.perf_counter()
+            try:
+                item = self.engine.prepare(job.image, job.hypothesis, job.premise, like=like)
+            except Exception as exc:
+                if isinstance(exc, InvalidInputError) and exc.input_name == "IMAGE":
+                    image_error = exc
+                out.append((None, exc, 0.0))
+                continue
+            like = like or item
+            out.append((item, None, time.perf_counter() - started))
+        return out
 
     def run(
         self, requests: Sequence[RequestInputs | None], hooks: ExecutionHooks | None = None
@@ -131,9 +163,14 @@ class ExecutionRunner:
             for number, r in enumerate(requests) if r is not None
             for index in range(len(r))
         ]
-        if self._pool is not None and (len(jobs) > 1 or self.pipelined):
-            for job in jobs:
-                job.future = self._pool.submit(self._prepare, job)
+        groups: dict[bytes, _ImageGroup] = {}
+        for job in jobs:
+            job.group = groups.setdefault(bytes(job.image), _ImageGroup())
+            job.slot = len(job.group.jobs)
+            job.group.jobs.append(job)
+        if self._pool is not None and (len(groups) > 1 or self.pipelined):
+            for group in groups.values():
+                group.future = self._pool.submit(self._prepare_group, group)
         prepared: dict[int, list[PreparedItem]] = {}
         try:
             if self.pipelined:
@@ -156,7 +193,12 @@ class ExecutionRunner:
 
     # ------------------------------------------------------------------ internals
     def _result(self, job: _Job) -> tuple[PreparedItem | None, Exception | None, float]:
-        return job.future.result() if job.future is not None else self._prepare(job)
+        group = job.group
+        if group.results is None:
+            group.results = (
+                group.future.result() if group.future is not None else self._prepare_group(group)
+            )
+        return group.results[job.slot]
 
     def _accept(
         self, job: _Job, outcomes: list[RequestOutcome], prepared: dict[int, list[PreparedItem]],
