@@ -2,28 +2,50 @@
 
 Why session scope: writing the 33M-parameter checkpoint and starting tritonserver
 (a stub process that imports torch, loads the weights and warms up) cost seconds
-each, and the 2-core machines this runs on are shared. Tests that need a server
-of their own (restarts, TLS, start-up behaviour) build one with
-`triton_server.TritonServer(model_repository)`, which serves the same demo
-checkpoint unless given another `model_dir`.
+each, and the 2-core machines this runs on are shared. Only tests that need a server
+of their own (restarts, kills, TLS, start-up behaviour) build one, with
+`server_factory(...)`, which serves the same demo checkpoint unless given another
+`model_dir`; tests that need the same special server share one module-scoped fixture.
 
 Fixtures:
 - `demo_model_dir`: a random-weight checkpoint in ModelScope's layout (DEFAULT_SEED).
 - `model_repository`: the committed `model_repository/` folder, for own servers.
+- `server_factory`: builds a (not yet started) `TritonServer` on `model_repository`
+  and `demo_model_dir`; every server it built is stopped at the end of the session.
 - `triton_server`: the shared `TritonServer` (READY), on free loopback ports.
+- `spare_server`: a second shared server, for the tests that restart a server or
+  unload and reload its model (and round-robin over two servers).
 - `grpc_client`: a `tritonclient.grpc.InferenceServerClient` to it.
 - `demo_engine`: the engine in-process on CPU over the same checkpoint, to compare
   the server's answers with.
+
+Marks: a test that uses a server fixture is marked `server` here (so that
+`-m 'not server'` keeps the pure unit tests of the same modules); a test that starts
+a server some other way carries `@pytest.mark.server` itself.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+
+# Before anything imports grpc: gRPC's fork support registers pthread_atfork handlers
+# whose pre-fork handler waits for every gRPC call in flight. Any fork() in this process
+# (a subprocess started with preexec_fn, multiprocessing's fork start method) while
+# worker threads retry calls against a server being restarted then blocks for good;
+# that is how tests/test_client_resilience.py once hung a whole run. Servers are
+# started without a fork (see ofa_ve_ops.server_process), and with fork support off a
+# stray fork cannot hang either.
+os.environ["GRPC_ENABLE_FORK_SUPPORT"] = "false"
+
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from ofa_ve_ops.paths import MODEL_REPOSITORY
-from ofa_ve_ops.server_process import READY_TIMES, TritonServer, stop_all
+from ofa_ve_ops.paths import MODEL_NAME, MODEL_REPOSITORY
+from ofa_ve_ops.server_process import READY_TIMES, STARTS, TritonServer, stop_all
+
+SERVER_FIXTURES = frozenset({"triton_server", "grpc_client", "server_factory", "spare_server"})
+"""A test (or a fixture it uses) that asks for one of these talks to a real server."""
 
 
 @pytest.fixture(scope="session")
@@ -32,23 +54,61 @@ def demo_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     answers cover all three labels)."""
     from ofa_ve_engine.demo_checkpoint import DEFAULT_SEED, write_demo_checkpoint
 
-    path = write_demo_checkpoint(
+    return write_demo_checkpoint(
         tmp_path_factory.mktemp("demo-model") / "ofa-tiny-demo", seed=DEFAULT_SEED
     )
-    TritonServer.default_model_dir = path
-    return path
 
 
 @pytest.fixture(scope="session")
-def model_repository(demo_model_dir: Path) -> Path:
-    """The committed model repository; servers built on it serve `demo_model_dir`."""
+def model_repository() -> Path:
+    """The committed model repository (servers built on it serve `demo_model_dir`)."""
     return MODEL_REPOSITORY
 
 
+ServerFactory = Callable[..., TritonServer]
+
+
 @pytest.fixture(scope="session")
-def triton_server(model_repository: Path, demo_model_dir: Path) -> Iterator[TritonServer]:
+def server_factory(model_repository: Path, demo_model_dir: Path) -> Iterator[ServerFactory]:
+    """`server_factory(cls=TritonServer, model_repository=..., model_dir=..., **kwargs)`:
+    a new, not yet started server; by default on the committed repository and the
+    demo checkpoint. Whatever the test does, each is stopped when the session ends."""
+    built: list[TritonServer] = []
+
+    def build(
+        cls: type[TritonServer] = TritonServer,
+        model_repository: Path = model_repository,
+        model_dir: Path = demo_model_dir,
+        **kwargs: object,
+    ) -> TritonServer:
+        server = cls(model_repository, model_dir, **kwargs)
+        built.append(server)
+        return server
+
+    yield build
+    for server in built:
+        server.stop(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def triton_server(server_factory: ServerFactory) -> Iterator[TritonServer]:
     """One tritonserver for the session: the real model repository, the demo weights."""
-    server = TritonServer(model_repository, demo_model_dir)
+    server = server_factory()
+    server.start()
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def spare_server(server_factory: ServerFactory) -> Iterator[TritonServer]:
+    """A second server for the session, for the tests that must disturb one: restart it
+    (`stop()` or `kill()`, then `start()`: same ports), or unload and reload its model
+    (explicit model control; the model is loaded at start). Each such test leaves it
+    READY with the model loaded; a round-robin test uses it as the other server."""
+    server = server_factory(model_control_mode="explicit", load_models=[MODEL_NAME])
     server.start()
     try:
         server.wait_ready()
@@ -77,6 +137,14 @@ def demo_engine(demo_model_dir: Path) -> object:
     return VisualEntailmentEngine.from_model_dir(demo_model_dir, device="cpu")
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark `server` exactly the tests that use a server fixture (directly or not)."""
+    for item in items:
+        if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.server)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Last resort: no tritonserver outlives the session, whatever happened."""
     stop_all()
@@ -84,7 +152,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
     """How many tritonservers the run started, and how long each took to READY."""
-    if READY_TIMES:
+    if STARTS:
         terminalreporter.section("tritonserver start-ups")
+        terminalreporter.write_line(
+            f"{len(STARTS)} process start(s), {len(READY_TIMES)} reached READY"
+        )
         for server, seconds in READY_TIMES:
             terminalreporter.write_line(f"{seconds:6.1f} s to READY  {server}")

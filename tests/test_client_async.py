@@ -17,8 +17,6 @@ from ofa_ve_client import (
 )
 from PIL import Image
 
-pytestmark = pytest.mark.server
-
 NAMES = ("tiny_50x40_png", "bmp_120x80", "gray_256x256_png", "gif_2frames_96x64")
 
 

@@ -14,8 +14,6 @@ from ofa_ve_client import (
     VisualEntailmentError,
 )
 
-pytestmark = pytest.mark.server
-
 IMAGES = [
     TEST_IMAGES[name]
     for name in ("tiny_50x40_png", "bmp_120x80", "palette_192x152_png", "webp_320x214")

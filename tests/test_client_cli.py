@@ -12,8 +12,6 @@ import pytest
 from ofa_ve_bench.workload import HYPOTHESES, TEST_IMAGES
 from ofa_ve_client import LABELS, VisualEntailmentClient
 
-pytestmark = pytest.mark.server
-
 CLI = Path(sys.executable).with_name("ofa-ve")  # the console script `pip install` made
 IMAGE = TEST_IMAGES["tiny_50x40_png"]
 

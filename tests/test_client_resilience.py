@@ -1,13 +1,15 @@
 """Deadlines, retries over a server restart, failover, round-robin, compression, keepalive.
 
-Each test talks to real tritonserver processes on 127.0.0.1; the restart and
-round-robin tests start one of their own (cleaned up by PID).
+The restart and round-robin tests share the session's spare tritonserver
+(`spare_server`, tests/conftest.py); the others use the session server or a dead port. No assertion
+here is on wall-clock time (a shared 2-core machine makes those flaky): the timing of
+backoff and failover is pinned by tests/test_client_units.py with a fake clock.
 """
 
 from __future__ import annotations
 
+import re
 import threading
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -22,9 +24,8 @@ from ofa_ve_client import (
     ServerUnavailableError,
     VisualEntailmentClient,
 )
+from ofa_ve_client.retry import RETRYABLE_STATUSES
 from ofa_ve_ops.server_process import TritonServer
-
-pytestmark = pytest.mark.server
 
 IMAGE = TEST_IMAGES["tiny_50x40_png"].read_bytes()
 MODEL = "ofa_visual_entailment"
@@ -43,16 +44,14 @@ def same(a: Prediction, b: Prediction) -> bool:
     return a.label == b.label and all(abs(a.probs[k] - b.probs[k]) < 1e-5 for k in a.probs)
 
 
-@pytest.fixture(scope="module")
-def second_server(model_repository) -> Iterator[TritonServer]:
-    """A tritonserver of this module's own: restarted by one test, round-robined by another."""
-    server = TritonServer(model_repository)
-    server.start()
-    try:
-        server.wait_ready()
-        yield server
-    finally:
-        server.stop()
+@pytest.fixture
+def second_server(spare_server: TritonServer) -> Iterator[TritonServer]:
+    """The session's spare server (a second one): restarted by one test, round-robined
+    by another. Whatever a test did to it, it is READY again afterwards."""
+    yield spare_server
+    if not spare_server.is_running():
+        spare_server.start()
+    spare_server.wait_ready()
 
 
 def success_count(url: str) -> int:
@@ -63,22 +62,30 @@ def success_count(url: str) -> int:
 
 def test_tiny_deadline_fires(triton_server):
     with VisualEntailmentClient(triton_server.grpc_url, timeout=0.001) as client:
-        started = time.monotonic()
         with pytest.raises(DeadlineExceededError) as info:
             client.predict(IMAGE, "no time at all")
-        assert time.monotonic() - started < 1.0
         assert isinstance(info.value, TimeoutError)
         assert info.value.status == "DEADLINE_EXCEEDED"
         # The per-call timeout overrides the client's default.
         assert isinstance(client.predict(IMAGE, "enough time", timeout=60), Prediction)
 
 
+@pytest.mark.timeout(420)  # a hang in the restart must fail fast, with every stack
 @pytest.mark.parametrize("how", ["stop", "kill"])
 def test_retries_ride_over_a_server_restart(second_server, how):
     """Stop (SIGTERM) or kill (SIGKILL) the server mid-batch and start it again on the
     same ports: every item is answered exactly once, with the right answer."""
     batch = [Item(IMAGE, HYPOTHESES[i % len(HYPOTHESES)], f"premise {i}") for i in range(10)]
-    patient = RetryPolicy(max_attempts=200, initial_backoff=0.05, max_backoff=0.5)
+    # CANCELLED too: a call that reaches a server shutting down (SIGTERM: Triton drains,
+    # unloads, then stops its gRPC frontend) can be cancelled by the server, and the
+    # client's default policy does not retry that (it cannot tell it from a cancel of
+    # its own). Seen once in seven runs of the [stop] case on this 2-core machine.
+    patient = RetryPolicy(
+        max_attempts=200,
+        initial_backoff=0.05,
+        max_backoff=0.5,
+        retryable_statuses=RETRYABLE_STATUSES | {"CANCELLED"},
+    )
     with VisualEntailmentClient(second_server.grpc_url, retry=patient, timeout=120) as client:
         expected = client.predict_batch(batch)
         done = [0]
@@ -120,12 +127,10 @@ def test_retries_ride_over_a_server_restart(second_server, how):
 
 def test_failover_to_the_next_url(triton_server):
     urls = [dead_url(), triton_server.grpc_url]
+    # Moving on to the next URL without backoff: tests/test_client_units.py (fake clock).
     with VisualEntailmentClient(urls, timeout=30) as client:
-        started = time.monotonic()
         results = [client.predict(IMAGE, HYPOTHESES[i]) for i in range(6)]
         assert all(isinstance(r, Prediction) for r in results)
-        # Moving to the next URL is immediate: no backoff while untried URLs remain.
-        assert time.monotonic() - started < 20
         assert client.is_server_ready()  # one of the two is enough
         health = {h["url"]: h for h in client.health()}
         assert health[urls[0]]["ready"] is False and "error" in health[urls[0]]
@@ -134,24 +139,27 @@ def test_failover_to_the_next_url(triton_server):
 
 def test_unreachable_server_fails_fast_without_retries():
     with VisualEntailmentClient(dead_url(), retry=RetryPolicy.disabled()) as client:
-        started = time.monotonic()
         with pytest.raises(ServerUnavailableError) as info:
             client.predict(IMAGE, "nobody home")
-        assert time.monotonic() - started < 5
+        assert info.value.attempts == 1  # fails at once: no retry
         assert info.value.status == "UNAVAILABLE"
         assert isinstance(info.value, ConnectionError)
         assert client.is_server_ready() is False
 
 
 def test_retries_give_up_at_the_deadline():
+    """The deadline, not the attempt budget, ends the retries: several attempts were
+    made, far fewer than allowed, and the error says so."""
     patient = RetryPolicy(max_attempts=1000, initial_backoff=0.05, max_backoff=0.2)
-    with VisualEntailmentClient(dead_url(), retry=patient, timeout=1.0) as client:
-        started = time.monotonic()
-        with pytest.raises(DeadlineExceededError) as info:
-            client.predict(IMAGE, "nobody home")
-        elapsed = time.monotonic() - started
-    assert 0.5 < elapsed < 3.0
-    assert info.value.attempts > 1 or "attempt" in str(info.value)
+    with (
+        VisualEntailmentClient(dead_url(), retry=patient, timeout=1.0) as client,
+        pytest.raises(DeadlineExceededError) as info,
+    ):
+        client.predict(IMAGE, "nobody home")
+    assert info.value.status == "DEADLINE_EXCEEDED"
+    made = re.search(r"deadline of 1s exceeded after (\d+) attempt", str(info.value))
+    assert made, str(info.value)
+    assert 1 < int(made.group(1)) < patient.max_attempts, str(info.value)
 
 
 def test_round_robin_spreads_calls_over_servers(triton_server, second_server):

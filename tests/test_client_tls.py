@@ -27,8 +27,6 @@ from ofa_ve_client import (
 )
 from ofa_ve_ops.server_process import TritonServer
 
-pytestmark = pytest.mark.server
-
 IMAGE = TEST_IMAGES["tiny_50x40_png"]
 HYPOTHESIS = "Coffee is served in a cup."
 API_KEY = "s3cret-token"
@@ -119,9 +117,9 @@ def pki(tmp_path_factory) -> Pki:
 
 
 @pytest.fixture(scope="module")
-def tls_server(model_repository, pki) -> Iterator[TritonServer]:
-    server = TritonServer(
-        model_repository,
+def tls_server(server_factory, pki) -> Iterator[TritonServer]:
+    """A server of this module's own: mutual TLS, inference restricted to an API key."""
+    server = server_factory(
         extra_args=[
             "--grpc-use-ssl=true",
             f"--grpc-server-cert={pki.server_cert}",

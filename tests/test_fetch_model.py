@@ -10,7 +10,6 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,12 +34,12 @@ def _closed_port() -> int:
 
 
 @pytest.fixture
-def silent_listener() -> Iterator[int]:
+def silent_listener() -> Iterator[socket.socket]:
     """A loopback server that accepts connections and never says a word."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen(8)
-        yield s.getsockname()[1]
+        yield s
 
 
 @pytest.fixture(autouse=True)
@@ -55,25 +54,28 @@ def test_closed_port_fails_fast_naming_the_way_out(
 ) -> None:
     endpoint = f"http://127.0.0.1:{_closed_port()}"
     monkeypatch.setenv("MODELSCOPE_ENDPOINT", endpoint)
-    started = time.monotonic()
     with pytest.raises(HubUnreachableError) as caught:
         fetch_model(cache_dir=tmp_path / "cache", timeout_s=5.0)
-    assert time.monotonic() - started < 5.0
     message = str(caught.value)
     assert MODEL_DIR_ENV in message and endpoint in message
+    # Fast: the refusal itself ends it, not the 5 s timeout running out.
     assert "refused" in message.lower()
+    assert "no answer within" not in message
     assert not any((tmp_path / "cache").rglob("*.bin")), "nothing may be downloaded"
 
 
 def test_silent_hub_is_bounded_by_the_timeout(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, silent_listener: int
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, silent_listener: socket.socket
 ) -> None:
-    monkeypatch.setenv("MODELSCOPE_ENDPOINT", f"http://127.0.0.1:{silent_listener}")
-    started = time.monotonic()
+    """The fetcher connected, got no answer, and gave up at its own timeout (it says so)
+    instead of waiting on the silent hub (pytest-timeout would end that)."""
+    port = silent_listener.getsockname()[1]
+    monkeypatch.setenv("MODELSCOPE_ENDPOINT", f"http://127.0.0.1:{port}")
     with pytest.raises(HubUnreachableError, match=r"no answer within 1\.5 s"):
         fetch_model(cache_dir=tmp_path, timeout_s=1.5)
-    elapsed = time.monotonic() - started
-    assert 1.4 <= elapsed < 3.0, elapsed
+    silent_listener.settimeout(5)
+    connection, _ = silent_listener.accept()  # it did reach the silent hub
+    connection.close()
 
 
 def test_deprecated_domain_variable_is_honoured(
@@ -94,7 +96,6 @@ def test_cli_exit_status_and_messages(tmp_path: Path) -> None:
         "HOME": str(tmp_path),
         "MODELSCOPE_ENDPOINT": f"http://127.0.0.1:{_closed_port()}",
     }
-    started = time.monotonic()
     proc = subprocess.run(
         [sys.executable, *SCRIPT, "--cache-dir", str(tmp_path / "cache"), "--timeout", "5"],
         capture_output=True,
@@ -103,7 +104,6 @@ def test_cli_exit_status_and_messages(tmp_path: Path) -> None:
         timeout=60,
         check=False,
     )
-    assert time.monotonic() - started < 30
     assert proc.returncode == EXIT_HUB_UNREACHABLE, proc.stderr
     assert proc.stdout == "", "stdout carries only the model directory"
     assert MODEL_DIR_ENV in proc.stderr and "unreachable" in proc.stderr

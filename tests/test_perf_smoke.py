@@ -13,10 +13,7 @@ import json
 import struct
 from pathlib import Path
 
-import pytest
 from ofa_ve_bench import perf_analyzer_sweep as sweep
-
-pytestmark = pytest.mark.server
 
 
 def test_input_data_holds_length_prefixed_real_inputs(tmp_path: Path) -> None:

@@ -12,11 +12,10 @@ import sys
 import pytest
 from ofa_ve_bench.soak import check_loopback
 
-pytestmark = [pytest.mark.server, pytest.mark.slow]
-
 SCRIPT = ("-m", "ofa_ve_bench.soak")
 
 
+@pytest.mark.slow
 def test_short_soak(triton_server, tmp_path):
     """30 s at concurrency 4 through the CLI; the server's PID is found from its port."""
     report_path = tmp_path / "soak.json"
@@ -65,6 +64,7 @@ def test_soak_refuses_non_loopback_targets():
         assert check_loopback(url) == url
 
 
+@pytest.mark.slow
 def test_soak_cli_reports_and_fails_without_a_server(tmp_path):
     """The CLI exits non-zero with a clear message when nothing listens on the port."""
     with socket.socket() as s:

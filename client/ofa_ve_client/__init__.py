@@ -35,6 +35,7 @@ from .prediction import Prediction
 
 if TYPE_CHECKING:
     from .async_client import AsyncVisualEntailmentClient
+    from .classification import DEFAULT_HYPOTHESIS_TEMPLATE, Classification
     from .config import KeepAliveOptions, TLSOptions
     from .items import Item
     from .retry import RetryPolicy
@@ -51,6 +52,8 @@ _LAZY = {
     "TLSOptions": "config",
     "ImageFetchOptions": "url_fetch",
     "Item": "items",
+    "Classification": "classification",
+    "DEFAULT_HYPOTHESIS_TEMPLATE": "classification",
 }
 
 
@@ -69,10 +72,12 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "ANSWERS",
+    "DEFAULT_HYPOTHESIS_TEMPLATE",
     "LABELS",
     "MODEL_NAME",
     "AsyncVisualEntailmentClient",
     "AuthenticationError",
+    "Classification",
     "ClientClosedError",
     "DeadlineExceededError",
     "ImageFetchError",

@@ -14,6 +14,14 @@ from tritonclient.utils import InferenceServerException
 from . import codec
 from .batching import BatchState, Progress, Task, TaskOutcome, plan, prepare_task
 from .channel import client_kwargs, queue_timeout_us
+from .classification import (
+    DEFAULT_HYPOTHESIS_TEMPLATE,
+    Classification,
+    ZeroShotQuery,
+    check_hypotheses,
+    check_premise,
+    many_items,
+)
 from .config import ClientConfig, build_config
 from .contract import DEFAULT_URL
 from .errors import (
@@ -23,7 +31,7 @@ from .errors import (
     VisualEntailmentError,
     from_triton,
 )
-from .images import ImageInput
+from .images import ImageInput, load_image
 from .items import Item, needs_thread, prepare
 from .prediction import Prediction
 from .retry import CallBudget
@@ -173,6 +181,51 @@ class AsyncVisualEntailmentClient:
             if running:
                 await asyncio.gather(*running, return_exceptions=True)
         return state.final()
+
+    async def predict_many(
+        self,
+        image: ImageInput,
+        hypotheses: Iterable[str],
+        premise: str | None = None,
+        *,
+        return_exceptions: bool = False,
+        timeout: float | None = _DEFAULT,
+        batch_size: int | None = None,
+        concurrency: int | None = None,
+        progress: Progress | None = None,
+    ) -> list[Any]:
+        """See VisualEntailmentClient.predict_many."""
+        texts = check_hypotheses(hypotheses)
+        check_premise(premise)
+        if not texts:
+            return []
+        if needs_thread(Item(image, "")):
+            data = await asyncio.to_thread(load_image, image, self._fetcher)
+        else:
+            data = load_image(image, self._fetcher)
+        return await self.predict_batch(
+            many_items(data, texts, premise),
+            return_exceptions=return_exceptions,
+            timeout=timeout,
+            batch_size=batch_size or await self.max_batch_size(),
+            concurrency=concurrency,
+            progress=progress,
+        )
+
+    async def classify(
+        self,
+        image: ImageInput,
+        candidate_labels: Iterable[str],
+        hypothesis_template: str = DEFAULT_HYPOTHESIS_TEMPLATE,
+        multi_label: bool = False,
+        *,
+        premise: str | None = None,
+        timeout: float | None = _DEFAULT,
+    ) -> Classification:
+        """See VisualEntailmentClient.classify."""
+        query = ZeroShotQuery.build(candidate_labels, hypothesis_template, multi_label, premise)
+        predictions = await self.predict_many(image, query.hypotheses, premise, timeout=timeout)
+        return query.result(predictions)
 
     async def _run_task(self, task: Task, timeout: float | None) -> TaskOutcome:
         if not task.prepared and any(needs_thread(item) for _, item in task.entries):

@@ -1,7 +1,8 @@
-"""`ofa-ve`: predict one item, run a JSONL/CSV file, or check server health.
+"""`ofa-ve`: predict one item, one image against many hypotheses, zero-shot classify,
+run a JSONL/CSV file, or check server health.
 
-Exit codes: 0 success; 1 a request (or, for `batch`, some row) failed, or the
-server is not ready (`health`); 2 bad command line.
+Exit codes: 0 success; 1 a request (or, for `batch` and `many`, some item) failed,
+or the server is not ready (`health`); 2 bad command line.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .classification import DEFAULT_HYPOTHESIS_TEMPLATE, ZeroShotQuery
 from .contract import DEFAULT_URL, MODEL_NAME
-from .errors import VisualEntailmentError
+from .errors import InvalidInputError, VisualEntailmentError
 
 URL_ENV = "OFA_VE_URL"  # comma-separated HOST:PORT list, the default for --url
 
@@ -78,6 +80,46 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("image", help="image file path or http(s) URL")
     predict.add_argument("hypothesis", help="the sentence to judge")
     predict.add_argument("--premise", help="optional text premise")
+
+    many = sub.add_parser(
+        "many",
+        parents=[common],
+        help="judge one image against several hypotheses; writes JSONL, one line each",
+        description="The image is read once and the hypotheses are sent in as few requests "
+        "as the model's max_batch_size allows. Each output line is {index, hypothesis} plus "
+        "the prediction, or an `error` object for that hypothesis; the order is the "
+        "command line's. Exit 1 if any hypothesis failed.",
+    )
+    many.set_defaults(handler=cmd_many, subparser=many)
+    many.add_argument("image", help="image file path or http(s) URL")
+    many.add_argument("hypotheses", nargs="+", metavar="HYPOTHESIS", help="sentences to judge")
+    many.add_argument("--premise", help="optional text premise, the same for every hypothesis")
+
+    classify = sub.add_parser(
+        "classify",
+        parents=[common],
+        help="zero-shot classify an image among candidate labels",
+        description="Each LABEL becomes a hypothesis through --template; the labels are "
+        "ranked by entailment. Single-label (default): scores are a softmax over the labels "
+        "of log P(entailment) and sum to 1. --multi-label: each label's own P(entailment). "
+        "Prints 'SCORE LABEL' lines, best first, or with --json one object "
+        '{"image", "labels", "scores", "hypotheses", "multi_label", "premise"}.',
+    )
+    classify.set_defaults(handler=cmd_classify, subparser=classify)
+    classify.add_argument("image", help="image file path or http(s) URL")
+    classify.add_argument("labels", nargs="+", metavar="LABEL", help="candidate labels (unique)")
+    classify.add_argument(
+        "--template",
+        default=DEFAULT_HYPOTHESIS_TEMPLATE,
+        help="hypothesis template with {} where the label goes (default: %(default)r)",
+    )
+    classify.add_argument(
+        "--multi-label",
+        action="store_true",
+        help="score each label on its own (P(entailment)) instead of against each other",
+    )
+    classify.add_argument("--premise", help="optional text premise")
+    classify.add_argument("--json", action="store_true", help="print one JSON object")
 
     batch = sub.add_parser(
         "batch",
@@ -168,6 +210,52 @@ def cmd_predict(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
             _print_json({"error": exc.to_dict()}, sys.stderr)
             return 1
     _print_json(prediction.to_dict())
+    return 0
+
+
+def cmd_many(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    with make_client(args, parser) as client:
+        try:
+            results = client.predict_many(
+                args.image, args.hypotheses, args.premise, return_exceptions=True
+            )
+        except VisualEntailmentError as exc:  # the image or the premise: every item's problem
+            _print_json({"error": exc.to_dict()}, sys.stderr)
+            return 1
+    failed = 0
+    for index, (hypothesis, result) in enumerate(zip(args.hypotheses, results, strict=True)):
+        record: dict[str, Any] = {"index": index, "hypothesis": hypothesis}
+        if isinstance(result, VisualEntailmentError):
+            failed += 1
+            record["error"] = result.to_dict()
+        else:
+            record.update(result.to_dict())
+        _print_json(record)
+    return 1 if failed else 0
+
+
+def cmd_classify(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    try:  # bad labels or template are a usage error: found before connecting
+        ZeroShotQuery.build(args.labels, args.template, args.multi_label, args.premise)
+    except InvalidInputError as exc:
+        parser.error(exc.message)
+    with make_client(args, parser) as client:
+        try:
+            result = client.classify(
+                args.image,
+                args.labels,
+                args.template,
+                args.multi_label,
+                premise=args.premise,
+            )
+        except VisualEntailmentError as exc:
+            _print_json({"error": exc.to_dict()}, sys.stderr)
+            return 1
+    if args.json:
+        _print_json({"image": args.image, **result.to_dict()})
+    else:
+        for label, score in zip(result.labels, result.scores, strict=True):
+            print(f"{score:.4f}  {label}")
     return 0
 
 

@@ -15,6 +15,14 @@ from tritonclient.utils import InferenceServerException
 from . import codec
 from .batching import BatchState, Progress, Task, TaskOutcome, plan, prepare_task
 from .channel import client_kwargs, queue_timeout_us
+from .classification import (
+    DEFAULT_HYPOTHESIS_TEMPLATE,
+    Classification,
+    ZeroShotQuery,
+    check_hypotheses,
+    check_premise,
+    many_items,
+)
 from .config import ClientConfig, build_config
 from .contract import DEFAULT_URL
 from .errors import (
@@ -24,7 +32,7 @@ from .errors import (
     VisualEntailmentError,
     from_triton,
 )
-from .images import ImageInput
+from .images import ImageInput, load_image
 from .items import Item, prepare
 from .prediction import Prediction
 from .retry import CallBudget
@@ -194,6 +202,65 @@ class VisualEntailmentClient:
             # On an error, don't wait for requests still in flight: their results are moot.
             pool.shutdown(wait=not failed, cancel_futures=True)
         return state.final()
+
+    def predict_many(
+        self,
+        image: ImageInput,
+        hypotheses: Iterable[str],
+        premise: str | None = None,
+        *,
+        return_exceptions: bool = False,
+        timeout: float | None = _DEFAULT,
+        batch_size: int | None = None,
+        concurrency: int | None = None,
+        progress: Progress | None = None,
+    ) -> list[Any]:
+        """One prediction per hypothesis, in order, for one image (and optional premise).
+
+        The image is read, fetched or encoded once; the interface takes IMAGE
+        per item, so each item carries those same bytes, and the items go in
+        as few requests as the model's max_batch_size allows (`batch_size`
+        lowers that). Errors behave as in predict_batch: a bad hypothesis
+        fails its own slot (return_exceptions=True) or raises with its
+        `item_index`; an unreadable image or a bad premise raises at once.
+        """
+        texts = check_hypotheses(hypotheses)
+        check_premise(premise)
+        if not texts:
+            return []
+        data = load_image(image, self._fetcher)
+        return self.predict_batch(
+            many_items(data, texts, premise),
+            return_exceptions=return_exceptions,
+            timeout=timeout,
+            batch_size=batch_size or self.max_batch_size(),
+            concurrency=concurrency,
+            progress=progress,
+        )
+
+    def classify(
+        self,
+        image: ImageInput,
+        candidate_labels: Iterable[str],
+        hypothesis_template: str = DEFAULT_HYPOTHESIS_TEMPLATE,
+        multi_label: bool = False,
+        *,
+        premise: str | None = None,
+        timeout: float | None = _DEFAULT,
+    ) -> Classification:
+        """Zero-shot classification of `image`, in the manner of HF's zero-shot pipeline.
+
+        Each label becomes `hypothesis_template.format(label)`; all go in one
+        predict_many. Single-label: scores are a softmax over the candidates
+        of log P(entailment) (they sum to 1). multi_label=True: each label's
+        own P(entailment). Labels come back ranked; see
+        ofa_ve_client.classification for the relation to HF's scores. Bad
+        arguments raise InvalidInputError before anything is sent; any
+        failed label raises (a ranking with a hole in it would mislead).
+        """
+        query = ZeroShotQuery.build(candidate_labels, hypothesis_template, multi_label, premise)
+        predictions = self.predict_many(image, query.hypotheses, premise, timeout=timeout)
+        return query.result(predictions)
 
     def _run_task(self, task: Task, timeout: float | None) -> TaskOutcome:
         outcome = prepare_task(task, self._fetcher)

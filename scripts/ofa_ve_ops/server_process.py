@@ -11,17 +11,31 @@ no orphaned Python-backend stubs even when a test fails or pytest is interrupted
 The server runs in its own process group (tritonserver plus its stub processes), so
 `kill()` and the final cleanup reach the stubs too. A restarted server (`stop()` or
 `kill()`, then `start()`) comes back on the same ports.
+
+How it is started, and why not with `preexec_fn`: a server must die with the process
+that started it (PR_SET_PDEATHSIG), but setting that in a `preexec_fn` forces CPython's
+_posixsubprocess to really fork(): it uses vfork() only when there is no preexec_fn
+(and no user/group change), and only with a preexec_fn does it run the fork handlers
+(PyOS_BeforeFork, and glibc's pthread_atfork ones with fork()). grpcio's fork handler
+waits for the gRPC calls in flight, so a test restarting a server while its worker
+threads retry calls against that very server hung for good in fork(). Instead the
+child is a tiny launcher (`launcher_command`: `python -I -S -c ...`) that sets
+PR_SET_PDEATHSIG itself, exits if its parent already died (getppid), and execs
+tritonserver under the same PID. Checked with
+`strace -f -e trace=clone,clone3,vfork,fork,execve,prctl`: the test process calls
+vfork(), the child execs the launcher, which calls prctl(PR_SET_PDEATHSIG, SIGTERM)
+and execs the command; no fork() or clone() without CLONE_VM in the test process.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import os
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -29,7 +43,6 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import ClassVar
 
 from ofa_ve_ops import triton_runtime
 from ofa_ve_ops.paths import MODEL_REPOSITORY
@@ -43,6 +56,9 @@ SHM_REGION_PREFIX = "triton_python_backend_shm_region"
 
 _live: dict[int, TritonServer] = {}
 _live_lock = threading.Lock()
+
+STARTS: list[str] = []
+"""repr() of the server at each process start in this process (a restart counts)."""
 
 READY_TIMES: list[tuple[str, float]] = []
 """(server, seconds from start() to READY) for every start-up in this process: the
@@ -63,13 +79,22 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
-_PR_SET_PDEATHSIG = 1
-_prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here, not in the forked child
+# The launcher tritonserver is started through: it asks the kernel to SIGTERM it when
+# its parent dies (PR_SET_PDEATHSIG, kept across execve), checks that the parent has
+# not died already (getppid() is no longer the test process: the signal would never
+# come), then execs the real command line. Run as `python -I -S -c LAUNCHER PPID ARGV...`.
+_LAUNCHER = (
+    "import ctypes,os,signal,sys\n"
+    # 1: PR_SET_PDEATHSIG
+    "if ctypes.CDLL(None).prctl(1,signal.SIGTERM):sys.exit('launcher: prctl failed')\n"
+    "if os.getppid()!=int(sys.argv[1]):sys.exit('launcher: parent already gone')\n"
+    "os.execvp(sys.argv[2],sys.argv[2:])"
+)
 
 
-def _die_with_parent() -> None:
-    """In the child: SIGTERM it when the process that started it dies (Linux)."""
-    _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+def launcher_command(command: Sequence[str]) -> list[str]:
+    """`command`, run through the die-with-this-process launcher (Linux)."""
+    return [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(os.getpid()), *command]
 
 
 class ServerStartError(RuntimeError):
@@ -79,13 +104,11 @@ class ServerStartError(RuntimeError):
 class TritonServer:
     """One tritonserver on 127.0.0.1 serving `model_repository` with the weights in `model_dir`.
 
-    `model_dir=None` means `TritonServer.default_model_dir` (the test session's demo
-    checkpoint, set by tests/conftest.py), else the caller's `OFA_VE_MODEL_DIR`.
+    `model_dir=None` means the caller's `OFA_VE_MODEL_DIR` (tests pass the session's
+    demo checkpoint explicitly, see the `server_factory` fixture of tests/conftest.py).
     `extra_args` are appended to the command line (e.g. TLS flags), `env` is added to
     the server's environment, ports are free ones unless given.
     """
-
-    default_model_dir: ClassVar[Path | None] = None
 
     def __init__(
         self,
@@ -104,11 +127,11 @@ class TritonServer:
         log_dir: Path | str | None = None,
     ) -> None:
         self.model_repository = Path(model_repository).resolve()
-        chosen = model_dir or self.default_model_dir or os.environ.get(MODEL_DIR_ENV)
+        chosen = model_dir or os.environ.get(MODEL_DIR_ENV)
         if not chosen:
             raise ValueError(
-                "no model directory: pass model_dir, or use the conftest fixtures "
-                "(demo_model_dir / model_repository), or set OFA_VE_MODEL_DIR"
+                "no model directory: pass model_dir (tests: the server_factory fixture) "
+                "or set OFA_VE_MODEL_DIR"
             )
         self.model_dir = Path(chosen).resolve()
         self.extra_args = list(extra_args)
@@ -130,6 +153,8 @@ class TritonServer:
         self._log_file = None
         self.started_at: float | None = None
         self.ready_after_s: float | None = None
+        self.starts = 0
+        """How many times `start()` launched a process (a port-race retry counts)."""
 
     # ----------------------------------------------------------------- addresses
     @property
@@ -178,7 +203,12 @@ class TritonServer:
         self._log_file = open(self.log_path, "ab")  # noqa: SIM115  (closed in _reap)
         self._log_file.write(f"==== starting: {' '.join(command)}\n".encode())
         self._log_file.flush()
-        in_main_thread = threading.current_thread() is threading.main_thread()
+        # PR_SET_PDEATHSIG fires when the *thread* that started the child exits, so
+        # the launcher only from the main thread (whose end is the test process's end).
+        if threading.current_thread() is threading.main_thread():
+            command = launcher_command(command)
+        # No preexec_fn (see the module docstring): CPython then starts the child with
+        # vfork() and runs no fork handlers, gRPC's included.
         self._process = subprocess.Popen(
             command,
             env=env,
@@ -186,15 +216,27 @@ class TritonServer:
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # own process group: the stubs go with it
-            # PR_SET_PDEATHSIG fires when the *thread* that forked exits, so only
-            # from the main thread (whose end is the test process's end).
-            preexec_fn=_die_with_parent if in_main_thread else None,
         )
+        self.starts += 1
+        STARTS.append(repr(self))
         self.started_at = time.monotonic()
         self.ready_after_s = None
         with _live_lock:
             _live[self._process.pid] = self
         return self
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit status once the process has exited (negative: killed by that signal)."""
+        return None if self._process is None else self._process.poll()
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for the process to exit on its own; its exit status.
+
+        Raises subprocess.TimeoutExpired after `timeout` s (it is left running)."""
+        if self._process is None:
+            raise RuntimeError("start() the server first")
+        return self._process.wait(timeout)
 
     def is_running(self) -> bool:
         return self._process is not None and self._process.poll() is None
@@ -221,9 +263,10 @@ class TritonServer:
         while True:
             if self.is_ready():
                 self._shm_regions.update(self._stub_shm_regions())
-                self.ready_after_s = time.monotonic() - (self.started_at or 0.0)
+                if self.ready_after_s is None:  # the first READY of this start: record it
+                    self.ready_after_s = time.monotonic() - (self.started_at or 0.0)
+                    READY_TIMES.append((repr(self), self.ready_after_s))
                 self._ports_pinned = True
-                READY_TIMES.append((repr(self), self.ready_after_s))
                 return self
             if not self.is_running():
                 code = self._process.returncode

@@ -1,0 +1,171 @@
+"""One image with N hypotheses against N distinct images, side by side.
+
+Why: items with the same image bytes share one decode and one ResNet-stem pass
+(`ofa_ve_engine/stem.py`), and the stem is most of the network. This measures
+what that buys: one request of N items, all about one 640x480 JPEG, against one
+request of N items about N distinct 640x480 JPEGs, for N = 1, 4, 8, 16. It also
+measures what the stem cache costs when every lookup misses. It runs in-process
+through `ExecutionRunner` (what model.py does per execution) and, with
+`--server`, through a real tritonserver over gRPC (one request per call).
+Rounds alternate the workloads, so load from neighbours slows them alike.
+
+    .venv/bin/python -m ofa_ve_bench.shared_image --model-dir DIR [--server]
+        [--counts 1,4,8,16] [--rounds 3] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+from ofa_ve_ops.paths import MODEL_NAME
+
+from ofa_ve_bench import machine, workload
+
+
+def distinct_jpegs(count: int, size: tuple[int, int] = (640, 480)) -> list[bytes]:
+    """`count` different real photos at `size`, q90 (a marker makes repeats differ)."""
+    from PIL import Image, ImageDraw
+
+    sources = workload.image_paths("jpeg")
+    out = []
+    for n in range(count):
+        with Image.open(sources[n % len(sources)]) as img:
+            photo = img.convert("RGB").resize(size, Image.Resampling.BICUBIC)
+        ImageDraw.Draw(photo).rectangle((4, 4, 12 + n, 12 + n), fill=(n * 37 % 256, 90, 200))
+        buffer = io.BytesIO()
+        photo.save(buffer, format="JPEG", quality=90)
+        out.append(buffer.getvalue())
+    return out
+
+
+def _median_s(call: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def in_process(args: argparse.Namespace, images: list[bytes], texts: list[str]) -> dict:
+    from ofa_ve_engine import VisualEntailmentEngine
+    from ofa_ve_engine.serving import ExecutionRunner, RequestInputs
+
+    plain = VisualEntailmentEngine.from_model_dir(args.model_dir, device=args.device,
+                                                  forward_batch_size=None)
+    cached = VisualEntailmentEngine(plain.settings, plain.tokenizer, plain.model,
+                                    forward_batch_size=plain.forward_batch_size,
+                                    stem_cache_items=4 * max(args.counts))
+    runners = {"plain": ExecutionRunner(plain, workers=args.preprocess_threads),
+               "cached": ExecutionRunner(cached, workers=args.preprocess_threads)}
+
+    def request(chosen: Sequence[bytes], n: int) -> list:
+        return [RequestInputs(list(chosen), [t.encode() for t in texts[:n]], [b""] * n)]
+
+    rows = []
+    for n in args.counts:
+        one, many = request([images[0]] * n, n), request(images[:n], n)
+        # The cached engine always sees fresh images: every lookup misses.
+        fresh = [request(distinct_jpegs(n, size=(640, 481 + r)), n) for r in range(args.rounds)]
+        runners["plain"].run(one)  # warm-up
+        times: dict[str, list[float]] = {"one": [], "many": [], "miss": []}
+        for r in range(args.rounds):
+            times["one"].append(_median_s(lambda one=one: runners["plain"].run(one), 1))
+            times["many"].append(_median_s(lambda many=many: runners["plain"].run(many), 1))
+            times["miss"].append(
+                _median_s(lambda r=r: runners["cached"].run(fresh[r]), 1)
+            )
+        one_s, many_s, miss_s = (statistics.median(times[k]) for k in ("one", "many", "miss"))
+        rows.append({"n": n, "one_image_items_per_s": n / one_s,
+                     "distinct_items_per_s": n / many_s, "speed_up": many_s / one_s,
+                     "cache_miss_items_per_s": n / miss_s, "cache_miss_cost": miss_s / many_s})
+    for runner in runners.values():
+        runner.close()
+    return {"rows": rows, "stem_cache": {"hits": cached.stem_cache.hits,
+                                         "misses": cached.stem_cache.misses}}
+
+
+def served(args: argparse.Namespace, images: list[bytes], texts: list[str]) -> dict:
+    import tritonclient.grpc as grpcclient
+    from ofa_ve_ops.server_process import TritonServer
+
+    def inputs(chosen: Sequence[bytes], n: int) -> list:
+        tensors = [grpcclient.InferInput(name, [n, 1], "BYTES")
+                   for name in ("IMAGE", "HYPOTHESIS", "PREMISE")]
+        columns = (list(chosen), [t.encode() for t in texts[:n]], [b""] * n)
+        for tensor, column in zip(tensors, columns, strict=True):
+            tensor.set_data_from_numpy(np.array(column, dtype=np.object_).reshape(n, 1))
+        return tensors
+
+    rows = []
+    log_dir = Path(tempfile.mkdtemp(prefix="shared-image-"))
+    with TritonServer(model_dir=args.model_dir, log_dir=log_dir) as server:
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        for n in args.counts:
+            one, many = inputs([images[0]] * n, n), inputs(images[:n], n)
+            client.infer(MODEL_NAME, one)  # warm-up
+            one_t, many_t = [], []
+            for _ in range(args.rounds):
+                one_t.append(_median_s(lambda one=one: client.infer(MODEL_NAME, one), 1))
+                many_t.append(_median_s(lambda many=many: client.infer(MODEL_NAME, many), 1))
+            one_s, many_s = statistics.median(one_t), statistics.median(many_t)
+            rows.append({"n": n, "one_image_items_per_s": n / one_s,
+                         "distinct_items_per_s": n / many_s, "speed_up": many_s / one_s})
+        client.close()
+    return {"rows": rows}
+
+
+def markdown(result: dict) -> str:
+    lines = [f"Machine: {result['machine']}", ""]
+    for where in ("in_process", "server"):
+        if where not in result:
+            continue
+        lines += [f"### {where.replace('_', ' ')}", "",
+                  "| N | one image, N hypotheses (items/s) | N distinct images (items/s) | "
+                  "speed-up | every stem-cache lookup missing (items/s) |",
+                  "| ---: | ---: | ---: | ---: | ---: |"]
+        for row in result[where]["rows"]:
+            miss = row.get("cache_miss_items_per_s")
+            miss_text = f"{miss:.2f} ({row['cache_miss_cost']:.2f}x the time)" if miss else "-"
+            lines.append(f"| {row['n']} | {row['one_image_items_per_s']:.2f} | "
+                         f"{row['distinct_items_per_s']:.2f} | {row['speed_up']:.2f}x | "
+                         f"{miss_text} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m ofa_ve_bench.shared_image", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--model-dir", type=Path, required=True)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--counts", default="1,4,8,16", help="hypotheses per request")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--preprocess-threads", type=int, default=2)
+    parser.add_argument("--server", action="store_true", help="also through a tritonserver")
+    parser.add_argument("--json", type=Path, help="write the results here too")
+    args = parser.parse_args(argv)
+    args.counts = [int(c) for c in args.counts.split(",") if c.strip()]
+    images = distinct_jpegs(max(args.counts))
+    texts = [text for _, text, _ in workload.items(max(args.counts))]
+    result: dict = {"machine": str(machine.describe(args.device)),
+                    "in_process": in_process(args, images, texts)}
+    if args.server:
+        result["server"] = served(args, images, texts)
+    print(markdown(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
