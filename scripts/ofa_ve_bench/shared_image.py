@@ -81,7 +81,7 @@ def in_process(args: argparse.Namespace, images: list[bytes], texts: list[str]) 
             times["one"].append(_median_s(lambda one=one: runners["plain"].run(one), 1))
             times["many"].append(_median_s(lambda many=many: runners["plain"].run(many), 1))
             times["miss"].append(
-                _median_s(lambda r=r: runners["cached"].run(fresh[r]), 1)
+                _median_s(lambda req=fresh[r]: runners["cached"].run(req), 1)
             )
         one_s, many_s, miss_s = (statistics.median(times[k]) for k in ("one", "many", "miss"))
         rows.append({"n": n, "one_image_items_per_s": n / one_s,
