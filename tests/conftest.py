@@ -9,6 +9,7 @@ of their own (restarts, kills, TLS, start-up behaviour) build one, with
 
 Fixtures:
 - `demo_model_dir`: a random-weight checkpoint in ModelScope's layout (DEFAULT_SEED).
+- `decisive_model_dir`: the decisive variant (confident answers), for agreement checks.
 - `model_repository`: the committed `model_repository/` folder, for own servers.
 - `server_factory`: builds a (not yet started) `TritonServer` on `model_repository`
   and `demo_model_dir`; every server it built is stopped at the end of the session.
@@ -56,6 +57,17 @@ def demo_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     return write_demo_checkpoint(
         tmp_path_factory.mktemp("demo-model") / "ofa-tiny-demo", seed=DEFAULT_SEED
+    )
+
+
+@pytest.fixture(scope="session")
+def decisive_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A decisive random checkpoint (confident, varied answers), written once per session:
+    what precision and fidelity comparisons are measured on."""
+    from ofa_ve_engine.demo_checkpoint import write_demo_checkpoint
+
+    return write_demo_checkpoint(
+        tmp_path_factory.mktemp("decisive-model") / "ofa-tiny-decisive", decisive=True
     )
 
 

@@ -119,8 +119,8 @@ def test_cli(demo: Path, tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def decisive(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_demo_checkpoint(tmp_path_factory.mktemp("decisive") / "model", decisive=True)
+def decisive(decisive_model_dir: Path) -> Path:
+    return decisive_model_dir
 
 
 @pytest.mark.slow

@@ -22,8 +22,8 @@ def _steps(summary: dict) -> dict[str, dict]:
     return {step["name"]: step for step in summary["steps"]}
 
 
-def test_engine_part_in_cpu_mode(tmp_path: Path) -> None:
-    summary = gpu_check.run_check("cpu", "engine", tmp_path)
+def test_engine_part_in_cpu_mode(tmp_path: Path, decisive_model_dir: Path) -> None:
+    summary = gpu_check.run_check("cpu", "engine", tmp_path, model_dir=decisive_model_dir)
     steps = _steps(summary)
     text = (tmp_path / "summary.md").read_text()
     assert gpu_check.CPU_MODE_BANNER in text
@@ -51,8 +51,8 @@ def test_engine_part_in_cpu_mode(tmp_path: Path) -> None:
 
 
 @pytest.mark.server
-def test_server_part_in_cpu_mode(tmp_path: Path) -> None:
-    summary = gpu_check.run_check("cpu", "server", tmp_path)
+def test_server_part_in_cpu_mode(tmp_path: Path, decisive_model_dir: Path) -> None:
+    summary = gpu_check.run_check("cpu", "server", tmp_path, model_dir=decisive_model_dir)
     steps = _steps(summary)
     assert "tritonserver + perf_analyzer" not in steps, steps.get(
         "tritonserver + perf_analyzer"
