@@ -30,8 +30,9 @@ from ofa_ve_ops.paths import MODEL_NAME
 from ofa_ve_bench import machine, workload
 
 
-def distinct_jpegs(count: int, size: tuple[int, int] = (640, 480)) -> list[bytes]:
-    """`count` different real photos at `size`, q90 (a marker makes repeats differ)."""
+def distinct_jpegs(count: int, size: tuple[int, int] = (640, 480), salt: int = 0) -> list[bytes]:
+    """`count` different real photos at `size`, q90; a marker makes repeats differ, and
+    a different `salt` gives a set that shares no image with other salts' sets."""
     from PIL import Image, ImageDraw
 
     sources = workload.image_paths("jpeg")
@@ -39,9 +40,12 @@ def distinct_jpegs(count: int, size: tuple[int, int] = (640, 480)) -> list[bytes
     for n in range(count):
         with Image.open(sources[n % len(sources)]) as img:
             photo = img.convert("RGB").resize(size, Image.Resampling.BICUBIC)
-        ImageDraw.Draw(photo).rectangle((4, 4, 12 + n, 12 + n), fill=(n * 37 % 256, 90, 200))
+        marker = (n * 37 % 256, salt % 256, salt // 256 % 256)
+        ImageDraw.Draw(photo).rectangle((4, 4, 12 + n, 12 + n), fill=marker)
         buffer = io.BytesIO()
-        photo.save(buffer, format="JPEG", quality=90)
+        # The comment makes every (salt, item) file unique even where the marker's
+        # colours quantise alike.
+        photo.save(buffer, format="JPEG", quality=90, comment=f"salt {salt} item {n}")
         out.append(buffer.getvalue())
     return out
 
@@ -74,7 +78,8 @@ def in_process(args: argparse.Namespace, images: list[bytes], texts: list[str]) 
     for n in args.counts:
         one, many = request([images[0]] * n, n), request(images[:n], n)
         # The cached engine always sees fresh images: every lookup misses.
-        fresh = [request(distinct_jpegs(n, size=(640, 481 + r)), n) for r in range(args.rounds)]
+        fresh = [request(distinct_jpegs(n, salt=1 + n * args.rounds + r), n)
+                 for r in range(args.rounds)]
         runners["plain"].run(one)  # warm-up
         times: dict[str, list[float]] = {"one": [], "many": [], "miss": []}
         for r in range(args.rounds):
