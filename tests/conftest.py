@@ -105,13 +105,8 @@ def server_factory(model_repository: Path, demo_model_dir: Path) -> Iterator[Ser
 @pytest.fixture(scope="session")
 def triton_server(server_factory: ServerFactory) -> Iterator[TritonServer]:
     """One tritonserver for the session: the real model repository, the demo weights."""
-    server = server_factory()
-    server.start()
-    try:
-        server.wait_ready()
+    with server_factory() as server:  # started, READY; stopped at the end
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -120,13 +115,9 @@ def spare_server(server_factory: ServerFactory) -> Iterator[TritonServer]:
     (`stop()` or `kill()`, then `start()`: same ports), or unload and reload its model
     (explicit model control; the model is loaded at start). Each such test leaves it
     READY with the model loaded; a round-robin test uses it as the other server."""
-    server = server_factory(model_control_mode="explicit", load_models=[MODEL_NAME])
-    server.start()
-    try:
-        server.wait_ready()
+    spare = server_factory(model_control_mode="explicit", load_models=[MODEL_NAME])
+    with spare as server:  # started, READY; stopped at the end
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -129,12 +129,8 @@ def tls_server(server_factory, pki) -> Iterator[TritonServer]:
             f"--grpc-restricted-protocol=inference:x-api-key={API_KEY}",
         ],
     )
-    server.start()
-    try:
-        server.wait_ready()
+    with server:  # started, READY; stopped at the end
         yield server
-    finally:
-        server.stop()
 
 
 def mtls(pki: Pki, **overrides) -> dict:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import platform
 import statistics
@@ -38,6 +37,8 @@ from ofa_ve_engine.image import (
 )
 from ofa_ve_engine.limits import InputLimits
 from PIL import Image, ImageOps
+
+from ofa_ve_bench import machine
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 IMAGES_DIR = REPO_ROOT / "tests" / "data" / "images"
@@ -295,9 +296,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="write the JSON here")
     args = parser.parse_args(argv)
     results = run(args)
-    print(markdown(results))
-    if args.out:
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
+    machine.report(results, markdown(results), args.out)
 
 
 if __name__ == "__main__":

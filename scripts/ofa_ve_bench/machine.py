@@ -8,11 +8,13 @@ no model (some Arm and virtual machines).
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shutil
 import subprocess
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from ofa_ve_ops import procfs
 
@@ -115,3 +117,10 @@ def nvidia_smi_csv(*query: str) -> str | None:
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def report(results: object, text: str, path: Path | None) -> None:
+    """Print a measurement's human-readable `text`; write its `results` as JSON to `path`."""
+    print(text)
+    if path is not None:
+        path.write_text(json.dumps(results, indent=2) + "\n")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import statistics
 import tempfile
 import time
@@ -166,9 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "in_process": in_process(args, images, texts)}
     if args.server:
         result["server"] = served(args, images, texts)
-    print(markdown(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+    machine.report(result, markdown(result), args.json)
     return 0
 
 
