@@ -123,3 +123,12 @@ def test_an_item_refused_inside_the_pass_fails_its_request_alone(
         assert outcomes[number].error is None
         np.testing.assert_allclose(outcomes[number].probs, alone(tiny_engine, requests[number]),
                                    atol=1e-5)
+
+
+def test_an_image_that_is_not_bytes_fails_its_request_alone(runner: ExecutionRunner) -> None:
+    requests = [request((IMAGES[0], "fine", None)),
+                RequestInputs(["a file name, not bytes"], [b"x"], [b""])]
+    outcomes = runner.run(requests)
+    assert outcomes[0].error is None
+    assert isinstance(outcomes[1].error, InvalidInputError)
+    assert outcomes[1].error.input_name == "IMAGE"

@@ -163,9 +163,10 @@ class ExecutionRunner:
             for number, r in enumerate(requests) if r is not None
             for index in range(len(r))
         ]
-        groups: dict[bytes, _ImageGroup] = {}
-        for job in jobs:
-            job.group = groups.setdefault(bytes(job.image), _ImageGroup())
+        groups: dict[object, _ImageGroup] = {}
+        for job in jobs:  # same bytes, one group; anything else stays alone (prepare says why)
+            encoded = isinstance(job.image, bytes | bytearray | memoryview)
+            job.group = groups.setdefault(bytes(job.image) if encoded else id(job), _ImageGroup())
             job.slot = len(job.group.jobs)
             job.group.jobs.append(job)
         if self._pool is not None and (len(groups) > 1 or self.pipelined):
