@@ -89,7 +89,8 @@ def wait_for(condition, what: str, timeout: float = 60.0, poll: float = 0.02) ->
     the wait, not a timing requirement)."""
     deadline = time.monotonic() + timeout
     while not condition():
-        assert time.monotonic() < deadline, f"{what}: not after {timeout:.0f} s"
+        if time.monotonic() >= deadline:  # a deadline for the wait
+            pytest.fail(f"{what}: not after {timeout:.0f} s")
         time.sleep(poll)
 
 

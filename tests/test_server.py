@@ -376,14 +376,16 @@ def test_ready_only_after_the_warm_up(spare_server: TritonServer) -> None:
         client.unload_model(MODEL_NAME)
         deadline = time.monotonic() + 120  # for the wait only
         while client.is_model_ready(MODEL_NAME):
-            assert time.monotonic() < deadline, "model still ready 120 s after its unload"
+            if time.monotonic() >= deadline:  # a deadline for the wait
+                pytest.fail("model still ready 120 s after its unload")
             time.sleep(0.05)
         log_from = len(server.log_text())  # what this load writes comes after
         deadline = time.monotonic() + 240  # for the wait only
         loading.start()
         not_ready_polls, refused_during_load = 0, None
         while not client.is_model_ready(MODEL_NAME):
-            assert time.monotonic() < deadline, "model not ready after 240 s"
+            if time.monotonic() >= deadline:  # a deadline for the wait
+                pytest.fail("model not ready after 240 s")
             not_ready_polls += 1
             if refused_during_load is None and not_ready_polls == 5:
                 inputs = request_inputs([(image("tiny_50x40_png"), "x", None)])
@@ -446,7 +448,8 @@ def test_serve_script_from_a_fresh_cache_with_the_hub_unreachable(tmp_path: Path
         client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
         while True:
             assert process.poll() is None, f"serve.py exited:\n{log_path.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, "not READY after 240 s"
+            if time.monotonic() >= deadline:  # a deadline for the wait
+                pytest.fail("not READY after 240 s")
             try:
                 if client.is_server_ready():
                     break
@@ -464,7 +467,8 @@ def test_serve_script_from_a_fresh_cache_with_the_hub_unreachable(tmp_path: Path
         assert process.wait(30) == 0
         deadline = time.monotonic() + 15
         while _group_alive(process.pid):  # the stub processes are gone too
-            assert time.monotonic() < deadline, "processes left behind after Ctrl-C"
+            if time.monotonic() >= deadline:  # a deadline for the wait
+                pytest.fail("processes left behind after Ctrl-C")
             time.sleep(0.2)
     finally:
         if _group_alive(process.pid):
