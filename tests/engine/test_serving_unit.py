@@ -92,6 +92,8 @@ def test_a_failed_forward_pass_fails_its_requests(runner: ExecutionRunner, monke
     assert "device lost (injected)" in str(outcomes[0].error)
     assert outcomes[0].failed_item is None
     assert isinstance(outcomes[1].error, InvalidInputError)
+    many = runner.run([request((IMAGES[i], f"item {i}", None)) for i in range(5)])
+    assert all("device lost" in str(o.error) and o.probs is None for o in many)
 
 
 def test_an_item_refused_inside_the_pass_fails_its_request_alone(

@@ -172,21 +172,19 @@ class ExecutionRunner:
         if self._pool is not None and (len(groups) > 1 or self.pipelined):
             for group in groups.values():
                 group.future = self._pool.submit(self._prepare_group, group)
-        prepared: dict[int, list[PreparedItem]] = {}
         try:
             if self.pipelined:
-                results = [self._run_pass(group, outcomes, prepared, hooks)
-                           for group in self._groups(jobs, outcomes, prepared, hooks)]
+                results = [self._run_pass(group, outcomes, hooks)
+                           for group in self._groups(jobs, outcomes, hooks)]
             else:
-                items = self._collect(jobs, outcomes, prepared, hooks)
-                results = [self._run_pass(items, outcomes, prepared, hooks)]
+                results = [self._run_pass(self._collect(jobs, outcomes, hooks), outcomes, hooks)]
         except Exception as exc:
             failed = RuntimeError(f"inference failed: the forward pass raised {exc!r}")
-            for number in prepared:
-                if outcomes[number].error is None:
-                    outcomes[number].error = failed
+            for outcome, given in zip(outcomes, requests, strict=True):
+                if given is not None and outcome.error is None:  # pipelined: also those
+                    outcome.error = failed  # whose items had not reached a pass yet
             return outcomes
-        self._scatter(results, outcomes, prepared)
+        self._scatter(results, outcomes)
         for outcome, given in zip(outcomes, requests, strict=True):
             if given is None:  # skipped: neither results nor an error
                 outcome.probs = None
@@ -202,8 +200,7 @@ class ExecutionRunner:
         return group.results[job.slot]
 
     def _accept(
-        self, job: _Job, outcomes: list[RequestOutcome], prepared: dict[int, list[PreparedItem]],
-        hooks: ExecutionHooks,
+        self, job: _Job, outcomes: list[RequestOutcome], hooks: ExecutionHooks,
     ) -> tuple[int, int, PreparedItem] | None:
         item, exc, seconds = self._result(job)
         outcome = outcomes[job.request]
@@ -213,22 +210,20 @@ class ExecutionRunner:
             outcome.error, outcome.failed_item = exc, job.index
             if isinstance(exc, InvalidInputError):
                 hooks.invalid(exc.input_name)
-            prepared.pop(job.request, None)
             return None
         hooks.prepared(seconds)
-        prepared.setdefault(job.request, []).append(item)
         return job.request, job.index, item
 
-    def _collect(self, jobs, outcomes, prepared, hooks) -> list[tuple[int, int, PreparedItem]]:
-        accepted = [self._accept(job, outcomes, prepared, hooks) for job in jobs]
+    def _collect(self, jobs, outcomes, hooks) -> list[tuple[int, int, PreparedItem]]:
+        accepted = [self._accept(job, outcomes, hooks) for job in jobs]
         return [a for a in accepted if a is not None and outcomes[a[0]].error is None]
 
-    def _groups(self, jobs, outcomes, prepared, hooks) -> Iterator[list[tuple[int, int, Any]]]:
+    def _groups(self, jobs, outcomes, hooks) -> Iterator[list[tuple[int, int, Any]]]:
         """Forward-pass-sized groups, yielded as soon as their items are prepared."""
         size = self.engine.forward_batch_size or len(jobs) or 1
         group: list[tuple[int, int, PreparedItem]] = []
         for job in jobs:
-            accepted = self._accept(job, outcomes, prepared, hooks)
+            accepted = self._accept(job, outcomes, hooks)
             if accepted is not None:
                 group.append(accepted)
             if len(group) >= size:
@@ -237,7 +232,7 @@ class ExecutionRunner:
         if group:
             yield group
 
-    def _run_pass(self, group, outcomes, prepared, hooks) -> list[tuple[int, PreparedItem, Any]]:
+    def _run_pass(self, group, outcomes, hooks) -> list[tuple[int, PreparedItem, Any]]:
         """Predict the group's items (skipping requests that failed meanwhile).
 
         An item can still turn out bad inside the pass: the GPU image path decodes
@@ -270,7 +265,7 @@ class ExecutionRunner:
         return out
 
     @staticmethod
-    def _scatter(results, outcomes, prepared) -> None:
+    def _scatter(results, outcomes) -> None:
         rows: dict[int, list[np.ndarray]] = {}
         for passed in results:
             for number, _item, row in passed:
