@@ -6,7 +6,8 @@
 #   scripts/setup.sh [--venv DIR | --system] [--profile engine|serve|dev]
 #
 # Profiles: engine = what the model's Python-backend stub imports;
-#           serve  = engine + tritonserver/perf_analyzer/tritonclient from PyPI;
+#           serve  = engine + tritonserver/perf_analyzer/tritonclient from PyPI + the
+#                    ModelScope hub client (`make serve` downloads the model with it);
 #           dev    = serve + the ModelScope reference, test and lint tools, the client SDK.
 # In a virtualenv, the project's own packages are installed editable, in place:
 # ofa_ve_engine (from the model folder), ofa_ve_ops and ofa_ve_bench (scripts/), and
@@ -24,14 +25,15 @@ while [[ $# -gt 0 ]]; do
     --venv) venv="$2"; shift 2 ;;
     --system) venv=""; shift ;;
     --profile) profile="$2"; shift 2 ;;
-    -h|--help) sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "setup.sh: unknown argument: $1" >&2; exit 2 ;;
   esac
 done
 
 case "$profile" in
   engine) reqs=("$root/requirements/engine.txt") ;;
-  serve) reqs=("$root/requirements/engine.txt" "$root/requirements/triton.txt") ;;
+  serve) reqs=("$root/requirements/engine.txt" "$root/requirements/triton.txt"
+    "$root/requirements/hub.txt") ;;
   dev) reqs=("$root/requirements/dev.txt") ;;
   *) echo "setup.sh: unknown profile '$profile' (engine, serve or dev)" >&2; exit 2 ;;
 esac

@@ -197,3 +197,55 @@ def test_default_url_from_environment(triton_server):
     )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["servers"][0]["url"] == triton_server.grpc_url
+
+
+def test_connection_flags_before_the_command(triton_server):
+    """`ofa-ve --url HOST:PORT health` works as well as `ofa-ve health --url HOST:PORT`,
+    and a --url on each side adds up (both servers are asked)."""
+    before = run("--url", triton_server.grpc_url, "--timeout", "30", "health")
+    assert before.returncode == 0, before.stderr
+    assert json.loads(before.stdout)["servers"][0]["url"] == triton_server.grpc_url
+    both = run("--url", triton_server.grpc_url, "health", "--url", dead_url(), "--timeout", "5")
+    urls = [s["url"] for s in json.loads(both.stdout)["servers"]]
+    assert both.returncode == 0 and len(urls) == 2 and urls[0] == triton_server.grpc_url
+
+
+def test_connection_errors_say_what_to_do(triton_server, tmp_path):
+    """Nothing listening, or Triton's HTTP port given for the gRPC one: the error names
+    the likely cause and the fix, not only gRPC's words."""
+    args = ("--timeout", "10", "--retries", "0")
+    down = run("predict", str(IMAGE), HYPOTHESES[0], "--url", dead_url(), *args)
+    assert down.returncode == 1
+    error = json.loads(down.stderr)["error"]
+    assert error["type"] == "ServerUnavailableError"
+    assert "make serve" in error["hint"] and "8001" in error["hint"], error
+    http = run("predict", str(IMAGE), HYPOTHESES[0], "--url", triton_server.http_url, *args)
+    assert http.returncode == 1
+    error = json.loads(http.stderr)["error"]
+    assert "HTTP port" in error.get("hint", ""), error
+    health = json.loads(run("health", "--url", dead_url(), *args).stdout)
+    assert "hint: " in health["servers"][0]["error"]
+
+
+def test_batch_keeps_ids_gold_labels_and_empty_fields(triton_server, tmp_path):
+    """A dataset as it comes (an id first, a gold label, an empty premise) runs as it is
+    and comes back whole beside each prediction."""
+    source = tmp_path / "dataset.csv"
+    with source.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["pair_id", "image", "hypothesis", "label", "premise"])
+        writer.writerow(["a-1", str(IMAGE), HYPOTHESES[0], "entailment", ""])
+        writer.writerow(["a-2", str(IMAGE), "", "neutral", ""])
+        writer.writerow(["a-3", str(IMAGE), HYPOTHESES[1], "contradiction", "A cup."])
+    out = run("batch", str(source), "--url", triton_server.grpc_url, "--no-progress")
+    assert out.returncode == 1, out.stderr  # row a-2 has no hypothesis
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [line["pair_id"] for line in lines] == ["a-1", "a-2", "a-3"]
+    assert [line["input_label"] for line in lines] == ["entailment", "neutral", "contradiction"]
+    assert lines[0]["premise"] == "" and lines[1]["hypothesis"] == ""
+    assert lines[1]["error"]["input"] == "HYPOTHESIS" and "label" not in lines[1]
+    with VisualEntailmentClient(triton_server.grpc_url) as client:
+        for line, premise in ((lines[0], None), (lines[2], "A cup.")):
+            want = client.predict(IMAGE, line["hypothesis"], premise)
+            assert line["label"] == want.label
+            assert line["probs"] == pytest.approx(dict(want.probs), abs=1e-5)

@@ -21,7 +21,7 @@ from ofa_ve_client import (
     ServerUnavailableError,
     VisualEntailmentClient,
 )
-from ofa_ve_client.batch_io import detect_format, read_rows
+from ofa_ve_client.batch_io import detect_format, item_of, output_record, read_rows
 from ofa_ve_client.errors import from_triton
 from ofa_ve_client.retry import CallBudget
 from tritonclient.utils import InferenceServerException
@@ -173,7 +173,8 @@ def test_batch_rows_from_jsonl_and_csv():
     assert rows[1].fields == {"image": "b.jpg", "hypothesis": "h2", "premise": "p"}
     assert rows[0].error is None and rows[1].error is None
     assert rows[3].error.input_name == "HYPOTHESIS"
-    assert "extra" in rows[4].error.message and rows[2].error is not None
+    assert rows[2].error is not None
+    assert rows[4].error is None and rows[4].fields["extra"] == 1
     with_header = list(read_rows(io.StringIO("image,hypothesis\na.jpg,h1\n"), "csv"))
     assert with_header[0].fields == {"image": "a.jpg", "hypothesis": "h1"}
     positional = list(read_rows(io.StringIO('a.jpg,"h, with comma",p\nb.jpg,h2,,extra\n'), "csv"))
@@ -182,6 +183,35 @@ def test_batch_rows_from_jsonl_and_csv():
     assert detect_format("x.CSV", None) == "csv" and detect_format("-", None) == "jsonl"
     with pytest.raises(ValueError):
         detect_format("rows.txt", None)
+
+
+def test_batch_rows_keep_extra_columns_and_empty_fields():
+    """Datasets with ids and gold labels run as they are and come back whole."""
+    csv_text = "id,Image,hypothesis,label,premise\n7,a.jpg,h1,entailment,\n8,b.jpg,,neutral,p\n"
+    rows = list(read_rows(io.StringIO(csv_text), "csv"))
+    assert rows[0].error is None
+    assert rows[0].fields == {
+        "id": "7",
+        "image": "a.jpg",
+        "hypothesis": "h1",
+        "label": "entailment",
+        "premise": "",
+    }
+    assert item_of(rows[0], None) == {"image": "a.jpg", "hypothesis": "h1"}  # no empty premise
+    assert rows[1].error.input_name == "HYPOTHESIS"
+    answered = output_record(rows[0], Prediction.from_outputs("entailment", "yes", [0.7, 0.2, 0.1]))
+    assert answered["id"] == "7" and answered["premise"] == ""
+    assert answered["input_label"] == "entailment" and answered["label"] == "entailment"
+    assert answered["answer"] == "yes"
+    failed = output_record(rows[1], rows[1].error)
+    assert failed["hypothesis"] == "" and failed["id"] == "8" and failed["input_label"] == "neutral"
+    assert failed["error"]["input"] == "HYPOTHESIS"
+    jsonl = io.StringIO('{"image": "a.jpg", "hypothesis": "h", "index": 3, "input_index": 4}\n')
+    record = output_record(next(read_rows(jsonl, "jsonl")), rows[1].error)
+    # `index` is renamed past the row's own `input_index`, which stays as it is.
+    assert record["index"] == 0 and record["input_input_index"] == 3 and record["input_index"] == 4
+    with pytest.raises(InvalidInputError, match="repeats columns: image"):
+        list(read_rows(io.StringIO("image,hypothesis,IMAGE\na,b,c\n"), "csv"))
 
 
 @pytest.mark.parametrize(

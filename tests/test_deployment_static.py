@@ -602,7 +602,11 @@ def test_compose_gpu_and_cpu_services(dockerfile, compose) -> None:
     assert cpu["environment"]["NVIDIA_VISIBLE_DEVICES"] == "void"
     cmd = image_cmd(dockerfile)
     assert "command" not in gpu, "the GPU service runs the image's CMD"
-    assert cpu["command"] == [*cmd, "--pinned-memory-pool-byte-size=0"]
+    assert cpu["command"] == [
+        *cmd,
+        "--pinned-memory-pool-byte-size=0",
+        "--allow-gpu-metrics=false",
+    ]
     stage_names = {s.name for s in stages}
     for name, service in services.items():
         assert service["build"]["target"] in stage_names, name

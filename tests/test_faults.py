@@ -39,7 +39,7 @@ import tritonclient.grpc as tgrpc
 from ofa_ve_bench.soak import SHM_PREFIX, cmdline, process_state, stub_pids
 from ofa_ve_bench.soak import children as soak_children
 from ofa_ve_bench.workload import TEST_IMAGES
-from ofa_ve_ops.server_process import ServerStartError, TritonServer
+from ofa_ve_ops.server_process import ServerStartError, TritonServer, free_ports
 from tritonclient.utils import InferenceServerException
 
 MODEL = "ofa_visual_entailment"
@@ -328,6 +328,51 @@ def test_bad_checkpoint_fails_start_up_fast(server_factory, demo_model_dir, tmp_
     assert str(model_dir) in log
     if how == "pickle_payload":
         assert not (tmp_path / "pwned").exists(), "the checkpoint's pickle payload ran"
+
+
+def _regions_while_running(server: TritonServer) -> set[str]:
+    """Every /dev/shm region the server's stubs were started with, polled until it exits."""
+    regions: set[str] = set()
+    deadline = time.monotonic() + 600  # a deadline for the wait, not a timing assertion
+    while server.is_running():
+        for child in soak_children(server.pid):
+            if "tritonserver" in " ".join(cmdline(child)):
+                regions.update(shm_region_of_pid(child))
+        if time.monotonic() > deadline:
+            pytest.fail("the server neither became READY nor exited")
+        time.sleep(0.05)
+    return regions
+
+
+@pytest.mark.timeout(420)
+def test_port_taken_after_the_model_loaded_leaves_no_shared_memory(server_factory):
+    """tritonserver binds its ports only after the model loaded; a taken HTTP port then
+    ends the start with an error. Under the watchdog (as `make serve` runs it) that
+    failed start must not leave the stub's /dev/shm region behind (bare Triton 2.51
+    does, 16 MiB per instance, on every such failure)."""
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        grpc_port, metrics_port = free_ports(2)
+        server = server_factory(
+            WatchedServer, http_port=taken, grpc_port=grpc_port, metrics_port=metrics_port
+        )
+        server.start()
+        try:
+            regions = _regions_while_running(server)
+            code = server.wait(30)
+        finally:
+            server.stop(timeout=10)
+    assert code != 0, f"exit code {code}"
+    assert "already in use" in server.log_text(), server.log_tail()
+    assert regions, "the model never loaded (no stub was seen): the test proves nothing"
+    left = [r for r in regions if Path("/dev/shm", r).exists()]
+    for r in left:
+        Path("/dev/shm", r).unlink(missing_ok=True)
+    assert not left, f"shared memory left behind by a failed start: {left}"
 
 
 # ------------------------------------------------------------------ the stub dies

@@ -158,3 +158,26 @@ def test_serve_refuses_a_missing_model_dir_and_a_bad_port(tmp_path: Path) -> Non
         "-m", SERVE, "--dry-run", env=_env(OFA_VE_MODEL_DIR=str(tmp_path), OFA_VE_GRPC_PORT="x")
     )
     assert out.returncode != 0 and "OFA_VE_GRPC_PORT" in out.stderr
+
+
+def test_serve_refuses_a_taken_port_before_loading_anything(tmp_path: Path) -> None:
+    """A port in use is found before the model is resolved (a download can take minutes):
+    the message names the variable to change; nothing was started, so nothing leaks."""
+    import socket
+
+    missing = tmp_path / "not-looked-at"  # resolving it would fail: ports come first
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = str(holder.getsockname()[1])
+        out = run("-m", SERVE, env=_env(OFA_VE_MODEL_DIR=str(missing), OFA_VE_HTTP_PORT=taken))
+    assert out.returncode != 0
+    assert f"127.0.0.1:{taken}" in out.stderr and "already in use" in out.stderr
+    assert "OFA_VE_HTTP_PORT=" in out.stderr and "--http-port" in out.stderr
+    assert "does not exist" not in out.stderr and "starting tritonserver" not in out.stderr
+    same = run(
+        "-m",
+        SERVE,
+        env=_env(OFA_VE_MODEL_DIR=str(missing), OFA_VE_HTTP_PORT="18090", OFA_VE_GRPC_PORT="18090"),
+    )
+    assert same.returncode != 0 and "OFA_VE_GRPC_PORT and OFA_VE_HTTP_PORT" in same.stderr

@@ -1,4 +1,9 @@
-"""Rows for `ofa-ve batch`: JSONL or CSV in, JSONL out, one bad row never stops the rest."""
+"""Rows for `ofa-ve batch`: JSONL or CSV in, JSONL out, one bad row never stops the rest.
+
+Datasets carry more than the model reads (ids, gold labels, sources), so every
+column of a row is kept, empty ones included, and written back beside the
+prediction; only `image`, `hypothesis` and `premise` go to the server.
+"""
 
 from __future__ import annotations
 
@@ -13,11 +18,15 @@ from .errors import InvalidInputError, VisualEntailmentError
 from .url_fetch import is_url
 
 COLUMNS = ("image", "hypothesis", "premise")
+# Keys the output line itself uses; an input column of the same name is written as
+# `input_<name>` so that neither the row's value nor the prediction is lost.
+OUTPUT_KEYS = ("index", "label", "answer", "score", "probs", "error")
 
 
 @dataclass
 class Row:
-    """One input row: its number (0-based, data rows only), fields, or why it is unusable."""
+    """One input row: its number (0-based, data rows only), every field as read, or why it
+    is unusable."""
 
     index: int
     fields: dict[str, Any]
@@ -46,15 +55,23 @@ def _resolve_image(value: Any, base: Path | None) -> Any:
 def _row(index: int, record: Any) -> Row:
     if not isinstance(record, dict):
         return Row(index, {}, InvalidInputError("row must be a JSON object"))
-    fields = {k: record.get(k) for k in COLUMNS if record.get(k) not in (None, "")}
-    unknown = sorted(set(record) - set(COLUMNS))
-    missing = [k for k in ("image", "hypothesis") if k not in fields]
-    if unknown:
-        return Row(index, fields, InvalidInputError(f"unknown columns: {', '.join(unknown)}"))
+    fields = dict(record)
+    missing = [k for k in ("image", "hypothesis") if fields.get(k) in (None, "")]
     if missing:
         name = missing[0].upper()
         return Row(index, fields, InvalidInputError(f"{name}: missing or empty", input_name=name))
     return Row(index, fields)
+
+
+def _column_name(cell: str) -> str:
+    """A header cell: the model's columns in any case, other names as written."""
+    name = cell.strip()
+    return name.lower() if name.lower() in COLUMNS else name
+
+
+def _is_header(cells: list[str]) -> bool:
+    names = {_column_name(c) for c in cells}
+    return "image" in names and "hypothesis" in names
 
 
 def read_rows(stream: TextIO, fmt: str) -> Iterator[Row]:
@@ -73,14 +90,20 @@ def read_rows(stream: TextIO, fmt: str) -> Iterator[Row]:
             index += 1
             yield row
     elif fmt == "csv":
+        # With a header row (any column order, any extra columns, found by its `image`
+        # and `hypothesis` names) cells are named by it; without one they are image,
+        # hypothesis, premise in that order.
         reader = csv.reader(stream)
         header: list[str] | None = None
         index = 0
         for cells in reader:
             if not any(c.strip() for c in cells):
                 continue
-            if header is None and index == 0 and cells and cells[0].strip().lower() == "image":
-                header = [c.strip().lower() for c in cells]
+            if header is None and index == 0 and _is_header(cells):
+                header = [_column_name(c) for c in cells]
+                repeated = sorted({h for h in header if header.count(h) > 1})
+                if repeated:  # the whole file is ambiguous, not one row
+                    raise InvalidInputError(f"CSV header repeats columns: {', '.join(repeated)}")
                 continue
             names = header or list(COLUMNS)
             if len(cells) > len(names):
@@ -105,14 +128,21 @@ def count_rows(path: str, fmt: str) -> int | None:
 
 
 def item_of(row: Row, base: Path | None) -> dict[str, Any]:
-    item = dict(row.fields)
+    """What goes to the server: the model's columns, an empty premise as none."""
+    item = {k: row.fields[k] for k in COLUMNS if row.fields.get(k) not in (None, "")}
     item["image"] = _resolve_image(item["image"], base)
     return item
 
 
 def output_record(row: Row, result: Any) -> dict[str, Any]:
-    """The JSONL line for one row: its inputs, then the prediction or the error."""
-    record: dict[str, Any] = {"index": row.index, **row.fields}
+    """The JSONL line for one row: its index, every input field as read (an input column
+    named like an output key becomes `input_<name>`), then the prediction or the error."""
+    record: dict[str, Any] = {"index": row.index}
+    for key, value in row.fields.items():
+        name = key
+        while name in OUTPUT_KEYS or (name != key and name in row.fields):
+            name = f"input_{name}"
+        record[name] = value
     if isinstance(result, VisualEntailmentError):
         record["error"] = result.to_dict()
     else:

@@ -1,7 +1,7 @@
 """`ofa-ve`: predict one item, one image against many hypotheses, zero-shot classify,
-run a JSONL/CSV file, or check server health.
+run a JSONL/CSV file, evaluate on SNLI-VE, or check server health.
 
-Exit codes: 0 success; 1 a request (or, for `batch` and `many`, some item) failed,
+Exit codes: 0 success; 1 a request (or, for `batch`, `many` and `evaluate`, some item) failed,
 or the server is not ready (`health`); 2 bad command line.
 """
 
@@ -24,36 +24,57 @@ from .errors import InvalidInputError, VisualEntailmentError
 URL_ENV = "OFA_VE_URL"  # comma-separated HOST:PORT list, the default for --url
 
 
-def _common_options() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+def _common_options(top_level: bool) -> argparse.ArgumentParser:
+    """Connection and TLS flags, accepted before the subcommand and after it.
+
+    The copy after the subcommand has no defaults (argparse would otherwise reset
+    what was given before it) and keeps its repeatable flags apart, so that
+    `--url A health --url B` means both A and B (see `_merge_common`).
+    """
+    common = argparse.ArgumentParser(
+        add_help=False, argument_default=None if top_level else argparse.SUPPRESS
+    )
+
+    def default(value: Any) -> Any:
+        return value if top_level else argparse.SUPPRESS
+
+    def repeated(name: str) -> str:
+        return name if top_level else f"{name}_after_command"
+
     conn = common.add_argument_group("connection")
     conn.add_argument(
         "--url",
         action="append",
+        dest=repeated("url"),
         metavar="HOST:PORT",
         help=f"gRPC endpoint; repeat for round-robin and failover "
         f"(default: ${URL_ENV} or {DEFAULT_URL})",
     )
-    conn.add_argument("--model", default=MODEL_NAME, help="model name (default: %(default)s)")
     conn.add_argument(
-        "--timeout", type=float, default=60.0, help="deadline per request, seconds (default: 60)"
+        "--model", default=default(MODEL_NAME), help=f"model name (default: {MODEL_NAME})"
+    )
+    conn.add_argument(
+        "--timeout",
+        type=float,
+        default=default(60.0),
+        help="deadline per request, seconds (default: 60)",
     )
     conn.add_argument(
         "--retries",
         type=int,
-        default=4,
+        default=default(4),
         help="retries on UNAVAILABLE/RESOURCE_EXHAUSTED (default: 4; 0 disables)",
     )
     conn.add_argument(
         "--header",
         action="append",
-        default=[],
+        dest=repeated("header"),
         metavar="KEY=VALUE",
         help="gRPC metadata on every call, e.g. authorization='Bearer TOKEN'",
     )
     conn.add_argument("--compression", choices=("gzip", "deflate"), help="request compression")
     tls = common.add_argument_group("TLS")
-    tls.add_argument("--ssl", action="store_true", help="use TLS")
+    tls.add_argument("--ssl", action="store_true", default=default(False), help="use TLS")
     tls.add_argument("--root-cert", metavar="PEM", help="CA certificate(s) to verify the server")
     tls.add_argument("--client-cert", metavar="PEM", help="client certificate chain (mutual TLS)")
     tls.add_argument("--client-key", metavar="PEM", help="client private key (mutual TLS)")
@@ -61,14 +82,28 @@ def _common_options() -> argparse.ArgumentParser:
     return common
 
 
+def _merge_common(args: argparse.Namespace) -> argparse.Namespace:
+    """Repeatable flags given before and after the subcommand add up, in that order."""
+    for name in ("url", "header"):
+        after = getattr(args, f"{name}_after_command", None)
+        if after:
+            setattr(args, name, [*(getattr(args, name) or []), *after])
+        if hasattr(args, f"{name}_after_command"):
+            delattr(args, f"{name}_after_command")
+    args.header = args.header or []
+    return args
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ofa-ve",
-        description="Client for the OFA visual-entailment model on Triton (gRPC).",
+        description="Client for the OFA visual-entailment model on Triton (gRPC). "
+        "Connection and TLS flags go before or after the command.",
+        parents=[_common_options(top_level=True)],
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    common = _common_options()
+    common = _common_options(top_level=False)
 
     predict = sub.add_parser(
         "predict",
@@ -125,10 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
         "batch",
         parents=[common],
         help="judge every row of a JSONL or CSV file; writes JSONL",
-        description="Rows have image, hypothesis and optional premise (JSONL keys, or CSV "
-        "columns in that order, with or without a header row). Relative image paths are "
-        "relative to the input file. Each output line is the row plus its prediction, "
-        "or an `error` object; the order is the input order.",
+        description="Rows have image, hypothesis and optional premise: JSONL keys, or CSV "
+        "columns named by a header row (any order) or, without one, in that order. Other "
+        "columns (ids, gold labels) are kept and so are empty fields. Relative image paths "
+        "are relative to the input file. Each output line is {index} plus every field of "
+        "the row (a column named like an output key, e.g. `label`, as `input_label`), then "
+        "the prediction or an `error` object; the order is the input order.",
     )
     batch.set_defaults(handler=cmd_batch, subparser=batch)
     batch.add_argument("input", help="input .jsonl or .csv file, or - for stdin")
@@ -149,6 +186,54 @@ def build_parser() -> argparse.ArgumentParser:
         help="always show progress",
     )
     progress.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="never show progress"
+    )
+
+    evaluate = sub.add_parser(
+        "evaluate",
+        parents=[common],
+        help="accuracy on SNLI-VE (or any dataset in its formats) through the server",
+        description="Sends every pair of an SNLI-VE file through the server and scores the "
+        "answers against the gold labels: accuracy (percent), per-class precision, recall "
+        "and F1, the confusion matrix and throughput. DATA is SNLI-VE's own JSONL "
+        "(snli_ve_{train,dev,test}.jsonl, with --images the Flickr30k image folder) or "
+        "OFA's SNLI-VE TSV (images inline as base64). Every prediction goes to --out (CSV), "
+        "written as it comes, so an interrupted run continues with --resume. The report "
+        "goes to stdout (--json: the JSON summary instead); the summary is also written "
+        "beside --out (or to --summary). Exit 1 if any pair failed.",
+    )
+    evaluate.set_defaults(handler=cmd_evaluate, subparser=evaluate)
+    evaluate.add_argument("data", metavar="JSONL_OR_TSV", help="the dataset file")
+    evaluate.add_argument("--images", metavar="DIR", help="Flickr30k image folder (JSONL)")
+    evaluate.add_argument("--format", choices=("jsonl", "tsv"), help="default: by suffix")
+    evaluate.add_argument("--out", metavar="PREDICTIONS.csv", help="write every prediction")
+    evaluate.add_argument(
+        "--summary", metavar="SUMMARY.json", help="default: PREDICTIONS.summary.json"
+    )
+    evaluate.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the answered rows of an existing --out and send only the rest",
+    )
+    evaluate.add_argument("--limit", type=int, help="only the first N pairs of the file")
+    evaluate.add_argument(
+        "--with-caption",
+        action="store_true",
+        help="send the text premise too (JSONL sentence1, TSV caption); the card's "
+        "figures are for the image alone",
+    )
+    evaluate.add_argument(
+        "--concurrency", type=int, default=2, help="requests in flight (default: 2)"
+    )
+    evaluate.add_argument(
+        "--batch-size", type=int, help="pairs per request (default: the model's max_batch_size)"
+    )
+    evaluate.add_argument("--json", action="store_true", help="print the JSON summary")
+    eval_progress = evaluate.add_mutually_exclusive_group()
+    eval_progress.add_argument(
+        "--progress", dest="progress", action="store_true", default=None, help="always"
+    )
+    eval_progress.add_argument(
         "--no-progress", dest="progress", action="store_false", help="never show progress"
     )
 
@@ -319,6 +404,109 @@ def cmd_batch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 1 if failed else 0
 
 
+def cmd_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import csv
+    import time
+
+    from . import evaluation as ev
+
+    if args.concurrency < 1 or (args.batch_size is not None and args.batch_size < 1):
+        parser.error("--concurrency and --batch-size must be >= 1")
+    if args.limit is not None and args.limit < 1:
+        parser.error("--limit must be >= 1")
+    data = Path(args.data)
+    images = Path(args.images) if args.images else None
+    out = Path(args.out) if args.out else None
+    try:
+        fmt = ev.detect_format(data, args.format)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if not data.is_file():
+        parser.error(f"no such dataset file: {data}")
+    if images is not None and not images.is_dir():
+        parser.error(f"--images {images} is not a folder")
+    if args.resume and out is None:
+        parser.error("--resume needs --out (the predictions file to continue)")
+    if out is not None and out.exists() and not args.resume:
+        parser.error(f"{out} exists: --resume to continue it, or remove it")
+    summary_path = Path(args.summary) if args.summary else None
+    if summary_path is None and out is not None:
+        summary_path = out.with_name(out.stem + ".summary.json")
+
+    done = ev.read_done(out) if args.resume and out is not None else {}
+    scores = ev.Scores()
+    ev.score_rows(done.values(), scores)
+    show = sys.stderr.isatty() if args.progress is None else args.progress
+    total = ev.count_pairs(data) if show else None
+    if total is not None and args.limit is not None:
+        total = min(total, args.limit)
+    pairs = itertools.islice(ev.read_pairs(data, fmt, images, args.with_caption), args.limit)
+    sink = None
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        sink = open(out, "w", encoding="utf-8", newline="")  # noqa: SIM115 (closed below)
+    writer = csv.DictWriter(sink, fieldnames=ev.PREDICTION_COLUMNS) if sink else None
+    if writer is not None:
+        writer.writeheader()
+        writer.writerows(done.values())  # a resumed file keeps its answers, drops failures
+    count = sent = resumed = 0
+    seconds = 0.0
+    with make_client(args, parser, concurrency=args.concurrency) as client:
+        bar = _progress_bar(show, total)
+        try:
+            window = max(256, 4 * args.concurrency * (args.batch_size or 32))
+            while chunk := list(itertools.islice(pairs, window)):
+                count += len(chunk)
+                todo = [p for p in chunk if p.pair_id not in done]
+                resumed += len(chunk) - len(todo)
+                sendable = [p for p in todo if p.problem is None]
+                started = time.perf_counter()
+                results = client.predict_batch(
+                    [(p.image, p.hypothesis, p.premise) for p in sendable],
+                    return_exceptions=True,
+                    batch_size=args.batch_size,
+                    progress=bar.update,
+                )
+                seconds += time.perf_counter() - started
+                sent += len(sendable)
+                bar.update(len(chunk) - len(sendable))
+                answers = iter(results)
+                for pair in todo:
+                    result = ev.problem_error(pair) if pair.problem else next(answers)
+                    if isinstance(result, VisualEntailmentError) or pair.gold is None:
+                        scores.errors += 1
+                    else:
+                        scores.add(pair.gold, result.label)
+                    if writer is not None:
+                        writer.writerow(ev.prediction_row(pair, result))
+                if sink is not None:
+                    sink.flush()
+        finally:
+            bar.close()
+            if sink is not None:
+                sink.close()
+    summary = {
+        "dataset": str(data),
+        "format": fmt,
+        "model": args.model,
+        "with_caption": args.with_caption,
+        "pairs": count,
+        "sent": sent,
+        "resumed": resumed,
+        "seconds": seconds,
+        "throughput_pairs_per_s": sent / seconds if seconds else 0.0,
+        "predictions": str(out) if out else None,
+        "scores": scores.to_dict(),
+    }
+    if summary_path is not None:
+        summary_path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    if args.json:
+        _print_json(summary)
+    else:
+        print(ev.format_report(summary), flush=True)
+    return 1 if scores.errors else 0
+
+
 def _progress_bar(enabled: bool, total: int | None) -> Any:
     from tqdm import tqdm
 
@@ -327,7 +515,7 @@ def _progress_bar(enabled: bool, total: int | None) -> Any:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _merge_common(parser.parse_args(argv))
     try:
         return args.handler(args, args.subparser)
     except VisualEntailmentError as exc:

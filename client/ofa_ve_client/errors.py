@@ -93,8 +93,58 @@ class ImageFetchError(InvalidInputError):
         self.url = url
 
 
+# What gRPC says when the far end is not a gRPC server (Triton's HTTP port given by
+# mistake) against when nothing listens at all.
+_NOT_GRPC_RE = re.compile(
+    r"http1\.x server|Socket closed|Connection reset|recvmsg:|"
+    r"failed to connect to all addresses.*(?:Handshake|handshake)",
+)
+_NOTHING_LISTENS_RE = re.compile(
+    r"Connection refused|failed to connect to all addresses|DNS resolution failed|"
+    r"Name or service not known|No route to host|Deadline Exceeded while connecting",
+    re.IGNORECASE,
+)
+HINT_NOT_GRPC = (
+    "the address answered, but not as a gRPC server: is it Triton's HTTP port? This "
+    "client speaks gRPC, which Triton serves on port 8001 by default (8000 is HTTP, "
+    "8002 metrics)"
+)
+HINT_NOTHING_LISTENS = (
+    "is the server running and is this its gRPC address? `make serve` starts one on "
+    "127.0.0.1:8001 (gRPC; 8000 is its HTTP port); give another with --url HOST:PORT "
+    "or $OFA_VE_URL"
+)
+
+
+def connection_hint(message: str) -> str | None:
+    """What to do about a connection failure, from gRPC's own words (None: no advice)."""
+    if _NOT_GRPC_RE.search(message):
+        return HINT_NOT_GRPC
+    if _NOTHING_LISTENS_RE.search(message):
+        return HINT_NOTHING_LISTENS
+    return None
+
+
 class ServerUnavailableError(VisualEntailmentError, ConnectionError):
-    """No server answered (UNAVAILABLE): down, restarting, or unreachable. Retryable."""
+    """No server answered (UNAVAILABLE): down, restarting, or unreachable. Retryable.
+
+    `hint` says what to do when the message shows a connection that never worked
+    (nothing listening, the HTTP port given for the gRPC one); None otherwise.
+    """
+
+    @property
+    def hint(self) -> str | None:
+        return connection_hint(self.message)
+
+    def __str__(self) -> str:
+        hint = self.hint
+        return super().__str__() + (f" (hint: {hint})" if hint else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        if self.hint:
+            out["hint"] = self.hint
+        return out
 
 
 class ModelNotReadyError(ServerUnavailableError):

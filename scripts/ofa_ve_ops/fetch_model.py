@@ -4,9 +4,9 @@
     python -m ofa_ve_ops.fetch_model [--cache-dir DIR] [--revision REV] [--timeout S]
 
 Prints the model directory (a ModelScope model directory the engine loads) on
-stdout; progress and errors go to stderr. Exit status: 0 on success, 3 when the
-hub cannot be reached (so `make serve` can fall back to a demo checkpoint),
-1 on any other failure.
+stdout; progress and errors go to stderr. Exit status: 0 on success (a cached
+copy included), 3 when the hub cannot be reached and nothing complete is cached
+(so `make serve` can fall back to a demo checkpoint), 1 on any other failure.
 
 The download itself is ModelScope's own `snapshot_download`
 (modelscope 1.40.2 delegates to `modelscope_hub`): it shows a tqdm bar per
@@ -16,10 +16,14 @@ requests, so re-running after an interruption continues where it stopped.
 
 Before downloading, one bounded request checks that the hub answers at all:
 ModelScope's own retries take 7-25 s to give up (DNS failure here: about 22 s),
-and a server start should not wait on that. The hub endpoint is ModelScope's:
-`MODELSCOPE_ENDPOINT` (or the deprecated `MODELSCOPE_DOMAIN`), else
-https://modelscope.cn. Cache: `--cache-dir`, else `OFA_VE_MODEL_CACHE`, else
-`~/.cache/ofa-ve/modelscope`.
+and a server start should not wait on that. When the hub cannot be reached (an
+outage, a machine without egress) but a complete copy is already in the cache,
+that copy is used, with a warning naming it: a restart during an outage keeps
+serving the real model. Only when there is no complete copy does it exit 3.
+
+The hub endpoint is ModelScope's: `MODELSCOPE_ENDPOINT` (or the deprecated
+`MODELSCOPE_DOMAIN`), else https://modelscope.cn. Cache: `--cache-dir`, else
+`OFA_VE_MODEL_CACHE`, else `~/.cache/ofa-ve/modelscope`.
 """
 
 from __future__ import annotations
@@ -36,7 +40,15 @@ MODEL_DIR_ENV = "OFA_VE_MODEL_DIR"
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "ofa-ve" / "modelscope"
 DEFAULT_TIMEOUT_S = 10.0
 EXIT_HUB_UNREACHABLE = 3
-REQUIRED_FILES = ("configuration.json", "config.json", "pytorch_model.bin")
+# What the engine reads from a ModelScope model directory (its settings module's names).
+REQUIRED_FILES = (
+    "configuration.json",
+    "config.json",
+    "pytorch_model.bin",
+    "vocab.json",
+    "merges.txt",
+)
+PARTIAL_SUFFIX = ".incomplete"  # what modelscope_hub names a file it is still downloading
 
 
 class ModelFetchError(RuntimeError):
@@ -109,6 +121,44 @@ def check_hub_reachable(endpoint: str, model_id: str, timeout_s: float) -> None:
         raise _unreachable(endpoint, f"it answered HTTP {result}")
 
 
+def _missing_files(model_dir: Path) -> list[str]:
+    """What keeps `model_dir` from being a complete model: absent or half-downloaded files."""
+    missing = [name for name in REQUIRED_FILES if not (model_dir / name).is_file()]
+    partial = sorted(p.name for p in model_dir.glob(f"*{PARTIAL_SUFFIX}"))
+    return missing + partial
+
+
+def cached_model(cache_dir: Path, revision: str | None, model_id: str = MODEL_ID) -> Path | None:
+    """The complete copy of the model in the cache, without any network; None if there
+    is none (nothing downloaded yet, or a download that never finished)."""
+    from modelscope.hub.snapshot_download import snapshot_download
+    from modelscope_hub.errors import HubError
+
+    try:
+        path = snapshot_download(
+            model_id, revision=revision, cache_dir=cache_dir, local_files_only=True
+        )
+    except (HubError, OSError, ValueError):
+        return None
+    model_dir = Path(path)
+    return model_dir if model_dir.is_dir() and not _missing_files(model_dir) else None
+
+
+def _from_cache_or_raise(
+    error: HubUnreachableError, cache_dir: Path, revision: str | None, model_id: str
+) -> Path:
+    cached = cached_model(cache_dir, revision, model_id)
+    if cached is None:
+        raise error
+    print(
+        f"fetch_model: WARNING: {error} Using the complete copy already in the cache: "
+        f"{cached} (it was not checked against the hub for a newer revision).",
+        file=sys.stderr,
+        flush=True,
+    )
+    return cached
+
+
 def fetch_model(
     cache_dir: Path | None = None,
     revision: str | None = None,
@@ -117,15 +167,19 @@ def fetch_model(
 ) -> Path:
     """Download (or reuse from the cache) the model and return its directory.
 
-    Raises HubUnreachableError within about `timeout_s` when the hub does not
-    answer, and ModelFetchError for any other failure (unknown revision,
-    incomplete download, ...). Partial downloads stay in the cache and resume.
+    When the hub does not answer (within about `timeout_s`) the complete cached copy
+    is returned with a warning; without one, HubUnreachableError. ModelFetchError for
+    any other failure (unknown model or revision, incomplete download, ...). Partial
+    downloads stay in the cache and resume.
     """
     if timeout_s <= 0:
         raise ValueError("timeout_s must be positive")
     cache_dir = (cache_dir or default_cache_dir()).expanduser()
     endpoint = hub_endpoint()
-    check_hub_reachable(endpoint, model_id, timeout_s)
+    try:
+        check_hub_reachable(endpoint, model_id, timeout_s)
+    except HubUnreachableError as e:
+        return _from_cache_or_raise(e, cache_dir, revision, model_id)
 
     from modelscope.hub.callback import TqdmCallback
     from modelscope.hub.snapshot_download import snapshot_download
@@ -141,7 +195,9 @@ def fetch_model(
             progress_callbacks=[TqdmCallback],
         )
     except NetworkError as e:
-        raise _unreachable(endpoint, f"lost during download: {e}") from e
+        lost = _unreachable(endpoint, f"lost during download: {e}")
+        lost.__cause__ = e
+        return _from_cache_or_raise(lost, cache_dir, revision, model_id)
     except (HubError, OSError) as e:
         raise ModelFetchError(
             f"downloading {model_id} (revision {revision or 'default'}) into {cache_dir} "
@@ -149,7 +205,7 @@ def fetch_model(
             "local ModelScope model directory."
         ) from e
     model_dir = Path(path)
-    missing = [name for name in REQUIRED_FILES if not (model_dir / name).is_file()]
+    missing = _missing_files(model_dir)
     if missing:
         raise ModelFetchError(
             f"{model_dir} was downloaded but lacks {', '.join(missing)}: not a ModelScope "
@@ -162,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=(
             f"Download {MODEL_ID} from the ModelScope hub into a cache and print the "
-            "model directory. Exit 3 when the hub is unreachable."
+            "model directory. Where the hub is unreachable, the complete cached copy "
+            "(with a warning); exit 3 when there is none."
         )
     )
     parser.add_argument(

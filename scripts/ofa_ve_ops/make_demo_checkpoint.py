@@ -4,7 +4,10 @@
 Used where the real model cannot be downloaded (`make serve` without hub access,
 the test suite, benchmarks). The same seed always gives byte-identical files.
 
-    python -m ofa_ve_ops.make_demo_checkpoint --out DIR [--seed N] [--decisive]
+    python -m ofa_ve_ops.make_demo_checkpoint [--out DIR] [--seed N] [--decisive]
+
+Without --out it goes where `make serve` looks for it: $OFA_VE_CACHE_DIR (else
+.cache/) /demo-checkpoint-seed<N> (a decisive one: ...-seed<N>-decisive).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from ofa_ve_engine.demo_checkpoint import (
     write_demo_checkpoint,
 )
 
+from ofa_ve_ops.paths import demo_checkpoint_dir
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
@@ -30,7 +35,12 @@ def main(argv: list[str] | None = None) -> int:
             "it exists so the server and tests run where the ModelScope hub is unreachable."
         )
     )
-    parser.add_argument("--out", type=Path, required=True, help="model directory to write")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="model directory to write (default: where `make serve` looks, "
+        "$OFA_VE_CACHE_DIR or .cache/, demo-checkpoint-seed<SEED>)",
+    )
     parser.add_argument(
         "--seed", type=int, default=DEFAULT_SEED, help=f"weight seed (default {DEFAULT_SEED})"
     )
@@ -44,7 +54,11 @@ def main(argv: list[str] | None = None) -> int:
         "--quiet", action="store_true", help="print only the directory, no file hashes"
     )
     args = parser.parse_args(argv)
-    out = write_demo_checkpoint(args.out, seed=args.seed, decisive=args.decisive)
+    out = args.out
+    if out is None:
+        out = demo_checkpoint_dir(args.seed)
+        out = out.with_name(out.name + "-decisive") if args.decisive else out
+    out = write_demo_checkpoint(out, seed=args.seed, decisive=args.decisive)
     if not args.quiet:
         for path in checkpoint_files(out):
             digest = hashlib.sha256(path.read_bytes()).hexdigest()

@@ -6,6 +6,7 @@ this file's place in it: scripts/ofa_ve_ops/paths.py.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -14,3 +15,15 @@ MODEL_NAME = "ofa_visual_entailment"
 MODEL_FOLDER = MODEL_REPOSITORY / MODEL_NAME
 CONFIG_PBTXT = MODEL_FOLDER / "config.pbtxt"
 CACHE_DIR = REPO_ROOT / ".cache"
+CACHE_DIR_ENV = "OFA_VE_CACHE_DIR"
+
+
+def cache_dir() -> Path:
+    """Where generated files (the demo checkpoint) go: $OFA_VE_CACHE_DIR, else .cache/."""
+    return Path(os.environ.get(CACHE_DIR_ENV, "").strip() or CACHE_DIR)
+
+
+def demo_checkpoint_dir(seed: int, under: Path | None = None) -> Path:
+    """The one place a seed's demo checkpoint lives, so `make serve`, `make
+    demo-checkpoint` and the benchmarks share one copy."""
+    return (under or cache_dir()) / f"demo-checkpoint-seed{seed}"

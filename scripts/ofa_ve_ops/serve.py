@@ -4,8 +4,9 @@
 Which weights, in order:
   1. OFA_VE_MODEL_DIR (or --model-dir): a ModelScope model directory you provide;
   2. the real model from the ModelScope hub (`python -m ofa_ve_ops.fetch_model`; cached in
-     $OFA_VE_MODEL_CACHE or ~/.cache/ofa-ve/modelscope; hub: $MODELSCOPE_ENDPOINT);
-  3. where the hub cannot be reached: a generated demo checkpoint with RANDOM
+     $OFA_VE_MODEL_CACHE or ~/.cache/ofa-ve/modelscope; hub: $MODELSCOPE_ENDPOINT), or,
+     while the hub cannot be reached, the complete copy already in that cache;
+  3. where the hub cannot be reached and nothing is cached: a demo checkpoint with RANDOM
      weights (cached under the cache folder), announced loudly: its answers are
      meaningless, it only shows the server working.
 
@@ -24,16 +25,17 @@ model instance's stub process dies, the watchdog stops the server and exits 70.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ofa_ve_ops import triton_runtime
-from ofa_ve_ops.paths import MODEL_REPOSITORY, REPO_ROOT
+from ofa_ve_ops import paths, triton_runtime
+from ofa_ve_ops.paths import CACHE_DIR_ENV, MODEL_REPOSITORY, demo_checkpoint_dir
 
 MODEL_DIR_ENV = "OFA_VE_MODEL_DIR"
-CACHE_DIR_ENV = "OFA_VE_CACHE_DIR"
 
 DEMO_WARNING = """
 ==========================================================================
@@ -65,6 +67,62 @@ def _env_port(name: str, default: int) -> int:
     return port
 
 
+# Endpoint, the variable that sets its port, and what the port is for.
+ENDPOINTS = (
+    ("HTTP", "OFA_VE_HTTP_PORT", "http_port"),
+    ("gRPC", "OFA_VE_GRPC_PORT", "grpc_port"),
+    ("metrics", "OFA_VE_METRICS_PORT", "metrics_port"),
+)
+
+
+def _bind_error(address: str, port: int) -> OSError | None:
+    """Whether tritonserver could bind address:port now (it sets SO_REUSEADDR too)."""
+    try:
+        infos = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return OSError(errno.EADDRNOTAVAIL, f"cannot resolve {address!r}: {exc.strerror}")
+    family, kind, proto, _, sockaddr = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(sockaddr)
+        except OSError as exc:
+            return exc
+    return None
+
+
+def check_ports(address: str, ports: dict[str, int]) -> None:
+    """Refuse at once, naming the variable, when an endpoint's port cannot be had.
+
+    Why here: tritonserver only binds its ports after the model has loaded (seconds
+    to minutes, a hub download included) and then fails with a bare "already in use".
+    `ports` maps an ENDPOINTS variable name to the port asked for.
+    """
+    by_port: dict[int, str] = {}
+    for endpoint, variable, attr in ENDPOINTS:
+        port = ports[variable]
+        flag = "--" + attr.replace("_", "-")
+        if port in by_port:
+            raise SystemExit(
+                f"serve: {variable} and {by_port[port]} are both {port}: every endpoint "
+                "needs a port of its own"
+            )
+        by_port[port] = variable
+        error = _bind_error(address, port)
+        if error is None:
+            continue
+        if error.errno == errno.EADDRINUSE:
+            raise SystemExit(
+                f"serve: {address}:{port}, the {endpoint} port, is already in use (another "
+                f"`make serve` or tritonserver?). Stop that process or pick another port: "
+                f"{variable}={port + 10} make serve (or {flag} {port + 10})"
+            )
+        raise SystemExit(
+            f"serve: cannot bind the {endpoint} port {address}:{port} ({error.strerror}); "
+            f"check OFA_VE_BIND_ADDRESS (--address) and {variable} ({flag})"
+        )
+
+
 def demo_checkpoint(cache_dir: Path) -> Path:
     """The cached random-weight checkpoint, written on first use."""
     from ofa_ve_engine.demo_checkpoint import (
@@ -73,7 +131,7 @@ def demo_checkpoint(cache_dir: Path) -> Path:
         write_demo_checkpoint,
     )
 
-    out = cache_dir / f"demo-checkpoint-seed{DEFAULT_SEED}"
+    out = demo_checkpoint_dir(DEFAULT_SEED, cache_dir)
     if all(p.is_file() for p in checkpoint_files(out)):
         return out
     _say(f"writing a random-weight demo checkpoint to {out} ...")
@@ -98,7 +156,7 @@ def resolve_model_dir(model_dir: Path | None, cache_dir: Path, hub_timeout_s: fl
         return path
     except ModelFetchError as exc:  # reachable but failed: the user must see why
         raise SystemExit(f"serve: {exc}") from None
-    _say(f"real model from the ModelScope hub: {path}")
+    _say(f"real model (from the ModelScope hub, or its complete cached copy): {path}")
     return Path(path)
 
 
@@ -141,7 +199,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--cache-dir",
         type=Path,
-        default=Path(os.environ.get(CACHE_DIR_ENV, "").strip() or REPO_ROOT / ".cache"),
+        default=paths.cache_dir(),
         help=f"where the demo checkpoint is kept (default: ${CACHE_DIR_ENV} or .cache/)",
     )
     parser.add_argument(
@@ -172,6 +230,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if not args.dry_run:
+        check_ports(args.address, {var: getattr(args, attr) for _, var, attr in ENDPOINTS})
     try:
         runtime = triton_runtime.prepare_runtime()
     except triton_runtime.RuntimeSetupError as exc:
@@ -193,6 +253,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{MODEL_DIR_ENV}={model_dir}")
         print(" ".join(command))
         return 0
+    if not triton_runtime.has_gpu():
+        _say(
+            "no GPU here: the model runs on the CPU. Triton will log \"CudaDriverHelper "
+            'has not been initialized." once; on a machine without a GPU that is expected '
+            "and harmless."
+        )
     _say(
         f"starting tritonserver: HTTP {args.address}:{args.http_port}, gRPC "
         f"{args.address}:{args.grpc_port}, metrics {args.address}:{args.metrics_port} "

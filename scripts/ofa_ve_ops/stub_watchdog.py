@@ -115,14 +115,19 @@ class Watchdog:
             _say(f"cannot start {self.command[0]}: {e}")
             return 127
         seen: dict[int, Stub] = {}
+        ever: dict[int, Stub] = {}  # every stub of this server, for its /dev/shm region
         while True:
             code = self.child.poll()
             if code is not None:
-                if code != 0:
-                    gone = [s for s in seen.values() if process_state(s.pid) in (None, "Z", "X")]
-                    remove_regions(gone)
+                # The server is gone, so no region it made can be used again. A clean
+                # shutdown removes them itself; a failed start (a port taken after the
+                # model loaded) leaves one per instance behind: remove what is left.
+                removed = remove_regions(list(ever.values()))
+                if removed:
+                    _say(f"removed leftover shared memory: {', '.join(removed)}")
                 return code if code >= 0 else 128 - code
             current = serving_stubs(self.child.pid)
+            ever.update(current)
             # A crashed stub stays a zombie (2.51 never reaps it); one that Triton ends
             # itself (unload in explicit mode, shutdown) is reaped and simply vanishes.
             dead = [s for s in seen.values() if process_state(s.pid) == "Z"]

@@ -304,8 +304,12 @@ def server_command(
         f"--backend-config=python,shm-growth-byte-size={shm_growth_bytes}",
     ]
     if not gpu:
-        # Without a GPU there is nothing to pin for; this also silences a CUDA warning.
-        cmd.append("--pinned-memory-pool-byte-size=0")
+        # Without a GPU there is nothing to pin for (this also silences a CUDA warning),
+        # and no GPU to report on: GPU metrics would log "Failed to initialize NVML"
+        # and "DCGM unable to start" on every start. (One line stays: tritonserver
+        # logs "CudaDriverHelper has not been initialized." whenever there is no CUDA
+        # driver; it is harmless, and serve.py says so.)
+        cmd += ["--pinned-memory-pool-byte-size=0", "--allow-gpu-metrics=false"]
     if model_control_mode:
         cmd.append(f"--model-control-mode={model_control_mode}")
     cmd.extend(f"--load-model={name}" for name in load_models)
