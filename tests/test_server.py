@@ -418,11 +418,9 @@ def test_ready_only_after_the_warm_up(spare_server: TritonServer) -> None:
 
 
 # --------------------------------------------------------------------------- make serve
-@pytest.mark.server
-@pytest.mark.slow
-def test_serve_script_from_a_fresh_cache_with_the_hub_unreachable(tmp_path: Path) -> None:
-    """What `make serve` runs: demo weights announced, READY, answers, Ctrl-C stops it."""
-    http_port, grpc_port, metrics_port, dead_port = free_ports(4)
+def _serve_env(tmp_path: Path, hub: str, **extra: str) -> tuple[dict[str, str], int, int]:
+    """`make serve`'s environment on free ports, the caches in tmp_path; hub endpoint."""
+    http_port, grpc_port, metrics_port = free_ports(3)
     env = {k: v for k, v in os.environ.items() if k != "OFA_VE_MODEL_DIR"}
     env.update(
         OFA_VE_HTTP_PORT=str(http_port),
@@ -430,11 +428,16 @@ def test_serve_script_from_a_fresh_cache_with_the_hub_unreachable(tmp_path: Path
         OFA_VE_METRICS_PORT=str(metrics_port),
         OFA_VE_CACHE_DIR=str(tmp_path / "cache"),
         OFA_VE_MODEL_CACHE=str(tmp_path / "hub-cache"),
-        # A hub endpoint on a loopback port nobody listens on: unreachable here and
-        # everywhere else, so this always exercises the fallback.
-        MODELSCOPE_ENDPOINT=f"http://127.0.0.1:{dead_port}",
+        MODELSCOPE_ENDPOINT=hub,
+        HOME=str(tmp_path / "home"),  # the hub client writes a session file there
+        **extra,
     )
-    log_path = tmp_path / "serve.log"
+    return env, http_port, grpc_port
+
+
+def _serve_answers_and_stops(env: dict[str, str], grpc_port: int, log_path: Path) -> str:
+    """Run serve.py as `make serve` does: READY, one answer, Ctrl-C stops it and every
+    process it started. Returns its log."""
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "ofa_ve_ops.serve"],
@@ -475,8 +478,18 @@ def test_serve_script_from_a_fresh_cache_with_the_hub_unreachable(tmp_path: Path
         if _group_alive(process.pid):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait(10)
+    return log_path.read_text(errors="replace")
 
-    text = log_path.read_text(errors="replace")
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_serve_script_from_a_fresh_cache_with_the_hub_unreachable(tmp_path: Path) -> None:
+    """What `make serve` runs: demo weights announced, READY, answers, Ctrl-C stops it."""
+    # A hub endpoint on a loopback port nobody listens on: unreachable here and
+    # everywhere else, so this always exercises the fallback.
+    (dead_port,) = free_ports(1)
+    env, http_port, grpc_port = _serve_env(tmp_path, f"http://127.0.0.1:{dead_port}")
+    text = _serve_answers_and_stops(env, grpc_port, tmp_path / "serve.log")
     assert "THE MODELSCOPE HUB IS UNREACHABLE" in text
     assert "DEMO CHECKPOINT WITH RANDOM WEIGHTS" in text
     assert "RANDOM DEMO WEIGHTS" in text  # the model's own log line, from tritonserver
@@ -494,6 +507,40 @@ def test_serve_script_from_a_fresh_cache_with_the_hub_unreachable(tmp_path: Path
         assert not unexplained, unexplained
         if errors:  # the explanation comes before Triton's own line
             assert text.index("expected and harmless") < text.index(errors[0])
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_serve_script_uses_the_cached_model_while_the_hub_is_down(
+    tmp_path: Path, demo_model_dir: Path
+) -> None:
+    """The model was fetched once (from a loopback hub speaking ModelScope's protocol, to
+    the real client); the hub then goes away. A restart must serve those cached weights,
+    never a random demo checkpoint."""
+    from hub_emulator import HubEmulator
+    from ofa_ve_ops.fetch_model import MODEL_ID
+
+    env, _, grpc_port = _serve_env(tmp_path, "")
+    with HubEmulator({MODEL_ID: demo_model_dir}) as hub:
+        fetched = subprocess.run(
+            [sys.executable, "-m", "ofa_ve_ops.fetch_model"],
+            env={**env, "MODELSCOPE_ENDPOINT": hub.endpoint},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+    assert fetched.returncode == 0, fetched.stderr[-3000:]
+    cached = Path(fetched.stdout.strip())
+    assert cached.is_relative_to(tmp_path / "hub-cache")
+    (dead_port,) = free_ports(1)
+    env["MODELSCOPE_ENDPOINT"] = f"http://127.0.0.1:{dead_port}"  # the hub is down now
+    text = _serve_answers_and_stops(env, grpc_port, tmp_path / "serve.log")
+    assert "Using the complete copy already in the cache" in text
+    assert f"its complete cached copy): {cached.resolve()}" in text
+    assert "DEMO CHECKPOINT WITH RANDOM WEIGHTS" not in text
+    assert f"weights from {cached.resolve()} on" in text  # what the model itself loaded
+    assert not (tmp_path / "cache" / f"demo-checkpoint-seed{DEFAULT_SEED}").exists()
 
 
 def _group_alive(pgid: int) -> bool:

@@ -145,8 +145,13 @@ def cached_model(cache_dir: Path, revision: str | None, model_id: str = MODEL_ID
 
 
 def _from_cache_or_raise(
-    error: HubUnreachableError, cache_dir: Path, revision: str | None, model_id: str
+    error: ModelFetchError, cache_dir: Path, revision: str | None, model_id: str
 ) -> Path:
+    """The complete cached copy, with a warning naming `error`; else `error` is raised.
+
+    The copy is complete by its files (every one the engine reads, none half-written);
+    their contents were checked against the hub's hashes when they were downloaded.
+    """
     cached = cached_model(cache_dir, revision, model_id)
     if cached is None:
         raise error
@@ -167,10 +172,11 @@ def fetch_model(
 ) -> Path:
     """Download (or reuse from the cache) the model and return its directory.
 
-    When the hub does not answer (within about `timeout_s`) the complete cached copy
-    is returned with a warning; without one, HubUnreachableError. ModelFetchError for
-    any other failure (unknown model or revision, incomplete download, ...). Partial
-    downloads stay in the cache and resume.
+    When the hub does not answer (within about `timeout_s`), or answers but the
+    download fails, the complete cached copy is returned with a warning. Without one:
+    HubUnreachableError when the hub did not answer, ModelFetchError for any other
+    failure (unknown model or revision, incomplete download, ...). Partial downloads
+    stay in the cache and resume.
     """
     if timeout_s <= 0:
         raise ValueError("timeout_s must be positive")
@@ -199,11 +205,17 @@ def fetch_model(
         lost.__cause__ = e
         return _from_cache_or_raise(lost, cache_dir, revision, model_id)
     except (HubError, OSError) as e:
-        raise ModelFetchError(
+        # A hub that answers but fails (5xx on the listing, a cut connection, a hash
+        # that never matches) must not take down a server whose model is cached whole.
+        resumable = next(cache_dir.rglob(f"*{PARTIAL_SUFFIX}"), None) is not None
+        failed = ModelFetchError(
             f"downloading {model_id} (revision {revision or 'default'}) into {cache_dir} "
-            f"failed: {e}. (Re-running resumes partial files.) Or set {MODEL_DIR_ENV} to a "
-            "local ModelScope model directory."
-        ) from e
+            f"failed: {e}."
+            + (" Re-running resumes the partial files." if resumable else "")
+            + f" Or set {MODEL_DIR_ENV} to a local ModelScope model directory."
+        )
+        failed.__cause__ = e
+        return _from_cache_or_raise(failed, cache_dir, revision, model_id)
     model_dir = Path(path)
     missing = _missing_files(model_dir)
     if missing:
