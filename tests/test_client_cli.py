@@ -249,3 +249,27 @@ def test_batch_keeps_ids_gold_labels_and_empty_fields(triton_server, tmp_path):
             want = client.predict(IMAGE, line["hypothesis"], premise)
             assert line["label"] == want.label
             assert line["probs"] == pytest.approx(dict(want.probs), abs=1e-5)
+
+
+def test_batch_progress_moves_item_by_item(triton_server, tmp_path):
+    """With the bar shown each answer is one item (single-item requests, as many items in
+    flight as with full ones); without it, few full requests. Counted by the server."""
+    from prometheus import metric, scrape
+
+    rows = "".join(f"{IMAGE},{HYPOTHESES[i]}\n" for i in range(5))
+    source = tmp_path / "rows.csv"
+    source.write_text(rows)
+
+    def requests_for(*flags: str) -> tuple[int, subprocess.CompletedProcess[str]]:
+        name, model = "nv_inference_request_success", "ofa_visual_entailment"
+        before = metric(scrape(triton_server.metrics_url), name, model=model)
+        out = run("batch", str(source), "--url", triton_server.grpc_url, *flags)
+        assert out.returncode == 0, out.stderr
+        return int(metric(scrape(triton_server.metrics_url), name, model=model) - before), out
+
+    per_item, shown = requests_for("--progress")
+    assert per_item == 5 and "5/5" in shown.stderr
+    whole, _ = requests_for("--no-progress")
+    assert whole == 1
+    chosen, _ = requests_for("--progress", "--batch-size", "2")
+    assert chosen == 3  # an explicit --batch-size is kept

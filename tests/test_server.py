@@ -25,7 +25,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -40,6 +39,7 @@ from ofa_ve_ops.paths import MODEL_NAME
 from ofa_ve_ops.server_process import TritonServer, free_ports
 from ofa_ve_ops.triton_runtime import has_gpu
 from PIL import Image
+from prometheus import metric, scrape
 from tritonclient.utils import InferenceServerException
 
 INVALID_ARG = "StatusCode.INVALID_ARGUMENT"
@@ -118,27 +118,6 @@ def run_concurrently(calls: Sequence[Callable[[], object]]) -> list[object]:
         thread.join(180)
     assert not any(t.is_alive() for t in threads), "a request did not finish in 180 s"
     return results
-
-
-def scrape(url: str) -> list[tuple[str, dict[str, str], float]]:
-    """Prometheus text format -> (name, labels, value) samples."""
-    with urllib.request.urlopen(url, timeout=10) as response:
-        text = response.read().decode()
-    samples = []
-    pattern = re.compile(r"^([a-zA-Z_:][\w:]*)(?:\{(.*)\})?\s+(\S+)$")
-    for line in text.splitlines():
-        match = pattern.match(line)
-        if match and not line.startswith("#"):
-            labels = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', match.group(2) or ""))
-            samples.append((match.group(1), labels, float(match.group(3))))
-    return samples
-
-
-def metric(samples, name: str, **labels: str) -> float:
-    """Sum of the samples of `name` whose labels include `labels`."""
-    found = [v for n, lab, v in samples if n == name and labels.items() <= lab.items()]
-    assert found, f"metric {name}{labels} not exported"
-    return sum(found)
 
 
 # --------------------------------------------------------------------------- answers
