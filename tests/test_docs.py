@@ -32,6 +32,7 @@ TOP_LEVEL = (
     ".ci/",
     "README.md",
     "Makefile",
+    "shared/",  # the team's files beside the checkout: a user does not have them
 )
 CITED_RE = re.compile(
     r"(?<![\w./-])((?:" + "|".join(re.escape(t) for t in TOP_LEVEL) + r")[\w./-]*)"

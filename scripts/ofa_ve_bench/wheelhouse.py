@@ -52,7 +52,7 @@ class Wheel:
 
 
 def wheels(python: str = "3.12") -> list[Wheel]:
-    """Exactly what the server part lacks there (docs/gpu-check.md, shared/docs)."""
+    """Exactly what the server part lacks there (docs/gpu-check.md)."""
     other = "|".join(re.escape(v) for v in STUB_PYTHONS if v != python)
     return [
         Wheel(
