@@ -28,6 +28,9 @@
 #   OFA_VE_METRICS_PORT   Prometheus metrics port (8002)
 #   OFA_VE_CACHE_DIR      generated files: the demo checkpoint (.cache/)
 #   OFA_VE_TRITON_DIR     where tritonserver is laid out from its wheel (.cache/triton/...)
+#   OFA_VE_ADMIN_KEY      a key Triton's admin APIs then require (open on loopback
+#                         without it); OFA_VE_ADMIN_KEY_FILE: a file holding it. The
+#                         container requires one (OFA_VE_ADMIN_OPEN=1 opens them)
 # Of the client (`ofa-ve`): OFA_VE_URL, the default --url (127.0.0.1:8001).
 
 SHELL := /bin/bash

@@ -181,3 +181,19 @@ def test_serve_refuses_a_taken_port_before_loading_anything(tmp_path: Path) -> N
         env=_env(OFA_VE_MODEL_DIR=str(missing), OFA_VE_HTTP_PORT="18090", OFA_VE_GRPC_PORT="18090"),
     )
     assert same.returncode != 0 and "OFA_VE_GRPC_PORT and OFA_VE_HTTP_PORT" in same.stderr
+
+
+def test_serve_closes_the_admin_apis_when_given_a_key(tmp_path: Path) -> None:
+    """Open on loopback by default; OFA_VE_ADMIN_KEY closes them as the container does;
+    an unusable key is refused before anything starts."""
+    from ofa_ve_ops import admin_access
+
+    env = _env(OFA_VE_MODEL_DIR=str(tmp_path))
+    assert "restricted" not in run("-m", SERVE, "--dry-run", env=env).stdout
+    secret = "f" * 32
+    closed = run("-m", SERVE, "--dry-run", env={**env, "OFA_VE_ADMIN_KEY": secret})
+    assert closed.returncode == 0, closed.stderr
+    for flag in admin_access.restricted_flags(secret):
+        assert flag in closed.stdout
+    bad = run("-m", SERVE, "--dry-run", env={**env, "OFA_VE_ADMIN_KEY": "short"})
+    assert bad.returncode != 0 and "admin key" in bad.stderr

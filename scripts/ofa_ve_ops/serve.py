@@ -16,10 +16,13 @@ precedence over config.pbtxt's `model_dir` parameter).
 
 Endpoints bind 127.0.0.1 unless OFA_VE_BIND_ADDRESS (or --address) says otherwise:
 HTTP OFA_VE_HTTP_PORT (8000), gRPC OFA_VE_GRPC_PORT (8001), metrics
-OFA_VE_METRICS_PORT (8002). The process becomes `python -m ofa_ve_ops.stub_watchdog` (exec),
-which runs tritonserver and forwards Ctrl-C or SIGTERM to it: Triton drains
-in-flight requests (up to --exit-timeout-secs), unloads the model and exits. If a
-model instance's stub process dies, the watchdog stops the server and exits 70.
+OFA_VE_METRICS_PORT (8002). Triton's admin APIs stay open on loopback unless
+OFA_VE_ADMIN_KEY or OFA_VE_ADMIN_KEY_FILE gives a key they then require (the
+container requires one; docs/security.md). The process becomes
+`python -m ofa_ve_ops.stub_watchdog` (exec), which runs tritonserver and forwards
+Ctrl-C or SIGTERM to it: Triton drains in-flight requests (up to
+--exit-timeout-secs), unloads the model and exits. If a model instance's stub process
+dies, the watchdog stops the server and exits 70.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ofa_ve_ops import paths, triton_runtime
+from ofa_ve_ops import admin_access, paths, triton_runtime
 from ofa_ve_ops.paths import CACHE_DIR_ENV, MODEL_REPOSITORY, demo_checkpoint_dir
 
 MODEL_DIR_ENV = "OFA_VE_MODEL_DIR"
@@ -249,13 +252,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra_args=args.tritonserver_args,
     )
     env = triton_runtime.server_env(runtime, **{MODEL_DIR_ENV: str(model_dir)})
+    try:  # on loopback the admin APIs may stay open; with a key they are closed
+        secret = admin_access.secret_from_env(os.environ)
+        if secret is not None:
+            command += admin_access.restricted_flags(secret)
+    except admin_access.AdminKeyError as exc:
+        raise SystemExit(f"serve: {exc}") from None
     if args.dry_run:
         print(f"{MODEL_DIR_ENV}={model_dir}")
         print(" ".join(command))
         return 0
     if not triton_runtime.has_gpu():
         _say(
-            "no GPU here: the model runs on the CPU. Triton will log \"CudaDriverHelper "
+            'no GPU here: the model runs on the CPU. Triton will log "CudaDriverHelper '
             'has not been initialized." once; on a machine without a GPU that is expected '
             "and harmless."
         )
