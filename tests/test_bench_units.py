@@ -25,6 +25,7 @@ from ofa_ve_bench import (
     results,
     server_run,
     soak,
+    storm,
     wheelhouse,
     workload,
 )
@@ -79,6 +80,13 @@ def test_config_edits_apply_and_leave_the_rest(tmp_path: Path) -> None:
     )
     assert (repo / MODEL_NAME / "1" / "model.py").is_file()
     assert not list(repo.rglob("__pycache__"))
+    queue = model_config.ConfigEdits(max_queue_size=4)
+    small = model_config.apply(model_config.load(CONFIG_PBTXT), queue)
+    policy = small.dynamic_batching.default_queue_policy
+    assert policy.max_queue_size == 4
+    assert policy.default_timeout_microseconds == (
+        committed.dynamic_batching.default_queue_policy.default_timeout_microseconds
+    )
 
 
 def test_config_edit_of_nothing_is_the_committed_config(tmp_path: Path) -> None:
@@ -411,3 +419,23 @@ def test_wheelhouse_slims_and_recompresses(tmp_path: Path) -> None:
         assert all(i.compress_type == zipfile.ZIP_LZMA for i in z.infolist())
         assert "3.11" not in z.read("demo-1.0.dist-info/RECORD").decode()
     assert not any("3.12" in p for p in drop if "stubs" in p)
+
+
+def test_storm_verdicts_from_outcomes() -> None:
+    """A refusal within `prompt` seconds is at once; later ones are requests that waited."""
+    outcomes = [
+        (0, 3.0, "answered", ""),
+        (1, 0.01, "UNAVAILABLE", "[request id: <id_unknown>] Exceeds maximum queue size"),
+        (2, 30.2, "UNAVAILABLE", "[request id: 7] Request timeout expired"),
+        (3, 5.0, "answered", ""),
+    ]
+    summary = storm.summarize(outcomes, requests=5, prompt_s=2.0, probe_s=0.3)
+    assert summary["missing"] == 1 and summary["answered"] == 2 and summary["refused"] == 2
+    assert summary["refused_at_once"] == 1 and summary["refused_late"] == 1
+    assert summary["refused_late_max_s"] == 30.2 and summary["answered_max_s"] == 5.0
+    assert summary["refusals"] == {
+        "UNAVAILABLE: Exceeds maximum queue size": 1,
+        "UNAVAILABLE: Request timeout expired": 1,
+    }
+    with pytest.raises(SystemExit, match="loopback"):
+        storm.storm("10.0.0.1:8001", requests=1, deadline_s=1, prompt_s=1)

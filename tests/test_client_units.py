@@ -107,6 +107,11 @@ def test_retries_stop_at_the_deadline():
         ("StatusCode.UNAVAILABLE", "failed to connect to all addresses", ServerUnavailableError),
         ("StatusCode.DEADLINE_EXCEEDED", "Deadline Exceeded", DeadlineExceededError),
         ("StatusCode.RESOURCE_EXHAUSTED", "queue full", ResourceExhaustedError),
+        (
+            "StatusCode.UNAVAILABLE",
+            "[request id: <id_unknown>] Exceeds maximum queue size",
+            ResourceExhaustedError,
+        ),
         ("StatusCode.NOT_FOUND", "Request for unknown model: 'x' is not found", ModelNotFoundError),
         (
             "StatusCode.NOT_FOUND",
@@ -125,6 +130,9 @@ def test_retries_stop_at_the_deadline():
 def test_triton_errors_map_to_types(status, message, cls):
     error = from_triton(InferenceServerException(msg=message, status=status, debug_details="dbg"))
     assert type(error) is cls
+    # Capacity and availability problems are retried, credentials and bad input never.
+    retryable = cls in (ServerUnavailableError, ModelNotReadyError, ResourceExhaustedError)
+    assert RetryPolicy().is_retryable(error) is retryable
     assert error.message == message
     assert error.status == (status.split(".")[1] if status else None)
     assert error.debug_details == "dbg"

@@ -154,7 +154,8 @@ class ModelNotReadyError(ServerUnavailableError):
 
 
 class ResourceExhaustedError(VisualEntailmentError):
-    """The server refused for lack of capacity (RESOURCE_EXHAUSTED, e.g. queue full). Retryable."""
+    """The server refused for lack of capacity: RESOURCE_EXHAUSTED, or Triton's queue-full
+    refusal (UNAVAILABLE "Exceeds maximum queue size"), given at once. Retryable."""
 
 
 class DeadlineExceededError(VisualEntailmentError, TimeoutError):
@@ -214,6 +215,9 @@ def from_status(
         # Triton's --grpc-restricted-protocol answers a missing/wrong key with
         # UNAVAILABLE; it is a credentials problem, and retrying cannot help.
         cls = AuthenticationError
+    elif status == "UNAVAILABLE" and "Exceeds maximum queue size" in message:
+        # Triton's queue-full refusal: the server is up but out of capacity right now.
+        cls = ResourceExhaustedError
     elif status == "NOT_FOUND" and "no available versions" in message:
         cls = ModelNotReadyError
     return cls(message, status=status, debug_details=debug_details)

@@ -57,6 +57,8 @@ class ConfigEdits:
     """KIND_AUTO, KIND_CPU or KIND_GPU for every instance group."""
     queue_delay_us: int | None = None
     preferred_batch_sizes: Sequence[int] | None = None
+    max_queue_size: int | None = None
+    """`dynamic_batching.default_queue_policy.max_queue_size`."""
     parameters: Mapping[str, str] = field(default_factory=dict)
     """config.pbtxt `parameters` (string values), set or added."""
 
@@ -81,6 +83,8 @@ def apply(config: Any, edits: ConfigEdits) -> Any:
     if edits.preferred_batch_sizes is not None:
         del config.dynamic_batching.preferred_batch_size[:]
         config.dynamic_batching.preferred_batch_size.extend(edits.preferred_batch_sizes)
+    if edits.max_queue_size is not None:
+        config.dynamic_batching.default_queue_policy.max_queue_size = edits.max_queue_size
     for key, value in edits.parameters.items():
         config.parameters[key].string_value = value
     return config
