@@ -74,12 +74,8 @@ def closed_server(server_factory, tmp_path_factory) -> Iterator[TritonServer]:
     key_file = tmp_path_factory.mktemp("secret") / "admin-key"
     key_file.write_text(SECRET)
     server = server_factory(ContainerLikeServer, env={admin_access.KEY_FILE_ENV: str(key_file)})
-    server.start()
-    try:
-        server.wait_ready()
+    with server:  # started, READY; stopped at the end
         yield server
-    finally:
-        server.stop()
 
 
 def _infer(client: tgrpc.InferenceServerClient) -> str:

@@ -28,12 +28,8 @@ def small_queue_server(server_factory, tmp_path_factory) -> Iterator[TritonServe
         tmp_path_factory.mktemp("small-queue") / "repo", ConfigEdits(max_queue_size=QUEUE)
     )
     server = server_factory(model_repository=repository)
-    server.start()
-    try:
-        server.wait_ready()
+    with server:  # started, READY; stopped at the end
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.mark.timeout(300)

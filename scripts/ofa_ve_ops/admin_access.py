@@ -34,6 +34,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from ofa_ve_ops.cli_args import command_after_separator
+
 ADMIN_APIS = ("shared-memory", "model-repository", "trace", "logging")
 """Every Triton API that changes the server or maps memory. The model config stays open
 (read-only, and the client SDK reads `max_batch_size` from it), as do inference,
@@ -109,9 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ARGS...")
     args = parser.parse_args(argv)
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    if not command:
-        parser.error("give the command to run after `--`")
+    command = command_after_separator(parser, args.command, "the command to run")
     try:
         final = closed_command(command, os.environ)
     except AdminKeyError as exc:

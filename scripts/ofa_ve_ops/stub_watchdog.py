@@ -38,6 +38,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ofa_ve_ops.cli_args import command_after_separator
 from ofa_ve_ops.procfs import children, cmdline, process_state
 
 STUB_NAME = "triton_python_backend_stub"
@@ -178,9 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- tritonserver ARGS...")
     args = parser.parse_args(argv)
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    if not command:
-        parser.error("give the tritonserver command after `--`")
+    command = command_after_separator(parser, args.command, "the tritonserver command")
     if args.poll_interval <= 0 or args.stop_timeout < 0:
         parser.error("--poll-interval must be positive and --stop-timeout not negative")
     return Watchdog(command, args.poll_interval, args.stop_timeout).run()

@@ -40,6 +40,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ofa_ve_ops.cli_args import command_after_separator
 from ofa_ve_ops.paths import CACHE_DIR, MODEL_REPOSITORY
 
 DEFAULT_WORK_ROOT = CACHE_DIR / "triton"
@@ -364,9 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.action == "command":
         print(" ".join(_shell_quote(c) for c in server_command(runtime, args.model_repository)))
     else:
-        cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
-        if not cmd:
-            parser.error("exec needs a command after `--`")
+        cmd = command_after_separator(parser, args.cmd, "the command for exec (e.g. perf_analyzer)")
         env = server_env(runtime)
         exe = shutil.which(cmd[0], path=env["PATH"]) or cmd[0]
         os.execvpe(exe, cmd, env)
