@@ -75,6 +75,10 @@ def build_engine(
     """
     load = loader()
     kwargs, dropped = engine_kwargs(params, load)
+    if "check_cpu_dtype" in inspect.signature(load).parameters:
+        # Measurement runs a reduced dtype on any CPU (and says what it costs there);
+        # serving refuses one the CPU would only emulate.
+        kwargs["check_cpu_dtype"] = False
     kwargs.update(overrides)
     return load(model_dir, device=device, **kwargs), dropped
 

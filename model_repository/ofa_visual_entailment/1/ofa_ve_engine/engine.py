@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import gpu_image
+from . import cpu_features, gpu_image
 from .batching import Batch, PreparedItem, collate
 from .checkpoint import load_model
 from .compilation import compile_image_stem
@@ -200,6 +200,7 @@ class VisualEntailmentEngine:
         linear_backend: str = "auto",
         image_path: str = "exact",
         stem_cache_items: int = 0,
+        check_cpu_dtype: bool = True,
     ) -> VisualEntailmentEngine:
         """Load a ModelScope model directory onto ``device`` (None: a GPU if there is one).
 
@@ -210,7 +211,9 @@ class VisualEntailmentEngine:
         compiles the ResNet stem for every batch size it will see (seconds; on CPU
         it needs a C++ compiler; see ``compilation.py``). Results stay within float
         rounding of the plain eager path whatever the options. Every problem with
-        the directory is a CheckpointError naming the file.
+        the directory is a CheckpointError naming the file. On a CPU, a reduced
+        ``dtype`` the CPU has no native kernels for is refused (ValueError, see
+        ``cpu_features.py``) unless ``check_cpu_dtype`` is off (measurement tools).
         """
         model_dir = Path(model_dir)
         if not model_dir.is_dir():
@@ -219,6 +222,8 @@ class VisualEntailmentEngine:
         settings = TaskSettings.from_model_dir(model_dir)
         tokenizer = OFATokenizer(model_dir)
         resolved = resolve_device(device)
+        if check_cpu_dtype and resolved.type == "cpu":
+            cpu_features.check_cpu_dtype(dtype)  # before seconds of loading
         model = load_model(model_dir)
         fold_batchnorm(model.encoder.embed_images)
         model = model.to(device=resolved, dtype=dtype).eval().requires_grad_(False)

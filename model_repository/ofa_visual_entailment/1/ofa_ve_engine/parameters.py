@@ -116,7 +116,10 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter(
         "dtype", "choice", "float32",
         "Floating-point type of the network. Half types are much faster on GPUs; check "
-        "agreement first (docs/benchmarks.md).",
+        "agreement first (docs/benchmarks.md). On a CPU, bfloat16 loads only where the CPU "
+        "has native kernels (AMX-BF16 or AVX512-BF16) and float16 only with AMX-FP16 or "
+        "AVX512-FP16; elsewhere they would be emulated, slower than float32, and the model "
+        "refuses to load with a message that says so.",
         choices=DTYPE_NAMES,
     ),
     Parameter(
