@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from ofa_ve_bench import (
+    cpu_peak,
     engine_runner,
     gpu_check,
     machine,
@@ -439,3 +440,14 @@ def test_storm_verdicts_from_outcomes() -> None:
     }
     with pytest.raises(SystemExit, match="loopback"):
         storm.storm("10.0.0.1:8001", requests=1, deadline_s=1, prompt_s=1)
+
+
+def test_cpu_peak_measures_both_types() -> None:
+    """The peak tool runs every shape in both types (figures themselves are measured,
+    not asserted)."""
+    rates = cpu_peak.measure(seconds=0.05)
+    assert set(rates) == set(cpu_peak.DTYPES)
+    for dtype in cpu_peak.DTYPES:
+        assert set(rates[dtype]) == {"conv3x3_64ch_120px", "conv3x3_128ch_60px",
+                                     "linear_930x256x1024"}  # fmt: skip
+        assert all(v > 0 for v in rates[dtype].values())
