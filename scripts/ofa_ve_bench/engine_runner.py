@@ -100,13 +100,22 @@ def prepare_all(engine: Any, items: Sequence[Item]) -> list[Any]:
 def measure_engine(
     engine: Any, items: Sequence[Item], batch_size: int, seconds: float
 ) -> Throughput:
-    """prepare + predict of whole batches (as one server execution does), for `seconds`."""
-    batch = [items[i % len(items)] for i in range(batch_size)]
+    """prepare + predict of whole batches (as one server execution does), for `seconds`.
+
+    Successive batches walk through `items` (as the server's requests do), so the
+    engine meets the same images and text lengths, new shapes included, as the
+    server does in the same benchmark; one batch repeated would see one shape only.
+    """
+    position = 0
 
     def run() -> None:
+        nonlocal position
+        batch = [items[(position + i) % len(items)] for i in range(batch_size)]
+        position += batch_size
         engine.predict(prepare_all(engine, batch))
 
-    run()  # first call at this shape
+    run()  # the first call at this batch size (one-time set-up, as a server's warm-up)
+    position = 0
     result = Throughput("engine", batch_size, 0, 0.0, load_before=load_average())
     start = time.perf_counter()
     while True:
