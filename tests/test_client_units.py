@@ -252,3 +252,31 @@ def test_server_urls_accept_host_port_and_grpc_resolver_targets() -> None:
     )
     with pytest.raises(ValueError, match="HOST:PORT"):
         normalize_urls("http://127.0.0.1:8000")
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        (
+            "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:9: "
+            "Failed to connect to remote host: Connection refused",
+            "make serve",
+        ),
+        ("DNS resolution failed for nosuchhost:8001", "make serve"),
+        ("Socket closed", "HTTP port"),
+        ("Trying to connect an http1.x server (HTTP status 400)", "HTTP port"),
+        (
+            "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:8001: "
+            "Ssl handshake failed: SSL_ERROR_SSL: error:0A00010B:SSL routines::wrong version",
+            "TLS handshake",
+        ),
+        ("[request id: 1] Exceeds maximum queue size", None),
+    ],
+)
+def test_connection_errors_carry_a_hint(message, expected):
+    error = from_triton(InferenceServerException(msg=message, status="StatusCode.UNAVAILABLE"))
+    if expected is None:
+        assert getattr(error, "hint", None) is None and "hint" not in error.to_dict()
+    else:
+        assert expected in error.hint and expected in str(error)
+        assert error.to_dict()["hint"] == error.hint

@@ -163,20 +163,8 @@ def parse_size(value: str | int) -> int:
     match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([a-zA-Z]*)", str(value).strip())
     assert match, f"not a size: {value!r}"
     number, unit = float(match.group(1)), match.group(2)
-    binary = {
-        "": 1,
-        "b": 1,
-        "k": 2**10,
-        "kb": 2**10,
-        "m": 2**20,
-        "mb": 2**20,
-        "g": 2**30,
-        "gb": 2**30,
-        "Ki": 2**10,
-        "Mi": 2**20,
-        "Gi": 2**30,
-        "Ti": 2**40,
-    }
+    binary = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "m": 2**20, "mb": 2**20,
+              "g": 2**30, "gb": 2**30, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
     decimal = {"K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
     factor = binary.get(unit) or decimal.get(unit) or binary.get(unit.lower())
     assert factor, f"unknown size unit in {value!r}"
@@ -203,8 +191,7 @@ def k8s_objects() -> Iterator[tuple[str, dict[str, Any]]]:
 
 def k8s_object(kind: str, name: str | None = None) -> dict[str, Any]:
     found = [
-        doc
-        for _, doc in k8s_objects()
+        doc for _, doc in k8s_objects()
         if doc["kind"] == kind and (name is None or doc["metadata"]["name"] == name)
     ]
     assert len(found) == 1, f"expected one {kind} {name or ''} in docker/kubernetes, got {found}"
@@ -269,20 +256,9 @@ def tool(name: str) -> str:
 
 def hadolint(dockerfile: Path) -> list[dict[str, Any]]:
     result = subprocess.run(
-        [
-            tool("hadolint"),
-            "--config",
-            str(HADOLINT_CONFIG),
-            "--no-fail",
-            "-f",
-            "json",
-            str(dockerfile),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        cwd=REPO,
+        [tool("hadolint"), "--config", str(HADOLINT_CONFIG), "--no-fail", "-f", "json",
+         str(dockerfile)],
+        capture_output=True, text=True, timeout=120, check=False, cwd=REPO,
     )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
@@ -298,13 +274,8 @@ def test_hadolint_finds_nothing() -> None:
 def test_hadolint_is_really_linting(tmp_path: Path) -> None:
     """The same config flags a floating tag from an untrusted registry: the lint is live."""
     text = DOCKERFILE.read_text()
-    bad = re.sub(
-        r"^FROM nvcr\.io/\S+",
-        "FROM docker.io/library/ubuntu:latest",
-        text,
-        count=1,
-        flags=re.MULTILINE,
-    )
+    bad = re.sub(r"^FROM nvcr\.io/\S+", "FROM docker.io/library/ubuntu:latest", text,
+                 count=1, flags=re.MULTILINE)
     assert bad != text
     (tmp_path / "Dockerfile").write_text(bad)
     codes = {f["code"] for f in hadolint(tmp_path / "Dockerfile")}
@@ -357,13 +328,9 @@ def test_engine_pins_install_on_the_image_python(dockerfile) -> None:
     assert (yy, mm) in CONTAINER_PYTHON, f"add the Python version of {image} to CONTAINER_PYTHON"
     python = CONTAINER_PYTHON[(yy, mm)]
     environment = {
-        "python_version": ".".join(python.split(".")[:2]),
-        "python_full_version": python,
-        "sys_platform": "linux",
-        "platform_system": "Linux",
-        "os_name": "posix",
-        "platform_machine": "x86_64",
-        "implementation_name": "cpython",
+        "python_version": ".".join(python.split(".")[:2]), "python_full_version": python,
+        "sys_platform": "linux", "platform_system": "Linux", "os_name": "posix",
+        "platform_machine": "x86_64", "implementation_name": "cpython",
         "platform_python_implementation": "CPython",
     }
     problems = []
@@ -406,19 +373,9 @@ def test_image_code_runs_on_the_image_python(dockerfile) -> None:
     python = ".".join(CONTAINER_PYTHON[(yy, mm)].split(".")[:2])
     paths = [REPO / "model_repository", REPO / "scripts" / "ofa_ve_ops"]
     result = subprocess.run(
-        [
-            tool("vermin"),
-            f"-t={python}-",
-            "--violations",
-            "--no-tips",
-            "--eval-annotations",
-            *(str(p) for p in paths if p.exists()),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        cwd=REPO,
+        [tool("vermin"), f"-t={python}-", "--violations", "--no-tips", "--eval-annotations",
+         *(str(p) for p in paths if p.exists())],
+        capture_output=True, text=True, timeout=300, check=False, cwd=REPO,
     )
     assert result.returncode == 0, (
         f"code in the image needs a newer Python than {image}'s {python}:\n{result.stdout}"
@@ -463,10 +420,8 @@ def test_ports_agree_everywhere(dockerfile, compose, monkeypatch: pytest.MonkeyP
     serve_ports = {name: getattr(args, f"{name}_port") for name in TRITON_PORTS}
     assert serve_ports == TRITON_PORTS, "ofa_ve_ops.serve (`make serve`) uses other ports"
 
-    exposed = {
-        int(p.split("/")[0])
-        for p in one(final_stage_instructions(dockerfile), "EXPOSE").value.split()
-    }
+    exposed = {int(p.split("/")[0]) for p in one(final_stage_instructions(dockerfile),
+                                                 "EXPOSE").value.split()}
     assert exposed == set(TRITON_PORTS.values())
     flags = flag_values(image_cmd(dockerfile))
     assert {name: int(flags[f"{name}-port"][0]) for name in TRITON_PORTS} == TRITON_PORTS
@@ -506,16 +461,12 @@ def test_server_flags_match_the_tested_runtime(dockerfile) -> None:
     runtime = triton_runtime.TritonRuntime(
         root=Path("/triton"), wheel_libs=Path("/libs"), python_bin_dir=Path("/bin")
     )
-    tested = flag_values(triton_runtime.server_command(runtime, Path("/models"), gpu=True))
+    tested = flag_values(
+        triton_runtime.server_command(runtime, Path("/models"), gpu=True)
+    )
     image = flag_values(image_cmd(dockerfile))
-    for name in (
-        "strict-readiness",
-        "disable-auto-complete-config",
-        "backend-config",
-        "http-port",
-        "grpc-port",
-        "metrics-port",
-    ):
+    for name in ("strict-readiness", "disable-auto-complete-config", "backend-config",
+                 "http-port", "grpc-port", "metrics-port"):
         assert sorted(image.get(name, [])) == sorted(tested[name]), name
     assert image["strict-readiness"] == ["true"]
     assert exit_timeout_s(dockerfile) >= int(tested["exit-timeout-secs"][0])
@@ -528,18 +479,13 @@ def test_server_flags_exist_in_the_tested_tritonserver(dockerfile, compose) -> N
 
     runtime = triton_runtime.prepare_runtime()
     result = subprocess.run(
-        [str(runtime.server), "--help"],
-        env=triton_runtime.server_env(runtime),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+        [str(runtime.server), "--help"], env=triton_runtime.server_env(runtime),
+        capture_output=True, text=True, timeout=120, check=False,
     )
     known = set(re.findall(r"^\s+--([a-z0-9-]+)", result.stdout + result.stderr, re.MULTILINE))
     assert len(known) > 50, f"could not read tritonserver --help: {result.stderr[-2000:]}"
     commands = [image_cmd(dockerfile)] + [
-        service["command"]
-        for service in compose["services"].values()
+        service["command"] for service in compose["services"].values()
         if service.get("command") and service["command"][0] == "tritonserver"
     ]
     for command in commands:
@@ -561,11 +507,8 @@ def test_healthcheck_uses_triton_readiness(dockerfile) -> None:
 def test_model_dir_is_where_the_weights_go(dockerfile) -> None:
     env = final_env(dockerfile)
     model_dir = env["OFA_VE_MODEL_DIR"]
-    copies = [
-        i.value.split()
-        for i in final_stage_instructions(dockerfile)
-        if i.keyword == "COPY" and i.value.startswith("--from=weights")
-    ]
+    copies = [i.value.split() for i in final_stage_instructions(dockerfile)
+              if i.keyword == "COPY" and i.value.startswith("--from=weights")]
     assert copies and copies[0][-1] == model_dir, "baked weights must land on OFA_VE_MODEL_DIR"
     (deploy_env,) = [e for e in triton_container()["env"] if e["name"] == "OFA_VE_MODEL_DIR"]
     assert deploy_env["value"] == model_dir
@@ -576,12 +519,8 @@ def test_model_dir_is_where_the_weights_go(dockerfile) -> None:
 
 def test_fetch_script_has_the_cli_the_image_uses() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "ofa_ve_ops.fetch_model", "--help"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        cwd=REPO,
+        [sys.executable, "-m", "ofa_ve_ops.fetch_model", "--help"], capture_output=True,
+        text=True, timeout=120, check=False, cwd=REPO,
     )
     assert result.returncode == 0, result.stderr
     assert "--cache-dir" in result.stdout
@@ -589,8 +528,7 @@ def test_fetch_script_has_the_cli_the_image_uses() -> None:
 
 def test_build_context_holds_what_the_image_copies(dockerfile) -> None:
     patterns = [
-        line.strip()
-        for line in (REPO / ".dockerignore").read_text().splitlines()
+        line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
         if line.strip() and not line.lstrip().startswith("#")
     ]
     context = set(exclude_paths(str(REPO), patterns, dockerfile="docker/Dockerfile"))
@@ -646,18 +584,9 @@ def test_env_vars_exist_in_the_code(dockerfile, compose) -> None:
 
 def test_compose_matches_the_compose_spec() -> None:
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "check_jsonschema",
-            "--builtin-schema",
-            "vendor.compose-spec",
-            str(COMPOSE),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec",
+         str(COMPOSE)],
+        capture_output=True, text=True, timeout=120, check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -674,9 +603,7 @@ def test_compose_gpu_and_cpu_services(dockerfile, compose) -> None:
     cmd = image_cmd(dockerfile)
     assert "command" not in gpu, "the GPU service runs the image's CMD"
     assert cpu["command"] == [
-        *cmd,
-        "--pinned-memory-pool-byte-size=0",
-        "--allow-gpu-metrics=false",
+        *cmd, "--pinned-memory-pool-byte-size=0", "--allow-gpu-metrics=false"
     ]
     stage_names = {s.name for s in stages}
     for name, service in services.items():
@@ -749,10 +676,7 @@ def test_kustomize_renders_what_gets_applied() -> None:
     if kubectl is None:
         pytest.skip("kubectl is not installed (the source manifests are validated above)")
     result = subprocess.run(
-        [kubectl, "kustomize", str(K8S_DIR)],
-        capture_output=True,
-        text=True,
-        timeout=120,
+        [kubectl, "kustomize", str(K8S_DIR)], capture_output=True, text=True, timeout=120,
         check=False,
     )
     assert result.returncode == 0, result.stderr
@@ -774,11 +698,8 @@ def test_kustomize_renders_what_gets_applied() -> None:
 def test_probes_and_graceful_shutdown(dockerfile) -> None:
     container = triton_container()
     pod = k8s_object("Deployment")["spec"]["template"]["spec"]
-    expected = {
-        "startupProbe": "/v2/health/ready",
-        "readinessProbe": "/v2/health/ready",
-        "livenessProbe": "/v2/health/live",
-    }
+    expected = {"startupProbe": "/v2/health/ready", "readinessProbe": "/v2/health/ready",
+                "livenessProbe": "/v2/health/live"}
     for probe, path in expected.items():
         get = container[probe]["httpGet"]
         assert get["path"] == path and path in TRITON_HEALTH_PATHS
@@ -836,20 +757,20 @@ def test_hpa_metric_is_served_by_the_adapter_rule(model_config) -> None:
     assert metric["pods"]["target"]["type"] == "AverageValue"
     assert float(metric["pods"]["target"]["averageValue"]) > 0
     values = yaml.safe_load((K8S_DIR / ADAPTER_VALUES).read_text())
-    rules = [
-        r for r in values["rules"]["custom"] if r["name"]["as"] == metric["pods"]["metric"]["name"]
-    ]
+    rules = [r for r in values["rules"]["custom"]
+             if r["name"]["as"] == metric["pods"]["metric"]["name"]]
     assert len(rules) == 1, "prometheus-adapter must serve the metric the HPA asks for"
     (rule,) = rules
     assert rule["resources"]["overrides"] == {
-        "namespace": {"resource": "namespace"},
-        "pod": {"resource": "pod"},
+        "namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}
     }
     query = rule["metricsQuery"]
     assert re.search(r"rate\(nv_inference_queue_duration_us\{<<\.LabelMatchers>>", query)
     assert re.search(r"rate\(nv_inference_request_success\{<<\.LabelMatchers>>", query)
     assert query.count("sum by (<<.GroupBy>>)") == 2
-    assert set(re.findall(r'model="([^"]+)"', query + rule["seriesQuery"])) == {model_config.name}
+    assert set(re.findall(r'model="([^"]+)"', query + rule["seriesQuery"])) == {
+        model_config.name
+    }
     assert re.fullmatch(rule["name"]["matches"], "nv_inference_queue_duration_us")
 
 
@@ -862,10 +783,8 @@ def test_servicemonitor_scrapes_the_metrics_port() -> None:
     assert endpoint["path"] == "/metrics"
     assert parse_seconds(endpoint["scrapeTimeout"]) < parse_seconds(endpoint["interval"])
     matched = [
-        doc
-        for _, doc in k8s_objects()
-        if doc["kind"] == "Service"
-        and selector.items() <= doc["metadata"]["labels"].items()
+        doc for _, doc in k8s_objects()
+        if doc["kind"] == "Service" and selector.items() <= doc["metadata"]["labels"].items()
         and endpoint["port"] in {p["name"] for p in doc["spec"]["ports"]}
     ]
     assert [d["metadata"]["name"] for d in matched] == ["ofa-visual-entailment"], (
@@ -905,20 +824,11 @@ def test_docs_commands_agree_with_the_files(dockerfile, compose) -> None:
     assert f"{image['newName']}:{image['newTag']}" in blocks, "docs must push what k8s pulls"
 
     names = {(doc["kind"], doc["metadata"]["name"]) for _, doc in k8s_objects()}
-    kinds = {
-        "deployment": "Deployment",
-        "deploy": "Deployment",
-        "svc": "Service",
-        "service": "Service",
-        "hpa": "HorizontalPodAutoscaler",
-        "pdb": "PodDisruptionBudget",
-        "servicemonitor": "ServiceMonitor",
-    }
-    for short, name in re.findall(
-        r"\b(deployment|deploy|svc|service|hpa|pdb|servicemonitor)/"
-        r"([\w-]+)",
-        blocks,
-    ):
+    kinds = {"deployment": "Deployment", "deploy": "Deployment", "svc": "Service",
+             "service": "Service", "hpa": "HorizontalPodAutoscaler",
+             "pdb": "PodDisruptionBudget", "servicemonitor": "ServiceMonitor"}
+    for short, name in re.findall(r"\b(deployment|deploy|svc|service|hpa|pdb|servicemonitor)/"
+                                  r"([\w-]+)", blocks):
         assert (kinds[short], name) in names, f"{short}/{name}: no such object in the manifests"
     for namespace in re.findall(r"(?:-n|--namespace) (\S+)", blocks):
         assert namespace in {kustomization["namespace"], "monitoring"}, namespace

@@ -95,10 +95,8 @@ class ImageFetchError(InvalidInputError):
 
 # What gRPC says when the far end is not a gRPC server (Triton's HTTP port given by
 # mistake) against when nothing listens at all.
-_NOT_GRPC_RE = re.compile(
-    r"http1\.x server|Socket closed|Connection reset|recvmsg:|"
-    r"failed to connect to all addresses.*(?:Handshake|handshake)",
-)
+_TLS_RE = re.compile(r"ssl|handshake|certificate", re.IGNORECASE)
+_NOT_GRPC_RE = re.compile(r"http1\.x server|Socket closed|Connection reset|recvmsg:")
 _NOTHING_LISTENS_RE = re.compile(
     r"Connection refused|failed to connect to all addresses|DNS resolution failed|"
     r"Name or service not known|No route to host|Deadline Exceeded while connecting",
@@ -116,8 +114,16 @@ HINT_NOTHING_LISTENS = (
 )
 
 
+HINT_TLS = (
+    "the TLS handshake failed: the server may not use TLS (drop --ssl), or its "
+    "certificate is not one the client trusts (--root-cert, --tls-server-name)"
+)
+
+
 def connection_hint(message: str) -> str | None:
     """What to do about a connection failure, from gRPC's own words (None: no advice)."""
+    if _TLS_RE.search(message):
+        return HINT_TLS
     if _NOT_GRPC_RE.search(message):
         return HINT_NOT_GRPC
     if _NOTHING_LISTENS_RE.search(message):
