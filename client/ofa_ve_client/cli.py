@@ -94,6 +94,18 @@ def _merge_common(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
+def _add_progress_flags(parser: argparse.ArgumentParser) -> None:
+    """--progress / --no-progress; neither: a bar only when stderr is a terminal."""
+    progress = parser.add_mutually_exclusive_group()
+    progress.add_argument(
+        "--progress", dest="progress", action="store_true", default=None,
+        help="always show progress (default: only on a terminal)",
+    )  # fmt: skip
+    progress.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="never show progress"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ofa-ve",
@@ -187,17 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="items per request (default: the model's max_batch_size; 1 while the progress "
         "bar shows)",
     )
-    progress = batch.add_mutually_exclusive_group()
-    progress.add_argument(
-        "--progress",
-        dest="progress",
-        action="store_true",
-        default=None,
-        help="always show progress",
-    )
-    progress.add_argument(
-        "--no-progress", dest="progress", action="store_false", help="never show progress"
-    )
+    _add_progress_flags(batch)
 
     evaluate = sub.add_parser(
         "evaluate",
@@ -239,13 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size", type=int, help="pairs per request (default: the model's max_batch_size)"
     )
     evaluate.add_argument("--json", action="store_true", help="print the JSON summary")
-    eval_progress = evaluate.add_mutually_exclusive_group()
-    eval_progress.add_argument(
-        "--progress", dest="progress", action="store_true", default=None, help="always"
-    )
-    eval_progress.add_argument(
-        "--no-progress", dest="progress", action="store_false", help="never show progress"
-    )
+    _add_progress_flags(evaluate)
 
     health = sub.add_parser(
         "health",
