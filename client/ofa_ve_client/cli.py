@@ -457,11 +457,16 @@ def cmd_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     sink = None
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        sink = open(out, "w", encoding="utf-8", newline="")  # noqa: SIM115 (closed below)
+        # The answers kept from an earlier run (its failures dropped) go to a new file
+        # that replaces the old one whole, so an interruption here loses nothing.
+        fresh = out.with_name(out.name + ".tmp")
+        with open(fresh, "w", encoding="utf-8", newline="") as start:
+            kept = csv.DictWriter(start, fieldnames=ev.PREDICTION_COLUMNS)
+            kept.writeheader()
+            kept.writerows(done.values())
+        os.replace(fresh, out)
+        sink = open(out, "a", encoding="utf-8", newline="")  # noqa: SIM115 (closed below)
     writer = csv.DictWriter(sink, fieldnames=ev.PREDICTION_COLUMNS) if sink else None
-    if writer is not None:
-        writer.writeheader()
-        writer.writerows(done.values())  # a resumed file keeps its answers, drops failures
     count = sent = resumed = 0
     seconds = 0.0
     with make_client(args, parser, concurrency=args.concurrency) as client:
