@@ -40,6 +40,7 @@ from ofa_ve_ops.server_process import TritonServer, free_ports
 from ofa_ve_ops.triton_runtime import has_gpu
 from PIL import Image
 from prometheus import metric, scrape
+from triton_stats import settled
 from tritonclient.utils import InferenceServerException
 
 INVALID_ARG = "StatusCode.INVALID_ARGUMENT"
@@ -185,7 +186,9 @@ def test_concurrent_requests_are_batched(triton_server: TritonServer, grpc_clien
     ]
     results = run_concurrently(calls)
     assert all(isinstance(r, grpcclient.InferResult) for r in results), results
-    items_after, executions_after = stats()
+    items_after, executions_after = settled(
+        stats, lambda s: s[0] - items_before >= 12, "Triton's count of the 12 answered items"
+    )
     passes_after, engine_items_after = engine_batches()
 
     items, executions = items_after - items_before, executions_after - executions_before
