@@ -13,7 +13,7 @@ from ofa_ve_client import (
     VisualEntailmentClient,
     VisualEntailmentError,
 )
-from triton_stats import settled
+from waiting import settled
 
 IMAGES = [
     TEST_IMAGES[name]

@@ -26,7 +26,7 @@ from ofa_ve_client import (
 )
 from ofa_ve_client.retry import RETRYABLE_STATUSES
 from ofa_ve_ops.server_process import TritonServer
-from triton_stats import settled
+from waiting import settled
 
 IMAGE = TEST_IMAGES["tiny_50x40_png"].read_bytes()
 MODEL = "ofa_visual_entailment"

@@ -41,6 +41,7 @@ from ofa_ve_bench.soak import children as soak_children
 from ofa_ve_bench.workload import TEST_IMAGES
 from ofa_ve_ops.server_process import ServerStartError, TritonServer, free_ports
 from tritonclient.utils import InferenceServerException
+from waiting import wait_for
 
 MODEL = "ofa_visual_entailment"
 IMAGE = TEST_IMAGES["tiny_50x40_png"].read_bytes()
@@ -82,16 +83,6 @@ def send_many(client: tgrpc.InferenceServerClient, count: int, items: int = 1) -
             client_timeout=TIMEOUT_S,
         )
     return answers
-
-
-def wait_for(condition, what: str, timeout: float = 60.0, poll: float = 0.02) -> None:
-    """Poll `condition()` until true; fail naming `what` after `timeout` s (a deadline for
-    the wait, not a timing requirement)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() >= deadline:  # a deadline for the wait
-            pytest.fail(f"{what}: not after {timeout:.0f} s")
-        time.sleep(poll)
 
 
 # ------------------------------------------------------------------ vanishing clients

@@ -40,8 +40,8 @@ from ofa_ve_ops.server_process import TritonServer, free_ports
 from ofa_ve_ops.triton_runtime import has_gpu
 from PIL import Image
 from prometheus import metric, scrape
-from triton_stats import settled
 from tritonclient.utils import InferenceServerException
+from waiting import settled
 
 INVALID_ARG = "StatusCode.INVALID_ARGUMENT"
 Item = tuple[bytes, "str | bytes", "str | bytes | None"]
