@@ -1,13 +1,13 @@
 """A loopback stand-in for the ModelScope hub, for the tests of our model fetcher.
 
 Why: the real hub is unreachable from the test machines, yet what matters most about
-`ofa_ve_ops.fetch_model` is how the *real* ModelScope client (modelscope 1.40.2, which
-delegates to `modelscope_hub`) behaves against a hub: resume, integrity checks, cache
-hits, errors. So this serves exactly the requests that client makes, from local
-folders, and the tests point the unmodified client at it with
+`ofa_ve_ops.fetch_model` is how the *real* ModelScope client (`modelscope_hub` 0.5.1,
+which `modelscope` 1.40.2 delegates its downloads to) behaves against a hub: resume,
+integrity checks, cache hits, errors. So this serves exactly the requests that client
+makes, from local folders, and the tests point the unmodified client at it with
 `MODELSCOPE_ENDPOINT=http://127.0.0.1:PORT`.
 
-What `snapshot_download(model_id, revision=None, cache_dir=..., endpoint=...)` asks
+What `HubApi(endpoint=...).download_repo(model_id, "model", cache_dir=...)` asks
 (read from modelscope_hub/_download.py and _legacy_api.py):
 
 - `GET /api/v1/repos/internalAccelerationInfo` (0.2 s budget; region detection for

@@ -1,8 +1,8 @@
 """Our fetcher and the REAL ModelScope client, against a loopback emulation of the hub.
 
 Why: the hub is unreachable from here, yet resuming, integrity checks, cache hits and
-error reporting are the client's (modelscope 1.40.2 delegating to `modelscope_hub`),
-and they are what `make serve` depends on. `tests/hub_emulator.py` serves the demo
+error reporting are the client's (`modelscope_hub` 0.5.1, which `modelscope` 1.40.2
+delegates to), and they are what `make serve` depends on. `tests/hub_emulator.py` serves the demo
 checkpoint the way the hub serves `damo/ofa_visual-entailment_snli-ve_distilled_v2_en`;
 the client is pointed at it through `MODELSCOPE_ENDPOINT` and is never patched. The
 only client knobs touched are its documented environment variables
