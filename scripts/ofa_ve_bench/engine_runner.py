@@ -85,7 +85,7 @@ def build_engine(
 
 def engine_settings(engine: Any) -> dict[str, object]:
     """What the loaded engine actually runs with (for the report)."""
-    names = ("forward_batch_size", "image_chunk_size", "compiled", "linear_backend")
+    names = ("forward_batch_size", "image_chunk_size", "compiled", "linear_backend", "stem_backend")
     out: dict[str, object] = {"dtype": str(getattr(engine, "dtype", "")).replace("torch.", "")}
     out.update({n: getattr(engine, n) for n in names if hasattr(engine, n)})
     out["device"] = str(getattr(engine, "device", ""))

@@ -74,8 +74,8 @@ class TritonPythonModel:
         chunk = engine.image_chunk_size or "whole pass"
         _log("info", f"{self.instance}: loaded {weights} weights from {model_dir.resolve()} on "
              f"{engine.device} ({params.dtype}, forward batch {forward}, image chunk {chunk}, "
-             f"image path {params.image_path}, linear backend {engine.linear_backend}, compiled "
-             f"{engine.compiled}, torch threads {torch.get_num_threads()}, preprocess threads "
+             f"image path {params.image_path}, linear backend {engine.linear_backend}, stem "
+             f"{engine.stem_backend}, torch threads {torch.get_num_threads()}, preprocess threads "
              f"{workers}, pipelined {pipelined})")
         if engine.is_demo:  # one log call per line: Triton escapes newlines inside one
             for line in DEMO_BANNER.format(path=model_dir.resolve()).strip().splitlines():

@@ -35,6 +35,7 @@ from .labels import ANSWERS, LABELS
 from .limits import InputLimits
 from .modeling import OFAModel
 from .onednn import Linear, choose_linear_backend
+from .onednn_stem import OneDNNStem, choose_stem_backend
 from .resnet import fold_batchnorm
 from .scoring import AnswerScorer
 from .settings import TaskSettings
@@ -135,7 +136,7 @@ class VisualEntailmentEngine:
         (0: none); items with the same image always share one stem pass within a
         call (``stem.py``). ``model_dir`` only names the source in messages. The engine keeps these
         choices itself (the model carries only its weights, linear backend and
-        compiled stem), so engines with different options may share one model.
+        stem backend or compiled stem), so engines with different options may share one model.
         """
         self._check_sizes(forward_batch_size, image_chunk_size)
         if image_path not in IMAGE_PATHS:
@@ -198,6 +199,7 @@ class VisualEntailmentEngine:
         image_chunk_size: int | None = None,
         compile: bool = False,
         linear_backend: str = "auto",
+        stem_backend: str = "auto",
         image_path: str = "exact",
         stem_cache_items: int = 0,
         check_cpu_dtype: bool = True,
@@ -207,9 +209,11 @@ class VisualEntailmentEngine:
         Reads the settings, tokenizer and weights (strictly, ``weights_only``), folds
         BatchNorm into the stem's convolutions, moves the network to ``device`` and
         ``dtype``, picks the library behind linear layers (``linear_backend``:
-        ``auto``, ``onednn``, ``aten``; see ``onednn.py``) and, with ``compile``,
-        compiles the ResNet stem for every batch size it will see (seconds; on CPU
-        it needs a C++ compiler; see ``compilation.py``). Results stay within float
+        ``auto``, ``onednn``, ``aten``; see ``onednn.py``) and the one behind the
+        ResNet stem (``stem_backend``, the same three: oneDNN's fused convolutions on
+        CPU; see ``onednn_stem.py``) and, with ``compile``, compiles the ResNet stem
+        for every batch size it will see instead (seconds; on CPU it needs a C++
+        compiler; see ``compilation.py``). Results stay within float
         rounding of the plain eager path whatever the options. Every problem with
         the directory is a CheckpointError naming the file. On a CPU, a reduced
         ``dtype`` the CPU has no native kernels for is refused (ValueError, see
@@ -229,6 +233,13 @@ class VisualEntailmentEngine:
         model = model.to(device=resolved, dtype=dtype).eval().requires_grad_(False)
         model.encoder.embed_images.to(memory_format=torch.channels_last)
         choose_linear_backend(model, resolved, dtype, linear_backend)
+        model.encoder.image_stem = choose_stem_backend(  # compile replaces it below
+            model.encoder.embed_images,
+            resolved,
+            dtype,
+            settings.patch_image_size,
+            "aten" if compile else stem_backend,
+        )
         engine = cls(
             settings,
             tokenizer,
@@ -286,9 +297,18 @@ class VisualEntailmentEngine:
         return "onednn" if onednn else "aten"
 
     @property
+    def stem_backend(self) -> str:
+        """What runs the ResNet stem: ``onednn`` (fused convolutions, ``onednn_stem.py``),
+        ``inductor`` (``compile=True``) or ``aten`` (the eager modules)."""
+        stem = self.model.encoder.image_stem
+        if stem is None:
+            return "aten"
+        return "onednn" if isinstance(stem, OneDNNStem) else "inductor"
+
+    @property
     def compiled(self) -> bool:
         """Whether the ResNet stem runs a compiled copy (``compile=True``)."""
-        return self.model.encoder.image_stem is not None
+        return self.stem_backend == "inductor"
 
     def prepare(
         self,

@@ -340,7 +340,8 @@ class OFAEncoder(nn.Module):
         self.layernorm_embedding = _layer_norm(d, arch.layernorm_embedding)
         self.register_buffer("token_rp_bucket", make_token_bucket_position(arch.token_bucket_size))
         self.image_stem: Callable[[torch.Tensor], torch.Tensor] | None = None
-        """Replaces ``embed_images`` in the forward pass when set (a compiled copy of it)."""
+        """Replaces ``embed_images`` in the forward pass when set (a compiled copy of it, or
+        ``onednn_stem.OneDNNStem``)."""
         self._position_cache: _PositionTable | None = None
 
     def image_features(

@@ -28,6 +28,7 @@ AUTO = "auto"
 MODEL_DIR_ENV = "OFA_VE_MODEL_DIR"
 DTYPE_NAMES = ("float32", "float16", "bfloat16")
 LINEAR_BACKENDS = ("auto", "onednn", "aten")
+STEM_BACKENDS = ("auto", "onednn", "aten")
 IMAGE_PATHS = ("exact", "fast", "gpu")
 
 
@@ -137,6 +138,14 @@ PARAMETERS: tuple[Parameter, ...] = (
         choices=LINEAR_BACKENDS,
     ),
     Parameter(
+        "stem_backend", "choice", AUTO,
+        "What runs the ResNet stem on CPU (float32, bfloat16): `onednn` fuses each "
+        "convolution with its ReLU and residual add (oneDNN, weights reordered once at "
+        "load); `aten` runs the eager modules; `auto` is `onednn` where it runs and agrees "
+        "with `aten` at load. `compile` overrides it.",
+        choices=STEM_BACKENDS,
+    ),
+    Parameter(
         "image_path", "choice", "exact",
         "How images become pixels. `exact`: bit-identical to ModelScope's preprocessing. "
         "`fast`: large JPEGs are downscaled in the DCT domain first (opt-in; fidelity in "
@@ -198,6 +207,7 @@ class ModelParameters:
     image_chunk_size: int | None = None
     compile: bool = False
     linear_backend: str = AUTO
+    stem_backend: str = AUTO
     image_path: str = "exact"
     pipeline: str = AUTO
     stem_cache_items: int = 0
@@ -217,6 +227,7 @@ class ModelParameters:
             "image_chunk_size": self.image_chunk_size,
             "compile": self.compile,
             "linear_backend": self.linear_backend,
+            "stem_backend": self.stem_backend,
             "image_path": self.image_path,
             "stem_cache_items": self.stem_cache_items,
         }
