@@ -459,3 +459,15 @@ def test_dtype_speed_interleaves_types_and_rates_them_against_float32(demo_model
     assert len(result["rounds"]) == 2 and set(result["items_per_s"]) == {"float32", "bfloat16"}
     assert set(result["ratio_to_float32"]) == {"bfloat16"}
     assert all(rate > 0 for rate in result["items_per_s"].values())
+
+
+def test_dtype_speed_compares_a_parameter_beside_each_type() -> None:
+    configs = dtype_speed.variants(["bfloat16"], {"stem_backend": "aten"})
+    assert configs == {
+        "float32": {"dtype": "float32"},
+        "float32 stem_backend=aten": {"dtype": "float32", "stem_backend": "aten"},
+        "bfloat16": {"dtype": "bfloat16"},
+        "bfloat16 stem_backend=aten": {"dtype": "bfloat16", "stem_backend": "aten"},
+    }
+    with pytest.raises(SystemExit):
+        dtype_speed.main(["--model-dir", ".", "--compare", "stem_backend"])

@@ -5,12 +5,10 @@ conv, add, ReLU). The adds and ReLUs are extra passes over activations of up to
 256 x 120 x 120 floats, and every convolution reorders its weight into oneDNN's
 blocked layout on every call. oneDNN's fused operators (``torch.ops.mkldnn``, the
 ones inductor emits with ``freezing``) do conv+ReLU and conv+add+ReLU in one pass,
-with the weights reordered once, here, at load. Measured side by side on the
-2-core Intel Xeon (AMX) in docs/benchmarks.md: the whole engine takes 0.92x the
-time per item in float32, with identical outputs, and 0.81x in bfloat16, where
-the fused add runs in float32 inside oneDNN and so rounds once less. It is what
-``compile`` gets from inductor for the convolutions, without its C++ compiler and
-seconds of start-up.
+with the weights reordered once, here, at load. Measured side by side on a 2-core
+Intel Xeon with AMX (docs/benchmarks.md): the engine's items/s 1.06x in float32,
+with identical outputs, and 1.27x in bfloat16. It is what ``compile`` gets from
+inductor for the convolutions, without a C++ compiler and seconds of start-up.
 
 ``OneDNNStem`` wraps a ResNet whose BatchNorms are folded (``fold_batchnorm``);
 ``choose_stem_backend`` builds one where it is eligible (CPU, float32 or
