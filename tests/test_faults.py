@@ -429,7 +429,7 @@ def test_stub_killed_under_load_takes_the_server_out(server_factory, watched):
             os.kill(stubs[0], signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 # Bare Triton never exits here: a shorter wait keeps its strict xfail cheap.
-                server.wait(STUB_DEATH_DEADLINE_S if watched else 15)
+                server.wait(STUB_DEATH_DEADLINE_S if watched else 5)
             stop.set()
             for w in workers:
                 w.join(90)
