@@ -20,6 +20,7 @@ from ofa_ve_bench import (
     dtype_speed,
     engine_runner,
     gpu_check,
+    int8_linear,
     machine,
     model_config,
     perf_analyzer_sweep,
@@ -471,3 +472,17 @@ def test_dtype_speed_compares_a_parameter_beside_each_type() -> None:
     }
     with pytest.raises(SystemExit):
         dtype_speed.main(["--model-dir", ".", "--compare", "stem_backend"])
+
+
+def test_int8_linear_follows_float32_and_reports_every_shape() -> None:
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.randn(37, 64, generator=torch.Generator().manual_seed(1))
+    weight, bias = torch.randn(48, 64) * 0.125, torch.randn(48)
+    with torch.inference_mode():
+        got, want = int8_linear.Int8Linear(weight, bias, rows=37)(x), F.linear(x, weight, bias)
+    assert float((got - want).abs().max()) <= 0.03 * float(want.abs().max())
+    rows = int8_linear.measure(rows=16, repeats=1)
+    assert [r["shape"] for r in rows] == ["16x256->256", "16x256->1024", "16x1024->256"]
+    assert all(r["int8_kernel_ms"] > 0 and r["int8_max_rel_error"] < 0.05 for r in rows)
