@@ -13,9 +13,9 @@ package `modelscope` 1.40 delegates its `snapshot_download` to), called through
 its `HubApi.download_repo`. Called directly, it starts in about 0.4 s where
 `import modelscope` takes 3-4 s (it imports torch), and serving needs nothing
 else of ModelScope. It shows a tqdm bar per file (we pass its `TqdmCallback`),
-skips files already complete in the cache,
-and resumes a partial file (kept as `<name>.incomplete`) with HTTP Range
-requests, so re-running after an interruption continues where it stopped.
+skips files already complete in the cache, and resumes a partial file (kept as
+`<name>.incomplete`) with HTTP Range requests, so re-running after an
+interruption continues where it stopped.
 
 Before downloading, one bounded request checks that the hub answers at all:
 ModelScope's own retries take 7-25 s to give up (DNS failure here: about 22 s),

@@ -41,7 +41,7 @@ def _ops_available() -> bool:
 
 def _is_folded(resnet: ResNet) -> bool:
     """Every BatchNorm folded into its convolution (as ``fold_batchnorm`` leaves it)."""
-    return not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in resnet.modules())
+    return not any(isinstance(m, nn.BatchNorm2d) for m in resnet.modules())
 
 
 class _Conv:
