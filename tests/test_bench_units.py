@@ -470,8 +470,9 @@ def test_dtype_speed_compares_a_parameter_beside_each_type() -> None:
         "bfloat16": {"dtype": "bfloat16"},
         "bfloat16 stem_backend=aten": {"dtype": "bfloat16", "stem_backend": "aten"},
     }
-    with pytest.raises(SystemExit):
-        dtype_speed.main(["--model-dir", ".", "--compare", "stem_backend"])
+    for bad in ("stem_backend", "stem_backend=mkl", "no_such_parameter=1"):
+        with pytest.raises(SystemExit):
+            dtype_speed.main(["--model-dir", ".", "--compare", bad])
 
 
 def test_int8_linear_follows_float32_and_reports_every_shape() -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ofa_ve_bench import machine, workload
-from ofa_ve_bench.engine_runner import build_engine, measure_engine
+from ofa_ve_bench.engine_runner import build_engine, measure_engine, validated_params
 
 
 def variants(dtypes: Sequence[str], compare: Mapping[str, str]) -> dict[str, dict[str, str]]:
@@ -87,9 +87,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
-    compare = dict(spec.split("=", 1) for spec in args.compare if "=" in spec)
-    if len(compare) != len(args.compare):
-        parser.error("--compare takes NAME=VALUE")
+    try:
+        compare = validated_params(args.compare)  # names a bad parameter or value
+    except ValueError as e:
+        parser.error(str(e))
     results = measure(args.model_dir, dtypes, args.batch_size, args.seconds, args.rounds, compare)
     results["machine"] = machine.describe().to_dict()
     lines = [f"batch {args.batch_size}, median of {args.rounds} interleaved rounds:"]
