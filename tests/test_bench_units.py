@@ -484,6 +484,6 @@ def test_int8_linear_follows_float32_and_reports_every_shape() -> None:
     with torch.inference_mode():
         got, want = int8_linear.Int8Linear(weight, bias, rows=37)(x), F.linear(x, weight, bias)
     assert float((got - want).abs().max()) <= 0.03 * float(want.abs().max())
-    rows = int8_linear.measure(rows=16, repeats=1)
+    rows = int8_linear.measure(rows=16, seconds=0.01)
     assert [r["shape"] for r in rows] == ["16x256->256", "16x256->1024", "16x1024->256"]
     assert all(r["int8_kernel_ms"] > 0 and r["int8_max_rel_error"] < 0.05 for r in rows)

@@ -25,8 +25,9 @@ GFLOP_PER_ITEM = 38.5
 DTYPES = ("float32", "bfloat16")
 
 
-def _rate(step: Callable[[], object], flop: float, seconds: float) -> float:
-    """GFLOP/s of `step` (its `flop` per call), best of the timed windows."""
+def best_rate(step: Callable[[], object], flop: float, seconds: float) -> float:
+    """GFLOP/s of `step` (its `flop` per call), best of the timed windows of at least
+    0.2 s (and 3 calls) within `seconds`."""
     for _ in range(3):  # warm-up: oneDNN picks and caches its kernels
         step()
     best = 0.0
@@ -57,11 +58,11 @@ def measure(seconds: float) -> dict[str, dict[str, float]]:
                 )
                 flop = 2.0 * 2 * channels * channels * 9 * size * size
                 step = functools.partial(conv, x)
-                rates[f"conv3x3_{channels}ch_{size}px"] = _rate(step, flop, seconds)
+                rates[f"conv3x3_{channels}ch_{size}px"] = best_rate(step, flop, seconds)
             linear = torch.nn.Linear(256, 1024).to(dtype=dtype).eval()
             rows = torch.randn(930, 256, dtype=dtype)
             step = functools.partial(linear, rows)
-            rates["linear_930x256x1024"] = _rate(step, 2.0 * 930 * 256 * 1024, seconds)
+            rates["linear_930x256x1024"] = best_rate(step, 2.0 * 930 * 256 * 1024, seconds)
             out[name] = rates
     return out
 

@@ -7,19 +7,19 @@ inductor's x86 quantizer emits; AMX-INT8 or VNNI where the CPU has them), with
 weights quantised per output channel (symmetric int8) once, and activations
 quantised per tensor (asymmetric uint8) on every call, as dynamic quantisation
 does. For each of the encoder's three linear shapes (925 tokens: 900 patches and a
-sentence) it reports the best time of `F.linear` in float32 and in bfloat16, of the
-int8 path with its activation quantisation, and of the int8 kernel alone
-(pre-quantised input: the bound a fused quantisation could approach), and the int8
-path's largest error relative to the largest float32 output.
+sentence) it reports the time per call (at `cpu_peak.best_rate`'s best rate) of
+`F.linear` in float32 and in bfloat16, of the int8 path with its activation
+quantisation, and of the int8 kernel alone (pre-quantised input: the bound a fused
+quantisation could approach), and the int8 path's largest error relative to the
+largest float32 output.
 
-    .venv/bin/python -m ofa_ve_bench.int8_linear [--rows 925] [--repeats 20] [--json out.json]
+    .venv/bin/python -m ofa_ve_bench.int8_linear [--rows 925] [--seconds 1] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ofa_ve_bench import machine
+from ofa_ve_bench.cpu_peak import best_rate
 
 SHAPES = ((256, 256), (256, 1024), (1024, 256))
 """(in, out) of the encoder's attention projections, fc1 and fc2 (d_model 256, FFN 1024)."""
@@ -67,19 +68,8 @@ class Int8Linear:
         return self.kernel(*quantize_activation(x))
 
 
-def _best_ms(fn: Callable[[], object], repeats: int) -> float:
-    for _ in range(3):
-        fn()
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - started)
-    return best * 1e3
-
-
 @torch.inference_mode()
-def measure(rows: int = 925, repeats: int = 20) -> list[dict[str, Any]]:
+def measure(rows: int = 925, seconds: float = 1.0) -> list[dict[str, Any]]:
     generator = torch.Generator().manual_seed(0)
     out = []
     for fan_in, fan_out in SHAPES:
@@ -91,18 +81,18 @@ def measure(rows: int = 925, repeats: int = 20) -> list[dict[str, Any]]:
         error = float((int8(x) - want).abs().max() / want.abs().max())
         qx = quantize_activation(x)
         xb, wb, bb = x.bfloat16(), weight.bfloat16(), bias.bfloat16()
-        gflop = 2 * rows * fan_in * fan_out / 1e9
-        times = {
-            "float32_ms": _best_ms(lambda: F.linear(x, weight, bias), repeats),  # noqa: B023
-            "bfloat16_ms": _best_ms(lambda: F.linear(xb, wb, bb), repeats),  # noqa: B023
-            "int8_dynamic_ms": _best_ms(lambda: int8(x), repeats),  # noqa: B023
-            "int8_kernel_ms": _best_ms(lambda: int8.kernel(*qx), repeats),  # noqa: B023
+        flop = 2.0 * rows * fan_in * fan_out
+        steps = {
+            "float32_ms": lambda: F.linear(x, weight, bias),  # noqa: B023
+            "bfloat16_ms": lambda: F.linear(xb, wb, bb),  # noqa: B023
+            "int8_dynamic_ms": lambda: int8(x),  # noqa: B023
+            "int8_kernel_ms": lambda: int8.kernel(*qx),  # noqa: B023
         }
+        times = {name: flop / best_rate(step, flop, seconds) / 1e6 for name, step in steps.items()}
         out.append(
             {
                 "shape": f"{rows}x{fan_in}->{fan_out}",
                 **{k: round(v, 3) for k, v in times.items()},
-                "int8_dynamic_gflops": round(gflop / times["int8_dynamic_ms"] * 1e3, 1),
                 "int8_max_rel_error": round(error, 4),
             }
         )
@@ -112,10 +102,10 @@ def measure(rows: int = 925, repeats: int = 20) -> list[dict[str, Any]]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=925, help="tokens per item (900 + text)")
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--seconds", type=float, default=1.0, help="per shape and path")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    rows = measure(args.rows, args.repeats)
+    rows = measure(args.rows, args.seconds)
     results = {"rows": rows, "machine": machine.describe().to_dict()}
     header = "| shape | float32 ms | bfloat16 ms | int8 dynamic ms | int8 kernel ms | int8 error |"
     lines = [header, "| --- | ---: | ---: | ---: | ---: | ---: |"]
