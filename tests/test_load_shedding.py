@@ -54,6 +54,10 @@ def test_the_sdk_reports_a_full_queue_as_resource_exhausted(small_queue_server) 
         others = [r for r in results if isinstance(r, Exception) and r not in refused]
         assert refused and not others, results
         assert all("Exceeds maximum queue size" in r.message for r in refused)
-    # With retries (the default policy, backing off) the load is answered in full.
-    with VisualEntailmentClient(small_queue_server.grpc_url, concurrency=8) as client:
-        assert all(r.label for r in client.predict_batch(items[:8], batch_size=1))
+    # The refusal is retried: with a retry budget that outlasts the queue, the load is
+    # answered in full. (The default policy's budget, about 1.5 s of backoff over 5
+    # attempts, can run out while one batch of the storm still runs on a busy 2-core
+    # machine; how long refusals last is measured by `ofa_ve_bench.storm`, not here.)
+    patient = RetryPolicy(max_attempts=30, initial_backoff=0.1, max_backoff=1.0)
+    with VisualEntailmentClient(small_queue_server.grpc_url, retry=patient, concurrency=8) as c:
+        assert all(r.label for r in c.predict_batch(items[:8], batch_size=1))
