@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-BACKENDS = ("auto", "onednn", "aten")
+from .parameters import LINEAR_BACKENDS as BACKENDS  # the names config.pbtxt accepts
 
 
 def _onednn_op():

@@ -22,9 +22,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .parameters import STEM_BACKENDS as BACKENDS  # the names config.pbtxt accepts
 from .resnet import Bottleneck, ResNet
 
-BACKENDS = ("auto", "onednn", "aten")
 DTYPES = (torch.float32, torch.bfloat16)
 _TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 5e-2}
 """Largest difference from the eager stem accepted at load, relative to its largest feature."""
