@@ -36,12 +36,13 @@ from ofa_ve_bench.workload import HYPOTHESES, PREMISES, TEST_IMAGES
 from ofa_ve_engine import ANSWERS, LABELS
 from ofa_ve_engine.demo_checkpoint import DEFAULT_SEED
 from ofa_ve_ops.paths import MODEL_NAME
+from ofa_ve_ops.procfs import descendants, process_state
 from ofa_ve_ops.server_process import TritonServer, free_ports
 from ofa_ve_ops.triton_runtime import has_gpu
 from PIL import Image
 from prometheus import metric, scrape
 from tritonclient.utils import InferenceServerException
-from waiting import settled
+from waiting import settled, wait_for
 
 INVALID_ARG = "StatusCode.INVALID_ARGUMENT"
 Item = tuple[bytes, "str | bytes", "str | bytes | None"]
@@ -429,6 +430,7 @@ def _serve_answers_and_stops(env: dict[str, str], grpc_port: int, log_path: Path
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group, as a terminal would give it
         )
+    tree: list[int] = []
     try:
         deadline = time.monotonic() + 240  # for the wait only
         client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
@@ -448,17 +450,21 @@ def _serve_answers_and_stops(env: dict[str, str], grpc_port: int, log_path: Path
         assert outputs(result)[0][0] in LABELS
         client.close()
 
-        # Ctrl-C in a terminal: SIGINT to the whole foreground process group.
+        # Ctrl-C in a terminal: SIGINT to the whole foreground process group (the
+        # watchdog, which runs tritonserver and its stubs in a group of their own).
+        tree = descendants(process.pid)
+        assert len(tree) >= 2, tree  # tritonserver and a stub at least
         os.killpg(process.pid, signal.SIGINT)
         assert process.wait(30) == 0
-        deadline = time.monotonic() + 15
-        while _group_alive(process.pid):  # the stub processes are gone too
-            if time.monotonic() >= deadline:  # a deadline for the wait
-                pytest.fail("processes left behind after Ctrl-C")
-            time.sleep(0.2)
+        wait_for(
+            lambda: all(process_state(p) in (None, "Z") for p in tree),
+            "every process serve.py started to exit after Ctrl-C",
+            15,
+        )
     finally:
-        if _group_alive(process.pid):
-            os.killpg(process.pid, signal.SIGKILL)
+        for pid in [process.pid, *(tree or descendants(process.pid))]:  # nothing outlives it
+            if process_state(pid) not in (None, "Z"):
+                os.kill(pid, signal.SIGKILL)
         process.wait(10)
     return log_path.read_text(errors="replace")
 
@@ -523,11 +529,3 @@ def test_serve_script_uses_the_cached_model_while_the_hub_is_down(
     assert "DEMO CHECKPOINT WITH RANDOM WEIGHTS" not in text
     assert f"weights from {cached.resolve()} on" in text  # what the model itself loaded
     assert not (tmp_path / "cache" / f"demo-checkpoint-seed{DEFAULT_SEED}").exists()
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True

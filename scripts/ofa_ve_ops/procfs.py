@@ -35,6 +35,19 @@ def children(pid: int) -> list[int]:
     return sorted(set(found))
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (children, theirs, ...), parents before children.
+
+    Process groups do not cover a tree: the stub watchdog runs tritonserver in a
+    group of its own."""
+    found: list[int] = []
+    todo = children(pid)
+    while todo:
+        found.extend(todo)
+        todo = [c for p in todo for c in children(p)]
+    return found
+
+
 def cmdline(pid: int) -> list[str]:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:

@@ -46,7 +46,7 @@ from pathlib import Path
 
 from ofa_ve_ops import triton_runtime
 from ofa_ve_ops.paths import MODEL_REPOSITORY
-from ofa_ve_ops.procfs import children, cmdline
+from ofa_ve_ops.procfs import cmdline, descendants
 
 MODEL_DIR_ENV = "OFA_VE_MODEL_DIR"
 
@@ -288,13 +288,10 @@ class TritonServer:
     def _stub_shm_regions(self) -> set[str]:
         """The /dev/shm regions of this server's Python-backend stubs (named on their
         command lines), so that they can be removed after a SIGKILL, which leaves them."""
-        regions: set[str] = set()
-        pending = [self._process.pid] if self._process is not None else []
-        while pending:
-            pid = pending.pop()
-            pending.extend(children(pid))
-            regions.update(a for a in cmdline(pid) if a.startswith(SHM_REGION_PREFIX))
-        return regions
+        if self._process is None:
+            return set()
+        tree = [self._process.pid, *descendants(self._process.pid)]
+        return {a for pid in tree for a in cmdline(pid) if a.startswith(SHM_REGION_PREFIX)}
 
     def _lost_port_race(self) -> bool:
         text = self.log_text()[-4000:].lower()
@@ -329,9 +326,15 @@ class TritonServer:
         return code
 
     def _kill_group(self) -> None:
+        """SIGKILL the process group and every process below it (under the stub
+        watchdog, tritonserver and its stubs are in a group of their own)."""
         if self._process is not None:
+            tree = descendants(self._process.pid)
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self._process.pid, signal.SIGKILL)
+            for pid in tree:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
 
     def _reap(self) -> None:
         if self._process is not None:

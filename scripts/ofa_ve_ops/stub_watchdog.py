@@ -20,6 +20,16 @@ after --stop-timeout seconds, removes the dead stubs' /dev/shm regions, and exit
 70 (EX_SOFTWARE). Otherwise it exits with tritonserver's own status (128+N for a
 signal).
 
+Signals reach tritonserver through the watchdog only, and a stop (SIGTERM or
+SIGINT) only once. Triton 2.51's handler locks the mutex its main thread waits
+under; a second stop signal that lands on the main thread just after the first woke
+it deadlocks the server for good ("Signal (2) received." twice, then nothing: seen
+once in a fresh-clone CI run, with Ctrl-C to the process group plus the copy this
+wrapper forwarded). So the child runs in a process group of its own (a terminal's
+Ctrl-C, `kill -- -PGID`, reach only this process), later stop signals are logged and
+dropped (Triton ignores them anyway), and the kernel SIGTERMs the child should this
+process die without stopping it (PR_SET_PDEATHSIG).
+
     python -m ofa_ve_ops.stub_watchdog -- tritonserver --model-repository=... [flags]
     python -m ofa_ve_ops.stub_watchdog --poll-interval 0.5 -- "$(which tritonserver)" ...
 
@@ -29,12 +39,13 @@ Linux only (reads /proc), like tritonserver itself.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +56,8 @@ STUB_NAME = "triton_python_backend_stub"
 SHM_PREFIX = "triton_python_backend_shm_region"
 EXIT_STUB_DIED = 70
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # Triton's handler: forward one, once
+PR_SET_PDEATHSIG = 1
 
 
 def _say(message: str) -> None:
@@ -92,6 +105,20 @@ def remove_regions(stubs: Sequence[Stub]) -> list[str]:
     return removed
 
 
+def _child_setup(parent: int) -> Callable[[], None]:
+    """What the child does between fork and exec: its own process group, so that only
+    this process receives group-wide signals, and a SIGTERM from the kernel when this
+    process dies (no orphaned server holding the ports)."""
+    libc = ctypes.CDLL(None, use_errno=True)  # loaded before the fork
+
+    def setup() -> None:
+        os.setpgid(0, 0)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM) != 0 or os.getppid() != parent:
+            os._exit(126)  # no safe way to run it (the watchdog already died)
+
+    return setup
+
+
 class Watchdog:
     """tritonserver as a child process, watched for dead stubs."""
 
@@ -100,21 +127,33 @@ class Watchdog:
         self.poll_interval_s = poll_interval_s
         self.stop_timeout_s = stop_timeout_s
         self.stopping = False
+        self.stop_forwarded = False
+        self.pending: int | None = None
         self.child: subprocess.Popen[bytes] | None = None
 
     def _forward(self, signum: int, _frame: object) -> None:
+        if signum in STOP_SIGNALS and self.stop_forwarded:
+            _say(f"{signal.Signals(signum).name} again: already stopping, not forwarded")
+            return
         self.stopping = True  # stubs exit during a requested stop: not a failure
-        if self.child is not None and self.child.poll() is None:
+        if self.child is None:  # not started yet: run() forwards it once it is
+            self.pending = signum
+        elif self.child.poll() is None:
             self.child.send_signal(signum)
+            self.stop_forwarded = self.stop_forwarded or signum in STOP_SIGNALS
 
     def run(self) -> int:
         for signum in FORWARDED:
             signal.signal(signum, self._forward)
         try:
-            self.child = subprocess.Popen(self.command)
+            # A preexec_fn makes CPython fork() rather than vfork(); harmless here,
+            # where no other thread runs.
+            self.child = subprocess.Popen(self.command, preexec_fn=_child_setup(os.getpid()))
         except OSError as e:
             _say(f"cannot start {self.command[0]}: {e}")
             return 127
+        if self.pending is not None:
+            self._forward(self.pending, None)
         seen: dict[int, Stub] = {}
         ever: dict[int, Stub] = {}  # every stub of this server, for its /dev/shm region
         while True:
@@ -147,7 +186,7 @@ class Watchdog:
                 "reporting READY and fail every request to it, so tritonserver "
                 f"(pid {self.child.pid}) is being stopped; restart it (exit {EXIT_STUB_DIED})."
             )
-        self.stopping = True
+        self.stopping = self.stop_forwarded = True
         self.child.send_signal(signal.SIGTERM)  # readiness drops at once
         try:
             self.child.wait(self.stop_timeout_s)
