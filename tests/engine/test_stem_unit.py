@@ -26,13 +26,13 @@ class StemSpy:
 
     def __init__(self, engine: VisualEntailmentEngine, monkeypatch) -> None:
         self.images = 0
-        real = engine._stem
+        real = engine._embed_images
 
         def counted(items):
             self.images += len(items)
             return real(items)
 
-        monkeypatch.setattr(engine, "_stem", counted)
+        monkeypatch.setattr(engine, "_embed_images", counted)
 
 
 @pytest.mark.parametrize("forward_batch_size", [1, 3, 32])
@@ -73,7 +73,10 @@ def test_the_cache_carries_stems_across_calls_within_its_bound(
     engine.predict([engine.prepare(OTHER, "z")])  # evicts PHOTO (capacity 1)
     engine.predict(photo[:1])
     assert spy.images == 3 and len(engine.stem_cache) == 1
-    per_entry = 1024 * (engine.settings.patch_image_size // 16) ** 2 * 4
+    # One image's patch embeddings, [P/16, P/16, d_model] float32: not the stem's
+    # 4x larger [1024, P/16, P/16] features.
+    d_model = engine.model.encoder.arch.d_model
+    per_entry = (engine.settings.patch_image_size // 16) ** 2 * d_model * 4
     assert engine.stem_cache.bytes_used() == per_entry
 
 

@@ -39,7 +39,7 @@ from .onednn_stem import OneDNNStem, choose_stem_backend
 from .resnet import fold_batchnorm
 from .scoring import AnswerScorer
 from .settings import TaskSettings
-from .stem import StemCache, StemFeatures, image_key
+from .stem import ImageEmbeddings, StemCache, image_key
 from .text import build_prompt
 from .tokenizer import OFATokenizer
 
@@ -132,9 +132,9 @@ class VisualEntailmentEngine:
         ``image_path``: ``exact`` (bit-identical to the reference), ``fast`` (large
         JPEGs downscaled in the DCT domain first) or ``gpu`` (JPEGs decoded with
         nvJPEG and resized on the GPU; on a CPU engine this is ``exact``).
-        ``stem_cache_items``: how many images' stem outputs to keep across calls
-        (0: none); items with the same image always share one stem pass within a
-        call (``stem.py``). ``model_dir`` only names the source in messages. The engine keeps these
+        ``stem_cache_items``: how many images' embeddings (stem output, projected)
+        to keep across calls (0: none); items with the same image always share one
+        stem pass within a call (``stem.py``). ``model_dir`` only names the source in messages. The engine keeps these
         choices itself (the model carries only its weights, linear backend and
         stem backend or compiled stem), so engines with different options may share one model.
         """
@@ -373,12 +373,12 @@ class VisualEntailmentEngine:
         """
         out = [np.zeros((0, len(LABELS)), dtype=np.float32)]
         size = self.forward_batch_size or max(1, len(items))
-        stems = StemFeatures(items, self._stem, self.stem_cache)
+        images = ImageEmbeddings(items, self._embed_images, self.stem_cache)
         for start in range(0, len(items), size):
             chunk = items[start : start + size]
             with self._lock:  # one forward at a time per engine (and its stem cache)
                 started = time.perf_counter()
-                out.append(self._forward(chunk, stems))
+                out.append(self._forward(chunk, images))
                 seconds = time.perf_counter() - started
             if on_pass is not None:
                 on_pass(chunk, seconds)
@@ -408,19 +408,20 @@ class VisualEntailmentEngine:
             with_images=with_images,
         )
 
-    def _stem(self, items: Sequence[PreparedItem]) -> torch.Tensor:
-        """The ResNet stem over ``items``' images: [len(items), 1024, h, w]."""
+    def _embed_images(self, items: Sequence[PreparedItem]) -> torch.Tensor:
+        """The ResNet stem and patch projection over ``items``' images: [len(items), h, w, D]."""
+        encoder = self.model.encoder
         images = self.collate(items).images
-        return self.model.encoder.image_features(images, self.image_chunk_size)
+        return encoder.embed_image(encoder.image_features(images, self.image_chunk_size))
 
     @torch.inference_mode()
-    def _forward(self, items: Sequence[PreparedItem], stems: StemFeatures) -> np.ndarray:
+    def _forward(self, items: Sequence[PreparedItem], images: ImageEmbeddings) -> np.ndarray:
         """One forward pass: [len(items), 3] float32 in LABELS order, on the host; the
-        stem runs once per distinct image of the ``predict`` call (``stems``)."""
+        stem runs once per distinct image of the ``predict`` call (``images``)."""
         batch = self.collate(items, with_images=False)
         encoded = self.model.encoder(
             batch.input_ids,
-            features=stems.for_pass(items),
+            image_embeds=images.for_pass(items),
             image_chunk_size=self.image_chunk_size,
             attend_by_length=self.attend_by_length,
         )

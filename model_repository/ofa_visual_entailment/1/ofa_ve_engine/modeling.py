@@ -367,18 +367,27 @@ class OFAEncoder(nn.Module):
         k = self.pos_k_linear(pos).view(s, self.num_heads, -1).transpose(0, 1)
         return q @ k.transpose(1, 2)
 
+    def embed_image(self, features: torch.Tensor) -> torch.Tensor:
+        """[B, 1024, h, w] ResNet features -> [B, h, w, D] patch embeddings (projected,
+        scaled, typed, normalised): everything of the encoder that depends on the image
+        alone, so items that share an image share all of it."""
+        embeds = self.image_proj(features.permute(0, 2, 3, 1)) * self.embed_scale
+        if self.type_embedding is not None:
+            embeds = embeds + self.type_embedding.weight[1]
+        return _apply(self.patch_layernorm_embedding, embeds)
+
     def forward(
         self,
         input_ids: torch.Tensor,
         images: torch.Tensor | None = None,
         *,
-        features: torch.Tensor | None = None,
+        image_embeds: torch.Tensor | None = None,
         image_chunk_size: int | None = None,
         attend_by_length: bool = False,
     ) -> EncoderOutput:
         """input_ids [B, L] right-padded; images [B, 3, P, P] normalized, or their
-        ``features`` ([B, 1024, h, w], from ``image_features``) when the caller has them
-        already (items that share an image share one stem pass).
+        ``image_embeds`` ([B, h, w, D], from ``embed_image``) when the caller has them
+        already (items that share an image share one stem pass and one projection).
 
         How the work is arranged (the result is the same up to float rounding):
         ``image_chunk_size`` as in ``image_features``; ``attend_by_length`` runs
@@ -388,18 +397,15 @@ class OFAEncoder(nn.Module):
         """
         bsz, text_len = input_ids.shape
         device = input_ids.device
-        if features is None:
-            features = self.image_features(images, image_chunk_size)  # [B, 1024, h, w]
-        h, w = features.shape[-2:]
+        if image_embeds is None:
+            image_embeds = self.embed_image(self.image_features(images, image_chunk_size))
+        h, w = image_embeds.shape[1:3]
         num_patches = h * w
-        image_embeds = self.image_proj(features.flatten(2).transpose(1, 2)) * self.embed_scale
         inputs_embeds = self.embed_tokens(input_ids) * self.embed_scale
         if self.type_embedding is not None:
             inputs_embeds = inputs_embeds + self.type_embedding.weight[0]
-            image_embeds = image_embeds + self.type_embedding.weight[1]
         inputs_embeds = _apply(self.layernorm_embedding, inputs_embeds)
-        image_embeds = _apply(self.patch_layernorm_embedding, image_embeds)
-        hidden_states = torch.cat([image_embeds, inputs_embeds], dim=1)
+        hidden_states = torch.cat([image_embeds.flatten(1, 2), inputs_embeds], dim=1)
 
         text_pad = input_ids.eq(self.arch.pad_token_id)
         padding_mask = torch.cat(

@@ -162,10 +162,11 @@ PARAMETERS: tuple[Parameter, ...] = (
     ),
     Parameter(
         "stem_cache_items", "int", "0",
-        "How many images' ResNet-stem outputs to keep across executions, by image digest "
-        "(0: off). Items with the same image bytes always share one decode and one stem "
-        "pass within an execution; the cache extends that to later executions. Each entry "
-        "costs 3.7 MB (float32) or 1.8 MB (half) of the instance's device memory.",
+        "How many images' embeddings (the ResNet stem's output, projected) to keep across "
+        "executions, by image digest (0: off). Items with the same image bytes always share "
+        "one decode and one stem pass within an execution; the cache extends that to later "
+        "executions. Each entry costs 0.9 MB (float32) or 0.5 MB (half) of the instance's "
+        "device memory.",
         minimum=0,
     ),
     Parameter(

@@ -1,16 +1,18 @@
-"""One image, one stem pass: sharing the ResNet stem between items with the same image.
+"""One image, one stem pass: sharing an image's embedding between items with the same image.
 
-The stem is most of OFA-tiny's compute (about 30 of 38.5 GFLOP per item) and
-depends on the image alone. Items carry a digest of their encoded image
-(`PreparedItem.image_key`). `StemFeatures` hands each forward pass the stem
-output of its items, computing it once per distinct image. Within one `predict`
-call the output is kept for as long as a later pass still needs it. Across
-calls it comes from an optional bounded LRU cache (`StemCache`, off by default),
-so a client that sends the same image in several requests gains too.
+The ResNet stem is most of OFA-tiny's compute (about 30 of 38.5 GFLOP per item),
+and it and the patch projection after it (`OFAEncoder.embed_image`) depend on the
+image alone. Items carry a digest of their encoded image (`PreparedItem.image_key`).
+`ImageEmbeddings` hands each forward pass the patch embeddings of its items,
+computing them once per distinct image. Within one `predict` call they are kept
+for as long as a later pass still needs them. Across calls they come from an
+optional bounded LRU cache (`StemCache`, off by default), so a client that sends
+the same image in several requests gains too.
 
-The features of one item are [1024, P/16, P/16] in the network's dtype: 3.7 MB in
-float32 and 1.8 MB in half precision at P = 480. That is what one cache entry
-costs, in the device's memory.
+The embedding of one item is [P/16, P/16, d_model] in the network's dtype: 0.9 MB
+in float32 and 0.5 MB in half precision at P = 480 (d_model 256), a quarter of
+the stem's own [1024, P/16, P/16] output. That is what one cache entry costs, in
+the device's memory.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ def image_key(data: bytes) -> bytes:
 
 
 class StemCache:
-    """A bounded LRU of stem features by image key, with hit and miss counts."""
+    """A bounded LRU of image embeddings by image key, with hit and miss counts."""
 
     def __init__(self, capacity: int) -> None:
         if capacity < 0:
@@ -54,10 +56,10 @@ class StemCache:
         self._entries.move_to_end(key)
         return found
 
-    def put(self, key: Key, features: torch.Tensor) -> None:
+    def put(self, key: Key, embeds: torch.Tensor) -> None:
         if self.capacity == 0:
             return
-        self._entries[key] = features
+        self._entries[key] = embeds
         self._entries.move_to_end(key)
         while len(self._entries) > self.capacity:
             self._entries.popitem(last=False)
@@ -71,8 +73,8 @@ def item_keys(items: Sequence[PreparedItem]) -> list[Key]:
     return [item.image_key if item.image_key is not None else ("item", id(item)) for item in items]
 
 
-class StemFeatures:
-    """The stem output for the passes of one `predict` call (one instance per call)."""
+class ImageEmbeddings:
+    """The image embeddings for the passes of one `predict` call (one instance per call)."""
 
     def __init__(
         self,
@@ -86,7 +88,7 @@ class StemFeatures:
         self._held: dict[Key, torch.Tensor] = {}
 
     def for_pass(self, items: Sequence[PreparedItem]) -> torch.Tensor:
-        """[len(items), 1024, h, w]: computed for images not seen yet, reused otherwise."""
+        """[len(items), h, w, D]: computed for images not seen yet, reused otherwise."""
         keys = item_keys(items)
         missing: dict[Key, PreparedItem] = {}
         for key, item in zip(keys, items, strict=True):
@@ -110,7 +112,9 @@ class StemFeatures:
             if self._cache is not None:
                 self._cache.put(key, value.clone())  # a view would keep its whole batch
             self._held[key] = value
-        if features is None:
+        if features is None and len(keys) == 1:
+            features = self._held[keys[0]].unsqueeze(0)  # a view: no copy
+        elif features is None:
             features = torch.stack([self._held[key] for key in keys])
         for key in keys:  # forget what no later pass of this call needs
             self._remaining[key] -= 1
