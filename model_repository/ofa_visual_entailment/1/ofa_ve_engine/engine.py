@@ -134,9 +134,10 @@ class VisualEntailmentEngine:
         nvJPEG and resized on the GPU; on a CPU engine this is ``exact``).
         ``stem_cache_items``: how many images' embeddings (stem output, projected)
         to keep across calls (0: none); items with the same image always share one
-        stem pass within a call (``stem.py``). ``model_dir`` only names the source in messages. The engine keeps these
-        choices itself (the model carries only its weights, linear backend and
-        stem backend or compiled stem), so engines with different options may share one model.
+        stem pass within a call (``stem.py``). ``model_dir`` only names the source
+        in messages. The engine keeps these choices itself (the model carries only
+        its weights, linear backend and stem backend or compiled stem), so engines
+        with different options may share one model.
         """
         self._check_sizes(forward_batch_size, image_chunk_size)
         if image_path not in IMAGE_PATHS:
