@@ -14,6 +14,9 @@ Fixtures:
 - `server_factory`: builds a (not yet started) `TritonServer` on `model_repository`
   and `demo_model_dir`; every server it built is stopped at the end of the session.
 - `triton_server`: the shared `TritonServer` (READY), on free loopback ports.
+- `tiny_model_dir`, `tiny_engine`: the tiny architecture of `engine_tiny.py` (the engine
+  unit tests' network), its checkpoint and its engine in-process.
+- `tiny_server`: a shared server over that checkpoint, for the SDK and CLI tests.
 - `spare_server`: a second shared server, for the tests that restart a server or
   unload and reload its model (and round-robin over two servers).
 - `grpc_client`: a `tritonclient.grpc.InferenceServerClient` to it.
@@ -45,7 +48,9 @@ import pytest
 from ofa_ve_ops.paths import MODEL_NAME, MODEL_REPOSITORY
 from ofa_ve_ops.server_process import READY_TIMES, STARTS, TritonServer, stop_all
 
-SERVER_FIXTURES = frozenset({"triton_server", "grpc_client", "server_factory", "spare_server"})
+SERVER_FIXTURES = frozenset(
+    {"triton_server", "tiny_server", "grpc_client", "server_factory", "spare_server"}
+)
 """A test (or a fixture it uses) that asks for one of these talks to a real server."""
 
 
@@ -57,6 +62,24 @@ def demo_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     return write_demo_checkpoint(
         tmp_path_factory.mktemp("demo-model") / "ofa-tiny-demo", seed=DEFAULT_SEED
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny architecture's checkpoint (``engine_tiny.py``), written once per session."""
+    from engine_tiny import write_tiny_model_dir
+
+    return write_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "ofa-tiny-tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tiny_model_dir: Path) -> object:
+    """The engine over the tiny checkpoint on CPU (aten linear layers: no timing)."""
+    from ofa_ve_engine import VisualEntailmentEngine
+
+    return VisualEntailmentEngine.from_model_dir(
+        tiny_model_dir, device="cpu", linear_backend="aten"
     )
 
 
@@ -106,6 +129,19 @@ def server_factory(model_repository: Path, demo_model_dir: Path) -> Iterator[Ser
 def triton_server(server_factory: ServerFactory) -> Iterator[TritonServer]:
     """One tritonserver for the session: the real model repository, the demo weights."""
     with server_factory() as server:  # started, READY; stopped at the end
+        yield server
+
+
+@pytest.fixture(scope="session")
+def tiny_server(server_factory: ServerFactory, tiny_model_dir: Path) -> Iterator[TritonServer]:
+    """A session server over the tiny checkpoint, for the tests of the client SDK and CLI.
+
+    They check what the client sends, receives and reports (order, splitting into
+    requests, per-item errors, files, retries), which the real serving path shows
+    over a tiny network as well as over OFA-tiny's 33M parameters, in milliseconds
+    per item instead of about 0.3 s of CPU. What depends on the real network's size
+    or time (parity, queueing, drains, load) stays on `triton_server`."""
+    with server_factory(model_dir=tiny_model_dir) as server:  # started, READY
         yield server
 
 

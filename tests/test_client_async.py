@@ -31,15 +31,15 @@ def same(a: Prediction, b: Prediction) -> bool:
     return a.label == b.label and all(abs(a.probs[k] - b.probs[k]) < 1e-5 for k in a.probs)
 
 
-def test_64_concurrent_predicts(triton_server):
+def test_64_concurrent_predicts(tiny_server):
     distinct = items(8)
     batch = [distinct[i % 8] for i in range(64)]
-    with VisualEntailmentClient(triton_server.grpc_url) as sync_client:
+    with VisualEntailmentClient(tiny_server.grpc_url) as sync_client:
         answers = sync_client.predict_batch(distinct)
     expected = [answers[i % 8] for i in range(64)]
 
     async def main() -> list[Prediction]:
-        async with AsyncVisualEntailmentClient(triton_server.grpc_url, timeout=120) as client:
+        async with AsyncVisualEntailmentClient(tiny_server.grpc_url, timeout=120) as client:
             return await asyncio.gather(*(client.predict(*item) for item in batch))
 
     results = asyncio.run(main())
@@ -48,7 +48,7 @@ def test_64_concurrent_predicts(triton_server):
         assert same(got, want)
 
 
-def test_async_batch_order_and_per_item_errors(triton_server):
+def test_async_batch_order_and_per_item_errors(tiny_server):
     batch = items(7)
     batch[6] = Item(b"not an image", "bad")
     with Image.open(TEST_IMAGES["palette_192x152_png"]) as im:
@@ -56,7 +56,7 @@ def test_async_batch_order_and_per_item_errors(triton_server):
         batch[2] = Item(im, "a PIL image, encoded off the event loop")
 
     async def main():
-        client = AsyncVisualEntailmentClient(triton_server.grpc_url)
+        client = AsyncVisualEntailmentClient(tiny_server.grpc_url)
         try:
             singles = [await client.predict(*item) for i, item in enumerate(batch) if i != 6]
             mixed = await client.predict_batch(
@@ -79,11 +79,11 @@ def test_async_batch_order_and_per_item_errors(triton_server):
     assert strict_error.item_index == 1
 
 
-def test_async_deadline_and_close(triton_server):
+def test_async_deadline_and_close(tiny_server):
     image = TEST_IMAGES["landscape_640x480_jpeg"]
 
     async def main():
-        client = AsyncVisualEntailmentClient(triton_server.grpc_url)
+        client = AsyncVisualEntailmentClient(tiny_server.grpc_url)
         with pytest.raises(DeadlineExceededError) as info:
             await client.predict(image, "too little time", timeout=0.001)
         await client.close()

@@ -23,8 +23,8 @@ BAD_IMAGE = b"GIF89a but not really"
 
 
 @pytest.fixture(scope="module")
-def client(triton_server) -> Iterator[VisualEntailmentClient]:
-    with VisualEntailmentClient(triton_server.grpc_url, timeout=120) as c:
+def client(tiny_server) -> Iterator[VisualEntailmentClient]:
+    with VisualEntailmentClient(tiny_server.grpc_url, timeout=120) as c:
         yield c
 
 
@@ -124,12 +124,12 @@ def _request_counts(url: str) -> tuple[int, int]:
     return int(inference["success"].get("count", 0)), int(inference["fail"].get("count", 0))
 
 
-def test_batch_size_is_capped_at_the_models_max(client, triton_server, items, one_by_one):
+def test_batch_size_is_capped_at_the_models_max(client, tiny_server, items, one_by_one):
     """A batch_size over max_batch_size would be rejected whole; the client caps it."""
-    ok_before, failed_before = _request_counts(triton_server.grpc_url)
+    ok_before, failed_before = _request_counts(tiny_server.grpc_url)
     results = client.predict_batch(items, batch_size=1000)
     ok_after, failed_after = settled(
-        lambda: _request_counts(triton_server.grpc_url),
+        lambda: _request_counts(tiny_server.grpc_url),
         lambda counts: counts[0] > ok_before,
         "Triton's count of the request",
     )

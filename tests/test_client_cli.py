@@ -48,13 +48,13 @@ def test_help_and_version():
     assert run("predict").returncode == 2  # missing arguments: usage error
 
 
-def test_predict_prints_one_json_object(triton_server):
-    out = run("predict", str(IMAGE), HYPOTHESES[0], "--url", triton_server.grpc_url)
+def test_predict_prints_one_json_object(tiny_server):
+    out = run("predict", str(IMAGE), HYPOTHESES[0], "--url", tiny_server.grpc_url)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert set(result) == {"label", "answer", "score", "probs"}
     assert result["label"] in LABELS and list(result["probs"]) == list(LABELS)
-    with VisualEntailmentClient(triton_server.grpc_url) as client:
+    with VisualEntailmentClient(tiny_server.grpc_url) as client:
         want = client.predict(IMAGE, HYPOTHESES[0], premise="A cup.")
     out = run(
         "predict",
@@ -63,7 +63,7 @@ def test_predict_prints_one_json_object(triton_server):
         "--premise",
         "A cup.",
         "--url",
-        triton_server.grpc_url,
+        tiny_server.grpc_url,
         "--compression",
         "gzip",
         "--timeout",
@@ -73,10 +73,10 @@ def test_predict_prints_one_json_object(triton_server):
     assert json.loads(out.stdout)["probs"] == pytest.approx(dict(want.probs), abs=1e-5)
 
 
-def test_predict_bad_input_exits_1_with_a_json_error(triton_server, tmp_path):
+def test_predict_bad_input_exits_1_with_a_json_error(tiny_server, tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"definitely not a jpeg")
-    out = run("predict", str(bad), "anything", "--url", triton_server.grpc_url)
+    out = run("predict", str(bad), "anything", "--url", tiny_server.grpc_url)
     assert out.returncode == 1
     assert out.stdout == ""
     error = json.loads(out.stderr)["error"]
@@ -115,7 +115,7 @@ def _check_batch_output(lines: list[dict], rows: list[dict], url: str, base: Pat
             assert lines[i]["hypothesis"] == row["hypothesis"]
 
 
-def test_batch_jsonl_to_file_with_progress(triton_server, tmp_path):
+def test_batch_jsonl_to_file_with_progress(tiny_server, tmp_path):
     rows = _rows(tmp_path)
     source = tmp_path / "rows.jsonl"
     text = "\n".join(json.dumps(r) for r in rows[:3]) + "\n{not json\n"
@@ -128,7 +128,7 @@ def test_batch_jsonl_to_file_with_progress(triton_server, tmp_path):
         "--output",
         str(target),
         "--url",
-        triton_server.grpc_url,
+        tiny_server.grpc_url,
         "--concurrency",
         "2",
         "--batch-size",
@@ -144,10 +144,10 @@ def test_batch_jsonl_to_file_with_progress(triton_server, tmp_path):
     del lines[3]
     for line in lines[3:]:
         line["index"] -= 1
-    _check_batch_output(lines, rows, triton_server.grpc_url, tmp_path)
+    _check_batch_output(lines, rows, tiny_server.grpc_url, tmp_path)
 
 
-def test_batch_csv_with_header_to_stdout(triton_server, tmp_path):
+def test_batch_csv_with_header_to_stdout(tiny_server, tmp_path):
     rows = _rows(tmp_path)
     source = tmp_path / "rows.csv"
     with source.open("w", newline="") as fh:
@@ -155,14 +155,14 @@ def test_batch_csv_with_header_to_stdout(triton_server, tmp_path):
         writer.writerow(["image", "hypothesis", "premise"])
         for r in rows:
             writer.writerow([r["image"], r["hypothesis"], r.get("premise", "")])
-    out = run("batch", str(source), "--url", triton_server.grpc_url, "--no-progress")
+    out = run("batch", str(source), "--url", tiny_server.grpc_url, "--no-progress")
     assert out.returncode == 1
     lines = [json.loads(line) for line in out.stdout.splitlines()]
     assert len(lines) == len(rows)
-    _check_batch_output(lines, rows, triton_server.grpc_url, tmp_path)
+    _check_batch_output(lines, rows, tiny_server.grpc_url, tmp_path)
 
 
-def test_batch_all_good_exits_0(triton_server):
+def test_batch_all_good_exits_0(tiny_server):
     rows = [f"{IMAGE},{HYPOTHESES[i]}" for i in range(3)]  # CSV without a header, from stdin
     out = run(
         "batch",
@@ -170,15 +170,15 @@ def test_batch_all_good_exits_0(triton_server):
         "--format",
         "csv",
         "--url",
-        triton_server.grpc_url,
+        tiny_server.grpc_url,
         stdin="\n".join(rows) + "\n",
     )
     assert out.returncode == 0, out.stderr
     assert [json.loads(line)["index"] for line in out.stdout.splitlines()] == [0, 1, 2]
 
 
-def test_health(triton_server):
-    out = run("health", "--url", triton_server.grpc_url)
+def test_health(tiny_server):
+    out = run("health", "--url", tiny_server.grpc_url)
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     assert report["ready"] is True and report["max_batch_size"] >= 32
@@ -188,29 +188,29 @@ def test_health(triton_server):
     assert json.loads(down.stdout)["ready"] is False
 
 
-def test_default_url_from_environment(triton_server):
+def test_default_url_from_environment(tiny_server):
     import os
 
-    env = dict(os.environ, OFA_VE_URL=triton_server.grpc_url)
+    env = dict(os.environ, OFA_VE_URL=tiny_server.grpc_url)
     out = subprocess.run(
         [str(CLI), "health"], capture_output=True, text=True, env=env, timeout=60, check=False
     )
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout)["servers"][0]["url"] == triton_server.grpc_url
+    assert json.loads(out.stdout)["servers"][0]["url"] == tiny_server.grpc_url
 
 
-def test_connection_flags_before_the_command(triton_server):
+def test_connection_flags_before_the_command(tiny_server):
     """`ofa-ve --url HOST:PORT health` works as well as `ofa-ve health --url HOST:PORT`,
     and a --url on each side adds up (both servers are asked)."""
-    before = run("--url", triton_server.grpc_url, "--timeout", "30", "health")
+    before = run("--url", tiny_server.grpc_url, "--timeout", "30", "health")
     assert before.returncode == 0, before.stderr
-    assert json.loads(before.stdout)["servers"][0]["url"] == triton_server.grpc_url
-    both = run("--url", triton_server.grpc_url, "health", "--url", dead_url(), "--timeout", "5")
+    assert json.loads(before.stdout)["servers"][0]["url"] == tiny_server.grpc_url
+    both = run("--url", tiny_server.grpc_url, "health", "--url", dead_url(), "--timeout", "5")
     urls = [s["url"] for s in json.loads(both.stdout)["servers"]]
-    assert both.returncode == 0 and len(urls) == 2 and urls[0] == triton_server.grpc_url
+    assert both.returncode == 0 and len(urls) == 2 and urls[0] == tiny_server.grpc_url
 
 
-def test_connection_errors_say_what_to_do(triton_server, tmp_path):
+def test_connection_errors_say_what_to_do(tiny_server, tmp_path):
     """Nothing listening, or Triton's HTTP port given for the gRPC one: the error names
     the likely cause and the fix, not only gRPC's words."""
     args = ("--timeout", "10", "--retries", "0")
@@ -219,7 +219,7 @@ def test_connection_errors_say_what_to_do(triton_server, tmp_path):
     error = json.loads(down.stderr)["error"]
     assert error["type"] == "ServerUnavailableError"
     assert "make serve" in error["hint"] and "8001" in error["hint"], error
-    http = run("predict", str(IMAGE), HYPOTHESES[0], "--url", triton_server.http_url, *args)
+    http = run("predict", str(IMAGE), HYPOTHESES[0], "--url", tiny_server.http_url, *args)
     assert http.returncode == 1
     error = json.loads(http.stderr)["error"]
     assert "HTTP port" in error.get("hint", ""), error
@@ -227,7 +227,7 @@ def test_connection_errors_say_what_to_do(triton_server, tmp_path):
     assert "hint: " in health["servers"][0]["error"]
 
 
-def test_batch_keeps_ids_gold_labels_and_empty_fields(triton_server, tmp_path):
+def test_batch_keeps_ids_gold_labels_and_empty_fields(tiny_server, tmp_path):
     """A dataset as it comes (an id first, a gold label, an empty premise) runs as it is
     and comes back whole beside each prediction."""
     source = tmp_path / "dataset.csv"
@@ -237,21 +237,21 @@ def test_batch_keeps_ids_gold_labels_and_empty_fields(triton_server, tmp_path):
         writer.writerow(["a-1", str(IMAGE), HYPOTHESES[0], "entailment", ""])
         writer.writerow(["a-2", str(IMAGE), "", "neutral", ""])
         writer.writerow(["a-3", str(IMAGE), HYPOTHESES[1], "contradiction", "A cup."])
-    out = run("batch", str(source), "--url", triton_server.grpc_url, "--no-progress")
+    out = run("batch", str(source), "--url", tiny_server.grpc_url, "--no-progress")
     assert out.returncode == 1, out.stderr  # row a-2 has no hypothesis
     lines = [json.loads(line) for line in out.stdout.splitlines()]
     assert [line["pair_id"] for line in lines] == ["a-1", "a-2", "a-3"]
     assert [line["input_label"] for line in lines] == ["entailment", "neutral", "contradiction"]
     assert lines[0]["premise"] == "" and lines[1]["hypothesis"] == ""
     assert lines[1]["error"]["input"] == "HYPOTHESIS" and "label" not in lines[1]
-    with VisualEntailmentClient(triton_server.grpc_url) as client:
+    with VisualEntailmentClient(tiny_server.grpc_url) as client:
         for line, premise in ((lines[0], None), (lines[2], "A cup.")):
             want = client.predict(IMAGE, line["hypothesis"], premise)
             assert line["label"] == want.label
             assert line["probs"] == pytest.approx(dict(want.probs), abs=1e-5)
 
 
-def test_batch_progress_moves_item_by_item(triton_server, tmp_path):
+def test_batch_progress_moves_item_by_item(tiny_server, tmp_path):
     """With the bar shown each answer is one item (single-item requests, as many items in
     flight as with full ones); without it, few full requests. Counted by the server."""
     from prometheus import metric, scrape
@@ -262,10 +262,10 @@ def test_batch_progress_moves_item_by_item(triton_server, tmp_path):
 
     def requests_for(*flags: str) -> tuple[int, subprocess.CompletedProcess[str]]:
         name, model = "nv_inference_request_success", "ofa_visual_entailment"
-        before = metric(scrape(triton_server.metrics_url), name, model=model)
-        out = run("batch", str(source), "--url", triton_server.grpc_url, *flags)
+        before = metric(scrape(tiny_server.metrics_url), name, model=model)
+        out = run("batch", str(source), "--url", tiny_server.grpc_url, *flags)
         assert out.returncode == 0, out.stderr
-        return int(metric(scrape(triton_server.metrics_url), name, model=model) - before), out
+        return int(metric(scrape(tiny_server.metrics_url), name, model=model) - before), out
 
     per_item, shown = requests_for("--progress")
     assert per_item == 5 and "5/5" in shown.stderr

@@ -165,7 +165,7 @@ def _check_against_the_sdk(rows: list[dict[str, str]], wanted: dict[str, tuple],
                 assert float(row[f"p_{label}"]) == pytest.approx(want.probs[label], abs=1e-5)
 
 
-def test_evaluate_snli_ve_jsonl(triton_server, tmp_path: Path) -> None:
+def test_evaluate_snli_ve_jsonl(tiny_server, tmp_path: Path) -> None:
     data, images, records = _dataset(tmp_path)
     # One record whose photo is missing from the folder: an error row, not a crash.
     missing = dict(records[0], Flikr30kID="999.jpg", pairID="999.jpg#0r1e")
@@ -174,7 +174,7 @@ def test_evaluate_snli_ve_jsonl(triton_server, tmp_path: Path) -> None:
     out = tmp_path / "preds.csv"
     result = run(
         "evaluate", str(data), "--images", str(images), "--out", str(out),
-        "--url", triton_server.grpc_url, "--no-progress", "--json",
+        "--url", tiny_server.grpc_url, "--no-progress", "--json",
     )  # fmt: skip
     assert result.returncode == 1, result.stderr  # the missing photo
     summary = json.loads(result.stdout)
@@ -191,18 +191,18 @@ def test_evaluate_snli_ve_jsonl(triton_server, tmp_path: Path) -> None:
     assert sum(map(sum, scores["confusion"]["matrix"])) == len(records)
     assert summary["sent"] == len(records) + 1 and summary["throughput_pairs_per_s"] > 0
     wanted = {r["pairID"]: (images / r["Flikr30kID"], r["sentence2"]) for r in records}
-    _check_against_the_sdk(answered, wanted, triton_server.grpc_url)
+    _check_against_the_sdk(answered, wanted, tiny_server.grpc_url)
 
     report = run(
         "evaluate", str(data), "--images", str(images), "--limit", "2",
-        "--url", triton_server.grpc_url, "--no-progress",
+        "--url", tiny_server.grpc_url, "--no-progress",
     )  # fmt: skip
     assert report.returncode == 0, report.stderr
     assert report.stdout.startswith("accuracy ") and " %" in report.stdout.splitlines()[0]
     assert "confusion (rows gold, columns predicted)" in report.stdout
 
 
-def test_evaluate_ofa_tsv_and_resume(triton_server, tmp_path: Path) -> None:
+def test_evaluate_ofa_tsv_and_resume(tiny_server, tmp_path: Path) -> None:
     data = tmp_path / "snli_ve_test.tsv"
     wanted = {}
     lines = []
@@ -216,7 +216,7 @@ def test_evaluate_ofa_tsv_and_resume(triton_server, tmp_path: Path) -> None:
         wanted[str(i)] = (photo, hypothesis)
     data.write_text("\n".join(lines) + "\n")
     out = tmp_path / "preds.csv"
-    common = ("--out", str(out), "--url", triton_server.grpc_url, "--no-progress", "--json")
+    common = ("--out", str(out), "--url", tiny_server.grpc_url, "--no-progress", "--json")
     first = run("evaluate", str(data), "--limit", "2", *common)
     assert first.returncode == 0, first.stderr
     assert json.loads(first.stdout)["sent"] == 2
@@ -230,4 +230,4 @@ def test_evaluate_ofa_tsv_and_resume(triton_server, tmp_path: Path) -> None:
     assert summary["scores"]["scored"] == 6
     rows = _predictions(out)
     assert rows[:2] == before and sorted(r["pair_id"] for r in rows) == [str(i) for i in range(6)]
-    _check_against_the_sdk(rows, wanted, triton_server.grpc_url)
+    _check_against_the_sdk(rows, wanted, tiny_server.grpc_url)

@@ -175,8 +175,8 @@ def test_classify_and_predict_many_check_arguments_before_any_request():
 
 
 @pytest.fixture(scope="module")
-def client(triton_server) -> Iterator[VisualEntailmentClient]:
-    with VisualEntailmentClient(triton_server.grpc_url, timeout=120) as c:
+def client(tiny_server) -> Iterator[VisualEntailmentClient]:
+    with VisualEntailmentClient(tiny_server.grpc_url, timeout=120) as c:
         yield c
 
 
@@ -189,7 +189,7 @@ def alone(client: VisualEntailmentClient, image: bytes, hypotheses, premise=None
     return [client.predict(image, h, premise) for h in hypotheses]
 
 
-def test_predict_many_equals_each_pair_alone(client, image_bytes, demo_engine):
+def test_predict_many_equals_each_pair_alone(client, image_bytes, tiny_engine):
     hypotheses = list(HYPOTHESES[:4])
     for premise in (None, PREMISE):
         many = client.predict_many(JPEG, hypotheses, premise)  # a path: read once
@@ -198,7 +198,7 @@ def test_predict_many_equals_each_pair_alone(client, image_bytes, demo_engine):
         for got, want in zip(many, singles, strict=True):
             assert same(got, want), (got, want)
     # And the engine in-process agrees on one of them (PROBS order, label mapping).
-    probs = demo_engine.predict([demo_engine.prepare(image_bytes, hypotheses[1], premise=None)])[0]
+    probs = tiny_engine.predict([tiny_engine.prepare(image_bytes, hypotheses[1], premise=None)])[0]
     got = client.predict_many(image_bytes, [hypotheses[1]])[0]
     assert [got.probs[k] for k in LABELS] == pytest.approx(probs.tolist(), abs=1e-5)
 
@@ -288,11 +288,11 @@ def test_classify_multi_label_with_premise_and_template(client, image_bytes):
     assert list(result.scores) == sorted(result.scores, reverse=True)
 
 
-def test_async_predict_many_and_classify_match_sync(client, triton_server, image_bytes):
+def test_async_predict_many_and_classify_match_sync(client, tiny_server, image_bytes):
     hypotheses = [*HYPOTHESES[:3], "", HYPOTHESES[3]]
 
     async def main():
-        async with AsyncVisualEntailmentClient(triton_server.grpc_url, timeout=120) as aclient:
+        async with AsyncVisualEntailmentClient(tiny_server.grpc_url, timeout=120) as aclient:
             many = await aclient.predict_many(JPEG, hypotheses, PREMISE, return_exceptions=True)
             single = await aclient.classify(image_bytes, CANDIDATES)
             multi = await aclient.classify(JPEG, CANDIDATES, multi_label=True)
@@ -325,8 +325,8 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_cli_classify_and_many(client, triton_server, image_bytes):
-    url = triton_server.grpc_url
+def test_cli_classify_and_many(client, tiny_server, image_bytes):
+    url = tiny_server.grpc_url
     out = cli("classify", str(JPEG), *CANDIDATES, "--json", "--premise", PREMISE, "--url", url)
     assert out.returncode == 0, out.stderr
     printed = json.loads(out.stdout)

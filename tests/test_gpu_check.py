@@ -3,7 +3,9 @@
 Why: the check runs for real only on a borrowed GPU machine, minutes at a time; a
 step that broke here would waste that window. CPU mode runs the very same code
 with small sizes (batch 1..2, 1..2 threads, a short perf_analyzer run against a
-real tritonserver). No timing is asserted: only that every step ran and the
+real tritonserver), here over the tiny checkpoint (`engine_tiny.py`): the steps
+do not depend on the network's size, and OFA-tiny's 33M parameters would only
+make them slower. No timing is asserted: only that every step ran and the
 summary (Markdown and JSON) says what it measured and that it is CPU mode.
 """
 
@@ -22,8 +24,8 @@ def _steps(summary: dict) -> dict[str, dict]:
     return {step["name"]: step for step in summary["steps"]}
 
 
-def test_engine_part_in_cpu_mode(tmp_path: Path, decisive_model_dir: Path) -> None:
-    summary = gpu_check.run_check("cpu", "engine", tmp_path, model_dir=decisive_model_dir)
+def test_engine_part_in_cpu_mode(tmp_path: Path, tiny_model_dir: Path) -> None:
+    summary = gpu_check.run_check("cpu", "engine", tmp_path, model_dir=tiny_model_dir)
     steps = _steps(summary)
     text = (tmp_path / "summary.md").read_text()
     assert gpu_check.CPU_MODE_BANNER in text
@@ -51,8 +53,8 @@ def test_engine_part_in_cpu_mode(tmp_path: Path, decisive_model_dir: Path) -> No
 
 
 @pytest.mark.server
-def test_server_part_in_cpu_mode(tmp_path: Path, decisive_model_dir: Path) -> None:
-    summary = gpu_check.run_check("cpu", "server", tmp_path, model_dir=decisive_model_dir)
+def test_server_part_in_cpu_mode(tmp_path: Path, tiny_model_dir: Path) -> None:
+    summary = gpu_check.run_check("cpu", "server", tmp_path, model_dir=tiny_model_dir)
     steps = _steps(summary)
     assert "tritonserver + perf_analyzer" not in steps, steps.get(
         "tritonserver + perf_analyzer"

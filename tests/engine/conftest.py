@@ -1,30 +1,16 @@
-"""Session fixtures of the per-module engine tests: one tiny checkpoint, one engine.
+"""Session fixtures of the per-module engine tests: prepared items on the tiny engine.
 
-The tiny architecture and its inputs are in ``engine_tiny.py``; every fixture
-here is built once per session, in well under a second after the imports.
+The tiny architecture and its inputs are in ``tests/engine_tiny.py``; its
+checkpoint and engine (``tiny_model_dir``, ``tiny_engine``) are in
+``tests/conftest.py``, shared with the SDK tests' ``tiny_server``. Every fixture
+is built once per session, in well under a second after the imports.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from engine_tiny import TEXTS, png, write_tiny_model_dir
+from engine_tiny import TEXTS, png
 from ofa_ve_engine import VisualEntailmentEngine
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny checkpoint, written once per session."""
-    return write_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "ofa-tiny-tiny")
-
-
-@pytest.fixture(scope="session")
-def tiny_engine(tiny_model_dir: Path) -> VisualEntailmentEngine:
-    """The engine over the tiny checkpoint on CPU (aten linear layers: no timing)."""
-    return VisualEntailmentEngine.from_model_dir(
-        tiny_model_dir, device="cpu", linear_backend="aten"
-    )
 
 
 @pytest.fixture(scope="session")

@@ -65,8 +65,6 @@ def write_tiny_model_dir(out: Path, seed: int = TINY_SEED) -> Path:
     return out
 
 
-
-
 TEXTS: list[tuple[str, str | None]] = [
     ("Two birds sit on a wire.", None),
     ("A well-known DOG runs / jumps!", None),
