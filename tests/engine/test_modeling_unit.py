@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from engine_tiny import TINY_CONFIG
 from ofa_ve_engine import VisualEntailmentEngine
 from ofa_ve_engine.modeling import (
     OFAModel,
+    PatchAttention,
     make_image_bucket_position,
     make_token_bucket_position,
 )
@@ -78,3 +80,29 @@ def test_each_item_is_computed_as_if_alone(
     for i, item in enumerate(tiny_items):
         alone, (n,) = encode([item])
         torch.testing.assert_close(alone[0, :n], batched[i, :n], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("normalize_before", [True, False])
+@torch.inference_mode()
+def test_the_first_layers_patch_attention_shared_gives_the_same_states(
+    tiny_engine: VisualEntailmentEngine, tiny_items: list, normalize_before: bool, monkeypatch
+) -> None:
+    """One image's PatchAttention, broadcast or one row per item, over a padded batch of
+    hypotheses: the encoder states equal the plain path's (pre- and post-norm layers)."""
+    model = tiny_engine.model
+    encoder = model.encoder
+    for layer in encoder.layers:  # post-norm: the same weights, the other arrangement
+        monkeypatch.setattr(layer, "normalize_before", normalize_before)
+    batch = tiny_engine.collate(tiny_items)
+    embeds = encoder.embed_image(encoder.image_features(batch.images[:1]))  # one image
+    same = embeds.expand(len(tiny_items), -1, -1, -1)
+    plain = encoder(batch.input_ids, image_embeds=same).last_hidden_state
+    once = encoder.patch_attention(embeds)
+    shared = encoder(batch.input_ids, image_embeds=same, patches=once).last_hidden_state
+    rows = PatchAttention.stack([once] * len(tiny_items))
+    stacked = encoder(batch.input_ids, image_embeds=same, patches=rows).last_hidden_state
+    real = ~batch.input_ids.eq(model.arch.pad_token_id)  # padded positions are masked later
+    mask = torch.cat([torch.ones(len(tiny_items), embeds.shape[1] * embeds.shape[2],
+                                 dtype=torch.bool), real], dim=1)  # fmt: skip
+    torch.testing.assert_close(shared[mask], plain[mask], atol=1e-5, rtol=0)
+    torch.testing.assert_close(stacked[mask], plain[mask], atol=1e-5, rtol=0)

@@ -374,7 +374,9 @@ class VisualEntailmentEngine:
         """
         out = [np.zeros((0, len(LABELS)), dtype=np.float32)]
         size = self.forward_batch_size or max(1, len(items))
-        images = ImageEmbeddings(items, self._embed_images, self.stem_cache)
+        images = ImageEmbeddings(
+            items, self._embed_images, self.stem_cache, self.model.encoder.patch_attention
+        )
         for start in range(0, len(items), size):
             chunk = items[start : start + size]
             with self._lock:  # one forward at a time per engine (and its stem cache)
@@ -420,9 +422,11 @@ class VisualEntailmentEngine:
         """One forward pass: [len(items), 3] float32 in LABELS order, on the host; the
         stem runs once per distinct image of the ``predict`` call (``images``)."""
         batch = self.collate(items, with_images=False)
+        image_embeds, patches = images.for_pass(items)
         encoded = self.model.encoder(
             batch.input_ids,
-            image_embeds=images.for_pass(items),
+            image_embeds=image_embeds,
+            patches=patches,
             image_chunk_size=self.image_chunk_size,
             attend_by_length=self.attend_by_length,
         )

@@ -92,6 +92,47 @@ def padding_bias(padding_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor
     )[:, None, None, :]
 
 
+def _attend(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: torch.Tensor, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(q k^T * scale + bias) v, and each query's log-sum-exp (float32, [..., T, 1])."""
+    scores = (query @ key.transpose(-1, -2)).float() * scale + bias.float()
+    lse = torch.logsumexp(scores, dim=-1, keepdim=True)
+    return torch.exp(scores - lse).to(value.dtype) @ value, lse
+
+
+@dataclass
+class PatchAttention:
+    """The first encoder layer's attention among one image's patches, for the items about it.
+
+    Why: the first layer's input at the patch positions is the image's embedding
+    alone, so there the patches' queries, keys and values, and the patches'
+    attention over the patches, are the same for every hypothesis about the image.
+    Only the text tokens differ, and the patches' attention to them, a softmax over
+    a few keys that ``out`` and ``lse`` (the two halves of one softmax) merge with
+    exactly. For one image and many hypotheses that is one of the encoder's four
+    900 x 900 attentions and three projections of 900 tokens done once instead of
+    per item. Batch dimension 1 (broadcast) or one row per item of the pass.
+    """
+
+    query: torch.Tensor
+    """[B, H, N, D/H] the patches' queries (N = h*w)."""
+    key: torch.Tensor
+    value: torch.Tensor
+    out: torch.Tensor
+    """[B, H, N, D/H] the patches' attention over the patches alone."""
+    lse: torch.Tensor
+    """[B, H, N, 1] float32 log-sum-exp of those scores, per query."""
+
+    @staticmethod
+    def stack(parts: list[PatchAttention]) -> PatchAttention:
+        """One row per item (parts of batch 1)."""
+        if len(parts) == 1:
+            return parts[0]
+        fields = ("query", "key", "value", "out", "lse")
+        return PatchAttention(*(torch.cat([getattr(p, f) for p in parts]) for f in fields))
+
+
 class OFAAttention(nn.Module):
     """Multi-head attention with an additive position bias and NormFormer head scaling."""
 
@@ -117,9 +158,14 @@ class OFAAttention(nn.Module):
         key_value_states: torch.Tensor,
         attn_bias: torch.Tensor,
         lengths: list[int] | None = None,
+        patches: PatchAttention | None = None,
     ) -> torch.Tensor:
         """hidden_states [B, T, D] attend to key_value_states [B, S, D]; attn_bias
         broadcasts to [B, H, T, S] (position bias plus padding/causal mask).
+
+        ``patches`` (self-attention of the first encoder layer, ``lengths`` None): the
+        patches' part of it, computed once per image (``PatchAttention``); only the
+        text positions of ``hidden_states`` are read then.
 
         ``lengths`` (self-attention over right-padded items only): item i attends
         with its first lengths[i] positions to its first lengths[i] positions, one
@@ -130,6 +176,9 @@ class OFAAttention(nn.Module):
         zero: they are masked out of every later attention, as in the reference.
         """
         bsz, tgt_len, embed_dim = hidden_states.shape
+        if patches is not None:
+            attn_output = self._attend_with_patches(hidden_states, attn_bias, patches)
+            return self._output(attn_output, bsz, tgt_len, embed_dim)
         query_states = self._shape(self.q_proj(hidden_states))
         key_states = self._shape(self.k_proj(key_value_states))
         value_states = self._shape(self.v_proj(key_value_states))
@@ -147,9 +196,49 @@ class OFAAttention(nn.Module):
                     attn_mask=attn_bias[:, :, :n, :n],
                     scale=self.scaling,
                 )
+        return self._output(attn_output, bsz, tgt_len, embed_dim)
+
+    def _output(self, attn_output: torch.Tensor, bsz: int, tgt_len: int, dim: int) -> torch.Tensor:
+        """[B, H, T, D/H] per-head outputs -> [B, T, D]: head scales, then out_proj."""
         attn_output = attn_output * self.c_attn.to(attn_output.dtype)[None, :, None, None]
-        attn_output = attn_output.transpose(1, 2).reshape(bsz, tgt_len, embed_dim)
-        return self.out_proj(attn_output)
+        return self.out_proj(attn_output.transpose(1, 2).reshape(bsz, tgt_len, dim))
+
+    def patch_attention(self, patches: torch.Tensor, bias: torch.Tensor) -> PatchAttention:
+        """``patches`` [B, N, D] (this attention's input at the patch positions) attending
+        to themselves; ``bias`` broadcasts to [B, H, N, N]."""
+        query, key, value = (
+            self._shape(proj(patches)) for proj in (self.q_proj, self.k_proj, self.v_proj)
+        )
+        out, lse = _attend(query, key, value, bias, self.scaling)
+        return PatchAttention(query, key, value, out, lse)
+
+    def _attend_with_patches(
+        self, hidden_states: torch.Tensor, attn_bias: torch.Tensor, patches: PatchAttention
+    ) -> torch.Tensor:
+        """Self-attention over [patches, text] with the patches' part given: [B, H, S, D/H]."""
+        bsz = hidden_states.shape[0]
+        n = patches.key.shape[2]
+        text = hidden_states[:, n:]
+        q_text, k_text, v_text = (
+            self._shape(proj(text)) for proj in (self.q_proj, self.k_proj, self.v_proj)
+        )
+
+        def batch(t: torch.Tensor) -> torch.Tensor:
+            return t.expand(bsz, -1, -1, -1)
+
+        keys = torch.cat([batch(patches.key), k_text], dim=2)
+        values = torch.cat([batch(patches.value), v_text], dim=2)
+        text_out = F.scaled_dot_product_attention(
+            q_text, keys, values, attn_mask=attn_bias[:, :, n:, :], scale=self.scaling
+        )
+        # The patches' queries over the text keys, merged with their part over the patches.
+        to_text, to_text_lse = _attend(
+            batch(patches.query), k_text, v_text, attn_bias[:, :, :n, n:], self.scaling
+        )
+        lse = torch.logaddexp(patches.lse, to_text_lse)
+        patch_out = torch.exp(patches.lse - lse) * patches.out.float()
+        patch_out = patch_out + torch.exp(to_text_lse - lse) * to_text.float()
+        return torch.cat([patch_out.to(text_out.dtype), text_out], dim=2)
 
 
 def _layer_norm(dim: int, enabled: bool = True) -> nn.LayerNorm | None:
@@ -197,13 +286,15 @@ class OFAEncoderLayer(nn.Module):
         hidden_states: torch.Tensor,
         attn_bias: torch.Tensor,
         lengths: list[int] | None = None,
+        patches: PatchAttention | None = None,
     ) -> torch.Tensor:
-        """[B, S, D] -> [B, S, D]; ``attn_bias`` and ``lengths`` as in OFAAttention."""
+        """[B, S, D] -> [B, S, D]; ``attn_bias``, ``lengths`` and ``patches`` as in
+        OFAAttention."""
         pre = self.normalize_before
         residual = hidden_states
         if pre:
             hidden_states = self.self_attn_layer_norm(hidden_states)
-        hidden_states = self.self_attn(hidden_states, hidden_states, attn_bias, lengths)
+        hidden_states = self.self_attn(hidden_states, hidden_states, attn_bias, lengths, patches)
         hidden_states = residual + _apply(self.self_attn_mid_layer_norm, hidden_states)
         if not pre:
             hidden_states = self.self_attn_layer_norm(hidden_states)
@@ -376,18 +467,33 @@ class OFAEncoder(nn.Module):
             embeds = embeds + self.type_embedding.weight[1]
         return _apply(self.patch_layernorm_embedding, embeds)
 
+    def patch_attention(self, image_embeds: torch.Tensor) -> PatchAttention:
+        """The first layer's attention among the patches of ``image_embeds`` [B, h, w, D]
+        (``embed_image``), for ``forward(..., patches=...)`` (see ``PatchAttention``)."""
+        h, w = image_embeds.shape[1:3]
+        n = h * w
+        layer = self.layers[0]
+        states = image_embeds.flatten(1, 2)
+        if layer.normalize_before:
+            states = layer.self_attn_layer_norm(states)
+        bias = self._position_table(h, w, 1, states.dtype).layer_biases[0][:, :, :n, :n]
+        return layer.self_attn.patch_attention(states, bias)
+
     def forward(
         self,
         input_ids: torch.Tensor,
         images: torch.Tensor | None = None,
         *,
         image_embeds: torch.Tensor | None = None,
+        patches: PatchAttention | None = None,
         image_chunk_size: int | None = None,
         attend_by_length: bool = False,
     ) -> EncoderOutput:
         """input_ids [B, L] right-padded; images [B, 3, P, P] normalized, or their
         ``image_embeds`` ([B, h, w, D], from ``embed_image``) when the caller has them
-        already (items that share an image share one stem pass and one projection).
+        already (items that share an image share one stem pass and one projection),
+        and with them, optionally, the first layer's ``patches`` part of the attention
+        (``patch_attention``; items that share an image share it too).
 
         How the work is arranged (the result is the same up to float rounding):
         ``image_chunk_size`` as in ``image_features``; ``attend_by_length`` runs
@@ -424,11 +530,13 @@ class OFAEncoder(nn.Module):
         elif has_pads:
             attention_mask = padding_bias(padding_mask, hidden_states.dtype)
 
+        shared = patches if lengths is None else None  # by length: the plain path
         for layer, layer_bias in zip(self.layers, table.layer_biases, strict=True):
             attn_bias = layer_bias[:, :, :seq_len, :seq_len]
             if attention_mask is not None:
                 attn_bias = attn_bias + attention_mask
-            hidden_states = layer(hidden_states, attn_bias, lengths)
+            hidden_states = layer(hidden_states, attn_bias, lengths, shared)
+            shared = None  # the first layer's input alone depends on the image alone
         hidden_states = _apply(self.layer_norm, hidden_states)
         return EncoderOutput(
             last_hidden_state=hidden_states,

@@ -7,7 +7,9 @@ image alone. Items carry a digest of their encoded image (`PreparedItem.image_ke
 computing them once per distinct image. Within one `predict` call they are kept
 for as long as a later pass still needs them. Across calls they come from an
 optional bounded LRU cache (`StemCache`, off by default), so a client that sends
-the same image in several requests gains too.
+the same image in several requests gains too. An image that several items of one
+call share also gets the first encoder layer's attention among its patches once
+(`modeling.PatchAttention`); that part is not cached across calls.
 
 The embedding of one item is [P/16, P/16, d_model] in the network's dtype: 0.9 MB
 in float32 and 0.5 MB in half precision at P = 480 (d_model 256), a quarter of
@@ -24,6 +26,7 @@ from collections.abc import Callable, Hashable, Sequence
 import torch
 
 from .batching import PreparedItem
+from .modeling import PatchAttention
 
 Key = Hashable
 
@@ -74,21 +77,32 @@ def item_keys(items: Sequence[PreparedItem]) -> list[Key]:
 
 
 class ImageEmbeddings:
-    """The image embeddings for the passes of one `predict` call (one instance per call)."""
+    """The image embeddings for the passes of one `predict` call (one instance per call).
+
+    With ``attend`` (``OFAEncoder.patch_attention``), an image that several items of
+    the call share also gets the first encoder layer's attention among its patches
+    once (``PatchAttention``), and a pass whose images are all shared gets it too.
+    """
 
     def __init__(
         self,
         items: Sequence[PreparedItem],
         compute: Callable[[Sequence[PreparedItem]], torch.Tensor],
         cache: StemCache | None = None,
+        attend: Callable[[torch.Tensor], PatchAttention] | None = None,
     ) -> None:
         self._compute = compute
         self._cache = cache if cache is not None and cache.capacity > 0 else None
-        self._remaining = Counter(item_keys(items))
+        self._attend = attend
+        self._uses = Counter(item_keys(items))
+        self._remaining = Counter(self._uses)
         self._held: dict[Key, torch.Tensor] = {}
+        self._attention: dict[Key, PatchAttention] = {}
 
-    def for_pass(self, items: Sequence[PreparedItem]) -> torch.Tensor:
-        """[len(items), h, w, D]: computed for images not seen yet, reused otherwise."""
+    def for_pass(self, items: Sequence[PreparedItem]) -> tuple[torch.Tensor, PatchAttention | None]:
+        """[len(items), h, w, D] embeddings, computed for images not seen yet and reused
+        otherwise; and the pass's ``PatchAttention`` where every image in it is shared
+        by several items of the call (else None: the encoder computes it per item)."""
         keys = item_keys(items)
         missing: dict[Key, PreparedItem] = {}
         for key, item in zip(keys, items, strict=True):
@@ -100,24 +114,36 @@ class ImageEmbeddings:
             else:
                 missing[key] = item
         if missing and len(missing) == len(keys) and len(set(keys)) == len(keys):
-            features = self._compute(items)  # nothing shared: no gather, no copy
-            fresh = dict(zip(keys, features, strict=True))
+            embeds = self._compute(items)  # nothing shared: no gather, no copy
+            fresh = dict(zip(keys, embeds, strict=True))
         else:
             fresh = {}
             if missing:
                 computed = self._compute(list(missing.values()))
                 fresh = dict(zip(missing, computed, strict=True))
-            features = None
+            embeds = None
         for key, value in fresh.items():
             if self._cache is not None:
                 self._cache.put(key, value.clone())  # a view would keep its whole batch
             self._held[key] = value
-        if features is None and len(keys) == 1:
-            features = self._held[keys[0]].unsqueeze(0)  # a view: no copy
-        elif features is None:
-            features = torch.stack([self._held[key] for key in keys])
+        if embeds is None and len(keys) == 1:
+            embeds = self._held[keys[0]].unsqueeze(0)  # a view: no copy
+        elif embeds is None:
+            embeds = torch.stack([self._held[key] for key in keys])
+        patches = self._patch_attention(keys)
         for key in keys:  # forget what no later pass of this call needs
             self._remaining[key] -= 1
             if self._remaining[key] == 0:
                 self._held.pop(key, None)
-        return features
+                self._attention.pop(key, None)
+        return embeds, patches
+
+    def _patch_attention(self, keys: list[Key]) -> PatchAttention | None:
+        if self._attend is None or any(self._uses[key] < 2 for key in keys):
+            return None  # an image seen once: computing its part apart would cost more
+        for key in keys:
+            if key not in self._attention:
+                self._attention[key] = self._attend(self._held[key].unsqueeze(0))
+        if len(set(keys)) == 1:
+            return self._attention[keys[0]]  # batch 1: broadcast over the pass
+        return PatchAttention.stack([self._attention[key] for key in keys])
