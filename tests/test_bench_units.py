@@ -315,6 +315,52 @@ def test_procfs_process_group_and_sockets() -> None:
     assert isinstance(procfs.socket_inodes(os.getpid()), set)
 
 
+def test_procfs_cpu_seconds_and_steal() -> None:
+    import os
+    import time
+
+    used = procfs.cpu_seconds(os.getpid())
+    deadline = time.process_time() + 0.05
+    while time.process_time() < deadline:  # burn CPU: the reading must move with it
+        pass
+    assert procfs.cpu_seconds(os.getpid()) > used > 0.0
+    assert procfs.cpu_seconds(2**22 + 1) == 0.0  # above Linux's largest pid: gone
+    before = procfs.cpu_times()
+    assert len(before) >= 8 and procfs.steal_fraction(before, before) == 0.0
+    after = list(before)
+    after[0] += 30  # 30 ticks of user time, 10 stolen
+    after[7] += 10
+    assert procfs.steal_fraction(before, after) == pytest.approx(0.25)
+
+
+def test_shared_image_rows_rate_wall_and_cpu_time() -> None:
+    from ofa_ve_bench import shared_image
+
+    times = {"one": [(1.0, 2.0), (3.0, 2.2)], "many": [(5.0, 5.0), (5.0, 6.0)],
+             "miss": [(6.0, 0.0), (6.0, 0.0)]}  # fmt: skip
+    row = shared_image._rows(8, times)
+    assert row["speed_up"] == pytest.approx(5.0 / 2.0)  # medians of wall time
+    assert row["cpu_speed_up"] == pytest.approx(5.5 / 2.1)
+    assert row["one_image_items_per_s"] == pytest.approx(4.0)
+    assert row["cache_miss_cost"] == pytest.approx(6.0 / 5.0)
+    text = shared_image.markdown({"machine": "m", "in_process": {"rows": [row]}, "steal": 0.3})
+    assert "2.62x" in text and "30%" in text
+
+
+def test_shared_image_runs_in_process(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import json
+
+    from ofa_ve_bench import shared_image
+
+    out = tmp_path / "shared.json"
+    args = ["--model-dir", str(tiny_model_dir), "--counts", "1,2", "--rounds", "1"]
+    assert shared_image.main([*args, "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [row["n"] for row in result["in_process"]["rows"]] == [1, 2]
+    assert all(row["cpu_speed_up"] > 0 for row in result["in_process"]["rows"])
+    assert 0.0 <= result["steal"] <= 1.0
+
+
 def test_gpu_memory_csv_parse() -> None:
     assert server_run.parse_gpu_memory("123, 456\n7,8\nbad line\n") == {123: 456, 7: 8}
 

@@ -48,6 +48,32 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time `pid` has used, in seconds (fields 14 and 15 of
+    /proc/PID/stat); 0.0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def steal_fraction(before: list[int], after: list[int]) -> float:
+    """Share of the CPU time between two `cpu_times()` readings that the hypervisor
+    gave to other guests (steal): wall-clock figures measured then are unreliable."""
+    delta = [b - a for a, b in zip(before, after, strict=True)]
+    total = sum(delta[:8])
+    return delta[7] / total if total > 0 else 0.0
+
+
+def cpu_times() -> list[int]:
+    """The machine's CPU time counters (/proc/stat's `cpu` line: user, nice, system,
+    idle, iowait, irq, softirq, steal, ...), in clock ticks."""
+    with open("/proc/stat") as f:
+        return [int(v) for v in f.readline().split()[1:]]
+
+
 def cmdline(pid: int) -> list[str]:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
