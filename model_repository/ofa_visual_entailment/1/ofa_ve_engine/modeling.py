@@ -460,8 +460,8 @@ class OFAEncoder(nn.Module):
 
     def embed_image(self, features: torch.Tensor) -> torch.Tensor:
         """[B, 1024, h, w] ResNet features -> [B, h, w, D] patch embeddings (projected,
-        scaled, typed, normalised): everything of the encoder that depends on the image
-        alone, so items that share an image share all of it."""
+        scaled, typed, normalised): the encoder's input at the patch positions, which
+        depends on the image alone, so items that share an image share it."""
         embeds = self.image_proj(features.permute(0, 2, 3, 1)) * self.embed_scale
         if self.type_embedding is not None:
             embeds = embeds + self.type_embedding.weight[1]
