@@ -7,7 +7,10 @@ request of N items about N distinct 640x480 JPEGs, for N = 1, 4, 8, 16. It also
 measures what the stem cache costs when every lookup misses. It runs in-process
 through `ExecutionRunner` (what model.py does per execution) and, with
 `--server`, through a real tritonserver over gRPC (one request per call).
-Rounds alternate the workloads, so load from neighbours slows them alike.
+Rounds alternate the workloads, so load from neighbours slows them alike. Each
+speed-up is given from wall time and from CPU time, beside the share of CPU the
+host stole from this VM during the run (`/proc/stat`): on a shared VM the
+wall-clock figures are only as good as that share is small.
 
     .venv/bin/python -m ofa_ve_bench.shared_image --model-dir DIR [--server]
         [--counts 1,4,8,16] [--rounds 3] [--json out.json]
@@ -159,7 +162,8 @@ def markdown(result: dict) -> str:
                          f"{row['cpu_speed_up']:.2f}x | {miss_text} |")
         lines.append("")
     lines.append(f"CPU time the host stole from this VM meanwhile: {result['steal']:.0%} "
-                 "(above a few per cent, trust the CPU-time column over the wall-clock ones).")
+                 "(above a few per cent the wall-clock columns are unreliable and the CPU-time "
+                 "one is steadier; at tens of per cent, run it again later).")
     return "\n".join(lines)
 
 
