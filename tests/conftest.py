@@ -22,6 +22,9 @@ Fixtures:
 - `grpc_client`: a `tritonclient.grpc.InferenceServerClient` to it.
 - `demo_engine`: the engine in-process on CPU over the same checkpoint, to compare
   the server's answers with.
+- `modelscope_reference`: one ModelScope process for the session's reference jobs
+  (its pipeline, checkpoints written and loaded by its `OFAModel`); started on first
+  use, so a run without reference tests never imports ModelScope.
 
 Marks: a test that uses a server fixture is marked `server` here (so that
 `-m 'not server'` keeps the pure unit tests of the same modules); a test that starts
@@ -174,6 +177,17 @@ def demo_engine(demo_model_dir: Path) -> object:
     from ofa_ve_engine import VisualEntailmentEngine
 
     return VisualEntailmentEngine.from_model_dir(demo_model_dir, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def modelscope_reference(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A `ReferenceWorker`: ModelScope's code in a process of its own, started once
+    (its imports cost about 9 s) for every reference job of the session."""
+    from ofa_ve_bench.reference.worker import ReferenceWorker
+
+    log = tmp_path_factory.mktemp("modelscope-reference") / "worker.log"
+    with ReferenceWorker(log_path=log) as worker:
+        yield worker
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects

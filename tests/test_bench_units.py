@@ -533,3 +533,44 @@ def test_int8_linear_follows_float32_and_reports_every_shape() -> None:
     rows = int8_linear.measure(rows=16, seconds=0.01)
     assert [r["shape"] for r in rows] == ["16x256->256", "16x256->1024", "16x1024->256"]
     assert all(r["int8_kernel_ms"] > 0 and r["int8_max_rel_error"] < 0.05 for r in rows)
+
+
+def test_reference_worker_loop_answers_every_job_line() -> None:
+    """One answer line per job line, a failed job answered with its traceback."""
+    import io
+    import json
+
+    from ofa_ve_bench.reference import worker
+
+    jobs = io.StringIO('{"job": "no_such_job"}\n\nnot json\n')
+    answers = io.StringIO()
+    worker.serve(jobs, answers)
+    lines = [json.loads(line) for line in answers.getvalue().splitlines()]
+    assert len(lines) == 2 and all(set(answer) == {"error"} for answer in lines)
+    assert "KeyError: 'no_such_job'" in lines[0]["error"]
+    assert "JSONDecodeError" in lines[1]["error"]
+    assert set(worker.JOBS) == {"pipeline", "write_checkpoint", "loading_report"}
+
+
+def test_reference_worker_reports_a_failed_job_and_keeps_serving(tmp_path: Path) -> None:
+    """The real worker process: a failing job raises for that call only, and a worker
+    that died is replaced on the next call; close() leaves no process behind."""
+    import os
+    import signal
+
+    from ofa_ve_bench.reference.worker import ReferenceJobError, ReferenceWorker
+    from waiting import wait_for
+
+    with ReferenceWorker(log_path=tmp_path / "worker.log") as reference:
+        for _ in range(2):
+            with pytest.raises(ReferenceJobError, match="KeyError: 'no_such_job'"):
+                reference.call("no_such_job", timeout_s=60)
+        first = reference.pid
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        wait_for(lambda: procfs.process_state(first) in (None, "Z"), "the worker to die", 30)
+        with pytest.raises(ReferenceJobError, match="KeyError: 'no_such_job'"):
+            reference.call("no_such_job", timeout_s=60)
+        second = reference.pid
+        assert second not in (None, first)
+    assert reference.pid is None and procfs.process_state(second) in (None, "Z")

@@ -3,20 +3,18 @@
 Why: the real weights on the hub were written by ModelScope's class, and our
 demo weights are read by ModelScope's pipeline in the parity tests. Both
 directions must load with no missing, unexpected or reshaped key, and every
-tensor must arrive unchanged. ModelScope runs in a subprocess (see
-`reference.modelscope_checkpoint`).
+tensor must arrive unchanged. ModelScope runs in a process of its own, the session's
+`modelscope_reference` worker (see `reference.modelscope_checkpoint`).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from ofa_ve_bench.reference.modelscope_checkpoint import run_cli_in_subprocess
-from ofa_ve_bench.reference.modelscope_pipeline import run_reference_in_subprocess
+from ofa_ve_bench.reference.worker import ReferenceWorker
 from ofa_ve_bench.workload import TEST_IMAGES
 from ofa_ve_engine import ANSWER_TO_LABEL, LABELS, VisualEntailmentEngine
 from ofa_ve_engine.checkpoint import load_model
@@ -31,11 +29,12 @@ OFA_TINY_STATE_KEYS = 541
 
 
 @pytest.fixture(scope="module")
-def modelscope_written_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def modelscope_written_dir(
+    tmp_path_factory: pytest.TempPathFactory, modelscope_reference: ReferenceWorker
+) -> Path:
     """A model directory whose weights ModelScope's own OFAModel produced."""
     out = tmp_path_factory.mktemp("interop") / "modelscope-weights"
-    written = json.loads(run_cli_in_subprocess(["write", str(out), "--seed", "11"]))
-    assert Path(written) == out
+    assert modelscope_reference.write_checkpoint(out, seed=11) == out
     return out
 
 
@@ -60,8 +59,10 @@ def test_modelscope_checkpoint_loads_strictly_into_ours(modelscope_written_dir: 
     assert sum(p.numel() for p in model.parameters()) == OFA_TINY_PARAMETERS
 
 
-def test_our_checkpoint_loads_strictly_into_modelscope(our_demo_dir: Path) -> None:
-    report = json.loads(run_cli_in_subprocess(["check", str(our_demo_dir)]))
+def test_our_checkpoint_loads_strictly_into_modelscope(
+    our_demo_dir: Path, modelscope_reference: ReferenceWorker
+) -> None:
+    report = modelscope_reference.loading_report(our_demo_dir)
     assert report["strict_error"] is None, report["strict_error"]
     assert report["from_pretrained_missing_keys"] == []
     assert report["from_pretrained_unexpected_keys"] == []
@@ -85,7 +86,9 @@ def test_every_demo_tensor_is_random(our_demo_dir: Path) -> None:
     assert not constant, f"constant tensors: {constant[:10]}"
 
 
-def test_engine_matches_pipeline_on_modelscope_weights(modelscope_written_dir: Path) -> None:
+def test_engine_matches_pipeline_on_modelscope_weights(
+    modelscope_written_dir: Path, modelscope_reference: ReferenceWorker
+) -> None:
     """Weights initialised by ModelScope's class (not ours) give the same answers too."""
     cases = [
         ("landscape_640x480_jpeg", "A woman in an orange suit is smiling.", None),
@@ -93,7 +96,7 @@ def test_engine_matches_pipeline_on_modelscope_weights(modelscope_written_dir: P
         ("exif_orientation6_400x300_jpeg", "The cup/saucer is on a wooden table", None),
     ]
     pairs = [(TEST_IMAGES[image].read_bytes(), hyp, premise) for image, hyp, premise in cases]
-    reference = run_reference_in_subprocess(modelscope_written_dir, pairs)
+    reference = modelscope_reference.pipeline(modelscope_written_dir, pairs)
     engine = VisualEntailmentEngine.from_model_dir(modelscope_written_dir, device="cpu")
     probs = engine.predict([engine.prepare(*pair) for pair in pairs])
     for row, ref in zip(probs, reference, strict=True):

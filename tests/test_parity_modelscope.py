@@ -2,7 +2,7 @@
 
 Both read the same random-weight checkpoint in ModelScope's layout. ModelScope
 runs unmodified (`pipeline(Tasks.visual_entailment, model=DIR)`, one call per
-item, in a subprocess); our engine runs as the server runs it (encoded bytes in,
+item, in a process of its own); our engine runs as the server runs it (encoded bytes in,
 one padded batch). Per item we require the same tokens, the same resized
 pixels, the same label, and our probability of ModelScope's label within 1e-5
 of its score. The checkpoint's every tensor is random (no zero biases or unit
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ofa_ve_bench.reference.modelscope_pipeline import run_reference_in_subprocess
+from ofa_ve_bench.reference.worker import ReferenceWorker
 from ofa_ve_bench.workload import EXIF_IMAGE, HYPOTHESES, LONG_HYPOTHESIS, PREMISES, TEST_IMAGES
 from ofa_ve_engine import ANSWER_TO_LABEL, LABELS, PreparedItem, VisualEntailmentEngine
 from ofa_ve_engine.demo_checkpoint import write_demo_checkpoint
@@ -66,11 +66,15 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reference(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict], Path]:
+def reference(
+    model_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    modelscope_reference: ReferenceWorker,
+) -> tuple[list[dict], Path]:
     """ModelScope's outputs per case, and the folder of its preprocessed inputs."""
     inputs_dir = tmp_path_factory.mktemp("modelscope-inputs")
     pairs = [(TEST_IMAGES[image].read_bytes(), hyp, premise) for image, hyp, premise in CASES]
-    results = run_reference_in_subprocess(model_dir, pairs, inputs_dir=inputs_dir)
+    results = modelscope_reference.pipeline(model_dir, pairs, inputs_dir=inputs_dir)
     assert len(results) == len(CASES)
     return results, inputs_dir
 

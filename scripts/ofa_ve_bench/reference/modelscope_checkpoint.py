@@ -4,7 +4,8 @@ Why: "our network has ModelScope's state-dict layout" is only proven when
 ModelScope's class itself writes weights that we load strictly, and loads ours
 strictly (what `OFAModel.from_pretrained` does inside its pipeline). This runs
 ModelScope's code with the same import placeholders as the pipeline reference;
-tests call it through its CLI in a subprocess so the test process stays clean.
+tests call it through `reference.worker.ReferenceWorker`, in a process of its own,
+so the test process stays clean.
 
     python -m ofa_ve_bench.reference.modelscope_checkpoint write OUT_DIR [--seed N]
     python -m ofa_ve_bench.reference.modelscope_checkpoint check MODEL_DIR      # prints JSON
@@ -15,7 +16,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -84,23 +84,6 @@ def loading_report(model_dir: Path) -> dict[str, Any]:
         "model_state_keys": len(loaded_state),
         "num_parameters": sum({p.data_ptr(): p.numel() for p in loaded.parameters()}.values()),
     }
-
-
-def run_cli_in_subprocess(args: Sequence[str], timeout_s: float = 600.0) -> str:
-    """Run this module's CLI in a fresh interpreter; returns its stdout."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "ofa_ve_bench.reference.modelscope_checkpoint", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(
-            f"reference.modelscope_checkpoint {' '.join(args)} failed "
-            f"(exit {proc.returncode}):\n{proc.stderr[-4000:]}"
-        )
-    return proc.stdout
 
 
 def main(argv: Sequence[str] | None = None) -> int:

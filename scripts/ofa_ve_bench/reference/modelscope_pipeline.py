@@ -12,8 +12,9 @@ Any *use* of a placeholder (calling or instantiating anything from it) raises
 `StubbedModuleUsedError`, so a reference run can never silently depend on one.
 
 Creating ModelScope's OFA preprocessor reseeds numpy's and torch's global RNGs;
-`run_reference` saves and restores them. Prefer `run_reference_in_subprocess`
-from tests: it also keeps the import hook out of the test process.
+`run_reference` saves and restores them. Tests run it through
+`reference.worker.ReferenceWorker`, a process of its own, which also keeps the
+import hook out of the test process.
 
 CLI (prints a JSON list, one `{"labels": ..., "scores": ...}` per pair):
 
@@ -34,7 +35,6 @@ import importlib.util
 import json
 import os
 import random
-import subprocess
 import sys
 import tempfile
 import types
@@ -209,7 +209,7 @@ def build_pipeline(model_dir: str | os.PathLike[str]) -> Any:
     return pipeline(Tasks.visual_entailment, model=str(model_dir), device="cpu")
 
 
-def _image_path(image: str | os.PathLike[str] | bytes, scratch: Path, index: int) -> str:
+def image_path(image: str | os.PathLike[str] | bytes, scratch: Path, index: int) -> str:
     """ModelScope reads images by path; encoded bytes go through a scratch file."""
     if isinstance(image, bytes | bytearray):
         path = scratch / f"image-{index}"
@@ -255,7 +255,7 @@ def run_reference(
         results = []
         for index, (image, hypothesis, premise) in enumerate(pairs):
             inputs: dict[str, Any] = {
-                "image": _image_path(image, Path(tmp), index),
+                "image": image_path(image, Path(tmp), index),
                 "text": hypothesis,
             }
             if premise is not None:
@@ -270,38 +270,6 @@ def run_reference(
             f"error): {sorted(set(PLACEHOLDER_CALLS[calls_before:]))}; install those packages"
         )
     return results
-
-
-def run_reference_in_subprocess(
-    model_dir: str | os.PathLike[str],
-    pairs: Sequence[Pair],
-    inputs_dir: str | os.PathLike[str] | None = None,
-    timeout_s: float = 600.0,
-    python: str = sys.executable,
-) -> list[dict[str, Any]]:
-    """`run_reference` in a fresh interpreter: no import hook, RNG reseeding or
-    ModelScope registry state leaks into the calling process."""
-    with tempfile.TemporaryDirectory(prefix="ms-ref-") as tmp:
-        scratch = Path(tmp)
-        records = [
-            {"image": _image_path(image, scratch, i), "hypothesis": hyp, "premise": premise}
-            for i, (image, hyp, premise) in enumerate(pairs)
-        ]
-        pairs_file = scratch / "pairs.json"
-        pairs_file.write_text(json.dumps(records), encoding="utf-8")
-        module = "ofa_ve_bench.reference.modelscope_pipeline"
-        command = [python, "-m", module, str(model_dir), str(pairs_file)]
-        if inputs_dir is not None:
-            command += ["--dump-inputs", str(inputs_dir)]
-        proc = subprocess.run(
-            command, capture_output=True, text=True, timeout=timeout_s, check=False
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(
-                f"ModelScope reference pipeline failed (exit {proc.returncode}):\n"
-                f"{proc.stderr[-4000:]}"
-            )
-        return json.loads(proc.stdout)
 
 
 def _load_pairs(path: Path) -> list[Pair]:
@@ -324,10 +292,10 @@ def _load_pairs(path: Path) -> list[Pair]:
             raise ValueError(f"{path}: pair {n} needs a string image path and hypothesis")
         if premise is not None and not isinstance(premise, str):
             raise ValueError(f"{path}: pair {n}: premise must be a string or null")
-        image_path = Path(image)
-        if not image_path.is_absolute():
-            image_path = path.parent / image_path
-        pairs.append((str(image_path), hypothesis, premise))
+        resolved = Path(image)
+        if not resolved.is_absolute():
+            resolved = path.parent / resolved
+        pairs.append((str(resolved), hypothesis, premise))
     return pairs
 
 
