@@ -70,10 +70,15 @@ class ContainerLikeServer(TritonServer):
 
 
 @pytest.fixture(scope="module")
-def closed_server(server_factory, tmp_path_factory) -> Iterator[TritonServer]:
+def closed_server(server_factory, tmp_path_factory, tiny_model_dir) -> Iterator[TritonServer]:
+    """The container's command line (tiny checkpoint: access is tested, not the network)."""
     key_file = tmp_path_factory.mktemp("secret") / "admin-key"
     key_file.write_text(SECRET)
-    server = server_factory(ContainerLikeServer, env={admin_access.KEY_FILE_ENV: str(key_file)})
+    server = server_factory(
+        ContainerLikeServer,
+        model_dir=tiny_model_dir,
+        env={admin_access.KEY_FILE_ENV: str(key_file)},
+    )
     with server:  # started, READY; stopped at the end
         yield server
 

@@ -117,9 +117,11 @@ def pki(tmp_path_factory) -> Pki:
 
 
 @pytest.fixture(scope="module")
-def tls_server(server_factory, pki) -> Iterator[TritonServer]:
-    """A server of this module's own: mutual TLS, inference restricted to an API key."""
+def tls_server(server_factory, pki, tiny_model_dir) -> Iterator[TritonServer]:
+    """A server of this module's own: mutual TLS, inference restricted to an API key
+    (over the tiny checkpoint: what is tested is the transport, not the network)."""
     server = server_factory(
+        model_dir=tiny_model_dir,
         extra_args=[
             "--grpc-use-ssl=true",
             f"--grpc-server-cert={pki.server_cert}",
@@ -147,8 +149,8 @@ def mtls(pki: Pki, **overrides) -> dict:
     return options
 
 
-def test_mutual_tls_with_auth_header(tls_server, pki, triton_server):
-    with VisualEntailmentClient(triton_server.grpc_url) as plain:
+def test_mutual_tls_with_auth_header(tls_server, pki, tiny_server):
+    with VisualEntailmentClient(tiny_server.grpc_url) as plain:
         want = plain.predict(IMAGE, HYPOTHESIS)
     with VisualEntailmentClient(tls_server.grpc_url, **mtls(pki)) as client:
         got = client.predict(IMAGE, HYPOTHESIS)

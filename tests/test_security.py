@@ -136,14 +136,18 @@ def _self_signed(directory: Path, stem: str, common_name: str) -> tuple[Path, Pa
 
 
 @pytest.fixture(scope="module")
-def tls_server(server_factory, tmp_path_factory) -> Iterator[tuple[TritonServer, Path, Path]]:
+def tls_server(
+    server_factory, tmp_path_factory, tiny_model_dir
+) -> Iterator[tuple[TritonServer, Path, Path]]:
     """A server of this module's own: gRPC over TLS (no client certificate), the admin
     protocols restricted (the mutual-TLS one of test_client_tls.py refuses the
-    certificate-less clients these tests need)."""
+    certificate-less clients these tests need); over the tiny checkpoint, since the
+    transport and access are tested, not the network."""
     directory = tmp_path_factory.mktemp("tls")
     cert, key = _self_signed(directory, "server", "127.0.0.1")
     other, _ = _self_signed(directory, "other", "127.0.0.1")  # same name, other key
     server = server_factory(
+        model_dir=tiny_model_dir,
         extra_args=[
             "--grpc-use-ssl=true",
             f"--grpc-server-cert={cert}",
