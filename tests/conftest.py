@@ -50,6 +50,7 @@ from pathlib import Path
 import pytest
 from ofa_ve_ops.paths import MODEL_NAME, MODEL_REPOSITORY
 from ofa_ve_ops.server_process import READY_TIMES, STARTS, TritonServer, stop_all
+from servers import running
 
 SERVER_FIXTURES = frozenset(
     {"triton_server", "tiny_server", "grpc_client", "server_factory", "spare_server"}
@@ -110,7 +111,8 @@ ServerFactory = Callable[..., TritonServer]
 def server_factory(model_repository: Path, demo_model_dir: Path) -> Iterator[ServerFactory]:
     """`server_factory(cls=TritonServer, model_repository=..., model_dir=..., **kwargs)`:
     a new, not yet started server; by default on the committed repository and the
-    demo checkpoint. Whatever the test does, each is stopped when the session ends."""
+    demo checkpoint. Whatever the test does, each is killed when the session ends
+    (by PID, with its shared memory: `servers.running` says why not stopped)."""
     built: list[TritonServer] = []
 
     def build(
@@ -125,13 +127,13 @@ def server_factory(model_repository: Path, demo_model_dir: Path) -> Iterator[Ser
 
     yield build
     for server in built:
-        server.stop(timeout=10)
+        server.kill()
 
 
 @pytest.fixture(scope="session")
 def triton_server(server_factory: ServerFactory) -> Iterator[TritonServer]:
     """One tritonserver for the session: the real model repository, the demo weights."""
-    with server_factory() as server:  # started, READY; stopped at the end
+    with running(server_factory()) as server:  # started, READY; killed at the end
         yield server
 
 
@@ -144,7 +146,7 @@ def tiny_server(server_factory: ServerFactory, tiny_model_dir: Path) -> Iterator
     over a tiny network as well as over OFA-tiny's 33M parameters, in milliseconds
     per item instead of about 0.3 s of CPU. What depends on the real network's size
     or time (parity, queueing, drains, load) stays on `triton_server`."""
-    with server_factory(model_dir=tiny_model_dir) as server:  # started, READY
+    with running(server_factory(model_dir=tiny_model_dir)) as server:
         yield server
 
 
@@ -155,7 +157,7 @@ def spare_server(server_factory: ServerFactory) -> Iterator[TritonServer]:
     (explicit model control; the model is loaded at start). Each such test leaves it
     READY with the model loaded; a round-robin test uses it as the other server."""
     spare = server_factory(model_control_mode="explicit", load_models=[MODEL_NAME])
-    with spare as server:  # started, READY; stopped at the end
+    with running(spare) as server:  # started, READY; killed at the end
         yield server
 
 

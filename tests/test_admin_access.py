@@ -16,6 +16,7 @@ import tritonclient.grpc as tgrpc
 from ofa_ve_bench.workload import HYPOTHESES, TEST_IMAGES
 from ofa_ve_ops import admin_access
 from ofa_ve_ops.server_process import TritonServer
+from servers import running
 from tritonclient.utils import InferenceServerException
 
 SECRET = "0123456789abcdef0123456789abcdef"
@@ -79,7 +80,7 @@ def closed_server(server_factory, tmp_path_factory, tiny_model_dir) -> Iterator[
         model_dir=tiny_model_dir,
         env={admin_access.KEY_FILE_ENV: str(key_file)},
     )
-    with server:  # started, READY; stopped at the end
+    with running(server):  # started, READY; killed at the end
         yield server
 
 

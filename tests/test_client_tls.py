@@ -26,6 +26,7 @@ from ofa_ve_client import (
     VisualEntailmentClient,
 )
 from ofa_ve_ops.server_process import TritonServer
+from servers import running
 
 IMAGE = TEST_IMAGES["tiny_50x40_png"]
 HYPOTHESIS = "Coffee is served in a cup."
@@ -131,7 +132,7 @@ def tls_server(server_factory, pki, tiny_model_dir) -> Iterator[TritonServer]:
             f"--grpc-restricted-protocol=inference:x-api-key={API_KEY}",
         ],
     )
-    with server:  # started, READY; stopped at the end
+    with running(server):  # started, READY; killed at the end
         yield server
 
 

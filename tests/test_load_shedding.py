@@ -18,6 +18,7 @@ from ofa_ve_bench.storm import storm
 from ofa_ve_bench.workload import HYPOTHESES, TEST_IMAGES
 from ofa_ve_client import ResourceExhaustedError, RetryPolicy, VisualEntailmentClient
 from ofa_ve_ops.server_process import TritonServer
+from servers import running
 
 QUEUE = 4
 
@@ -28,7 +29,7 @@ def small_queue_server(server_factory, tmp_path_factory) -> Iterator[TritonServe
         tmp_path_factory.mktemp("small-queue") / "repo", ConfigEdits(max_queue_size=QUEUE)
     )
     server = server_factory(model_repository=repository)
-    with server:  # started, READY; stopped at the end
+    with running(server):  # started, READY; killed at the end
         yield server
 
 

@@ -39,6 +39,7 @@ from ofa_ve_bench.soak import children, listening_addresses
 from ofa_ve_bench.workload import TEST_IMAGES
 from ofa_ve_ops.server_process import TritonServer
 from PIL import Image, PngImagePlugin
+from servers import running
 from tritonclient.utils import InferenceServerException
 
 MODEL = "ofa_visual_entailment"
@@ -156,12 +157,8 @@ def tls_server(
             f"--http-restricted-api={','.join(ADMIN_PROTOCOLS)}:{ADMIN_KEY}={ADMIN_SECRET}",
         ],
     )
-    server.start()
-    try:
-        server.wait_ready()
+    with running(server):  # started, READY; killed at the end
         yield server, cert, other
-    finally:
-        server.stop()
 
 
 ADMIN_PROTOCOLS = ("shared-memory", "model-repository", "model-config", "trace", "logging")
