@@ -35,8 +35,9 @@ def _digests(model_dir: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_demo_checkpoint(tmp_path_factory.mktemp("demo") / "model")
+def demo(demo_model_dir: Path) -> Path:
+    """The session's demo checkpoint: `write_demo_checkpoint` at DEFAULT_SEED (read only)."""
+    return demo_model_dir
 
 
 def test_same_seed_same_bytes_and_rewrites_in_place(demo: Path, tmp_path: Path) -> None:
