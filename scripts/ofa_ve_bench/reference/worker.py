@@ -31,7 +31,6 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any, TextIO
 
 from ofa_ve_bench.reference.modelscope_pipeline import Pair, image_path
@@ -223,12 +222,7 @@ class ReferenceWorker:
     def __enter__(self) -> ReferenceWorker:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
         self._scratch.cleanup()
 
