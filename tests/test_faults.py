@@ -451,3 +451,27 @@ def test_stub_killed_under_load_takes_the_server_out(server_factory, watched):
         server.kill()  # a bare tritonserver would wait out its exit timeout for nothing
         for r in regions if "regions" in locals() else []:
             Path("/dev/shm", r).unlink(missing_ok=True)  # what bare Triton leaves behind
+
+
+@pytest.mark.timeout(180)
+def test_a_kill_after_a_model_reload_leaves_no_shared_memory(server_factory, tiny_model_dir):
+    """A reloaded model runs in a new stub with a new /dev/shm region; killing the
+    server (SIGKILL: nothing of Triton's own clean-up runs) must not leave it."""
+    server = server_factory(
+        model_dir=tiny_model_dir, model_control_mode="explicit", load_models=[MODEL]
+    )
+    server.start()
+    try:
+        server.wait_ready()
+        first = set(shm_region_of_pid(server.pid))
+        with tgrpc.InferenceServerClient(server.grpc_url) as client:
+            client.unload_model(MODEL)
+            wait_for(lambda: not client.is_model_ready(MODEL), "the model unloaded", 120)
+            client.load_model(MODEL)
+            assert client.is_model_ready(MODEL)
+        regions = set(shm_region_of_pid(server.pid))
+        assert regions and regions != first, "the reload was expected to start a new stub"
+    finally:
+        server.kill()
+    left = [r for r in regions | first if Path("/dev/shm", r).exists()]
+    assert not left, f"shm regions left behind: {left}"

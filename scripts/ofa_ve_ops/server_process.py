@@ -329,6 +329,8 @@ class TritonServer:
         """SIGKILL the process group and every process below it (under the stub
         watchdog, tritonserver and its stubs are in a group of their own)."""
         if self._process is not None:
+            # The stubs alive now: a model reloaded since READY has a region of its own.
+            self._shm_regions.update(self._stub_shm_regions())
             tree = descendants(self._process.pid)
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self._process.pid, signal.SIGKILL)
