@@ -40,6 +40,7 @@ from ofa_ve_bench.soak import SHM_PREFIX, cmdline, process_state, stub_pids
 from ofa_ve_bench.soak import children as soak_children
 from ofa_ve_bench.workload import TEST_IMAGES
 from ofa_ve_ops.server_process import ServerStartError, TritonServer, free_ports
+from servers import running
 from tritonclient.utils import InferenceServerException
 from waiting import wait_for
 
@@ -460,9 +461,7 @@ def test_a_kill_after_a_model_reload_leaves_no_shared_memory(server_factory, tin
     server = server_factory(
         model_dir=tiny_model_dir, model_control_mode="explicit", load_models=[MODEL]
     )
-    server.start()
-    try:
-        server.wait_ready()
+    with running(server):  # killed at the end of the block
         first = set(shm_region_of_pid(server.pid))
         with tgrpc.InferenceServerClient(server.grpc_url) as client:
             client.unload_model(MODEL)
@@ -471,7 +470,5 @@ def test_a_kill_after_a_model_reload_leaves_no_shared_memory(server_factory, tin
             assert client.is_model_ready(MODEL)
         regions = set(shm_region_of_pid(server.pid))
         assert regions and regions != first, "the reload was expected to start a new stub"
-    finally:
-        server.kill()
     left = [r for r in regions | first if Path("/dev/shm", r).exists()]
     assert not left, f"shm regions left behind: {left}"
