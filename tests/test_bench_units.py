@@ -501,8 +501,8 @@ def test_cpu_peak_measures_both_types() -> None:
         assert all(v > 0 for v in rates[dtype].values())
 
 
-def test_dtype_speed_interleaves_types_and_rates_them_against_float32(demo_model_dir) -> None:
-    result = dtype_speed.measure(demo_model_dir, ["bfloat16"], batch_size=1, seconds=0.01, rounds=2)
+def test_dtype_speed_interleaves_types_and_rates_them_against_float32(tiny_model_dir) -> None:
+    result = dtype_speed.measure(tiny_model_dir, ["bfloat16"], batch_size=1, seconds=0.01, rounds=2)
     assert len(result["rounds"]) == 2 and set(result["items_per_s"]) == {"float32", "bfloat16"}
     assert set(result["ratio_to_float32"]) == {"bfloat16"}
     assert all(rate > 0 for rate in result["items_per_s"].values())
