@@ -36,9 +36,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.grpc as tgrpc
-from ofa_ve_bench.soak import SHM_PREFIX, cmdline, process_state, stub_pids
 from ofa_ve_bench.soak import children as soak_children
+from ofa_ve_bench.soak import cmdline, process_state, stub_pids
 from ofa_ve_bench.workload import TEST_IMAGES
+from ofa_ve_ops.paths import SHM_REGION_PREFIX
 from ofa_ve_ops.server_process import ServerStartError, TritonServer, free_ports
 from servers import running
 from tritonclient.utils import InferenceServerException
@@ -69,7 +70,7 @@ def shm_region_of_pid(server_pid: int) -> list[str]:
         part
         for pid in stub_pids(server_pid)
         for part in cmdline(pid)
-        if part.startswith(SHM_PREFIX)
+        if part.startswith(SHM_REGION_PREFIX)
     ]
 
 

@@ -17,12 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from ofa_ve_ops import procfs
-from ofa_ve_ops.paths import MODEL_NAME, MODEL_REPOSITORY
+from ofa_ve_ops.paths import MODEL_NAME, MODEL_REPOSITORY, STUB_NAME
 
 from ofa_ve_bench import machine, model_config
 from ofa_ve_bench.machine import load_average
-
-STUB_NAME = "triton_python_backend_stub"
 
 
 def _kib(pid: int, key: str) -> int:

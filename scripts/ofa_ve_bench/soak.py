@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from ofa_ve_ops.paths import SHM_REGION_PREFIX, STUB_NAME
 from ofa_ve_ops.procfs import (
     children,
     cmdline,
@@ -51,8 +52,6 @@ from ofa_ve_bench import workload
 DEFAULT_IMAGES = workload.IMAGES_DIR
 MODEL = "ofa_visual_entailment"
 MAX_BATCH_ITEMS = 32  # config.pbtxt max_batch_size
-STUB_NAME = "triton_python_backend_stub"
-SHM_PREFIX = "triton_python_backend_shm_region"
 
 
 # ---------------------------------------------------------------- process inspection
@@ -94,11 +93,11 @@ def shm_regions(server_pid: int | None = None) -> dict[str, int]:
             part
             for pid in children(server_pid)
             for part in cmdline(pid)
-            if part.startswith(SHM_PREFIX)
+            if part.startswith(SHM_REGION_PREFIX)
         }
     held = {}
     for entry in os.scandir("/dev/shm"):
-        if entry.name.startswith(SHM_PREFIX) and (names is None or entry.name in names):
+        if entry.name.startswith(SHM_REGION_PREFIX) and (names is None or entry.name in names):
             try:
                 held[entry.name] = entry.stat().st_blocks * 512
             except FileNotFoundError:

@@ -16,6 +16,10 @@ MODEL_FOLDER = MODEL_REPOSITORY / MODEL_NAME
 CONFIG_PBTXT = MODEL_FOLDER / "config.pbtxt"
 CACHE_DIR = REPO_ROOT / ".cache"
 CACHE_DIR_ENV = "OFA_VE_CACHE_DIR"
+STUB_NAME = "triton_python_backend_stub"
+"""The Python backend's stub executable: one process per model instance."""
+SHM_REGION_PREFIX = "triton_python_backend_shm_region"
+"""How the Python backend names the /dev/shm region it gives each stub (on its command line)."""
 
 
 def cache_dir() -> Path:

@@ -45,14 +45,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from ofa_ve_ops import triton_runtime
-from ofa_ve_ops.paths import MODEL_REPOSITORY
+from ofa_ve_ops.paths import MODEL_REPOSITORY, SHM_REGION_PREFIX
 from ofa_ve_ops.procfs import cmdline, descendants
 
 MODEL_DIR_ENV = "OFA_VE_MODEL_DIR"
 
 DEFAULT_READY_TIMEOUT_S = 240.0
 STOP_GRACE_S = 20.0
-SHM_REGION_PREFIX = "triton_python_backend_shm_region"
 
 _live: dict[int, TritonServer] = {}
 _live_lock = threading.Lock()

@@ -50,10 +50,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ofa_ve_ops.cli_args import command_after_separator
+from ofa_ve_ops.paths import SHM_REGION_PREFIX, STUB_NAME
 from ofa_ve_ops.procfs import children, cmdline, process_state
 
-STUB_NAME = "triton_python_backend_stub"
-SHM_PREFIX = "triton_python_backend_shm_region"
 EXIT_STUB_DIED = 70
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # Triton's handler: forward one, once
@@ -84,7 +83,7 @@ def serving_stubs(server_pid: int) -> dict[int, Stub]:
         argv = cmdline(pid)
         if not argv or not argv[0].endswith(STUB_NAME) or process_state(pid) in (None, "Z", "X"):
             continue
-        region = next((a for a in argv if a.startswith(SHM_PREFIX)), None)
+        region = next((a for a in argv if a.startswith(SHM_REGION_PREFIX)), None)
         instance = argv[8] if len(argv) >= 10 else ""
         if instance:
             stubs[pid] = Stub(pid, instance, region)

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ofa_ve_ops.cli_args import command_after_separator
-from ofa_ve_ops.paths import CACHE_DIR, MODEL_REPOSITORY
+from ofa_ve_ops.paths import CACHE_DIR, MODEL_REPOSITORY, STUB_NAME
 
 DEFAULT_WORK_ROOT = CACHE_DIR / "triton"
 WORK_DIR_ENV = "OFA_VE_TRITON_DIR"
@@ -85,7 +85,7 @@ class TritonRuntime:
 
     @property
     def stub(self) -> Path:
-        return self.backend_dir / "python" / "triton_python_backend_stub"
+        return self.backend_dir / "python" / STUB_NAME
 
 
 @dataclass(frozen=True)
@@ -166,14 +166,14 @@ def _one_match(pattern: str) -> Path:
 
 def _lay_out(dest: Path, pytriton_dir: Path, wheel_libs: Path, libpython: Path) -> None:
     source = pytriton_dir / "tritonserver"
-    stub = source / "python_backend_stubs" / _python_tag() / "triton_python_backend_stub"
+    stub = source / "python_backend_stubs" / _python_tag() / STUB_NAME
     if not stub.is_file():
         raise RuntimeSetupError(
             f"nvidia-pytriton has no Python-backend stub for Python {_python_tag()} ({stub})"
         )
     for part in ("bin", "backends", "caches"):
         shutil.copytree(source / part, dest / part, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy2(stub, dest / "backends" / "python" / "triton_python_backend_stub")
+    shutil.copy2(stub, dest / "backends" / "python" / STUB_NAME)
     lib = dest / "lib"
     lib.mkdir()
     _link(lib / libpython.name, libpython)
