@@ -13,7 +13,8 @@
 #   make gpu-check        the GPU check (CPU mode where there is no GPU; docs/gpu-check.md)
 #   make loadtest         perf_analyzer sweeps against a running server (URL)
 #
-# Make variables: PYTEST_ARGS (e.g. PYTEST_ARGS="-m 'not server'"), SERVE_ARGS (passed
+# Make variables: PYTEST_ARGS (e.g. PYTEST_ARGS="-m 'not server'"), TEST_WORKERS (test
+# processes, 2; 0 runs the suite in this one), SERVE_ARGS (passed
 # to `python -m ofa_ve_ops.serve`, e.g. SERVE_ARGS="-- --log-verbose=1"), DEMO_DIR,
 # DEMO_SEED, URL, VENV.
 #
@@ -37,6 +38,9 @@ SHELL := /bin/bash
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 PYTEST_ARGS ?=
+# pytest-xdist workers; tests/conftest.py keeps the tests sharing a server in one
+# (--dist loadgroup) and splits the cores between the workers' torch threads.
+TEST_WORKERS ?= 2
 SERVE_ARGS ?=
 SOAK_ARGS ?=
 URL ?= 127.0.0.1:8001
@@ -63,7 +67,7 @@ serve: setup-serve
 
 # pytest's own exit status fails the target, 5 ("no tests collected") included.
 test: setup
-	$(PYTHON) -m pytest $(PYTEST_ARGS)
+	$(PYTHON) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -26,6 +26,11 @@ Fixtures:
   (its pipeline, checkpoints written and loaded by its `OFAModel`); started on first
   use, so a run without reference tests never imports ModelScope.
 
+Workers: `make test` runs two pytest-xdist workers (`-n 2 --dist loadgroup`). Tests
+that share a costly session fixture (a server, the ModelScope process) are put in
+one `xdist_group` here (tests/sharing.py), so that it starts once per run; each
+worker's processes get an equal share of the cores (`pytest_configure`).
+
 Marks: a test that uses a server fixture is marked `server` here (so that
 `-m 'not server'` keeps the pure unit tests of the same modules); a test that starts
 a server some other way carries `@pytest.mark.server` itself.
@@ -51,6 +56,7 @@ import pytest
 from ofa_ve_ops.paths import MODEL_NAME, MODEL_REPOSITORY
 from ofa_ve_ops.server_process import READY_TIMES, STARTS, TritonServer, stop_all
 from servers import running
+from sharing import worker_group
 
 SERVER_FIXTURES = frozenset(
     {"triton_server", "tiny_server", "grpc_client", "server_factory", "spare_server"}
@@ -192,25 +198,62 @@ def modelscope_reference(tmp_path_factory: pytest.TempPathFactory) -> Iterator[o
         yield worker
 
 
-@pytest.hookimpl(tryfirst=True)  # before `-m` deselects
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist, give each worker's processes (tests, servers' stubs, the
+    ModelScope process: they inherit the environment) an equal share of the cores.
+
+    Why: torch's OpenMP threads, one per core by default, collapse (tens of times
+    slower) when another process competes for the same cores."""
+    workers = getattr(config.option, "numprocesses", None) or 0  # xdist's -n, in the controller
+    if workers > 0 and "OMP_NUM_THREADS" not in os.environ:
+        cores = len(os.sched_getaffinity(0))
+        os.environ["OMP_NUM_THREADS"] = str(max(1, cores // workers))
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects, and before xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark `server` exactly the tests that use a server fixture (directly or not)."""
+    """Mark `server` exactly the tests that use a server fixture (directly or not), and
+    put the tests that share a costly session fixture in one `xdist_group`."""
     for item in items:
-        if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        used = getattr(item, "fixturenames", ())
+        if SERVER_FIXTURES.intersection(used):
             item.add_marker(pytest.mark.server)
+        group = worker_group(used)
+        if group and item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
+_WORKER_START_UPS: list[tuple[int, list[tuple[str, float]]]] = []
+"""What each finished xdist worker reported: (process starts, [(server, s to READY)])."""
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Last resort: no tritonserver outlives the session, whatever happened."""
+    """Last resort: no tritonserver outlives the session, whatever happened. An xdist
+    worker also hands its start-up figures to the controller's summary."""
     stop_all()
+    output = getattr(session.config, "workeroutput", None)  # set in xdist workers only
+    if output is not None:
+        output["tritonserver_start_ups"] = (
+            len(STARTS),
+            list(READY_TIMES),
+        )
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist
+def pytest_testnodedown(node: object, error: object) -> None:
+    """xdist's controller: collect a finished worker's start-up figures."""
+    reported = getattr(node, "workeroutput", {}).get("tritonserver_start_ups")
+    if reported:
+        _WORKER_START_UPS.append(reported)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
     """How many tritonservers the run started, and how long each took to READY."""
-    if STARTS:
+    starts = len(STARTS) + sum(count for count, _ in _WORKER_START_UPS)
+    ready = list(READY_TIMES)
+    ready += [entry for _, entries in _WORKER_START_UPS for entry in entries]
+    if starts:
         terminalreporter.section("tritonserver start-ups")
-        terminalreporter.write_line(
-            f"{len(STARTS)} process start(s), {len(READY_TIMES)} reached READY"
-        )
-        for server, seconds in READY_TIMES:
+        terminalreporter.write_line(f"{starts} process start(s), {len(ready)} reached READY")
+        for server, seconds in ready:
             terminalreporter.write_line(f"{seconds:6.1f} s to READY  {server}")

@@ -443,9 +443,15 @@ def test_stub_killed_under_load_takes_the_server_out(server_factory, watched):
             + (" and READY" if server.is_ready() else "")
             + f"; errors seen: {sorted({o[1] for o in errors})[:2]}"
         )
-        code = server.returncode
-        assert code == 70, f"exit code {code}"
-        assert "Python-backend stub of model instance" in server.log_text()
+        code, log = server.returncode, server.log_text()
+        if code != 70 and "ended by itself" in log:
+            # Triton can go down by itself first (seen once, SIGABRT, in a full run on
+            # a busy machine), before the watchdog's next poll finds the dead stub: the
+            # watchdog then passes on its crash status. Still non-zero: replaced.
+            assert code > 128, f"exit code {code}:\n{server.log_tail()}"
+        else:
+            assert code == 70, f"exit code {code}:\n{server.log_tail()}"
+            assert "Python-backend stub of model instance" in log
         assert all(process_state(p) in (None, "Z") for p in stubs), "stub process left running"
         assert not [r for r in regions if Path("/dev/shm", r).exists()], "shm region left"
     finally:

@@ -102,3 +102,18 @@ def test_a_killed_watchdog_leaves_no_orphan(tmp_path: Path) -> None:
         assert _lines(log)[1:] == ["SIGTERM"]
     finally:
         _cleanup(watchdog, child)
+
+
+def test_a_child_that_dies_by_itself_passes_its_status_on_and_says_so(tmp_path: Path) -> None:
+    """No stop asked for, and the child dies (as tritonserver can abort when a stub
+    dies under load): the watchdog exits with its status, 128+N for a signal, and its
+    log says that tritonserver ended by itself."""
+    watchdog, _, said = _start(tmp_path)
+    child = None
+    try:
+        (child,) = children(watchdog.pid)
+        os.kill(child, signal.SIGABRT)
+        assert watchdog.wait(30) == 128 + signal.SIGABRT
+        assert f"(pid {child}) ended by itself (signal SIGABRT); exit 134" in said.read_text()
+    finally:
+        _cleanup(watchdog, child)

@@ -119,6 +119,9 @@ def check_hub_reachable(endpoint: str, model_id: str, timeout_s: float) -> None:
     result = outcome[0]
     if isinstance(result, BaseException):
         root = _root_cause(result)
+        if isinstance(result, requests.Timeout) or isinstance(root, TimeoutError):
+            # The socket's own timeout can fire before this thread wakes from join().
+            raise _unreachable(endpoint, f"no answer within {timeout_s:g} s")
         raise _unreachable(endpoint, f"{type(root).__name__}: {str(root)[:200]}")
     if result >= 500:
         raise _unreachable(endpoint, f"it answered HTTP {result}")

@@ -161,10 +161,17 @@ class Watchdog:
                 # The server is gone, so no region it made can be used again. A clean
                 # shutdown removes them itself; a failed start (a port taken after the
                 # model loaded) leaves one per instance behind: remove what is left.
+                status = code if code >= 0 else 128 - code
+                if not self.stopping:
+                    how = f"signal {signal.Signals(-code).name}" if code < 0 else f"status {code}"
+                    _say(
+                        f"tritonserver (pid {self.child.pid}) ended by itself ({how}); "
+                        f"exit {status}."
+                    )
                 removed = remove_regions(list(ever.values()))
                 if removed:
                     _say(f"removed leftover shared memory: {', '.join(removed)}")
-                return code if code >= 0 else 128 - code
+                return status
             current = serving_stubs(self.child.pid)
             ever.update(current)
             # A crashed stub stays a zombie (2.51 never reaps it); one that Triton ends
