@@ -14,7 +14,7 @@
 #   make loadtest         perf_analyzer sweeps against a running server (URL)
 #
 # Make variables: PYTEST_ARGS (e.g. PYTEST_ARGS="-m 'not server'"), TEST_WORKERS (test
-# processes, 2; 0 runs the suite in this one), SERVE_ARGS (passed
+# processes, 3; 0 runs the suite in this one), SERVE_ARGS (passed
 # to `python -m ofa_ve_ops.serve`, e.g. SERVE_ARGS="-- --log-verbose=1"), DEMO_DIR,
 # DEMO_SEED, URL, VENV.
 #
@@ -38,9 +38,10 @@ SHELL := /bin/bash
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 PYTEST_ARGS ?=
-# pytest-xdist workers; tests/conftest.py keeps the tests sharing a server in one
-# (--dist loadgroup) and splits the cores between the workers' torch threads.
-TEST_WORKERS ?= 2
+# pytest-xdist workers (3 on 2 cores: one fills the others' waits); tests/conftest.py
+# keeps the tests sharing a server in one (--dist loadgroup) and splits the cores
+# between the workers' torch threads.
+TEST_WORKERS ?= 3
 SERVE_ARGS ?=
 SOAK_ARGS ?=
 URL ?= 127.0.0.1:8001

@@ -26,10 +26,12 @@ Fixtures:
   (its pipeline, checkpoints written and loaded by its `OFAModel`); started on first
   use, so a run without reference tests never imports ModelScope.
 
-Workers: `make test` runs two pytest-xdist workers (`-n 2 --dist loadgroup`). Tests
+Workers: `make test` runs three pytest-xdist workers (`-n 3 --dist loadgroup`). Tests
 that share a costly session fixture (a server, the ModelScope process) are put in
-one `xdist_group` here (tests/sharing.py), so that it starts once per run; each
-worker's processes get an equal share of the cores (`pytest_configure`).
+one `xdist_group` here (tests/sharing.py), so that it starts once per run, and
+the `slow` tests are handed out first; each worker's processes get an equal share
+of the cores, one thread at least (`pytest_configure`). Three workers on two cores:
+the third fills the time the others wait (server start-ups, polls, subprocesses).
 
 Marks: a test that uses a server fixture is marked `server` here (so that
 `-m 'not server'` keeps the pure unit tests of the same modules); a test that starts
@@ -221,6 +223,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         group = worker_group(used)
         if group and item.get_closest_marker("xdist_group") is None:
             item.add_marker(pytest.mark.xdist_group(group))
+    if getattr(config.option, "loadgroup", False):  # an xdist worker under make test
+        # xdist hands out the groups first (largest first), then single tests in this
+        # order: the slow ones first, so that none of them is left to run alone at the end.
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 _WORKER_START_UPS: list[tuple[int, list[tuple[str, float]]]] = []

@@ -1,5 +1,5 @@
 """Which costly session fixtures tests share, and the pytest-xdist group that keeps
-the tests sharing one in a single worker (`make test`: `-n 2 --dist loadgroup`), so
+the tests sharing one in a single worker (`make test`: `-n 3 --dist loadgroup`), so
 that each server and the ModelScope process starts once per run, not once per worker.
 """
 

@@ -29,8 +29,6 @@ MIXED_TEXTS = [
 ]
 
 
-
-
 @pytest.fixture(scope="module")
 def engine(demo_engine: VisualEntailmentEngine) -> VisualEntailmentEngine:
     return demo_engine
@@ -54,6 +52,7 @@ def test_outputs_are_probability_distributions(engine: VisualEntailmentEngine, i
     assert (probs >= 0).all()
 
 
+@pytest.mark.slow
 def test_batched_equals_one_by_one(engine: VisualEntailmentEngine, items: list) -> None:
     lengths = {len(it.input_ids) for it in items}
     assert len(lengths) > 2, "the batch must mix text lengths to exercise padding"
@@ -63,6 +62,7 @@ def test_batched_equals_one_by_one(engine: VisualEntailmentEngine, items: list) 
     assert (batched.argmax(1) == alone.argmax(1)).all()
 
 
+@pytest.mark.slow
 def test_forward_passes_equal_one_pass(engine: VisualEntailmentEngine, items: list) -> None:
     small = _variant(engine, forward_batch_size=4)
     passes: list[tuple[int, float]] = []
@@ -73,6 +73,7 @@ def test_forward_passes_equal_one_pass(engine: VisualEntailmentEngine, items: li
     np.testing.assert_allclose(got, big.predict(items), atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_teacher_forced_scoring_equals_one_pass(
     engine: VisualEntailmentEngine, items: list
 ) -> None:
@@ -87,6 +88,7 @@ def test_teacher_forced_scoring_equals_one_pass(
     torch.testing.assert_close(general, one_pass, atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_unfolded_batchnorm_agrees(
     engine: VisualEntailmentEngine, demo_model_dir: Path, items: list
 ) -> None:

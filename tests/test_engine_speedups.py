@@ -66,6 +66,7 @@ def test_cpu_defaults_chunk_the_resnet_and_attend_by_length(
     assert demo_engine.forward_batch_size == 32 and not demo_engine.compiled
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("chunk", [1, 2])
 def test_image_chunks_give_the_same_answers(
     plain: VisualEntailmentEngine, items: list, expected: np.ndarray, chunk: int
@@ -82,6 +83,7 @@ def test_attention_by_length_gives_the_same_answers(
     np.testing.assert_allclose(engine.predict(items), expected, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_onednn_linear_gives_the_same_answers(
     demo_model_dir: Path, items: list, expected: np.ndarray
 ) -> None:

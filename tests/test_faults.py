@@ -232,6 +232,7 @@ def watched_server(server_factory) -> Iterator[WatchedServer]:
         server.stop(timeout=30)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_sigterm_drains_in_flight_requests(watched_server):
     """SIGTERM (to the watchdog, which forwards it) under load: readiness drops, every
@@ -261,7 +262,9 @@ def test_sigterm_drains_in_flight_requests(watched_server):
     log = server.log_text()
     assert "Waiting for in-flight requests to complete" in log
     waited_for = [int(n) for n in re.findall(r"has (\d+) in-flight inferences", log)]
-    assert waited_for and max(waited_for) >= 2, "SIGTERM found nothing in flight to drain"
+    assert waited_for and max(waited_for) >= 2, (
+        f"SIGTERM found nothing in flight to drain:\n{server.log_tail(120)}"
+    )
     assert "Exit timeout expired" not in log  # it drained, not gave up at the timeout
     assert not [r for r in regions if Path("/dev/shm", r).exists()], "shm region left behind"
 
@@ -302,6 +305,7 @@ def _broken_model_dir(tmp_path: Path, demo_model_dir: Path, how: str) -> tuple[P
     raise ValueError(how)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["missing", "truncated", "pickle_payload"])
 def test_bad_checkpoint_fails_start_up_fast(server_factory, demo_model_dir, tmp_path, how):
     """The server exits non-zero on its own (no READY wait runs out: wait_ready raises
@@ -337,6 +341,7 @@ def _regions_while_running(server: TritonServer) -> set[str]:
     return regions
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_port_taken_after_the_model_loaded_leaves_no_shared_memory(server_factory):
     """tritonserver binds its ports only after the model loaded; a taken HTTP port then
@@ -384,6 +389,7 @@ def _load(client: tgrpc.InferenceServerClient, stop: threading.Event, out: list)
             out.append((e.status(), e.message()))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "watched",
     [
@@ -461,6 +467,7 @@ def test_stub_killed_under_load_takes_the_server_out(server_factory, watched):
             Path("/dev/shm", r).unlink(missing_ok=True)  # what bare Triton leaves behind
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_a_kill_after_a_model_reload_leaves_no_shared_memory(server_factory, tiny_model_dir):
     """A reloaded model runs in a new stub with a new /dev/shm region; killing the

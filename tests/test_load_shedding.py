@@ -33,6 +33,7 @@ def small_queue_server(server_factory, tmp_path_factory) -> Iterator[TritonServe
         yield server
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_storm_beyond_the_queue_is_refused_at_once(small_queue_server) -> None:
     summary = storm(small_queue_server.grpc_url, requests=40, deadline_s=120, prompt_s=2.0)
@@ -44,6 +45,7 @@ def test_a_storm_beyond_the_queue_is_refused_at_once(small_queue_server) -> None
     assert summary["probe_after_s"] is not None  # answered after the storm
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_the_sdk_reports_a_full_queue_as_resource_exhausted(small_queue_server) -> None:
     items = [(TEST_IMAGES["tiny_50x40_png"], HYPOTHESES[i % 8]) for i in range(24)]

@@ -202,6 +202,7 @@ def test_the_committed_config_feeds_initialize(model, demo_model_dir: Path) -> N
     assert ("warn", "#  RANDOM DEMO WEIGHTS: " + str(demo_model_dir.resolve())) in Logger.lines
 
 
+@pytest.mark.slow
 def test_bad_request_fails_alone_and_valid_ones_share_the_forward_passes(model) -> None:
     requests = [
         Request([(GOOD, HYPOTHESES[0], None), (OTHER, HYPOTHESES[1], None)]),

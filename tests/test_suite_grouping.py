@@ -1,4 +1,4 @@
-"""The suite's own set-up under pytest-xdist (`make test`: `-n 2 --dist loadgroup`)."""
+"""The suite's own set-up under pytest-xdist (`make test`: `-n 3 --dist loadgroup`)."""
 
 from __future__ import annotations
 
