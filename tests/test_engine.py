@@ -45,32 +45,43 @@ def items(engine: VisualEntailmentEngine) -> list:
     return [engine.prepare(img, h, p) for img, (h, p) in zip(images, MIXED_TEXTS, strict=True)]
 
 
-def test_outputs_are_probability_distributions(engine: VisualEntailmentEngine, items: list) -> None:
-    probs = engine.predict(items)
+@pytest.fixture(scope="module")
+def one_pass(engine: VisualEntailmentEngine, items: list) -> np.ndarray:
+    """The demo engine's answers to ``items`` in one forward pass (computed once: every
+    variant below is compared with them)."""
+    assert engine.forward_batch_size is None or engine.forward_batch_size >= len(items)
+    return engine.predict(items)
+
+
+def test_outputs_are_probability_distributions(one_pass: np.ndarray, items: list) -> None:
+    probs = one_pass
     assert probs.shape == (len(items), 3) and probs.dtype == np.float32
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
     assert (probs >= 0).all()
 
 
 @pytest.mark.slow
-def test_batched_equals_one_by_one(engine: VisualEntailmentEngine, items: list) -> None:
+def test_batched_equals_one_by_one(
+    engine: VisualEntailmentEngine, items: list, one_pass: np.ndarray
+) -> None:
     lengths = {len(it.input_ids) for it in items}
     assert len(lengths) > 2, "the batch must mix text lengths to exercise padding"
-    batched = engine.predict(items)
+    batched = one_pass
     alone = np.concatenate([engine.predict([it]) for it in items])
     np.testing.assert_allclose(batched, alone, atol=1e-5, rtol=0)
     assert (batched.argmax(1) == alone.argmax(1)).all()
 
 
 @pytest.mark.slow
-def test_forward_passes_equal_one_pass(engine: VisualEntailmentEngine, items: list) -> None:
+def test_forward_passes_equal_one_pass(
+    engine: VisualEntailmentEngine, items: list, one_pass: np.ndarray
+) -> None:
     small = _variant(engine, forward_batch_size=4)
     passes: list[tuple[int, float]] = []
     got = small.predict(items, on_pass=lambda done, seconds: passes.append((len(done), seconds)))
     assert [n for n, _ in passes] == [4, len(items) - 4]
     assert all(seconds >= 0 for _, seconds in passes)
-    big = _variant(engine, forward_batch_size=32)
-    np.testing.assert_allclose(got, big.predict(items), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(got, one_pass, atol=1e-5, rtol=0)
 
 
 @pytest.mark.slow
@@ -90,13 +101,13 @@ def test_teacher_forced_scoring_equals_one_pass(
 
 @pytest.mark.slow
 def test_unfolded_batchnorm_agrees(
-    engine: VisualEntailmentEngine, demo_model_dir: Path, items: list
+    engine: VisualEntailmentEngine, demo_model_dir: Path, items: list, one_pass: np.ndarray
 ) -> None:
     """Eager BatchNorm, NCHW pixels, aten linear layers: the loader's speedups off."""
     model = load_model(demo_model_dir).requires_grad_(False)
     plain = VisualEntailmentEngine(engine.settings, engine.tokenizer, model, channels_last=False)
     assert plain.linear_backend == "aten"
-    np.testing.assert_allclose(plain.predict(items), engine.predict(items), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(plain.predict(items), one_pass, atol=1e-5, rtol=0)
 
 
 def test_empty_or_blank_premise_means_image_alone(engine: VisualEntailmentEngine) -> None:

@@ -18,12 +18,8 @@ import pytest
 from ofa_ve_bench.reference.worker import ReferenceWorker
 from ofa_ve_bench.workload import EXIF_IMAGE, HYPOTHESES, LONG_HYPOTHESIS, PREMISES, TEST_IMAGES
 from ofa_ve_engine import ANSWER_TO_LABEL, LABELS, PreparedItem, VisualEntailmentEngine
-from ofa_ve_engine.demo_checkpoint import write_demo_checkpoint
 
 pytestmark = [pytest.mark.reference, pytest.mark.slow]
-
-PARITY_SEED = 4
-"""A seed whose random answers on these cases are not all the same label."""
 
 SCORE_TOLERANCE = 1e-5
 
@@ -61,8 +57,10 @@ def test_cases_cover_the_suite_inputs() -> None:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_demo_checkpoint(tmp_path_factory.mktemp("parity") / "ofa-demo", PARITY_SEED)
+def model_dir(demo_model_dir: Path) -> Path:
+    """The session's demo checkpoint: its seed's answers on these cases are not all
+    the same label."""
+    return demo_model_dir
 
 
 @pytest.fixture(scope="module")

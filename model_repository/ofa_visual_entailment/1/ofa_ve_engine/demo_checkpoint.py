@@ -391,26 +391,26 @@ def make_decisive(
         TaskSettings.from_model_dir(model_dir),
         OFATokenizer(model_dir),
         model.eval().requires_grad_(False),
-        forward_batch_size=8,
     )
-    items = [
-        engine.prepare(image, sentence)
-        for image in _calibration_images(seed)
-        for sentence in _CALIBRATION_SENTENCES
-    ]
     states = []
     with torch.inference_mode():
-        for start in range(0, len(items), engine.forward_batch_size):
+        for image in _calibration_images(seed):
             batch = engine.collate(
-                items[start : start + engine.forward_batch_size], channels_last=False
+                [engine.prepare(image, sentence) for sentence in _CALIBRATION_SENTENCES],
+                channels_last=False,
             )
-            encoded = model.encoder(batch.input_ids, batch.images)
+            # One ResNet pass per image, shared by its sentences: the stem is most of
+            # the cost of calibrating.
+            embeds = model.encoder.embed_image(model.encoder.image_features(batch.images[:1]))
+            encoded = model.encoder(
+                batch.input_ids, image_embeds=embeds.expand(len(_CALIBRATION_SENTENCES), -1, -1, -1)
+            )
             states.append(
                 AnswerScorer.last_states(
                     model, encoded, batch.decoder_prompts, batch.prompt_lengths
                 )
             )
-    hidden = torch.cat(states).double()  # [images * sentences, D]
+    hidden = torch.cat(states).double()  # [images * sentences, D], image by image
     mean = hidden.mean(0)
     per_image = hidden.view(-1, len(_CALIBRATION_SENTENCES), hidden.shape[1])
     by_image = (per_image - per_image.mean(0)).flatten(0, 1)  # what the image changes
