@@ -27,8 +27,9 @@ Fixtures:
   use, so a run without reference tests never imports ModelScope.
 
 Workers: `make test` runs three pytest-xdist workers (`-n 3 --dist loadgroup`). Tests
-that share a costly session fixture (a server, the ModelScope process) are put in
-one `xdist_group` here (tests/sharing.py), so that it starts once per run, and
+that share a fixture instance (a session server, the ModelScope process, a module's
+own server or virtualenv) are put in one `xdist_group` here (tests/sharing.py), so
+that it is built once per run, and
 the `slow` tests are handed out first; each worker's processes get an equal share
 of the cores, one thread at least (`pytest_configure`). Three workers on two cores:
 the third fills the time the others wait (server start-ups, polls, subprocesses).
@@ -58,7 +59,7 @@ import pytest
 from ofa_ve_ops.paths import MODEL_NAME, MODEL_REPOSITORY
 from ofa_ve_ops.server_process import READY_TIMES, STARTS, TritonServer, stop_all
 from servers import running
-from sharing import worker_group
+from sharing import FixtureUse, worker_groups
 
 SERVER_FIXTURES = frozenset(
     {"triton_server", "tiny_server", "grpc_client", "server_factory", "spare_server"}
@@ -212,17 +213,28 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ["OMP_NUM_THREADS"] = str(max(1, cores // workers))
 
 
+def _fixture_use(item: pytest.Item) -> FixtureUse:
+    """The fixtures `item` uses, with their scopes (pytest's record of its closure)."""
+    info = getattr(item, "_fixtureinfo", None)
+    defs = info.name2fixturedefs if info is not None else {}
+    return FixtureUse(
+        nodeid=item.nodeid,
+        module=item.path.stem,
+        scopes={name: chain[-1].scope for name, chain in defs.items() if chain},
+    )
+
+
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects, and before xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark `server` exactly the tests that use a server fixture (directly or not), and
-    put the tests that share a costly session fixture in one `xdist_group`."""
+    put the tests that share a fixture instance in one `xdist_group` (tests/sharing.py)."""
     for item in items:
-        used = getattr(item, "fixturenames", ())
-        if SERVER_FIXTURES.intersection(used):
+        if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.server)
-        group = worker_group(used)
-        if group and item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(group))
+    groups = worker_groups(_fixture_use(item) for item in items)
+    for item in items:
+        if item.nodeid in groups and item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(groups[item.nodeid]))
     if getattr(config.option, "loadgroup", False):  # an xdist worker under make test
         # xdist hands out the groups first (largest first), then single tests in this
         # order: the slow ones first, so that none of them is left to run alone at the end.
