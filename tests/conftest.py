@@ -29,10 +29,10 @@ Fixtures:
 Workers: `make test` runs three pytest-xdist workers (`-n 3 --dist loadgroup`). Tests
 that share a fixture instance (a session server, the ModelScope process, a module's
 own server or virtualenv) are put in one `xdist_group` here (tests/sharing.py), so
-that it is built once per run, and
-the `slow` tests are handed out first; each worker's processes get an equal share
-of the cores, one thread at least (`pytest_configure`). Three workers on two cores:
-the third fills the time the others wait (server start-ups, polls, subprocesses).
+that it is built once per run, and the `slow` tests are handed out first; each
+worker's processes get an equal share of the cores, one thread at least
+(`pytest_configure`). Three workers on two cores: the third fills the time the
+others wait (server start-ups, polls, subprocesses).
 
 Marks: a test that uses a server fixture is marked `server` here (so that
 `-m 'not server'` keeps the pure unit tests of the same modules); a test that starts
