@@ -15,6 +15,7 @@ import pytest
 import tritonclient.grpc as tgrpc
 from ofa_ve_bench.workload import HYPOTHESES, TEST_IMAGES
 from ofa_ve_ops import admin_access
+from ofa_ve_ops.paths import MODEL_NAME
 from ofa_ve_ops.server_process import TritonServer
 from servers import running
 from tritonclient.utils import InferenceServerException
@@ -93,7 +94,7 @@ def _infer(client: tgrpc.InferenceServerClient) -> str:
         tensor = tgrpc.InferInput(name, [1, 1], "BYTES")
         tensor.set_data_from_numpy(np.array([[value]], dtype=np.object_))
         inputs.append(tensor)
-    result = client.infer("ofa_visual_entailment", inputs, client_timeout=120)
+    result = client.infer(MODEL_NAME, inputs, client_timeout=120)
     return result.as_numpy("LABEL")[0, 0].decode()
 
 
@@ -101,9 +102,9 @@ def test_inference_open_admin_refused_without_the_key(closed_server) -> None:
     header = {admin_access.GRPC_HEADER: SECRET}
     with tgrpc.InferenceServerClient(closed_server.grpc_url) as client:
         assert _infer(client) in ("entailment", "neutral", "contradiction")
-        assert client.is_server_ready() and client.get_model_metadata("ofa_visual_entailment")
+        assert client.is_server_ready() and client.get_model_metadata(MODEL_NAME)
         # Read-only and what the SDK sizes its requests by: open.
-        assert client.get_model_config("ofa_visual_entailment").config.max_batch_size >= 1
+        assert client.get_model_config(MODEL_NAME).config.max_batch_size >= 1
         for call in (
             lambda **kw: client.get_model_repository_index(**kw),
             lambda **kw: client.get_log_settings(**kw),

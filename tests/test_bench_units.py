@@ -574,3 +574,23 @@ def test_reference_worker_reports_a_failed_job_and_keeps_serving(tmp_path: Path)
         second = reference.pid
         assert second not in (None, first)
     assert reference.pid is None and procfs.process_state(second) in (None, "Z")
+
+
+def test_reference_worker_killed_when_a_job_outlasts_its_timeout(tmp_path: Path) -> None:
+    """A job past its timeout raises TimeoutError and kills the worker (by PID), so no
+    late answer is read as the next job's; the next call starts a fresh worker."""
+    from ofa_ve_bench.reference.worker import ReferenceJobError, ReferenceWorker
+
+    with ReferenceWorker(log_path=tmp_path / "worker.log") as reference:
+        with pytest.raises(ReferenceJobError, match="KeyError: 'no_such_job'"):
+            reference.call("no_such_job", timeout_s=60)  # the worker is up
+        first = reference.pid
+        # Writing a checkpoint imports ModelScope and builds its 33M-parameter network:
+        # seconds, where 0.2 s is given.
+        with pytest.raises(TimeoutError, match="'write_checkpoint' took too long"):
+            reference.write_checkpoint(tmp_path / "never", seed=1, timeout_s=0.2)
+        assert reference.pid is None and procfs.process_state(first) in (None, "Z")
+        with pytest.raises(ReferenceJobError, match="KeyError: 'no_such_job'"):
+            reference.call("no_such_job", timeout_s=60)
+        assert reference.pid not in (None, first)
+    assert not (tmp_path / "never").exists()

@@ -39,13 +39,13 @@ import tritonclient.grpc as tgrpc
 from ofa_ve_bench.soak import children as soak_children
 from ofa_ve_bench.soak import cmdline, process_state, stub_pids
 from ofa_ve_bench.workload import TEST_IMAGES
+from ofa_ve_ops.paths import MODEL_NAME as MODEL
 from ofa_ve_ops.paths import SHM_REGION_PREFIX
 from ofa_ve_ops.server_process import ServerStartError, TritonServer, free_ports
 from servers import running
 from tritonclient.utils import InferenceServerException
 from waiting import wait_for
 
-MODEL = "ofa_visual_entailment"
 IMAGE = TEST_IMAGES["tiny_50x40_png"].read_bytes()
 TIMEOUT_S = 120.0
 

@@ -37,12 +37,12 @@ from cryptography.x509.oid import NameOID
 from hostile import payloads
 from ofa_ve_bench.soak import children, listening_addresses
 from ofa_ve_bench.workload import TEST_IMAGES
+from ofa_ve_ops.paths import MODEL_NAME as MODEL
 from ofa_ve_ops.server_process import TritonServer
 from PIL import Image, PngImagePlugin
 from servers import running
 from tritonclient.utils import InferenceServerException
 
-MODEL = "ofa_visual_entailment"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 IMAGE = TEST_IMAGES["tiny_50x40_png"].read_bytes()
 

@@ -42,12 +42,12 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from ofa_ve_ops import triton_runtime
+from ofa_ve_ops.paths import MODEL_NAME
 
 from ofa_ve_bench import workload as _workload
 from ofa_ve_bench.machine import load_average
 from ofa_ve_bench.workload import IMAGES_DIR
 
-MODEL_NAME = "ofa_visual_entailment"
 IMAGE_SUFFIXES = _workload.FORMATS
 TEXTS = _workload.LOAD_TEXTS
 """Hypothesis, premise ("" = none): the workload's load texts (ofa_ve_bench.workload)."""

@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from ofa_ve_ops.paths import MODEL_NAME as MODEL
 from ofa_ve_ops.paths import SHM_REGION_PREFIX, STUB_NAME
 from ofa_ve_ops.procfs import (
     children,
@@ -50,7 +51,6 @@ from ofa_ve_ops.procfs import (
 from ofa_ve_bench import workload
 
 DEFAULT_IMAGES = workload.IMAGES_DIR
-MODEL = "ofa_visual_entailment"
 MAX_BATCH_ITEMS = 32  # config.pbtxt max_batch_size
 
 
