@@ -395,8 +395,12 @@ def test_ready_only_after_the_warm_up(spare_server: TritonServer) -> None:
     assert not_ready_polls >= 5, "the model was ready at once: its load was not observed"
     assert refused_during_load, "an inference during loading was not refused"
     assert warmup_s > 0  # set by the warm-up, the last step before READY (see the log)
-    warm = log.index("warm-up finished")
-    assert log.index("loaded demo weights") < warm < log.index("successfully loaded")
+    # The stub's own lines keep their order among themselves; Triton's "successfully
+    # loaded" is only checked for presence: the backend relays the stub's log lines
+    # from a thread of its own, so one can be written after Triton's next line (seen
+    # once in a full run). The gauge above is what shows the order against READY.
+    assert log.index("loaded demo weights") < log.index("warm-up finished")
+    assert "successfully loaded" in log
     assert "RANDOM DEMO WEIGHTS" in log
 
 
