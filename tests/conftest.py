@@ -251,10 +251,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     stop_all()
     output = getattr(session.config, "workeroutput", None)  # set in xdist workers only
     if output is not None:
-        output["tritonserver_start_ups"] = (
-            len(STARTS),
-            list(READY_TIMES),
-        )
+        output["tritonserver_start_ups"] = (len(STARTS), list(READY_TIMES))
 
 
 @pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist

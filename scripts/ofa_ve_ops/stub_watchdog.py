@@ -70,6 +70,14 @@ class Stub:
     shm_region: str | None
 
 
+def _signal_name(signum: int) -> str:
+    """SIGABRT for 6; the bare number for a signal Python has no name for (real-time)."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return str(signum)
+
+
 def serving_stubs(server_pid: int) -> dict[int, Stub]:
     """Live model-instance stubs of `server_pid`.
 
@@ -163,7 +171,7 @@ class Watchdog:
                 # model loaded) leaves one per instance behind: remove what is left.
                 status = code if code >= 0 else 128 - code
                 if not self.stopping:
-                    how = f"signal {signal.Signals(-code).name}" if code < 0 else f"status {code}"
+                    how = f"signal {_signal_name(-code)}" if code < 0 else f"status {code}"
                     _say(
                         f"tritonserver (pid {self.child.pid}) ended by itself ({how}); "
                         f"exit {status}."
