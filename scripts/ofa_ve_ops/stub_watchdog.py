@@ -140,7 +140,7 @@ class Watchdog:
 
     def _forward(self, signum: int, _frame: object) -> None:
         if signum in STOP_SIGNALS and self.stop_forwarded:
-            _say(f"{signal.Signals(signum).name} again: already stopping, not forwarded")
+            _say(f"{_signal_name(signum)} again: already stopping, not forwarded")
             return
         self.stopping = True  # stubs exit during a requested stop: not a failure
         if self.child is None:  # not started yet: run() forwards it once it is
