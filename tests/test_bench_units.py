@@ -21,6 +21,7 @@ from ofa_ve_bench import (
     engine_runner,
     gpu_check,
     int8_linear,
+    kernel_time,
     machine,
     model_config,
     perf_analyzer_sweep,
@@ -519,6 +520,59 @@ def test_dtype_speed_compares_a_parameter_beside_each_type() -> None:
     for bad in ("stem_backend", "stem_backend=mkl", "no_such_parameter=1"):
         with pytest.raises(SystemExit):
             dtype_speed.main(["--model-dir", ".", "--compare", bad])
+
+
+# Lines as oneDNN 3.x prints them (the second with ONEDNN_VERBOSE_TIMESTAMP=1).
+VERBOSE_SAMPLE = """\
+onednn_verbose,v1,info,oneDNN v3.7.1 (commit 8d263e6)
+onednn_verbose,v1,primitive,info,template:operation,engine,primitive,implementation,exec_time
+onednn_verbose,v1,primitive,exec,cpu,convolution,brg_conv_fwd:avx512_core,forward_inference,\
+src:f32::blocked:acdb::f0 wei:f32:a:blocked:Acdb64a::f0,attr-post-ops:eltwise_relu,\
+alg:convolution_direct,mb1_ic3oc64_ih480oh240kh7sh2dh0ph3_iw480ow240kw7sw2dw0pw3,7.25
+onednn_verbose,1733100000.5,v1,primitive,exec,cpu,convolution,brgconv_1x1:avx10_1_512_amx,\
+forward_inference,src:bf16::blocked:acdb::f0,attr-post-ops:binary_add:bf16:14,\
+alg:convolution_direct,mb2_g2ic64oc256_ih30oh30kh1sh1dh0ph0_iw30ow30kw1sw1dw0pw0,0.5
+onednn_verbose,v1,primitive,exec,cpu,reorder,simple:any,undef,src:f32::blocked:abcd,,,1x3x4x4,0.01
+onednn_verbose,v1,graph,exec,cpu,partition,1,fused,op,data,lt,strict,dnnl,0.3
+"""
+
+
+def test_kernel_time_reads_onednn_verbose_exec_lines() -> None:
+    prims = kernel_time.parse_verbose(VERBOSE_SAMPLE)
+    assert [(p.kind, p.ms) for p in prims] == [
+        ("convolution", 7.25),
+        ("convolution", 0.5),
+        ("reorder", 0.01),
+    ]
+    assert prims[0].implementation == "brg_conv_fwd:avx512_core"
+    # 7x7 stride 2 from 3 to 64 channels at 240 px out: 2 * 3*64*49 * 240*240.
+    assert prims[0].gflop == pytest.approx(2 * 3 * 64 * 49 * 240 * 240 / 1e9)
+    # Two groups: each output channel sees a half of the input channels.
+    assert prims[1].gflop == pytest.approx(2 * 2 * 32 * 256 * 900 / 1e9)
+    assert prims[2].gflop == 0.0
+
+
+def test_kernel_time_kinds_of_operators() -> None:
+    assert kernel_time.kind_of("mkldnn::_convolution_pointwise") == "convolution"
+    assert kernel_time.kind_of("aten::_scaled_dot_product_flash_attention_for_cpu") == "attention"
+    assert kernel_time.kind_of("aten::addmm") == "linear"
+    assert kernel_time.kind_of("aten::native_layer_norm") == "norm"
+    assert kernel_time.kind_of("aten::gelu") == "other operators"
+
+
+@pytest.mark.timeout(300)
+def test_kernel_time_splits_a_real_engine_item(tiny_model_dir, capfd) -> None:
+    """On the tiny architecture: the convolution primitives are seen through oneDNN's
+    verbose mode (their exec times and GFLOP), the profiler's kinds are filled, and the
+    report says what bounds what (no figure is asserted)."""
+    split = kernel_time.measure(tiny_model_dir, "float32", passes=1, count=2)
+    assert split.items == 2 and split.wall_ms > 0 and split.profiled_wall_ms > 0
+    assert split.conv_exec_ms > 0 and split.conv_gflop > 0 and split.conv_implementations
+    assert {"convolution", "linear", "attention"} <= set(split.op_self_ms)
+    assert "onednn_verbose" not in capfd.readouterr().out  # captured, not printed
+    text = kernel_time.text_report([split], {"float32": 100.0})
+    assert "kernels only" in text and "of the peak" in text
+    assert split.to_dict()["kernel_bound_items_per_s"] > 0
 
 
 def test_int8_linear_follows_float32_and_reports_every_shape() -> None:

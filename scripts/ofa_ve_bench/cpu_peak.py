@@ -67,6 +67,11 @@ def measure(seconds: float) -> dict[str, dict[str, float]]:
     return out
 
 
+def conv_peak(rates: dict[str, dict[str, float]]) -> dict[str, float]:
+    """dtype -> the best convolution rate of `measure`'s figures (GFLOP/s)."""
+    return {d: max(v for k, v in r.items() if k.startswith("conv")) for d, r in rates.items()}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
@@ -82,8 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     lines = [f"{'shape':<28}" + "".join(f"{d:>12}" for d in DTYPES) + "   (GFLOP/s)"]
     for shape in rates[DTYPES[0]]:
         lines.append(f"{shape:<28}" + "".join(f"{rates[d][shape]:>12.0f}" for d in DTYPES))
-    conv_peak = {d: max(v for k, v in rates[d].items() if k.startswith("conv")) for d in DTYPES}
-    results["items_per_s_bound"] = {d: conv_peak[d] / GFLOP_PER_ITEM for d in DTYPES}
+    peak = conv_peak(rates)
+    results["items_per_s_bound"] = {d: peak[d] / GFLOP_PER_ITEM for d in DTYPES}
     lines.append(
         "items/s the best convolution rate would allow at 38.5 GFLOP/item: "
         + ", ".join(f"{d} {results['items_per_s_bound'][d]:.1f}" for d in DTYPES)
