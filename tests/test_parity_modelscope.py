@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hostile import payloads
 from ofa_ve_bench.reference.worker import ReferenceWorker
 from ofa_ve_bench.workload import EXIF_IMAGE, HYPOTHESES, LONG_HYPOTHESIS, PREMISES, TEST_IMAGES
 from ofa_ve_engine import ANSWER_TO_LABEL, LABELS, PreparedItem, VisualEntailmentEngine
@@ -165,4 +166,38 @@ def test_single_item_predictions_match_modelscope(
         ref = results[index]
         label = ANSWER_TO_LABEL[ref["labels"]]
         assert LABELS[int(row.argmax())] == label, f"{_case_id(index)}: {row} vs {ref}"
+        assert abs(float(row[LABELS.index(label)]) - ref["scores"]) <= SCORE_TOLERANCE
+
+
+def test_damaged_files_the_reference_reads_whole_are_answered_as_it_answers(
+    model_dir: Path,
+    tmp_path: Path,
+    modelscope_reference: ReferenceWorker,
+    engine: VisualEntailmentEngine,
+) -> None:
+    """ModelScope's pipeline (its import sets Pillow's LOAD_TRUNCATED_IMAGES) reads a
+    JPEG that lacks only its end marker, and a PNG whose only damage is an ancillary
+    chunk's checksum, as the intact photo; we answer them as it does (ofa_ve_engine/
+    repair.py), same pixels and same probabilities."""
+    jpeg = TEST_IMAGES["landscape_640x480_jpeg"].read_bytes()
+    progressive = TEST_IMAGES["portrait_300x500_progressive_jpeg"].read_bytes()
+    png = payloads.with_chunk(TEST_IMAGES["rgba_200x164_png"].read_bytes(), b"tEXt", b"a\x00b")
+    damaged = [
+        payloads.without_end_marker(jpeg),
+        payloads.without_end_marker(progressive),
+        payloads.with_bad_checksum(png, b"tEXt"),
+    ]
+    pairs = [(data, "A cat is sitting on a wall.", None) for data in damaged]
+    results = modelscope_reference.pipeline(model_dir, pairs, inputs_dir=tmp_path)
+    items = [engine.prepare(data, hyp, premise) for data, hyp, premise in pairs]
+    mean = np.asarray(engine.settings.mean, dtype=np.float32)
+    std = np.asarray(engine.settings.std, dtype=np.float32)
+    for index, item in enumerate(items):
+        ref = np.load(tmp_path / f"{index}.npz")["patch_image"]
+        ours = ((item.pixels.astype(np.float32) / 255.0 - mean) / std).transpose(2, 0, 1)
+        np.testing.assert_allclose(ours, ref, atol=1e-6, rtol=0, err_msg=f"damaged file {index}")
+    rows = engine.predict(items)
+    for index, (row, ref) in enumerate(zip(rows, results, strict=True)):
+        label = ANSWER_TO_LABEL[ref["labels"]]
+        assert LABELS[int(row.argmax())] == label, f"damaged file {index}: {row} vs {ref}"
         assert abs(float(row[LABELS.index(label)]) - ref["scores"]) <= SCORE_TOLERANCE

@@ -160,3 +160,45 @@ SVG_WITH_EXTERNAL_REFERENCE = (
     b'<image xlink:href="{url}" width="10" height="10"/></svg>'
 )
 """An SVG that would make a renderer fetch `{url}` (format the URL in)."""
+
+
+# --------------------------------------------------------------- slightly damaged files
+# What ModelScope's pipeline reads through (its import sets Pillow's
+# LOAD_TRUNCATED_IMAGES), and which of those we accept too (ofa_ve_engine/repair.py).
+
+
+def without_end_marker(jpeg: bytes) -> bytes:
+    """A JPEG whose last two bytes, the end-of-image marker, are missing."""
+    assert jpeg.endswith(b"\xff\xd9")
+    return jpeg[:-2]
+
+
+def scan_boundaries(jpeg: bytes) -> list[int]:
+    """Offsets of every start-of-scan marker after the first: a progressive file cut
+    there holds only its first scans (a coarser picture), each one whole."""
+    return [i for i in range(len(jpeg) - 1) if jpeg[i : i + 2] == b"\xff\xda"][1:]
+
+
+def with_bad_checksum(png_data: bytes, kind: bytes) -> bytes:
+    """A PNG with the checksum of its first `kind` chunk zeroed (its data intact)."""
+    pos = 8
+    while pos < len(png_data):
+        (length,) = struct.unpack(">I", png_data[pos : pos + 4])
+        end = pos + 8 + length
+        if png_data[pos + 4 : pos + 8] == kind:
+            return png_data[:end] + b"\x00\x00\x00\x00" + png_data[end + 4 :]
+        pos = end + 4
+    raise ValueError(f"no {kind!r} chunk")
+
+
+def with_chunk(png_data: bytes, kind: bytes, body: bytes) -> bytes:
+    """A PNG with a `kind` chunk right after its header (before the image data)."""
+    end_of_ihdr = 8 + 8 + 13 + 4
+    return png_data[:end_of_ihdr] + _png_chunk(kind, body) + png_data[end_of_ihdr:]
+
+
+def with_precision(jpeg: bytes, bits: int) -> bytes:
+    """A baseline JPEG whose frame header claims `bits` of sample precision (12-bit
+    JPEGs are valid, but neither Pillow nor the reference reads them)."""
+    at = jpeg.index(b"\xff\xc0") + 4
+    return jpeg[:at] + bytes([bits]) + jpeg[at + 1 :]

@@ -28,7 +28,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from . import jpeg
+from . import jpeg, repair
 from .errors import InvalidInputError
 from .limits import InputLimits
 
@@ -41,11 +41,48 @@ ROUTE_PILLOW = "pillow"
 """Route name prefix of the reference (all-Pillow) route; ``route_of`` appends why."""
 
 
+def _open(data: bytes, limits: InputLimits, input_name: str) -> Image.Image:
+    """Pillow's lazy open, its failures as ``InvalidInputError``."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise InvalidInputError(
+            input_name, f"declares more pixels than the limit of {limits.max_image_pixels}: {e}"
+        ) from None
+    except UnidentifiedImageError:
+        raise InvalidInputError(input_name, _unidentified(data)) from None
+    except Exception as e:  # Pillow plugins raise assorted errors on garbage headers
+        raise InvalidInputError(input_name, f"could not be decoded: {e}") from None
+
+
+_SNIFFED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
+
+
+def _unidentified(data: bytes) -> str:
+    """Why Pillow could not open ``data``: where the bytes start like an accepted format,
+    that format's own reason (a 12-bit JPEG, a PNG with a broken chunk), so that the
+    message does not call a JPEG "not an image"."""
+    Image.init()
+    for name in _SNIFFED_FORMATS:
+        factory, accept = Image.OPEN.get(name, (None, None))
+        if factory is None or (accept is not None and not accept(data[:16])):
+            continue
+        try:
+            factory(io.BytesIO(data), "").close()
+        except Exception as e:
+            return f"is a {name} file that could not be read: {e}"
+    return "is not a decodable image (JPEG, PNG, WebP, BMP or GIF expected)"
+
+
 def open_checked(data: bytes, limits: InputLimits, input_name: str = INPUT_NAME) -> Image.Image:
     """Open ``data`` lazily (header only) and apply every size limit before any pixel work.
 
     Why separate: both routes share this step, so the limits (bytes, header pixels,
-    decompression bombs) and their messages cannot drift apart.
+    decompression bombs) and their messages cannot drift apart. A PNG whose only
+    damage is the checksum of an ancillary chunk opens as the reference reads it
+    (``repair``).
     """
     if not data:
         raise InvalidInputError(input_name, "is empty (0 bytes)")
@@ -55,20 +92,17 @@ def open_checked(data: bytes, limits: InputLimits, input_name: str = INPUT_NAME)
             f"is {len(data)} bytes, over the limit of {limits.max_image_bytes} bytes",
         )
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise InvalidInputError(
-            input_name, f"declares more pixels than the limit of {limits.max_image_pixels}: {e}"
-        ) from None
-    except UnidentifiedImageError:
-        raise InvalidInputError(
-            input_name, "is not a decodable image (JPEG, PNG, WebP, BMP or GIF expected)"
-        ) from None
-    except Exception as e:  # Pillow plugins raise assorted errors on garbage headers
-        raise InvalidInputError(input_name, f"could not be decoded: {e}") from None
+        image = _open(data, limits, input_name)
+    except InvalidInputError:
+        repaired = repair.png_with_checksums(data)
+        if repaired is None:
+            raise
+        image = _open(repaired, limits, input_name)
+    return _check_header(image, limits, input_name)
 
+
+def _check_header(image: Image.Image, limits: InputLimits, input_name: str) -> Image.Image:
+    """The format and the size the header declares, against the limits."""
     if image.format not in ACCEPTED_FORMATS:
         raise InvalidInputError(
             input_name, f"format {image.format} is not accepted (JPEG, PNG, WebP, BMP or GIF)"
@@ -99,9 +133,21 @@ def decode_image(data: bytes, limits: InputLimits, input_name: str = INPUT_NAME)
     """Decode an encoded image to an upright RGB PIL image, refusing hostile input early.
 
     Size limits are checked from the header, before pixels are decoded, so a
-    decompression bomb costs only its header.
+    decompression bomb costs only its header. A JPEG that lacks only its
+    end-of-image marker decodes whole, as the reference decodes it (``repair``).
     """
-    return _finish(open_checked(data, limits, input_name), input_name)
+    image = open_checked(data, limits, input_name)
+    try:
+        return _finish(image, input_name)
+    except InvalidInputError:
+        completed = None
+        if image.format in ("JPEG", "MPO"):
+            completed = repair.jpeg_with_end_marker(data, image.mode)
+        if completed is None:
+            raise
+    # The same header, whose limits passed above, and two bytes more (not counted again).
+    image = _check_header(_open(completed, limits, input_name), limits, input_name)
+    return _finish(image, input_name)
 
 
 def resize_image(image: Image.Image, size: int) -> np.ndarray:
