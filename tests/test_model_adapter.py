@@ -104,7 +104,10 @@ class Logger:
 
 
 class Request:
-    def __init__(self, items: list[tuple[bytes, str, str | None]], cancelled: bool = False) -> None:
+    def __init__(
+        self, items: list[tuple[bytes, str, str | None]], cancelled: bool | int = False
+    ) -> None:
+        """``cancelled``: True, or after how many ``is_cancelled`` answers the client goes."""
         column = lambda values: np.array([[v] for v in values], dtype=np.object_)  # noqa: E731
         self.inputs = {
             "IMAGE": column([img for img, _, _ in items]),
@@ -115,7 +118,10 @@ class Request:
         self.cancelled = cancelled
 
     def is_cancelled(self) -> bool:
-        return self.cancelled
+        if self.cancelled is True or self.cancelled is False:
+            return self.cancelled
+        self.cancelled -= 1
+        return self.cancelled < 0
 
 
 def get_input_tensor_by_name(request: Request, name: str) -> Tensor | None:
@@ -277,6 +283,15 @@ def test_a_cancelled_request_is_not_run(model) -> None:
     )
     assert responses[0].error.code() == TritonError.CANCELLED
     assert responses[1].error is None
+
+
+def test_a_request_cancelled_during_the_execution_is_answered_cancelled(model) -> None:
+    """Its client goes after the first check (at the start of execute): its items are
+    not decoded, and its response says CANCELLED; the other request is answered."""
+    gone = Request([(GOOD, HYPOTHESES[0], None)] * 3, cancelled=1)
+    responses = model.execute([gone, Request([(GOOD, HYPOTHESES[1], None)])])
+    assert responses[0].error.code() == TritonError.CANCELLED
+    assert responses[1].error is None and responses[1].tensors["PROBS"].shape == (1, 3)
 
 
 def test_model_dir_resolution(model_module, monkeypatch, tmp_path: Path) -> None:

@@ -7,10 +7,12 @@ both the sequential and the pipelined schedule must give the same answers.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 from engine_tiny import png
-from ofa_ve_engine import InvalidInputError, VisualEntailmentEngine
+from ofa_ve_engine import InvalidInputError, RequestCancelled, VisualEntailmentEngine
 from ofa_ve_engine.serving import ExecutionHooks, ExecutionRunner, RequestInputs
 
 IMAGES = [png((30 * i, 120, 200 - 20 * i), (24 + 9 * i, 18 + 5 * i)) for i in range(5)]
@@ -81,6 +83,47 @@ def test_a_bad_item_fails_its_request_alone(runner: ExecutionRunner) -> None:
     assert outcomes[3].probs is None and outcomes[3].error is None
     assert sorted(invalid) == ["HYPOTHESIS", "IMAGE"]
     np.testing.assert_allclose(outcomes[4].probs, alone(runner.engine, requests[4]), atol=1e-5)
+
+
+class GoneAfter:
+    """A client that goes away once `calls` questions about it have been answered."""
+
+    def __init__(self, calls: int) -> None:
+        self.calls = calls
+        self._lock = threading.Lock()  # asked from the decoding threads too
+
+    def __call__(self) -> bool:
+        with self._lock:
+            self.calls -= 1
+            return self.calls < 0
+
+
+def test_a_request_cancelled_during_its_execution_costs_no_more_work(
+    runner: ExecutionRunner,
+) -> None:
+    """Its client went away after its first item was decoded: its other items are
+    neither decoded nor run; the other requests of the execution are answered."""
+    gone = request(*[(IMAGES[i], f"item {i}", None) for i in range(1, 5)])
+    gone = RequestInputs(gone.images, gone.hypotheses, gone.premises, GoneAfter(1))
+    kept = request((IMAGES[0], "still wanted", None))
+    prepared: list[float] = []
+    outcomes = runner.run([kept, gone], ExecutionHooks(prepared=prepared.append))
+    assert outcomes[0].error is None
+    np.testing.assert_allclose(outcomes[0].probs, alone(runner.engine, kept), atol=1e-5)
+    assert isinstance(outcomes[1].error, RequestCancelled) and outcomes[1].probs is None
+    assert outcomes[1].failed_item is None
+    assert len(prepared) == 2  # the kept item and the gone request's first one
+
+
+def test_a_request_cancelled_before_its_pass_is_not_run(runner: ExecutionRunner) -> None:
+    """Every item prepared (one question each), then the client goes: no pass runs it."""
+    items = [(IMAGES[i], f"item {i}", None) for i in range(3)]
+    plain = request(*items)
+    passes: list[int] = []
+    hooks = ExecutionHooks(forward_pass=lambda n, seconds: passes.append(n))
+    gone = RequestInputs(plain.images, plain.hypotheses, plain.premises, GoneAfter(3))
+    outcomes = runner.run([gone], hooks)
+    assert isinstance(outcomes[0].error, RequestCancelled) and passes == []
 
 
 def test_a_failed_forward_pass_fails_its_requests(runner: ExecutionRunner, monkeypatch) -> None:

@@ -19,7 +19,13 @@ from typing import Any
 import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
-from ofa_ve_engine import ANSWERS, LABELS, InvalidInputError, VisualEntailmentEngine
+from ofa_ve_engine import (
+    ANSWERS,
+    LABELS,
+    InvalidInputError,
+    RequestCancelled,
+    VisualEntailmentEngine,
+)
 from ofa_ve_engine.parameters import from_triton_config, resolve_model_dir
 from ofa_ve_engine.serving import (
     DEMO_BANNER,
@@ -148,7 +154,7 @@ class TritonPythonModel:
         images, hypotheses, premises = (
             None if t is None else t.as_numpy().reshape(-1) for t in tensors
         )
-        return RequestInputs(images, hypotheses, premises)
+        return RequestInputs(images, hypotheses, premises, request.is_cancelled)
 
     def execute(self, requests: list[Any]) -> list[Any]:
         """One response per request; all valid items of all requests run batched."""
@@ -178,6 +184,8 @@ class TritonPythonModel:
         where = ""
         if outcome.failed_item is not None and outcome.items > 1:
             where = f" (item {outcome.failed_item} of {outcome.items})"
+        if isinstance(outcome.error, RequestCancelled):
+            return pb_utils.TritonError("request cancelled", pb_utils.TritonError.CANCELLED)
         if isinstance(outcome.error, InvalidInputError):
             return pb_utils.TritonError(f"{outcome.error}{where}", pb_utils.TritonError.INVALID_ARG)
         message = (f"preprocessing failed{where}: {outcome.error!r}"

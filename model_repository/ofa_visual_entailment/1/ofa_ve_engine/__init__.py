@@ -2,7 +2,7 @@
 
 from .batching import PreparedItem
 from .engine import VisualEntailmentEngine, resolve_device
-from .errors import CheckpointError, InvalidInputError
+from .errors import CheckpointError, InvalidInputError, RequestCancelled
 from .labels import ANSWER_TO_LABEL, ANSWERS, LABELS
 from .limits import InputLimits
 from .settings import OFAArchitecture, TaskSettings
@@ -16,6 +16,7 @@ __all__ = [
     "InvalidInputError",
     "OFAArchitecture",
     "PreparedItem",
+    "RequestCancelled",
     "TaskSettings",
     "VisualEntailmentEngine",
     "resolve_device",

@@ -16,5 +16,13 @@ class InvalidInputError(ValueError):
         super().__init__(f"{input_name}: {reason}")
 
 
+class RequestCancelled(RuntimeError):
+    """The request's client has gone (cancelled, or its deadline passed) while its
+    execution ran: its remaining items are not computed."""
+
+    def __init__(self) -> None:
+        super().__init__("request cancelled")
+
+
 class CheckpointError(RuntimeError):
     """A model directory is missing, incomplete, corrupt or of an unsupported kind."""

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from .batching import PreparedItem
-from .errors import InvalidInputError
+from .errors import InvalidInputError, RequestCancelled
 from .labels import LABELS
 
 # The model's own metrics on Triton's /metrics endpoint (model.py creates them):
@@ -57,13 +57,24 @@ DEMO_BANNER = """
 ##########################################################################"""
 
 
+def _never() -> bool:
+    return False
+
+
 @dataclass(frozen=True)
 class RequestInputs:
-    """The items of one request: parallel sequences, PREMISE absent as None."""
+    """The items of one request: parallel sequences, PREMISE absent as None.
+
+    ``is_cancelled`` (Triton's ``request.is_cancelled``) is asked before each item is
+    decoded and before each forward pass: a client that has gone (cancelled, or its
+    deadline passed) costs no more work, which matters most when the server is
+    overloaded and an execution of 32 large images runs for tens of seconds.
+    """
 
     images: Sequence[bytes]
     hypotheses: Sequence[bytes]
     premises: Sequence[bytes] | None = None
+    is_cancelled: Callable[[], bool] = field(default=_never, compare=False)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -96,6 +107,7 @@ class _Job:
     image: bytes
     hypothesis: bytes
     premise: bytes | None
+    is_cancelled: Callable[[], bool] = field(default=_never, repr=False)
     group: _ImageGroup | None = field(default=None, repr=False)
     slot: int = 0
 
@@ -131,13 +143,18 @@ class ExecutionRunner:
         self, group: _ImageGroup
     ) -> list[tuple[PreparedItem | None, Exception | None, float]]:
         """Prepare the jobs of one image: the first decodes, the others reuse its pixels;
-        an image the first job finds bad is bad for all of them."""
+        an image the first job finds bad is bad for all of them. A job whose request is
+        cancelled by now is skipped (Triton's ``is_cancelled`` may be asked from any
+        thread: it takes a lock and releases the GIL)."""
         out: list[tuple[PreparedItem | None, Exception | None, float]] = []
         like: PreparedItem | None = None
         image_error: InvalidInputError | None = None
         for job in group.jobs:
             if image_error is not None:
                 out.append((None, image_error, 0.0))
+                continue
+            if job.is_cancelled():
+                out.append((None, RequestCancelled(), 0.0))
                 continue
             started = time.perf_counter()
             try:
@@ -159,10 +176,11 @@ class ExecutionRunner:
         outcomes = [RequestOutcome(items=len(r) if r is not None else 0) for r in requests]
         jobs = [
             _Job(number, index, r.images[index], r.hypotheses[index],
-                 None if r.premises is None else r.premises[index])
+                 None if r.premises is None else r.premises[index], r.is_cancelled)
             for number, r in enumerate(requests) if r is not None
             for index in range(len(r))
         ]
+        cancelled = [r.is_cancelled if r is not None else _never for r in requests]
         groups: dict[object, _ImageGroup] = {}
         for job in jobs:  # same bytes, one group; anything else stays alone (prepare says why)
             encoded = isinstance(job.image, bytes | bytearray | memoryview)
@@ -174,10 +192,11 @@ class ExecutionRunner:
                 group.future = self._pool.submit(self._prepare_group, group)
         try:
             if self.pipelined:
-                results = [self._run_pass(group, outcomes, hooks)
+                results = [self._run_pass(group, outcomes, hooks, cancelled)
                            for group in self._groups(jobs, outcomes, hooks)]
             else:
-                results = [self._run_pass(self._collect(jobs, outcomes, hooks), outcomes, hooks)]
+                collected = self._collect(jobs, outcomes, hooks)
+                results = [self._run_pass(collected, outcomes, hooks, cancelled)]
         except Exception as exc:
             failed = RuntimeError(f"inference failed: the forward pass raised {exc!r}")
             for outcome, given in zip(outcomes, requests, strict=True):
@@ -206,6 +225,9 @@ class ExecutionRunner:
         outcome = outcomes[job.request]
         if outcome.error is not None:
             return None
+        if isinstance(exc, RequestCancelled):
+            outcome.error = exc
+            return None
         if exc is not None:
             outcome.error, outcome.failed_item = exc, job.index
             if isinstance(exc, InvalidInputError):
@@ -232,13 +254,19 @@ class ExecutionRunner:
         if group:
             yield group
 
-    def _run_pass(self, group, outcomes, hooks) -> list[tuple[int, PreparedItem, Any]]:
-        """Predict the group's items (skipping requests that failed meanwhile).
+    def _run_pass(
+        self, group, outcomes, hooks, cancelled: Sequence[Callable[[], bool]]
+    ) -> list[tuple[int, PreparedItem, Any]]:
+        """Predict the group's items (skipping requests that failed or were cancelled
+        meanwhile).
 
         An item can still turn out bad inside the pass: the GPU image path decodes
         JPEGs there, and a corrupt one is refused then (InvalidInputError). The pass
         is then run again item by item, so that only the bad item's request fails.
         """
+        for number in {n for n, _, _ in group}:
+            if outcomes[number].error is None and cancelled[number]():
+                outcomes[number].error = RequestCancelled()
         live = [(n, i, item) for n, i, item in group if outcomes[n].error is None]
         if not live:
             return []
