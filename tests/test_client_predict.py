@@ -260,3 +260,34 @@ def test_pil_png_round_trip_is_exact():
             with Image.open(io.BytesIO(encode_pil(im))) as back:
                 assert back.mode == im.mode
                 assert back.tobytes() == im.tobytes()
+
+
+def test_files_and_file_objects_are_read_only_up_to_the_cap(tmp_path: Path):
+    """One byte cap for every source (ImageFetchOptions.max_bytes): a larger file, a
+    device that never ends, or a file object is refused after cap + 1 bytes, never read
+    whole (the SDK once read /dev/zero until the kernel killed it)."""
+    from ofa_ve_client.images import load_image
+    from ofa_ve_client.url_fetch import UrlFetcher
+
+    fetcher = UrlFetcher(ImageFetchOptions(max_bytes=1000))
+    photo = TEST_IMAGES["tiny_50x40_png"]
+    small = tmp_path / "small.png"
+    small.write_bytes(photo.read_bytes()[:1000])
+    assert load_image(small, fetcher) == photo.read_bytes()[:1000]
+    big = tmp_path / "big.bin"
+    big.write_bytes(b"x" * 1001)
+    for source, shown in ((big, str(big)), (io.BytesIO(b"x" * 5000), "the file object")):
+        with pytest.raises(InvalidInputError, match=f"{shown} is over the 1000-byte cap"):
+            load_image(source, fetcher)
+    if Path("/dev/zero").exists():
+        with pytest.raises(InvalidInputError, match="over the 1000-byte cap"):
+            load_image("/dev/zero", fetcher)
+    with pytest.raises(InvalidInputError, match="binary mode"):
+        load_image(io.StringIO("text"), fetcher)
+
+
+def test_an_empty_pil_image_is_refused_naming_image():
+    from ofa_ve_client.images import encode_pil
+
+    with pytest.raises(InvalidInputError, match="IMAGE: the PIL image has an empty size 0x0"):
+        encode_pil(Image.new("RGB", (0, 0)))

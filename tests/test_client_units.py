@@ -100,6 +100,25 @@ def test_retries_stop_at_the_deadline():
     assert CallBudget(RetryPolicy.disabled(), None, n_endpoints=3).max_attempts == 1
 
 
+def test_unavailable_after_the_deadline_is_reported_as_the_deadline():
+    """gRPC may end a call whose deadline ran out while connecting with UNAVAILABLE;
+    with retries off, the caller still hears DeadlineExceededError (it once got
+    ServerUnavailableError about one time in five for a 1 ms deadline)."""
+    clock = FakeClock()
+    budget = CallBudget(RetryPolicy.disabled(), timeout=0.001, clock=clock)
+    clock.now += 0.002
+    with pytest.raises(DeadlineExceededError) as info:
+        budget.retry_delay(unavailable())
+    assert isinstance(info.value.__cause__, ServerUnavailableError)
+    # Before the deadline, an UNAVAILABLE with retries off is what it is.
+    early = CallBudget(RetryPolicy.disabled(), timeout=10.0, clock=clock)
+    with pytest.raises(ServerUnavailableError):
+        early.retry_delay(unavailable())
+    # A non-retryable error after the deadline stays itself.
+    with pytest.raises(InvalidInputError):
+        budget.retry_delay(InvalidInputError("bad", status="INVALID_ARGUMENT"))
+
+
 @pytest.mark.parametrize(
     ("status", "message", "cls"),
     [

@@ -39,6 +39,8 @@ def is_pil_image(obj: object) -> bool:
 
 def encode_pil(image: PILImage.Image) -> bytes:
     """PNG bytes of a PIL image: lossless, so the server sees exactly these pixels."""
+    if image.width < 1 or image.height < 1:
+        raise _bad(f"the PIL image has an empty size {image.width}x{image.height}")
     if image.mode not in _PNG_MODES:
         has_alpha = "A" in image.getbands()
         image = image.convert("RGBA" if has_alpha else "RGB")
@@ -57,13 +59,11 @@ def load_image(image: ImageInput, fetcher: UrlFetcher) -> bytes:
     elif isinstance(image, str) and "://" in image[:16]:
         raise _bad(f"unsupported URL scheme in {redact(image)} (only http and https)")
     elif isinstance(image, (str, os.PathLike)):
-        data = _read_file(Path(image))
+        data = _read_file(Path(image), fetcher.options.max_bytes)
     elif is_pil_image(image):
         data = encode_pil(image)
     elif hasattr(image, "read"):
-        data = image.read()
-        if not isinstance(data, bytes):
-            raise _bad("file object must be opened in binary mode")
+        data = _capped(image.read, fetcher.options.max_bytes, "the file object")
     else:
         raise _bad(
             f"unsupported type {type(image).__name__}; pass bytes, a path, "
@@ -74,9 +74,23 @@ def load_image(image: ImageInput, fetcher: UrlFetcher) -> bytes:
     return data
 
 
-def _read_file(path: Path) -> bytes:
+def _capped(read: Any, limit: int, shown: str) -> bytes:
+    """At most ``limit`` bytes from ``read`` (a file's ``read``): a larger source (a huge
+    file, a device such as /dev/zero) is refused after reading limit + 1 bytes, not
+    read whole. The cap is the URL fetcher's (``ImageFetchOptions.max_bytes``): one cap
+    for every way an image arrives, the server's own default."""
+    data = read(limit + 1)
+    if not isinstance(data, bytes):
+        raise _bad("file object must be opened in binary mode")
+    if len(data) > limit:
+        raise _bad(f"{shown} is over the {limit}-byte cap")
+    return data
+
+
+def _read_file(path: Path, limit: int) -> bytes:
     try:
-        return path.read_bytes()
+        with path.open("rb") as file:
+            return _capped(file.read, limit, str(path))
     except FileNotFoundError:
         raise _bad(f"no such file: {path}") from None
     except IsADirectoryError:

@@ -103,6 +103,18 @@ class CallBudget:
     def retry_delay(self, error: VisualEntailmentError) -> float:
         """Seconds to sleep before the next attempt, or raise `error` (or a deadline error)."""
         error.attempts = self.attempt + 1
+        if (
+            self._deadline is not None
+            and self._clock() >= self._deadline
+            and self.policy.is_retryable(error)
+        ):
+            # gRPC may report a call whose deadline ran out while connecting as
+            # UNAVAILABLE; what the caller must hear is that its deadline passed.
+            raise DeadlineExceededError(
+                f"deadline of {self.timeout:g}s exceeded after {self.attempt + 1} attempt(s); "
+                f"last error: {error}",
+                status="DEADLINE_EXCEEDED",
+            ) from error
         if not self.policy.is_retryable(error) or self.attempt + 1 >= self.max_attempts:
             raise error
         self.attempt += 1

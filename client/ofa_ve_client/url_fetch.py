@@ -25,7 +25,8 @@ _CHUNK = 64 * 1024
 
 @dataclass(frozen=True)
 class ImageFetchOptions:
-    """Limits for fetching one image URL."""
+    """Limits for fetching one image URL; ``max_bytes`` also caps what is read from a
+    path or a file object (images.py)."""
 
     connect_timeout: float = 5.0
     read_timeout: float = 10.0  # between two reads of the body
