@@ -497,9 +497,13 @@ def test_cpu_peak_measures_both_types() -> None:
     rates = cpu_peak.measure(seconds=0.05)
     assert set(rates) == set(cpu_peak.DTYPES)
     for dtype in cpu_peak.DTYPES:
-        assert set(rates[dtype]) == {"conv3x3_64ch_120px", "conv3x3_128ch_60px",
-                                     "linear_930x256x1024"}  # fmt: skip
+        convs = {k for k in rates[dtype] if k.startswith("conv3x3_")}
+        assert {"conv3x3_64ch_120px_b2_eager", "conv3x3_256ch_30px_b8_prepacked"} <= convs
+        assert len(convs) == 2 * len(cpu_peak.CONV_SHAPES)
+        assert set(rates[dtype]) == convs | {"linear_930x256x1024"}
         assert all(v > 0 for v in rates[dtype].values())
+    peak = cpu_peak.conv_peak(rates)
+    assert all(peak[d] == max(rates[d][k] for k in rates[d] if k.startswith("conv")) for d in peak)
 
 
 def test_dtype_speed_interleaves_types_and_rates_them_against_float32(tiny_model_dir) -> None:
