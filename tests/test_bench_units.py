@@ -489,6 +489,8 @@ def test_storm_verdicts_from_outcomes() -> None:
     }
     with pytest.raises(SystemExit, match="loopback"):
         storm.storm("10.0.0.1:8001", requests=1, deadline_s=1, prompt_s=1)
+    with pytest.raises(ValueError, match=r"items must be 1\.\.32"):
+        storm.storm("127.0.0.1:8001", requests=1, deadline_s=1, prompt_s=1, items=33)
 
 
 def test_cpu_peak_measures_both_types() -> None:

@@ -47,6 +47,18 @@ def test_a_storm_beyond_the_queue_is_refused_at_once(small_queue_server) -> None
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
+def test_a_storm_of_multi_item_requests_gets_an_outcome_for_each(small_queue_server) -> None:
+    """Requests of 4 items each (the queue counts requests): every one is answered in
+    full or refused, and the server answers after the storm."""
+    summary = storm(small_queue_server.grpc_url, requests=12, deadline_s=120, prompt_s=2.0, items=4)
+    assert summary["items_per_request"] == 4 and summary["missing"] == 0, summary
+    assert summary["answered"] >= 1 and summary["refused"] >= 1, summary
+    assert set(summary["refusals"]) == {"UNAVAILABLE: Exceeds maximum queue size"}, summary
+    assert summary["probe_after_s"] is not None
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_the_sdk_reports_a_full_queue_as_resource_exhausted(small_queue_server) -> None:
     items = [(TEST_IMAGES["tiny_50x40_png"], HYPOTHESES[i % 8]) for i in range(24)]
     with VisualEntailmentClient(

@@ -1,6 +1,8 @@
 """An overload storm against a running server: is excess refused at once, not after a wait?
 
-N single-item requests (a real JPEG and a hypothesis) are sent at the same moment
+N requests of `--items` items each (a real JPEG and a hypothesis per item; 1 by
+default, up to max_batch_size 32: the queue counts requests, the work counts
+items, docs/reliability.md) are sent at the same moment
 over gRPC (tritonclient's async calls, one channel), each with a client deadline
 longer than the server's queue timeout, so the server, not the client, decides
 every outcome. For each request it records the outcome (answered, or the status
@@ -12,7 +14,7 @@ one more request afterwards: it must still answer.
 Bounded: N requests at most 2,000, one storm, a hard deadline; loopback only.
 
     .venv/bin/python -m ofa_ve_bench.storm --url 127.0.0.1:8001 [--requests 320]
-        [--deadline 40] [--prompt 2] [--json storm.json]
+        [--items 1] [--deadline 40] [--prompt 2] [--json storm.json]
 """
 
 from __future__ import annotations
@@ -35,17 +37,23 @@ from ofa_ve_bench import machine
 from ofa_ve_bench.workload import HYPOTHESES, IMAGES_DIR
 
 MAX_REQUESTS = 2000
+MAX_ITEMS = 32
 _REQUEST_ID = re.compile(r"^\[request id: [^\]]*\]\s*")
 IMAGE = IMAGES_DIR / "astronaut_640x480.jpg"
 
 
-def _inputs(image: bytes, hypothesis: str) -> list[Any]:
+def _inputs(image: bytes, hypotheses: Sequence[str]) -> list[Any]:
+    """One request: the image once per hypothesis, as [items, 1] BYTES tensors."""
     import tritonclient.grpc as grpcclient
 
     tensors = []
-    for name, value in (("IMAGE", image), ("HYPOTHESIS", hypothesis.encode())):
-        tensor = grpcclient.InferInput(name, [1, 1], "BYTES")
-        tensor.set_data_from_numpy(np.array([[value]], dtype=np.object_))
+    columns = (
+        ("IMAGE", [image] * len(hypotheses)),
+        ("HYPOTHESIS", [h.encode() for h in hypotheses]),
+    )
+    for name, values in columns:
+        tensor = grpcclient.InferInput(name, [len(values), 1], "BYTES")
+        tensor.set_data_from_numpy(np.array([[v] for v in values], dtype=np.object_))
         tensors.append(tensor)
     return tensors
 
@@ -56,19 +64,27 @@ def _loopback(url: str) -> None:
         raise SystemExit(f"storm: refusing to storm {url}: loopback servers only")
 
 
-def storm(url: str, requests: int, deadline_s: float, prompt_s: float) -> dict[str, Any]:
-    """Send `requests` at once; every outcome with its time, and the verdicts."""
+def storm(
+    url: str, requests: int, deadline_s: float, prompt_s: float, items: int = 1
+) -> dict[str, Any]:
+    """Send `requests` of `items` items each at once; every outcome with its time, and
+    the verdicts."""
     import tritonclient.grpc as grpcclient
 
     if not 1 <= requests <= MAX_REQUESTS:
         raise ValueError(f"requests must be 1..{MAX_REQUESTS}")
+    if not 1 <= items <= MAX_ITEMS:
+        raise ValueError(f"items must be 1..{MAX_ITEMS}")
     _loopback(url)
     image = IMAGE.read_bytes()
     outcomes: queue.Queue[tuple[int, float, str, str]] = queue.Queue()
     sent_at: dict[int, float] = {}
     with grpcclient.InferenceServerClient(url) as client:
         client.get_model_metadata(MODEL_NAME)  # the channel is up before the storm
-        payloads = [_inputs(image, HYPOTHESES[i % len(HYPOTHESES)]) for i in range(requests)]
+        payloads = [
+            _inputs(image, [HYPOTHESES[(i + j) % len(HYPOTHESES)] for j in range(items)])
+            for i in range(requests)
+        ]
 
         def done(index: int, result: Any, error: Any) -> None:
             seconds = time.perf_counter() - sent_at[index]
@@ -94,10 +110,10 @@ def storm(url: str, requests: int, deadline_s: float, prompt_s: float) -> dict[s
             except queue.Empty:
                 continue
         probe_started = time.perf_counter()
-        probe = client.infer(MODEL_NAME, _inputs(image, HYPOTHESES[0]), client_timeout=120)
+        probe = client.infer(MODEL_NAME, _inputs(image, HYPOTHESES[:1]), client_timeout=120)
         probe_s = time.perf_counter() - probe_started
         assert probe.as_numpy("LABEL") is not None
-    return summarize(results, requests, prompt_s, probe_s)
+    return {"items_per_request": items, **summarize(results, requests, prompt_s, probe_s)}
 
 
 def summarize(
@@ -138,6 +154,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--url", default="127.0.0.1:8001", help="gRPC HOST:PORT (loopback)")
     parser.add_argument("--requests", type=int, default=320, help="requests sent at once")
     parser.add_argument(
+        "--items", type=int, default=1, help=f"items per request, 1..{MAX_ITEMS} (default 1)"
+    )
+    parser.add_argument(
         "--deadline", type=float, default=40.0, help="client deadline per request, s (default 40)"
     )
     parser.add_argument(
@@ -145,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=Path, help="also write the summary here")
     args = parser.parse_args(argv)
-    result = storm(args.url, args.requests, args.deadline, args.prompt)
+    result = storm(args.url, args.requests, args.deadline, args.prompt, args.items)
     summary = {"machine": machine.describe().to_dict(), **result}
     machine.report(summary, json.dumps(summary, indent=2), args.json)
     return 0 if summary["missing"] == 0 and summary["refused_late"] == 0 else 1
