@@ -66,8 +66,9 @@ class RequestInputs:
     """The items of one request: parallel sequences, PREMISE absent as None.
 
     ``is_cancelled`` (Triton's ``request.is_cancelled``) is asked before each item is
-    decoded and before each forward pass: a client that has gone (cancelled, or its
-    deadline passed) costs no more work, which matters most when the server is
+    decoded and again before the forward passes start (before each pass when the
+    execution is pipelined): a client that has gone (cancelled, or its deadline
+    passed) costs no more work from then on, which matters most when the server is
     overloaded and an execution of 32 large images runs for tens of seconds.
     """
 
