@@ -108,6 +108,29 @@ def test_predict_runs_forward_passes_and_reports_each(
     np.testing.assert_allclose(tiny_engine.predict(tiny_items), alone, atol=1e-5, rtol=0)
 
 
+def test_items_no_longer_wanted_are_left_out_of_their_pass(
+    tiny_engine: VisualEntailmentEngine, tiny_items: list
+) -> None:
+    """``wanted`` is asked before each pass for each of its items; an item whose client
+    has gone is not run (NaN row), the others get what they would get anyway."""
+    engine = VisualEntailmentEngine(*_parts(tiny_engine), forward_batch_size=2)
+    asked: list[int] = []
+    gone = {1, 2, 3}  # the whole second pass, and one item of the first
+
+    def wanted(index: int) -> bool:
+        asked.append(index)
+        return index not in gone
+
+    passes: list[int] = []
+    probs = engine.predict(tiny_items, on_pass=lambda done, s: passes.append(len(done)),
+                           wanted=wanted)  # fmt: skip
+    assert asked == list(range(len(tiny_items))) and passes == [1, 1]
+    assert np.isnan(probs[sorted(gone)]).all()
+    kept = [i for i in range(len(tiny_items)) if i not in gone]
+    alone = np.concatenate([tiny_engine.predict([tiny_items[i]]) for i in kept])
+    np.testing.assert_allclose(probs[kept], alone, atol=1e-5, rtol=0)
+
+
 def test_predict_of_nothing(tiny_engine: VisualEntailmentEngine) -> None:
     calls: list = []
     out = tiny_engine.predict([], on_pass=lambda *a: calls.append(a))

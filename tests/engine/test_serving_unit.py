@@ -126,6 +126,22 @@ def test_a_request_cancelled_before_its_pass_is_not_run(runner: ExecutionRunner)
     assert isinstance(outcomes[0].error, RequestCancelled) and passes == []
 
 
+def test_a_request_cancelled_between_passes_is_not_run_further(runner: ExecutionRunner) -> None:
+    """Its client goes after its items were decoded and its first questions answered:
+    at least its last pass is left out (how many ran depends on the schedule), its
+    response says cancelled, and the other request is answered in full."""
+    plain = request(*[(IMAGES[i], f"item {i}", None) for i in range(1, 4)])
+    gone = RequestInputs(plain.images, plain.hypotheses, plain.premises, GoneAfter(6))
+    kept = request((IMAGES[0], "still wanted", None), (IMAGES[4], "and this", None))
+    passes: list[int] = []
+    hooks = ExecutionHooks(forward_pass=lambda n, seconds: passes.append(n))
+    outcomes = runner.run([kept, gone], hooks)
+    assert isinstance(outcomes[1].error, RequestCancelled) and outcomes[1].probs is None
+    assert outcomes[0].error is None
+    np.testing.assert_allclose(outcomes[0].probs, alone(runner.engine, kept), atol=1e-5)
+    assert sum(passes) < len(kept) + len(gone)
+
+
 def test_a_failed_forward_pass_fails_its_requests(runner: ExecutionRunner, monkeypatch) -> None:
     def broken(items, **_: object) -> np.ndarray:
         raise RuntimeError("device lost (injected)")

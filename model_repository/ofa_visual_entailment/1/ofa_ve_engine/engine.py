@@ -364,28 +364,39 @@ class VisualEntailmentEngine:
         )
 
     def predict(
-        self, items: Sequence[PreparedItem], *, on_pass: PassCallback | None = None
+        self,
+        items: Sequence[PreparedItem],
+        *,
+        on_pass: PassCallback | None = None,
+        wanted: Callable[[int], bool] | None = None,
     ) -> np.ndarray:
         """[N, 3] float32 probabilities in LABELS order.
 
         Runs forward passes of at most ``forward_batch_size`` items, in order; after
         each, ``on_pass(items_in_pass, seconds)`` (if given) learns what ran and how
-        long it took, outside the engine's lock.
+        long it took, outside the engine's lock. ``wanted(i)`` (if given) is asked
+        before each pass for each of its items (``i`` indexes ``items``): an item no
+        longer wanted (its client has gone) is left out, and its row is NaN.
         """
-        out = [np.zeros((0, len(LABELS)), dtype=np.float32)]
+        out = np.full((len(items), len(LABELS)), np.nan, dtype=np.float32)
         size = self.forward_batch_size or max(1, len(items))
         images = ImageEmbeddings(
             items, self._embed_images, self.stem_cache, self.model.encoder.patch_attention
         )
         for start in range(0, len(items), size):
-            chunk = items[start : start + size]
+            indices = range(start, min(start + size, len(items)))
+            if wanted is not None:
+                indices = [i for i in indices if wanted(i)]
+                if not indices:
+                    continue
+            chunk = [items[i] for i in indices]
             with self._lock:  # one forward at a time per engine (and its stem cache)
                 started = time.perf_counter()
-                out.append(self._forward(chunk, images))
+                out[list(indices)] = self._forward(chunk, images)
                 seconds = time.perf_counter() - started
             if on_pass is not None:
                 on_pass(chunk, seconds)
-        return np.concatenate(out)
+        return out
 
     def collate(
         self,

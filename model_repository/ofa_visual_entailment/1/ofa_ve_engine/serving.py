@@ -66,10 +66,10 @@ class RequestInputs:
     """The items of one request: parallel sequences, PREMISE absent as None.
 
     ``is_cancelled`` (Triton's ``request.is_cancelled``) is asked before each item is
-    decoded and again before the forward passes start (before each pass when the
-    execution is pipelined): a client that has gone (cancelled, or its deadline
-    passed) costs no more work from then on, which matters most when the server is
-    overloaded and an execution of 32 large images runs for tens of seconds.
+    decoded and before each forward pass of its items: a client that has gone
+    (cancelled, or its deadline passed) costs no more work from then on, which
+    matters most when the server is overloaded and an execution of 32 large images
+    runs for tens of seconds.
     """
 
     images: Sequence[bytes]
@@ -258,31 +258,43 @@ class ExecutionRunner:
     def _run_pass(
         self, group, outcomes, hooks, cancelled: Sequence[Callable[[], bool]]
     ) -> list[tuple[int, PreparedItem, Any]]:
-        """Predict the group's items (skipping requests that failed or were cancelled
-        meanwhile).
+        """Predict the group's items, leaving out those of requests that have failed or
+        been cancelled meanwhile (asked again before each forward pass).
 
         An item can still turn out bad inside the pass: the GPU image path decodes
         JPEGs there, and a corrupt one is refused then (InvalidInputError). The pass
         is then run again item by item, so that only the bad item's request fails.
         """
-        for number in {n for n, _, _ in group}:
+
+        def live(number: int) -> bool:
             if outcomes[number].error is None and cancelled[number]():
                 outcomes[number].error = RequestCancelled()
-        live = [(n, i, item) for n, i, item in group if outcomes[n].error is None]
-        if not live:
+            return outcomes[number].error is None
+
+        kept = [(n, i, item) for n, i, item in group if live(n)]
+        if not kept:
             return []
 
         def on_pass(items: Sequence[PreparedItem], seconds: float) -> None:
             hooks.forward_pass(len(items), seconds)
 
+        def wanted(position: int) -> bool:
+            return live(kept[position][0])
+
         try:
-            probs = self.engine.predict([item for _, _, item in live], on_pass=on_pass)
-            return [(n, item, row) for (n, _, item), row in zip(live, probs, strict=True)]
+            probs = self.engine.predict(
+                [item for _, _, item in kept], on_pass=on_pass, wanted=wanted
+            )
+            return [
+                (n, item, row)
+                for (n, _, item), row in zip(kept, probs, strict=True)
+                if outcomes[n].error is None
+            ]
         except InvalidInputError:
             pass
         out = []
-        for number, index, item in live:
-            if outcomes[number].error is not None:
+        for number, index, item in kept:
+            if not live(number):
                 continue
             try:
                 (row,) = self.engine.predict([item], on_pass=on_pass)
