@@ -147,6 +147,33 @@ def test_cancelled_requests_are_skipped_and_the_server_keeps_serving(triton_serv
     assert grpc_client.is_model_ready(MODEL)
 
 
+def test_a_request_cancelled_mid_execution_stops_costing_work(triton_server, grpc_client):
+    """A 24-item request is cancelled once its execution has begun: the model asks
+    Triton before each forward pass and leaves the rest out (it used to run all 24 for
+    a client that had gone); the server answers the next request with the same stub."""
+    stub = stub_pids(triton_server.pid)
+    items = 24
+    with tgrpc.InferenceServerClient(triton_server.grpc_url) as client:
+        before = items_forwarded(triton_server)
+        started_before = batches_started(triton_server)
+        outcome: queue.Queue = queue.Queue()
+        context = client.async_infer(
+            MODEL,
+            inputs(items, b"A long request about coffee."),
+            callback=lambda result, error: outcome.put((result, error)),
+            client_timeout=TIMEOUT_S,
+        )
+        wait_until_executing(triton_server, started_before)
+        context.cancel()
+        _, error = outcome.get(timeout=TIMEOUT_S)
+        assert error is not None and "CANCELLED" in str(error.status()), error
+    # The model answers the next request only after the cancelled execution ended.
+    assert answered(grpc_client.infer(MODEL, inputs(), client_timeout=TIMEOUT_S))
+    forwarded = items_forwarded(triton_server) - before
+    assert forwarded < 1 + items, f"{forwarded} items computed: the cancelled request ran whole"
+    assert stub_pids(triton_server.pid) == stub
+
+
 def test_client_killed_mid_request_leaves_the_server_serving(triton_server, grpc_client):
     """A client process SIGKILLed with requests in flight: its connection dies mid-call."""
     stub = stub_pids(triton_server.pid)
