@@ -147,10 +147,12 @@ def test_cancelled_requests_are_skipped_and_the_server_keeps_serving(triton_serv
     assert grpc_client.is_model_ready(MODEL)
 
 
-def test_a_request_cancelled_mid_execution_stops_costing_work(triton_server, grpc_client):
-    """A 24-item request is cancelled once its execution has begun: the model asks
-    Triton before each forward pass and leaves the rest out (it used to run all 24 for
-    a client that had gone); the server answers the next request with the same stub."""
+@pytest.mark.parametrize("how", ["cancel", "deadline"])
+def test_a_request_cancelled_mid_execution_stops_costing_work(triton_server, grpc_client, how):
+    """A 24-item request whose client goes once its execution has begun (it cancels,
+    or its 2 s deadline passes): the model asks Triton before each forward pass and
+    leaves the rest out (it used to run all 24 for a client that had gone); the server
+    answers the next request with the same stub."""
     stub = stub_pids(triton_server.pid)
     items = 24
     with tgrpc.InferenceServerClient(triton_server.grpc_url) as client:
@@ -161,12 +163,14 @@ def test_a_request_cancelled_mid_execution_stops_costing_work(triton_server, grp
             MODEL,
             inputs(items, b"A long request about coffee."),
             callback=lambda result, error: outcome.put((result, error)),
-            client_timeout=TIMEOUT_S,
+            client_timeout=TIMEOUT_S if how == "cancel" else 2.0,
         )
         wait_until_executing(triton_server, started_before)
-        context.cancel()
+        if how == "cancel":
+            context.cancel()
         _, error = outcome.get(timeout=TIMEOUT_S)
-        assert error is not None and "CANCELLED" in str(error.status()), error
+        status = "CANCELLED" if how == "cancel" else "DEADLINE_EXCEEDED"
+        assert error is not None and status in str(error.status()), error
     # The model answers the next request only after the cancelled execution ended.
     assert answered(grpc_client.infer(MODEL, inputs(), client_timeout=TIMEOUT_S))
     forwarded = items_forwarded(triton_server) - before
