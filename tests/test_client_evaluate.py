@@ -21,10 +21,12 @@ import pytest
 from ofa_ve_bench.workload import HYPOTHESES, TEST_IMAGES
 from ofa_ve_client import LABELS, VisualEntailmentClient
 from ofa_ve_client.evaluation import (
+    NOT_UTF8,
     PREDICTION_COLUMNS,
     Scores,
     format_report,
     read_ofa_tsv,
+    read_pairs,
     read_snli_ve_jsonl,
 )
 
@@ -122,6 +124,45 @@ def test_ofa_tsv_rows_six_and_five_columns() -> None:
     assert "base64" in pairs[2].problem
     assert "columns" in pairs[3].problem
     assert next(read_ofa_tsv(rows[:1], with_caption=True)).premise == "dogs in snow"
+
+
+def test_a_class_with_gold_pairs_none_found_has_f1_zero() -> None:
+    scores = Scores()
+    scores.add("entailment", "neutral")
+    scores.add("neutral", "neutral")
+    per_class = scores.per_class()
+    assert per_class["entailment"]["f1"] == 0.0 and per_class["entailment"]["precision"] is None
+    assert per_class["contradiction"]["f1"] is None  # no gold pairs, none predicted
+
+
+def _record(pair_id: str, image: str = "1000.jpg") -> str:
+    fields = {"Flikr30kID": image, "gold_label": "neutral", "pairID": pair_id, "sentence2": "h"}
+    return json.dumps(fields)
+
+
+def test_dataset_files_with_a_bom_a_bad_byte_and_repeated_ids(tmp_path: Path) -> None:
+    """A byte-order mark is dropped (the first record keeps its id); a line that is not
+    UTF-8 is one error row, the records around it are read; a repeated pairID gets #2."""
+    jsonl = tmp_path / "d.jsonl"
+    jsonl.write_bytes(
+        b"\xef\xbb\xbf" + _record("first").encode() + b"\n"
+        + b'{"pairID": "caf\xe9", "sentence2": "latin-1"}\r\n'
+        + _record("first").encode() + b"\n" + _record("last").encode() + b"\n\n"
+    )  # fmt: skip
+    pairs = list(read_pairs(jsonl, "jsonl", tmp_path))
+    assert [p.pair_id for p in pairs] == ["first", "line-2", "first#2", "last"]
+    assert pairs[0].problem is None and pairs[0].gold == "neutral"
+    assert pairs[1].problem == NOT_UTF8 and pairs[3].problem is None
+    image = base64.urlsafe_b64encode(b"jpeg bytes").decode()
+    tsv = tmp_path / "d.tsv"
+    tsv.write_bytes(
+        b"\xef\xbb\xbf" + "\t".join(["7", image, "h", "c", "neutral"]).encode() + b"\n"
+        + b"8\t" + image.encode() + b"\th\xff\tc\tneutral\n"
+        + "\t".join(["7", image, "h", "c", "neutral"]).encode() + b"\n"
+    )  # fmt: skip
+    pairs = list(read_pairs(tsv, "tsv"))
+    assert [p.pair_id for p in pairs] == ["7", "line-2", "7#2"]
+    assert pairs[0].image == b"jpeg bytes" and pairs[1].problem == NOT_UTF8
 
 
 # ------------------------------------------------------------------------- through a server
@@ -231,3 +272,44 @@ def test_evaluate_ofa_tsv_and_resume(tiny_server, tmp_path: Path) -> None:
     rows = _predictions(out)
     assert rows[:2] == before and sorted(r["pair_id"] for r in rows) == [str(i) for i in range(6)]
     _check_against_the_sdk(rows, wanted, tiny_server.grpc_url)
+
+
+def test_evaluate_survives_damaged_files_and_resumes_only_its_own_pairs(
+    tiny_server, tmp_path: Path
+) -> None:
+    data, images, records = _dataset(tmp_path, n=4)
+    lines = data.read_bytes().splitlines(keepends=True)
+    # A BOM, a line that is not UTF-8 in the middle, and a repeated pairID.
+    data.write_bytes(b"\xef\xbb\xbf" + lines[0] + b"\xff\xfe not text\n" + b"".join(lines[1:])
+                     + lines[0])  # fmt: skip
+    out = tmp_path / "preds.csv"
+    common = ("--images", str(images), "--url", tiny_server.grpc_url, "--no-progress", "--json")
+    result = run("evaluate", str(data), "--out", str(out), *common)
+    assert result.returncode == 1, result.stderr  # the undecodable line
+    assert f"failed: line-2: {NOT_UTF8}" in result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["pairs"] == 6 and summary["scores"]["scored"] == 5
+    ids = [r["pair_id"] for r in _predictions(out)]
+    first = records[0]["pairID"]
+    assert ids == [first, "line-2", *[r["pairID"] for r in records[1:]], f"{first}#2"]
+    # Resumed against a different dataset (two of the same pairs): only those two count.
+    other = tmp_path / "other.jsonl"
+    other.write_bytes(b"".join(lines[:2]))
+    resumed = run("evaluate", str(other), "--out", str(out), "--resume", *common)
+    assert resumed.returncode == 0, resumed.stderr
+    again = json.loads(resumed.stdout)
+    assert again["resumed"] == 2 and again["sent"] == 0 and again["scores"]["scored"] == 2
+    assert again["kept_not_in_dataset"] == 3 and "not scored" in resumed.stderr
+
+
+def test_evaluate_refuses_a_gzip_file_and_a_jsonl_without_images(tiny_server, tmp_path: Path):
+    import gzip
+
+    data, images, _ = _dataset(tmp_path, n=2)
+    packed = tmp_path / "snli_ve_test.jsonl.gz"
+    packed.write_bytes(gzip.compress(data.read_bytes()))
+    url = ("--url", tiny_server.grpc_url, "--no-progress")
+    refused = run("evaluate", str(packed), "--format", "jsonl", "--images", str(images), *url)
+    assert refused.returncode == 2 and "gzip-compressed" in refused.stderr
+    no_images = run("evaluate", str(data), *url)
+    assert no_images.returncode == 2 and "--images" in no_images.stderr

@@ -436,8 +436,13 @@ def cmd_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         parser.error(str(exc))
     if not data.is_file():
         parser.error(f"no such dataset file: {data}")
+    with open(data, "rb") as head:
+        if head.read(2) == ev.GZIP_MAGIC:
+            parser.error(f"{data} is gzip-compressed: decompress it first (gunzip -k)")
     if images is not None and not images.is_dir():
         parser.error(f"--images {images} is not a folder")
+    if fmt == "jsonl" and images is None:
+        parser.error("a JSONL dataset names Flickr30k images: give their folder with --images")
     if args.resume and out is None:
         parser.error("--resume needs --out (the predictions file to continue)")
     if out is not None and out.exists() and not args.resume:
@@ -447,8 +452,8 @@ def cmd_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         summary_path = out.with_name(out.stem + ".summary.json")
 
     done = ev.read_done(out) if args.resume and out is not None else {}
-    scores = ev.Scores()
-    ev.score_rows(done.values(), scores)
+    scores = ev.Scores()  # kept rows count as their pairs are met in the dataset
+    failures: list[tuple[str, str]] = []  # the first few, for stderr
     show = sys.stderr.isatty() if args.progress is None else args.progress
     total = ev.count_pairs(data) if show else None
     if total is not None and args.limit is not None:
@@ -477,6 +482,7 @@ def cmd_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
                 count += len(chunk)
                 todo = [p for p in chunk if p.pair_id not in done]
                 resumed += len(chunk) - len(todo)
+                ev.score_rows([done[p.pair_id] for p in chunk if p.pair_id in done], scores)
                 sendable = [p for p in todo if p.problem is None]
                 started = time.perf_counter()
                 results = client.predict_batch(
@@ -493,6 +499,9 @@ def cmd_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
                     result = ev.problem_error(pair) if pair.problem else next(answers)
                     if isinstance(result, VisualEntailmentError) or pair.gold is None:
                         scores.errors += 1
+                        if len(failures) < 5:
+                            failed = isinstance(result, VisualEntailmentError)
+                            failures.append((pair.pair_id, str(result) if failed else "no gold"))
                     else:
                         scores.add(pair.gold, result.label)
                     if writer is not None:
@@ -516,12 +525,26 @@ def cmd_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         "predictions": str(out) if out else None,
         "scores": scores.to_dict(),
     }
+    unmatched = len(done) - resumed
+    if unmatched > 0:
+        summary["kept_not_in_dataset"] = unmatched
     if summary_path is not None:
         summary_path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     if args.json:
         _print_json(summary)
     else:
         print(ev.format_report(summary), flush=True)
+    if unmatched > 0:
+        print(
+            f"warning: {unmatched} answered rows of {out} are not pairs of {data} (another "
+            "dataset, or past --limit): kept in the file, not scored",
+            file=sys.stderr,
+        )
+    for pair_id, reason in failures:
+        print(f"failed: {pair_id}: {reason}", file=sys.stderr)
+    if scores.errors > len(failures):
+        where = f" (all in {out})" if out is not None else " (--out writes every one)"
+        print(f"... {scores.errors - len(failures)} more failed{where}", file=sys.stderr)
     return 1 if scores.errors else 0
 
 

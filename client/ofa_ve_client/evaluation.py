@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import binascii
 import csv
+import dataclasses
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -94,6 +95,9 @@ def read_snli_ve_jsonl(
         if not line.strip():
             continue
         number += 1
+        if _undecodable(line):
+            yield Pair(f"line-{number}", None, "", None, None, NOT_UTF8)
+            continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
@@ -128,6 +132,9 @@ def read_ofa_tsv(lines: Iterable[str], with_caption: bool = False) -> Iterator[P
         if not line.strip():
             continue
         number += 1
+        if _undecodable(line):
+            yield Pair(f"line-{number}", None, "", None, None, NOT_UTF8)
+            continue
         cells = line.split("\t")
         if len(cells) == 6:
             uniq_id, _image_id, image_b64, hypothesis, caption, raw_label = cells
@@ -146,18 +153,60 @@ def read_ofa_tsv(lines: Iterable[str], with_caption: bool = False) -> Iterator[P
         yield Pair(uniq_id or f"line-{number}", image, hypothesis, premise, gold, problem)
 
 
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def text_lines(stream: Iterable[bytes]) -> Iterator[str]:
+    """The lines of a UTF-8 file read in binary, decoded one by one: a byte-order mark
+    at the start is dropped, and a line that is not UTF-8 keeps its bad bytes as lone
+    surrogates (``surrogateescape``), so that the readers turn that one record into an
+    error row instead of the whole run dying on it."""
+    for number, raw in enumerate(stream):
+        if number == 0 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        yield raw.decode("utf-8", errors="surrogateescape")
+
+
+def _undecodable(line: str) -> bool:
+    """Whether ``line`` came from bytes that are not UTF-8 (see ``text_lines``)."""
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+NOT_UTF8 = "the line is not valid UTF-8"
+
+
+def unique_ids(pairs: Iterable[Pair]) -> Iterator[Pair]:
+    """The pairs with every id made unique: the second and later pairs carrying an id
+    already seen get ``#2``, ``#3``... appended, in file order, so that a predictions
+    file (and ``--resume``) keeps one row per pair even where a merged or hand-made
+    dataset repeats a pairID."""
+    seen: dict[str, int] = {}
+    for pair in pairs:
+        count = seen.get(pair.pair_id, 0) + 1
+        seen[pair.pair_id] = count
+        if count > 1:
+            pair = dataclasses.replace(pair, pair_id=f"{pair.pair_id}#{count}")
+            seen.setdefault(pair.pair_id, 1)
+        yield pair
+
+
 def read_pairs(
     path: Path,
     fmt: str,
     images_dir: Path | None = None,
     with_caption: bool = False,
 ) -> Iterator[Pair]:
-    """Every pair of a dataset file, in file order, read as it is consumed."""
-    with open(path, encoding="utf-8", newline="") as stream:
+    """Every pair of a dataset file, in file order, read as it is consumed, ids unique."""
+    with open(path, "rb") as stream:
+        lines = text_lines(stream)
         if fmt == "jsonl":
-            yield from read_snli_ve_jsonl(stream, images_dir, with_caption)
+            yield from unique_ids(read_snli_ve_jsonl(lines, images_dir, with_caption))
         elif fmt == "tsv":
-            yield from read_ofa_tsv(stream, with_caption)
+            yield from unique_ids(read_ofa_tsv(lines, with_caption))
         else:
             raise ValueError(f"unknown format {fmt!r} (jsonl or tsv)")
 
@@ -203,11 +252,12 @@ class Scores:
             support = sum(self.confusion[i])
             precision = true_positive / predicted if predicted else None
             recall = true_positive / support if support else None
-            f1 = (
-                2 * precision * recall / (precision + recall)
-                if precision is not None and recall is not None and precision + recall
-                else None
-            )
+            if true_positive == 0 and support:
+                f1: float | None = 0.0  # gold pairs, none found: F1 is 0, not undefined
+            elif precision is not None and recall is not None:
+                f1 = 2 * precision * recall / (precision + recall)
+            else:
+                f1 = None
             out[label] = {"precision": precision, "recall": recall, "f1": f1, "support": support}
         return out
 
@@ -257,7 +307,8 @@ def read_done(path: Path) -> dict[str, dict[str, str]]:
 
 
 def score_rows(rows: Iterable[dict[str, str]], scores: Scores) -> None:
-    """Add earlier answers (from `read_done`) to the scores."""
+    """Add earlier answers (from `read_done`) to the scores: the caller passes the rows
+    of the pairs it meets in the dataset, so that rows of another dataset count nowhere."""
     for row in rows:
         if row["gold"] in LABELS and row["predicted"] in LABELS:
             scores.add(row["gold"], row["predicted"])
