@@ -147,8 +147,9 @@ def read_ofa_tsv(lines: Iterable[str], with_caption: bool = False) -> Iterator[P
         gold, problem = _gold(raw_label)
         try:
             image: bytes | None = base64.urlsafe_b64decode(image_b64.strip())
-        except (binascii.Error, ValueError):
-            image, problem = None, problem or "IMAGE: the image column is not base64"
+        except (binascii.Error, ValueError) as exc:  # OFA's own loader refuses these too
+            reason = f"IMAGE: the image column is not valid URL-safe base64 ({exc})"
+            image, problem = None, problem or reason
         premise = caption if with_caption and caption.strip() else None
         yield Pair(uniq_id or f"line-{number}", image, hypothesis, premise, gold, problem)
 
