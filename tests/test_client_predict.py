@@ -285,6 +285,24 @@ def test_files_and_file_objects_are_read_only_up_to_the_cap(tmp_path: Path):
     with pytest.raises(InvalidInputError, match="binary mode"):
         load_image(io.StringIO("text"), fetcher)
 
+    class Trickle(io.RawIOBase):
+        """A raw stream that hands out at most 7 bytes a read, as a socket may."""
+
+        def __init__(self, data: bytes) -> None:
+            self.data = data
+
+        def readable(self) -> bool:
+            return True
+
+        def read(self, size: int = -1) -> bytes:
+            size = 7 if size < 0 else min(size, 7)
+            chunk, self.data = self.data[:size], self.data[size:]
+            return chunk
+
+    assert load_image(Trickle(b"y" * 1000), fetcher) == b"y" * 1000  # read whole, not 7 bytes
+    with pytest.raises(InvalidInputError, match="over the 1000-byte cap"):
+        load_image(Trickle(b"y" * 1001), fetcher)
+
 
 def test_an_empty_pil_image_is_refused_naming_image():
     from ofa_ve_client.images import encode_pil

@@ -79,12 +79,19 @@ def _capped(read: Any, limit: int, shown: str) -> bytes:
     file, a device such as /dev/zero) is refused after reading limit + 1 bytes, not
     read whole. The cap is the URL fetcher's (``ImageFetchOptions.max_bytes``): one cap
     for every way an image arrives, the server's own default."""
-    data = read(limit + 1)
-    if not isinstance(data, bytes):
-        raise _bad("file object must be opened in binary mode")
-    if len(data) > limit:
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:  # a raw stream (socket, pipe) may return less than asked
+        chunk = read(limit + 1 - size)
+        if not isinstance(chunk, bytes):
+            raise _bad("file object must be opened in binary mode")
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    if size > limit:
         raise _bad(f"{shown} is over the {limit}-byte cap")
-    return data
+    return b"".join(chunks)
 
 
 def _read_file(path: Path, limit: int) -> bytes:
