@@ -181,7 +181,6 @@ class ExecutionRunner:
             for number, r in enumerate(requests) if r is not None
             for index in range(len(r))
         ]
-        cancelled = [r.is_cancelled if r is not None else _never for r in requests]
         groups: dict[object, _ImageGroup] = {}
         for job in jobs:  # same bytes, one group; anything else stays alone (prepare says why)
             encoded = isinstance(job.image, bytes | bytearray | memoryview)
@@ -193,11 +192,11 @@ class ExecutionRunner:
                 group.future = self._pool.submit(self._prepare_group, group)
         try:
             if self.pipelined:
-                results = [self._run_pass(group, outcomes, hooks, cancelled)
+                results = [self._run_pass(group, outcomes, hooks, requests)
                            for group in self._groups(jobs, outcomes, hooks)]
             else:
                 collected = self._collect(jobs, outcomes, hooks)
-                results = [self._run_pass(collected, outcomes, hooks, cancelled)]
+                results = [self._run_pass(collected, outcomes, hooks, requests)]
         except Exception as exc:
             failed = RuntimeError(f"inference failed: the forward pass raised {exc!r}")
             for outcome, given in zip(outcomes, requests, strict=True):
@@ -256,7 +255,7 @@ class ExecutionRunner:
             yield group
 
     def _run_pass(
-        self, group, outcomes, hooks, cancelled: Sequence[Callable[[], bool]]
+        self, group, outcomes, hooks, requests: Sequence[RequestInputs | None]
     ) -> list[tuple[int, PreparedItem, Any]]:
         """Predict the group's items, leaving out those of requests that have failed or
         been cancelled meanwhile (asked again before each forward pass).
@@ -267,7 +266,7 @@ class ExecutionRunner:
         """
 
         def live(number: int) -> bool:
-            if outcomes[number].error is None and cancelled[number]():
+            if outcomes[number].error is None and requests[number].is_cancelled():
                 outcomes[number].error = RequestCancelled()
             return outcomes[number].error is None
 
