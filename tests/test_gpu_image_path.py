@@ -96,3 +96,101 @@ def test_cuda_decode_is_close_to_the_exact_route() -> None:
 
 def test_hint_mentions_the_pinned_version() -> None:
     assert "torchvision==" in gpu_image.TORCHVISION_HINT
+
+
+def _decoder_with(monkeypatch: pytest.MonkeyPatch, decode) -> gpu_image.GpuImageDecoder:
+    real, rgb = gpu_image._decode_jpeg()
+    monkeypatch.setattr(gpu_image, "_decode_jpeg", lambda: (decode or real, rgb))
+    return gpu_image.GpuImageDecoder(SIZE, LIMITS, "cpu")
+
+
+def _jpegs() -> list[bytes]:
+    return [p.read_bytes() for p in FILES if device_eligible(p.read_bytes(), LIMITS)]
+
+
+@pytest.mark.parametrize(
+    ("failure", "reason"),
+    [
+        (RuntimeError("nvjpeg: decoder handle creation failed"), "decoder_error"),
+        (torch.cuda.OutOfMemoryError("CUDA out of memory"), "out_of_memory"),
+    ],
+)
+def test_a_decoder_failure_turns_the_decoder_off_counted_and_logged_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, failure, reason
+) -> None:
+    calls = []
+
+    def broken(encoded, **kwargs):
+        calls.append(len(encoded))
+        raise failure
+
+    decoder = _decoder_with(monkeypatch, broken)
+    datas = _jpegs()
+    with caplog.at_level("WARNING", logger="ofa_ve_engine"):
+        first, errors = decoder.load(datas)
+        second, _ = decoder.load(datas)
+    assert not errors and decoder.off_reason == reason
+    for data, pixels in zip(datas, first.numpy(), strict=True):  # the exact route's pixels
+        assert np.array_equal(pixels, load_pixels(data, SIZE, LIMITS))
+    assert torch.equal(first, second)
+    assert decoder.take_fallbacks() == {reason: 2 * len(datas)}
+    assert decoder.take_fallbacks() == {}  # taken: counted once
+    turned_off = [r for r in caplog.records if "turned off" in r.getMessage()]
+    assert len(turned_off) == 1 and reason in turned_off[0].getMessage()
+    # Off means off: the second load did not try the device again (not N+1 calls a batch).
+    assert len(calls) == (2 if reason == "decoder_error" else 1)  # the batch (+ the probe)
+
+
+def test_missing_nvjpeg_turns_the_engine_decoder_off(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    decoder = gpu_image.GpuImageDecoder(SIZE, LIMITS, "cpu")
+    monkeypatch.setitem(sys.modules, "torchvision.io", None)
+    datas = _jpegs()
+    with caplog.at_level("WARNING", logger="ofa_ve_engine"):
+        decoder.load(datas)
+        decoder.load(datas[:1])
+    assert decoder.off_reason == "no_nvjpeg"
+    assert decoder.take_fallbacks() == {"no_nvjpeg": len(datas) + 1}
+    assert sum("turned off" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_files_the_device_refuses_take_the_cpu_route_alone(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    datas = _jpegs()
+    refused = {datas[0], datas[2]}
+    real, _ = gpu_image._decode_jpeg()
+
+    def picky(encoded, **kwargs):
+        if any(bytes(t.numpy()) in refused for t in encoded):
+            raise RuntimeError("nvjpegDecode: unsupported bitstream")
+        return real(encoded, **kwargs)
+
+    decoder = _decoder_with(monkeypatch, picky)
+    with caplog.at_level("WARNING", logger="ofa_ve_engine"):
+        pixels, errors = decoder.load(datas)
+    assert not errors and decoder.off_reason is None
+    assert decoder.take_fallbacks() == {"bad_file": 2}
+    assert decoder.decoded == len(datas) - 2
+    for data in refused:
+        i = datas.index(data)
+        assert np.array_equal(pixels[i].numpy(), load_pixels(data, SIZE, LIMITS))
+    assert sum("nvJPEG refused" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_large_photos_are_decoded_in_bounded_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    datas = _jpegs()
+    whole, _ = gpu_image.GpuImageDecoder(SIZE, LIMITS, "cpu").load(datas)
+    real, _ = gpu_image._decode_jpeg()
+    batches: list[int] = []
+
+    def counting(encoded, **kwargs):
+        batches.append(len(encoded))
+        return real(encoded, **kwargs)
+
+    decoder = _decoder_with(monkeypatch, counting)
+    monkeypatch.setattr(gpu_image, "CHUNK_PIXELS", 700 * 500)  # about one photo at a time
+    chunked, _ = decoder.load(datas)
+    assert torch.equal(chunked, whole)
+    assert len(batches) > 1 and sum(batches) == len(datas)

@@ -7,6 +7,7 @@ both the sequential and the pipelined schedule must give the same answers.
 
 from __future__ import annotations
 
+import io
 import threading
 
 import numpy as np
@@ -14,8 +15,15 @@ import pytest
 from engine_tiny import png
 from ofa_ve_engine import InvalidInputError, RequestCancelled, VisualEntailmentEngine
 from ofa_ve_engine.serving import ExecutionHooks, ExecutionRunner, RequestInputs
+from PIL import Image
 
 IMAGES = [png((30 * i, 120, 200 - 20 * i), (24 + 9 * i, 18 + 5 * i)) for i in range(5)]
+
+
+def jpeg_bytes(color: tuple[int, int, int], size: tuple[int, int]) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
 
 
 def request(*items: tuple[bytes, str, str | None]) -> RequestInputs:
@@ -160,19 +168,30 @@ def test_an_item_refused_inside_the_pass_fails_its_request_alone(
 ) -> None:
     """The GPU image path decodes JPEGs inside the forward pass; one the device (and the
     exact route after it) refuses must fail its own request, not the whole pass."""
-    bad = IMAGES[2]
-    bad_pixels = tiny_engine.prepare(bad, "x").pixels
-    real_predict = tiny_engine.predict
+    pytest.importorskip("torchvision")
+    from ofa_ve_engine import gpu_image
 
-    def predict(items, **kwargs):
-        if any(item.pixels is not None and np.array_equal(item.pixels, bad_pixels)
-               for item in items):
+    bad = jpeg_bytes((200, 40, 40), (40, 30))
+    real_decode, rgb = gpu_image._decode_jpeg()
+
+    def decode(encoded, **kwargs):  # nvJPEG refuses the bad file (and a batch holding it)
+        if any(bytes(t.numpy()) == bad for t in encoded):
+            raise RuntimeError("nvjpegDecode failed: corrupt scan (injected)")
+        return real_decode(encoded, **kwargs)
+
+    def cpu_route(data, *args, **kwargs):  # ... and so does the exact route
+        if data == bad:
             raise InvalidInputError("IMAGE", "could not be decoded: corrupt scan (injected)")
-        return real_predict(items, **kwargs)
+        return real_load_pixels(data, *args, **kwargs)
 
-    monkeypatch.setattr(tiny_engine, "predict", predict)
+    real_load_pixels = gpu_image.load_pixels
+    monkeypatch.setattr(gpu_image, "_decode_jpeg", lambda: (decode, rgb))
+    monkeypatch.setattr(gpu_image, "load_pixels", cpu_route)
+    engine = VisualEntailmentEngine(tiny_engine.settings, tiny_engine.tokenizer, tiny_engine.model,
+                                    limits=tiny_engine.limits)
+    engine.image_path = "gpu"  # the device route on CPU tensors (torchvision's CPU decoder)
     invalid: list[str] = []
-    runner = ExecutionRunner(tiny_engine, workers=2)
+    runner = ExecutionRunner(engine, workers=2)
     requests = [request((IMAGES[0], "one", None)),
                 request((IMAGES[1], "two", None), (bad, "three", None)),
                 request((IMAGES[3], "four", None))]
@@ -180,6 +199,8 @@ def test_an_item_refused_inside_the_pass_fails_its_request_alone(
     runner.close()
     assert outcomes[1].failed_item == 1 and "corrupt scan" in str(outcomes[1].error)
     assert invalid == ["IMAGE"]
+    assert engine.take_stats().image_path_fallbacks == {"bad_file": 1}
+    assert engine.gpu_image_decoder.off_reason is None  # one bad file keeps the decoder on
     for number in (0, 2):
         assert outcomes[number].error is None
         np.testing.assert_allclose(outcomes[number].probs, alone(tiny_engine, requests[number]),
@@ -193,3 +214,26 @@ def test_an_image_that_is_not_bytes_fails_its_request_alone(runner: ExecutionRun
     assert outcomes[0].error is None
     assert isinstance(outcomes[1].error, InvalidInputError)
     assert outcomes[1].error.input_name == "IMAGE"
+
+
+def test_a_pipelined_gpu_style_execution_runs_as_two_passes(
+    tiny_engine: VisualEntailmentEngine,
+) -> None:
+    """A GPU engine takes any batch (``forward_batch_size=None``), so a pipelined execution is
+    split in two: the second half is decoded while the first half's pass runs."""
+    engine = VisualEntailmentEngine(tiny_engine.settings, tiny_engine.tokenizer, tiny_engine.model,
+                                    limits=tiny_engine.limits, forward_batch_size=None)
+    engine.forward_batch_size = None  # as on a GPU (a CPU engine resolves None to 1)
+    requests = [request((IMAGES[i % len(IMAGES)], f"item {i}", None)) for i in range(10)]
+    passes: list[int] = []
+    for pipelined, expected in ((True, [5, 5]), (False, [10])):
+        runner = ExecutionRunner(engine, workers=2, pipelined=pipelined)
+        passes.clear()
+        outcomes = runner.run(requests, ExecutionHooks(forward_pass=lambda n, s: passes.append(n)))
+        runner.close()
+        assert passes == expected, runner.describe()
+        assert all(o.error is None for o in outcomes)
+    small = ExecutionRunner(engine, pipelined=True)
+    assert small.pass_size(7) == 7 and small.pass_size(8) == 4  # too few items to split
+    assert "two passes" in small.describe()
+    small.close()

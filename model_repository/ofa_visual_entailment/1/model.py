@@ -12,6 +12,7 @@ also finds the weights (`OFA_VE_MODEL_DIR`, else the `model_dir` parameter).
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -26,21 +27,64 @@ from ofa_ve_engine import (
     RequestCancelled,
     VisualEntailmentEngine,
 )
+from ofa_ve_engine.gpu_image import FALLBACK_REASONS
 from ofa_ve_engine.parameters import from_triton_config, resolve_model_dir
-from ofa_ve_engine.serving import (
-    DEMO_BANNER,
-    METRICS,
-    ExecutionHooks,
-    ExecutionRunner,
-    RequestInputs,
-)
+from ofa_ve_engine.serving import ExecutionHooks, ExecutionRunner, RequestInputs
 
 INPUT_NAMES = ("IMAGE", "HYPOTHESIS", "PREMISE")
 LABEL_BYTES = np.array([label.encode() for label in LABELS], dtype=np.object_)
 ANSWER_BYTES = np.array([answer.encode() for answer in ANSWERS], dtype=np.object_)
 
+# The model's own metrics on Triton's /metrics endpoint, created in _create_metrics:
+# key -> (name, kind, buckets, description). Their names are part of the interface.
+METRICS: dict[str, tuple[str, str, list[float] | None, str]] = {
+    "preprocess": ("ofa_ve_preprocess_duration_seconds", "HISTOGRAM",
+                   [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0],
+                   "Time to decode, resize and tokenize one item"),
+    "forward": ("ofa_ve_forward_duration_seconds", "HISTOGRAM",
+                [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
+                "Time of one engine forward pass over a batch of items"),
+    "batch": ("ofa_ve_engine_batch_size", "HISTOGRAM", [1, 2, 4, 8, 16, 32, 64, 128],
+              "Items per engine forward pass (the batch sizes actually run)"),
+    "invalid": ("ofa_ve_invalid_requests_total", "COUNTER", None,
+                "Requests refused with INVALID_ARG, by the input at fault"),
+    "stem_cache": ("ofa_ve_stem_cache_lookups_total", "COUNTER", None,
+                   "Stem-cache lookups by result (hit or miss); none while the cache is off"),
+    "image_path_fallbacks": ("ofa_ve_image_path_fallbacks_total", "COUNTER", None,
+                             "JPEGs of the GPU image path decoded on the CPU instead, by reason"),
+    "warmup": ("ofa_ve_warmup_duration_seconds", "GAUGE", None,
+               "Duration of the start-up warm-up inference, set before READY"),
+    "info": ("ofa_ve_model_info", "GAUGE", None,
+             "1 per instance; labels say which weights (real or demo) and device"),
+}
+
+DEMO_BANNER = """
+##########################################################################
+#  RANDOM DEMO WEIGHTS: {path}
+#  This checkpoint was generated with random weights (no model hub was
+#  reachable). Its answers are MEANINGLESS. Set OFA_VE_MODEL_DIR to the
+#  real ModelScope model directory for real predictions.
+##########################################################################"""
+
+
 def _log(level: str, message: str) -> None:
     getattr(pb_utils.Logger, f"log_{level}")(message)
+
+
+class _TritonLogHandler(logging.Handler):
+    """The engine's Python log records (e.g. the GPU image path turned off) into Triton's log."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        level = "error" if record.levelno >= logging.ERROR else (
+            "warn" if record.levelno >= logging.WARNING else "info")
+        _log(level, self.format(record))
+
+
+def _forward_engine_logs() -> None:
+    logger = logging.getLogger("ofa_ve_engine")
+    if not any(isinstance(h, _TritonLogHandler) for h in logger.handlers):
+        logger.addHandler(_TritonLogHandler())
+        logger.setLevel(logging.INFO)
 
 
 def instance_device(args: dict[str, str]) -> str:
@@ -62,6 +106,7 @@ class TritonPythonModel:
 
     def initialize(self, args: dict[str, str]) -> None:
         started = time.perf_counter()
+        _forward_engine_logs()
         config = json.loads(args["model_config"])
         params = from_triton_config(config)
         self.instance = args.get("model_instance_name", "")
@@ -82,7 +127,7 @@ class TritonPythonModel:
              f"{engine.device} ({params.dtype}, forward batch {forward}, image chunk {chunk}, "
              f"image path {params.image_path}, linear backend {engine.linear_backend}, stem "
              f"{engine.stem_backend}, torch threads {torch.get_num_threads()}, preprocess threads "
-             f"{workers}, pipelined {pipelined})")
+             f"{workers}, {self.runner.describe()})")
         if engine.is_demo:  # one log call per line: Triton escapes newlines inside one
             for line in DEMO_BANNER.format(path=model_dir.resolve()).strip().splitlines():
                 _log("warn", line)
@@ -126,7 +171,10 @@ class TritonPythonModel:
             result: self._families["stem_cache"].Metric({**labels, "result": result})
             for result in ("hit", "miss")
         }
-        self._stem_counted = {"hit": 0, "miss": 0}
+        self.image_path_fallbacks = {
+            reason: self._families["image_path_fallbacks"].Metric({**labels, "reason": reason})
+            for reason in FALLBACK_REASONS
+        }
         self.hooks = ExecutionHooks(
             prepared=self.metrics["preprocess"].observe,
             invalid=lambda name: self.invalid[name].increment(1),
@@ -137,13 +185,14 @@ class TritonPythonModel:
         self.metrics["forward"].observe(seconds)
         self.metrics["batch"].observe(items)
 
-    def _count_stem_lookups(self) -> None:
-        """Move the engine's stem-cache counts onto the counters (by their increase)."""
-        cache = self.engine.stem_cache
-        for result, total in (("hit", cache.hits), ("miss", cache.misses)):
-            if total > self._stem_counted[result]:
-                self.stem_lookups[result].increment(total - self._stem_counted[result])
-                self._stem_counted[result] = total
+    def _count_engine_stats(self) -> None:
+        """The engine's counts since the last execution onto their counters."""
+        stats = self.engine.take_stats()
+        for result, count in (("hit", stats.stem_cache_hits), ("miss", stats.stem_cache_misses)):
+            if count:
+                self.stem_lookups[result].increment(count)
+        for reason, count in stats.image_path_fallbacks.items():
+            self.image_path_fallbacks[reason].increment(count)
 
     @staticmethod
     def _inputs(request: Any) -> RequestInputs | None:
@@ -160,7 +209,7 @@ class TritonPythonModel:
         """One response per request; all valid items of all requests run batched."""
         inputs = [self._inputs(request) for request in requests]
         outcomes = self.runner.run(inputs, self.hooks)
-        self._count_stem_lookups()
+        self._count_engine_stats()
         return [
             self._response(outcome) if given is not None else self._error(
                 pb_utils.TritonError("request cancelled", pb_utils.TritonError.CANCELLED)

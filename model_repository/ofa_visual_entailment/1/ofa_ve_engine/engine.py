@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,18 @@ PREMISE = "PREMISE"
 
 PassCallback = Callable[[Sequence[PreparedItem], float], None]
 """``on_pass(items_in_pass, seconds)``: called by ``predict`` after each forward pass."""
+InvalidCallback = Callable[[int, InvalidInputError], None]
+"""``on_invalid(index, error)``: an item whose image turned out unreadable in its pass."""
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """What the engine counted since the last ``take_stats`` (the server's metrics)."""
+
+    stem_cache_hits: int = 0
+    stem_cache_misses: int = 0
+    image_path_fallbacks: dict[str, int] = field(default_factory=dict)
+    """Eligible JPEGs of the GPU image path that took the CPU route, by reason."""
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -186,6 +199,8 @@ class VisualEntailmentEngine:
         )
         self.stem_cache = StemCache(stem_cache_items)
         """Stem outputs kept across calls, by image digest (capacity 0: off)."""
+        self._gpu_decoder: gpu_image.GpuImageDecoder | None = None
+        self._stem_counted = (0, 0)
         self._lock = threading.Lock()
 
     @classmethod
@@ -369,19 +384,27 @@ class VisualEntailmentEngine:
         *,
         on_pass: PassCallback | None = None,
         wanted: Callable[[int], bool] | None = None,
+        on_invalid: InvalidCallback | None = None,
     ) -> np.ndarray:
         """[N, 3] float32 probabilities in LABELS order.
 
-        Runs forward passes of at most ``forward_batch_size`` items, in order; after
-        each, ``on_pass(items_in_pass, seconds)`` (if given) learns what ran and how
-        long it took, outside the engine's lock. ``wanted(i)`` (if given) is asked
-        before each pass for each of its items (``i`` indexes ``items``): an item no
-        longer wanted (its client has gone) is left out, and its row is NaN.
+        Args:
+            items: prepared items, run in forward passes of at most ``forward_batch_size``.
+            on_pass: ``on_pass(items_in_pass, seconds)`` after each pass, outside the lock.
+            wanted: ``wanted(i)`` is asked before each pass for each of its items; an item
+                no longer wanted (its client has gone) is left out, and its row is NaN.
+            on_invalid: where an image kept encoded for the GPU image path turns out
+                unreadable in its pass, ``on_invalid(i, error)`` is told and its row is
+                NaN; without it, the error is raised.
         """
         out = np.full((len(items), len(LABELS)), np.nan, dtype=np.float32)
         size = self.forward_batch_size or max(1, len(items))
+        unreadable: dict[object, InvalidInputError] = {}
         images = ImageEmbeddings(
-            items, self._embed_images, self.stem_cache, self.model.encoder.patch_attention
+            items,
+            lambda chunk: self._embed_images(chunk, unreadable),
+            self.stem_cache,
+            self.model.encoder.patch_attention,
         )
         for start in range(0, len(items), size):
             indices = range(start, min(start + size, len(items)))
@@ -394,9 +417,33 @@ class VisualEntailmentEngine:
                 started = time.perf_counter()
                 out[list(indices)] = self._forward(chunk, images)
                 seconds = time.perf_counter() - started
+            for i in indices if unreadable else ():
+                error = unreadable.get(items[i].image_key)
+                if error is not None:
+                    if on_invalid is None:
+                        raise error
+                    out[i] = np.nan
+                    on_invalid(i, error)
             if on_pass is not None:
                 on_pass(chunk, seconds)
         return out
+
+    @property
+    def gpu_image_decoder(self) -> gpu_image.GpuImageDecoder | None:
+        """The GPU image path's decoder once a pass has used it (None before, or never)."""
+        return self._gpu_decoder
+
+    def take_stats(self) -> EngineStats:
+        """Counts since the last call: stem-cache lookups, GPU image path fallbacks."""
+        hits, misses = self.stem_cache.hits, self.stem_cache.misses
+        before = self._stem_counted
+        self._stem_counted = (hits, misses)
+        decoder = self._gpu_decoder
+        return EngineStats(
+            stem_cache_hits=hits - before[0],
+            stem_cache_misses=misses - before[1],
+            image_path_fallbacks=decoder.take_fallbacks() if decoder is not None else {},
+        )
 
     def collate(
         self,
@@ -404,12 +451,15 @@ class VisualEntailmentEngine:
         *,
         channels_last: bool | None = None,
         with_images: bool = True,
+        unreadable: dict[object, InvalidInputError] | None = None,
     ) -> Batch:
         """The padded batch of ``items`` on the engine's device, as a forward pass gets it
-        (JPEGs kept encoded for the GPU image path are decoded there first)."""
+        (JPEGs kept encoded for the GPU image path are decoded there first; one no route
+        can read gets zero pixels and its error in ``unreadable`` by image key, or raises
+        without it)."""
         pixels = None
         if with_images and any(item.pixels is None for item in items):  # GPU image path
-            pixels = self._device_pixels(items)
+            pixels = self._device_pixels(items, unreadable)
         return collate(
             items,
             pad_id=self.tokenizer.pad_id,
@@ -422,10 +472,12 @@ class VisualEntailmentEngine:
             with_images=with_images,
         )
 
-    def _embed_images(self, items: Sequence[PreparedItem]) -> torch.Tensor:
+    def _embed_images(
+        self, items: Sequence[PreparedItem], unreadable: dict[object, InvalidInputError]
+    ) -> torch.Tensor:
         """The ResNet stem and patch projection over ``items``' images: [len(items), h, w, D]."""
         encoder = self.model.encoder
-        images = self.collate(items).images
+        images = self.collate(items, unreadable=unreadable).images
         return encoder.embed_image(encoder.image_features(images, self.image_chunk_size))
 
     @torch.inference_mode()
@@ -444,15 +496,23 @@ class VisualEntailmentEngine:
         probs = self.scorer.score(self.model, encoded, batch.decoder_prompts, batch.prompt_lengths)
         return probs[:, self._label_columns].float().cpu().numpy()
 
-    def _device_pixels(self, items: Sequence[PreparedItem]) -> torch.Tensor:
+    def _device_pixels(
+        self,
+        items: Sequence[PreparedItem],
+        unreadable: dict[object, InvalidInputError] | None = None,
+    ) -> torch.Tensor:
         """The pass's [B, P, P, 3] uint8 pixels on the device: JPEGs kept encoded by
-        ``prepare`` are decoded there in one batched call, the others copied over."""
+        ``prepare`` are decoded there in batched calls, the others copied over."""
         size = self.settings.patch_image_size
+        if self._gpu_decoder is None:
+            self._gpu_decoder = gpu_image.GpuImageDecoder(size, self.limits, self.device)
         out = torch.empty((len(items), size, size, 3), dtype=torch.uint8, device=self.device)
         encoded = [i for i, item in enumerate(items) if item.pixels is None]
-        decoded = gpu_image.load_pixels_gpu(
-            [items[i].encoded for i in encoded], size, self.limits, device=self.device
-        )
+        decoded, errors = self._gpu_decoder.load([items[i].encoded for i in encoded])
+        if errors and unreadable is None:
+            raise errors[min(errors)]
+        for position, error in errors.items():
+            unreadable[items[encoded[position]].image_key] = error
         out[torch.tensor(encoded, device=self.device)] = decoded
         for i, item in enumerate(items):
             if item.pixels is not None:
@@ -460,9 +520,11 @@ class VisualEntailmentEngine:
         return out
 
     def warmup(self, batch_sizes: Sequence[int] = (1,)) -> None:
-        """Run real inferences (encoded PNG through the whole path) before serving."""
+        """Run real inferences (an encoded image through the whole path) before serving: a
+        JPEG on the GPU image path (nvJPEG's first call is costly), else a PNG."""
         buffer = io.BytesIO()
-        Image.new("RGB", (64, 48), (120, 160, 200)).save(buffer, format="PNG")
+        image_format = "JPEG" if self.image_path == "gpu" else "PNG"
+        Image.new("RGB", (64, 48), (120, 160, 200)).save(buffer, format=image_format)
         item = self.prepare(buffer.getvalue(), "a warm-up sentence.", "a premise.")
         for size in batch_sizes:
             self.predict([item] * max(1, size))

@@ -1,44 +1,57 @@
 """Opt-in GPU image path: nvJPEG decode and antialiased bicubic resize on the device.
 
-Why: on a GPU host the CPU, not the accelerator, caps items/s once the model
-is fast (docs/benchmarks.md: about 8 CPU-ms per 640x480 JPEG item, about 200 for
-a 12 MP photo, most of it Pillow's bicubic resize). Decoding with nvJPEG
-(``torchvision.io.decode_jpeg`` on a list, batched) and resizing with
-``interpolate(mode="bicubic", antialias=True)`` moves that work to the device.
+Why: on a GPU host the CPU, not the accelerator, caps items/s once the model is
+fast; most of an item's CPU time is the JPEG decode and Pillow's bicubic resize.
+Decoding with nvJPEG (``torchvision.io.decode_jpeg`` on a list, batched) and
+resizing with ``interpolate(mode="bicubic", antialias=True)`` moves that work to
+the device. It is NOT bit-identical to the reference (float accumulation against
+Pillow's fixed point; nvJPEG's IDCT and upsampling are not libjpeg-turbo's); the GPU
+check measures how far it strays (docs/gpu-check.md).
 
-It is NOT bit-identical to the reference: torch's antialiased bicubic (a=-0.5,
-the same filter and support as Pillow's) accumulates in float where Pillow
-uses 22-bit fixed point, and nvJPEG's IDCT/upsampling are not libjpeg-turbo's.
-``ofa_ve_bench.image_fidelity`` measures the resize part on CPU (device="cpu"
-runs this very code); the nvJPEG part is only measurable on a GPU.
-
-Falls back to the exact CPU route (``image.load_pixels``) for everything that
-is not a plain JPEG: other formats, CMYK/YCCK, EXIF orientation 2..8, MPO, files
-not ending in EOI (maybe truncated: a device decoder may fill in gray where the
-reference refuses), and any JPEG the device decoder refuses. torchvision is not an
-engine dependency: it is imported on first use, with an error that says what to
-install.
+Only plain upright JPEGs go to the device (``device_eligible``); everything else takes
+the exact CPU route (``image.load_pixels``). ``GpuImageDecoder`` owns what can go wrong
+on the device: a file nvJPEG refuses takes the CPU route alone (reason ``bad_file``);
+a failure that is not about one file (torchvision or nvJPEG missing, out of memory, a
+decoder that cannot start) turns the decoder off for the engine's lifetime, with one
+log line. Every item that took the CPU route instead of nvJPEG is counted by reason
+(``take_fallbacks``), for the ``ofa_ve_image_path_fallbacks_total`` metric.
 """
 
 from __future__ import annotations
 
-import contextlib
+import io
+import logging
+import threading
 import warnings
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from . import jpeg
+from .errors import InvalidInputError
 from .image import INPUT_NAME, load_pixels, open_checked
 from .limits import InputLimits
 
+log = logging.getLogger(__name__)
+
 TORCHVISION_HINT = (
-    "the GPU image path (load_pixels_gpu / the engine's GPU-image option) needs "
-    "torchvision built for the installed torch (e.g. torchvision==0.29.1 for torch 2.14, "
-    "as in requirements/dev.txt); install it or leave the GPU image path off"
+    "the GPU image path (image_path=gpu) needs torchvision built for the installed torch "
+    "(e.g. torchvision==0.29.1 for torch 2.14, as in requirements/dev.txt); install it or "
+    "leave the GPU image path off"
 )
+
+FALLBACK_REASONS = ("bad_file", "no_nvjpeg", "out_of_memory", "decoder_error")
+"""Why an eligible JPEG took the CPU route: nvJPEG refused that file; torchvision or
+nvJPEG is missing; the device ran out of memory; the decoder failed on a known-good
+JPEG too. All but ``bad_file`` turn the decoder off."""
+
+CHUNK_PIXELS = 48_000_000
+"""Decoded pixels held on the device at once (about four 12 MP photos): the decode and
+float resize of a batch of camera photos run in chunks of at most this many pixels."""
 
 
 def _decode_jpeg() -> tuple[Callable[..., Any], Any]:
@@ -53,13 +66,20 @@ def _decode_jpeg() -> tuple[Callable[..., Any], Any]:
 def device_eligible(data: bytes, limits: InputLimits, input_name: str = INPUT_NAME) -> bool:
     """True for plain upright JPEGs (the device decodes them); raises InvalidInputError as
     ``load_pixels`` would for anything over the limits or undecodable in its header."""
+    return _eligible_size(data, limits, input_name) is not None
+
+
+def _eligible_size(data: bytes, limits: InputLimits, input_name: str) -> tuple[int, int] | None:
+    """(width, height) of a plain upright JPEG, None for anything the CPU route takes."""
     image = open_checked(data, limits, input_name)
     if image.format != "JPEG" or image.mode not in ("RGB", "L"):
-        return False
+        return None
     if not data.endswith(b"\xff\xd9"):  # no EOI: maybe truncated; the CPU route decides
-        return False
+        return None
     orientation = jpeg.exif_orientation(image)
-    return orientation is not None and not jpeg.is_rotated(orientation)
+    if orientation is None or jpeg.is_rotated(orientation):
+        return None
+    return image.size
 
 
 def resize_on_device(images: Sequence[torch.Tensor], size: int) -> torch.Tensor:
@@ -82,6 +102,163 @@ def resize_on_device(images: Sequence[torch.Tensor], size: int) -> torch.Tensor:
     return out
 
 
+def _chunks(sizes: Sequence[tuple[int, int]], limit: int) -> list[list[int]]:
+    """Consecutive index runs whose pixels add up to at most ``limit`` (one at least)."""
+    runs: list[list[int]] = []
+    held = limit
+    for index, (width, height) in enumerate(sizes):
+        if held + width * height > limit:
+            runs.append([])
+            held = 0
+        runs[-1].append(index)
+        held += width * height
+    return runs
+
+
+def _probe_jpeg() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 24), (90, 140, 200)).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+class GpuImageDecoder:
+    """nvJPEG decode and resize for one engine, with its fallbacks counted and bounded.
+
+    Args:
+        size: the square side the model reads (``patch_image_size``).
+        limits: the input limits every item's header is checked against.
+        device: where the pixels go (``cpu`` runs this code with torchvision's CPU
+            decoder, for tests and fidelity measurements).
+    """
+
+    def __init__(self, size: int, limits: InputLimits, device: str | torch.device) -> None:
+        self.size = size
+        self.limits = limits
+        self.device = torch.device(device)
+        self.off_reason: str | None = None
+        """Why the decoder is off (one of FALLBACK_REASONS), None while it is on."""
+        self.decoded = 0
+        """JPEGs nvJPEG decoded since the engine started."""
+        self._fallbacks: Counter[str] = Counter()
+        self._logged: set[str] = set()
+        self._lock = threading.Lock()
+
+    def take_fallbacks(self) -> dict[str, int]:
+        """Items that took the CPU route instead of nvJPEG since the last call, by reason."""
+        with self._lock:
+            counts, self._fallbacks = dict(self._fallbacks), Counter()
+        return counts
+
+    def load(
+        self, datas: Sequence[bytes], input_name: str = INPUT_NAME
+    ) -> tuple[torch.Tensor, dict[int, InvalidInputError]]:
+        """Encoded images -> [N, size, size, 3] uint8 RGB on the device (NHWC, as collate
+        reads), and the error of each item that no route could read (its pixels are 0)."""
+        out = torch.zeros((len(datas), self.size, self.size, 3), dtype=torch.uint8,
+                          device=self.device)
+        errors: dict[int, InvalidInputError] = {}
+        sizes: dict[int, tuple[int, int]] = {}
+        for i, data in enumerate(datas):
+            try:
+                found = _eligible_size(data, self.limits, input_name)
+            except InvalidInputError as exc:
+                errors[i] = exc
+                continue
+            if found is not None:
+                sizes[i] = found
+        on_cpu = [i for i in range(len(datas)) if i not in errors and i not in sizes]
+        eligible = list(sizes)
+        for run in _chunks([sizes[i] for i in eligible], CHUNK_PIXELS):
+            indices = [eligible[k] for k in run]
+            refused = self._decode_into(out, indices, datas)
+            on_cpu += refused
+        for i in sorted(on_cpu):
+            try:
+                pixels = load_pixels(datas[i], self.size, self.limits, input_name=input_name)
+            except InvalidInputError as exc:
+                errors[i] = exc
+                continue
+            out[i] = torch.from_numpy(np.array(pixels)).to(self.device)  # writable copy
+        return out, errors
+
+    def _decode_into(
+        self, out: torch.Tensor, indices: list[int], datas: Sequence[bytes]
+    ) -> list[int]:
+        """Decode and resize ``indices`` on the device into ``out``; returns those left to
+        the CPU route (all of them while the decoder is off)."""
+        if self.off_reason is not None:
+            self._count(self.off_reason, len(indices))
+            return indices
+        try:
+            decode_jpeg, rgb = _decode_jpeg()
+        except RuntimeError as exc:
+            self._turn_off("no_nvjpeg", exc, len(indices))
+            return indices
+        encoded = [torch.frombuffer(bytearray(datas[i]), dtype=torch.uint8) for i in indices]
+        try:
+            images = self._decode(decode_jpeg, rgb, encoded)
+        except torch.cuda.OutOfMemoryError as exc:
+            self._turn_off("out_of_memory", exc, len(indices))
+            return indices
+        except RuntimeError as exc:  # one bad file fails the batch: which, or all?
+            if not self._healthy(decode_jpeg, rgb):
+                self._turn_off("decoder_error", exc, len(indices))
+                return indices
+            images, refused = [], []
+            for i, data in zip(indices, encoded, strict=True):
+                try:
+                    images.append(self._decode(decode_jpeg, rgb, [data])[0])
+                except RuntimeError as one:
+                    refused.append(i)
+                    self._note("bad_file", one)
+            indices = [i for i in indices if i not in refused]
+            self._count("bad_file", len(refused))
+            if not indices:
+                return refused
+        else:
+            refused = []
+        try:
+            out[torch.tensor(indices, device=out.device)] = resize_on_device(images, self.size)
+        except torch.cuda.OutOfMemoryError as exc:
+            self._turn_off("out_of_memory", exc, len(indices))
+            return refused + indices
+        with self._lock:
+            self.decoded += len(indices)
+        return refused
+
+    def _decode(self, decode_jpeg: Callable[..., Any], rgb: Any, encoded: list) -> list:
+        with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return list(decode_jpeg(encoded, mode=rgb, device=self.device))
+
+    def _healthy(self, decode_jpeg: Callable[..., Any], rgb: Any) -> bool:
+        """Whether the decoder still reads a known-good JPEG (the failure was the files')."""
+        probe = torch.frombuffer(bytearray(_probe_jpeg()), dtype=torch.uint8)
+        try:
+            self._decode(decode_jpeg, rgb, [probe])
+        except RuntimeError:
+            return False
+        return True
+
+    def _count(self, reason: str, items: int) -> None:
+        if items:
+            with self._lock:
+                self._fallbacks[reason] += items
+
+    def _note(self, reason: str, exc: BaseException) -> None:
+        """Log a cause once per decoder lifetime."""
+        if reason not in self._logged:
+            self._logged.add(reason)
+            log.warning("GPU image path: a JPEG nvJPEG refused takes the CPU route (%s: %s); "
+                        "such files are counted, not logged again", reason, exc)
+
+    def _turn_off(self, reason: str, exc: BaseException, items: int) -> None:
+        self.off_reason = reason
+        self._count(reason, items)
+        log.error("GPU image path turned off for this engine (%s: %s: %s); JPEGs take the "
+                  "exact CPU route from now on", reason, type(exc).__name__, str(exc)[:300])
+
+
 def load_pixels_gpu(
     datas: Sequence[bytes],
     size: int,
@@ -90,43 +267,15 @@ def load_pixels_gpu(
     device: str | torch.device = "cuda",
     input_name: str = INPUT_NAME,
 ) -> torch.Tensor:
-    """Encoded images -> [N, size, size, 3] uint8 RGB on ``device`` (NHWC, as collate reads).
+    """Encoded images -> [N, size, size, 3] uint8 RGB on ``device``, in one call.
 
-    Every item's header is checked first (the same limits and InvalidInputError
-    messages as ``load_pixels``); the first bad item raises before any decode, so
-    a caller can then prepare items one by one to fail only that one. JPEGs the
-    device can take are decoded in one batched ``decode_jpeg`` call; the rest take
-    the exact CPU route and are copied over. ``device="cpu"`` runs the same code
-    on CPU (torchvision's libjpeg-turbo decode), for fidelity measurements.
+    A one-shot ``GpuImageDecoder`` that raises instead of falling back: the first item no
+    route can read raises its InvalidInputError, and a missing torchvision raises the
+    RuntimeError that says what to install. ``device="cpu"`` runs the same code on CPU
+    (torchvision's libjpeg-turbo decode), for fidelity measurements.
     """
-    device = torch.device(device)
-    if not datas:
-        return torch.empty((0, size, size, 3), dtype=torch.uint8, device=device)
-    on_device = [device_eligible(data, limits, input_name) for data in datas]
-    out = torch.empty((len(datas), size, size, 3), dtype=torch.uint8, device=device)
-    jpeg_indices = [i for i, ok in enumerate(on_device) if ok]
-    decoded: dict[int, torch.Tensor] = {}
-    if jpeg_indices:
-        decode_jpeg, rgb = _decode_jpeg()
-        encoded = [torch.frombuffer(bytearray(datas[i]), dtype=torch.uint8) for i in jpeg_indices]
-        try:
-            with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders
-                warnings.simplefilter("ignore", DeprecationWarning)
-                images = decode_jpeg(encoded, mode=rgb, device=device)
-            decoded = dict(zip(jpeg_indices, images, strict=True))
-        except RuntimeError:  # one bad file fails the batch: retry one by one
-            for i, data in zip(jpeg_indices, encoded, strict=True):
-                # A refused one takes the CPU route below (its pixels or today's error).
-                with contextlib.suppress(RuntimeError), warnings.catch_warnings():
-                    warnings.simplefilter("ignore", DeprecationWarning)
-                    decoded[i] = decode_jpeg(data, mode=rgb, device=device)
-    if decoded:
-        indices = list(decoded)
-        out[torch.tensor(indices, device=device)] = resize_on_device(
-            [decoded[i] for i in indices], size
-        )
-    for i, data in enumerate(datas):
-        if i not in decoded:
-            pixels = load_pixels(data, size, limits, input_name=input_name)
-            out[i] = torch.from_numpy(np.array(pixels)).to(device)  # writable copy
-    return out
+    _decode_jpeg()
+    pixels, errors = GpuImageDecoder(size, limits, device).load(datas, input_name)
+    if errors:
+        raise errors[min(errors)]
+    return pixels

@@ -8,9 +8,11 @@ splits the probabilities back per request. Kept free of Triton so it is tested
 in-process, and so that the batching has one owner: Triton forms the batch, the
 engine splits it into forward passes, this module only gathers and scatters.
 
-With `pipelined=True` (GPU instances, by default) the items are prepared in
-forward-pass-sized groups while the previous group's forward pass runs, so the
-accelerator does not wait for the whole execution's decoding.
+With `pipelined=True` (GPU instances, by default) the execution runs as several
+passes and each pass's items are prepared while the previous pass runs, so the
+accelerator does not wait for the whole execution's decoding: passes of the engine's
+`forward_batch_size` where it has one, else (a GPU engine takes any batch) two
+halves once the execution has `2 * PIPELINE_MIN_PASS` items.
 """
 
 from __future__ import annotations
@@ -27,34 +29,8 @@ from .batching import PreparedItem
 from .errors import InvalidInputError, RequestCancelled
 from .labels import LABELS
 
-# The model's own metrics on Triton's /metrics endpoint (model.py creates them):
-# key -> (name, kind, buckets, description). Their names are part of the interface.
-METRICS: dict[str, tuple[str, str, list[float] | None, str]] = {
-    "preprocess": ("ofa_ve_preprocess_duration_seconds", "HISTOGRAM",
-                   [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0],
-                   "Time to decode, resize and tokenize one item"),
-    "forward": ("ofa_ve_forward_duration_seconds", "HISTOGRAM",
-                [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
-                "Time of one engine forward pass over a batch of items"),
-    "batch": ("ofa_ve_engine_batch_size", "HISTOGRAM", [1, 2, 4, 8, 16, 32, 64, 128],
-              "Items per engine forward pass (the batch sizes actually run)"),
-    "invalid": ("ofa_ve_invalid_requests_total", "COUNTER", None,
-                "Requests refused with INVALID_ARG, by the input at fault"),
-    "stem_cache": ("ofa_ve_stem_cache_lookups_total", "COUNTER", None,
-                   "Stem-cache lookups by result (hit or miss); none while the cache is off"),
-    "warmup": ("ofa_ve_warmup_duration_seconds", "GAUGE", None,
-               "Duration of the start-up warm-up inference, set before READY"),
-    "info": ("ofa_ve_model_info", "GAUGE", None,
-             "1 per instance; labels say which weights (real or demo) and device"),
-}
-
-DEMO_BANNER = """
-##########################################################################
-#  RANDOM DEMO WEIGHTS: {path}
-#  This checkpoint was generated with random weights (no model hub was
-#  reachable). Its answers are MEANINGLESS. Set OFA_VE_MODEL_DIR to the
-#  real ModelScope model directory for real predictions.
-##########################################################################"""
+PIPELINE_MIN_PASS = 4
+"""Smallest pass a pipelined execution is split into (smaller executions run as one)."""
 
 
 def _never() -> bool:
@@ -190,18 +166,15 @@ class ExecutionRunner:
         if self._pool is not None and (len(groups) > 1 or self.pipelined):
             for group in groups.values():
                 group.future = self._pool.submit(self._prepare_group, group)
+        size = self.pass_size(len(jobs))
         try:
-            if self.pipelined:
-                results = [self._run_pass(group, outcomes, hooks, requests)
-                           for group in self._groups(jobs, outcomes, hooks)]
-            else:
-                collected = self._collect(jobs, outcomes, hooks)
-                results = [self._run_pass(collected, outcomes, hooks, requests)]
+            results = [self._run_pass(group, outcomes, hooks, requests)
+                       for group in self._passes(jobs, outcomes, hooks, size)]
         except Exception as exc:
             failed = RuntimeError(f"inference failed: the forward pass raised {exc!r}")
             for outcome, given in zip(outcomes, requests, strict=True):
-                if given is not None and outcome.error is None:  # pipelined: also those
-                    outcome.error = failed  # whose items had not reached a pass yet
+                if given is not None and outcome.error is None:  # also those whose
+                    outcome.error = failed  # items had not reached a pass yet
             return outcomes
         self._scatter(results, outcomes)
         for outcome, given in zip(outcomes, requests, strict=True):
@@ -236,13 +209,29 @@ class ExecutionRunner:
         hooks.prepared(seconds)
         return job.request, job.index, item
 
-    def _collect(self, jobs, outcomes, hooks) -> list[tuple[int, int, PreparedItem]]:
-        accepted = [self._accept(job, outcomes, hooks) for job in jobs]
-        return [a for a in accepted if a is not None and outcomes[a[0]].error is None]
+    def pass_size(self, items: int) -> int:
+        """Items handed to the engine at a time: the whole execution, or when pipelined,
+        the engine's pass size (or half the execution where the engine has none)."""
+        if not self.pipelined:
+            return max(1, items)
+        if self.engine.forward_batch_size:
+            return self.engine.forward_batch_size
+        if items >= 2 * PIPELINE_MIN_PASS:
+            return -(-items // 2)
+        return max(1, items)
 
-    def _groups(self, jobs, outcomes, hooks) -> Iterator[list[tuple[int, int, Any]]]:
-        """Forward-pass-sized groups, yielded as soon as their items are prepared."""
-        size = self.engine.forward_batch_size or len(jobs) or 1
+    def describe(self) -> str:
+        """What an execution does, for the instance's start-up log line."""
+        if not self.pipelined:
+            return "not pipelined (decoding, then the forward passes)"
+        if self.engine.forward_batch_size:
+            return (f"pipelined (passes of {self.engine.forward_batch_size} items, each decoded "
+                    "while the previous one runs)")
+        return (f"pipelined (an execution of {2 * PIPELINE_MIN_PASS}+ items runs as two passes, "
+                "the second half decoded while the first runs)")
+
+    def _passes(self, jobs, outcomes, hooks, size: int) -> Iterator[list[tuple[int, int, Any]]]:
+        """Groups of ``size`` accepted items, yielded as soon as their items are prepared."""
         group: list[tuple[int, int, PreparedItem]] = []
         for job in jobs:
             accepted = self._accept(job, outcomes, hooks)
@@ -258,12 +247,8 @@ class ExecutionRunner:
         self, group, outcomes, hooks, requests: Sequence[RequestInputs | None]
     ) -> list[tuple[int, PreparedItem, Any]]:
         """Predict the group's items, leaving out those of requests that have failed or
-        been cancelled meanwhile (asked again before each forward pass).
-
-        An item can still turn out bad inside the pass: the GPU image path decodes
-        JPEGs there, and a corrupt one is refused then (InvalidInputError). The pass
-        is then run again item by item, so that only the bad item's request fails.
-        """
+        been cancelled meanwhile (asked again before each forward pass). An image the GPU
+        image path finds unreadable inside the pass fails its request alone."""
 
         def live(number: int) -> bool:
             if outcomes[number].error is None and requests[number].is_cancelled():
@@ -280,29 +265,20 @@ class ExecutionRunner:
         def wanted(position: int) -> bool:
             return live(kept[position][0])
 
-        try:
-            probs = self.engine.predict(
-                [item for _, _, item in kept], on_pass=on_pass, wanted=wanted
-            )
-            return [
-                (n, item, row)
-                for (n, _, item), row in zip(kept, probs, strict=True)
-                if outcomes[n].error is None
-            ]
-        except InvalidInputError:
-            pass
-        out = []
-        for number, index, item in kept:
-            if not live(number):
-                continue
-            try:
-                (row,) = self.engine.predict([item], on_pass=on_pass)
-            except InvalidInputError as exc:
-                outcomes[number].error, outcomes[number].failed_item = exc, index
-                hooks.invalid(exc.input_name)
-                continue
-            out.append((number, item, row))
-        return out
+        def on_invalid(position: int, error: InvalidInputError) -> None:
+            number, index, _ = kept[position]
+            if outcomes[number].error is None:
+                outcomes[number].error, outcomes[number].failed_item = error, index
+                hooks.invalid(error.input_name)
+
+        probs = self.engine.predict(
+            [item for _, _, item in kept], on_pass=on_pass, wanted=wanted, on_invalid=on_invalid
+        )
+        return [
+            (n, item, row)
+            for (n, _, item), row in zip(kept, probs, strict=True)
+            if outcomes[n].error is None
+        ]
 
     @staticmethod
     def _scatter(results, outcomes) -> None:
