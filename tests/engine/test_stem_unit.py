@@ -28,9 +28,9 @@ class StemSpy:
         self.images = 0
         real = engine._embed_images
 
-        def counted(items):
+        def counted(items, *args):
             self.images += len(items)
-            return real(items)
+            return real(items, *args)
 
         monkeypatch.setattr(engine, "_embed_images", counted)
 
