@@ -1,28 +1,27 @@
 #!/usr/bin/env python3
-"""The GPU check: what a lent GPU window must measure, sized to fit it.
+"""The GPU check: everything a lent GPU window must measure, in one call sized to it.
 
-Why this shape: a GPU machine is lent for minutes (one H200, 15 minutes of device
-time in all, at most 10 minutes a command, no network; docs/gpu-check.md). So the
-check is two independent parts, each meant for one call of at most 8 minutes, and
-each step has a time budget:
+Why this shape: a GPU machine is lent for minutes (15 in all, machine start included,
+at most 10 a command, no network; docs/gpu-check.md). So the check is one device call
+of at most 9 minutes: the engine part first (it answers most), then the server part,
+every step under a time budget of its own, and the summary (``summary.md``,
+``summary.json``) rewritten after every step, so a call cut at its limit still returns
+what it measured. The call itself is written in one place
+(``python -m ofa_ve_bench.wheelhouse --calls-json``) and rehearsed here verbatim
+(``make gpu-rehearsal``).
 
-- ``--part engine`` (needs nothing beyond the machine's own torch): fp32 answers on
-  the GPU equal the CPU's on the test images (labels identical, probabilities within
-  1e-4); float16 / bfloat16 against float32 on a decisive demo checkpoint (label
-  agreement, largest probability difference); the network's items/s at batch
-  1..128 per dtype; ``prepare()`` items/s at 1..16 threads on real JPEGs;
-- ``--part server`` (needs the wheelhouse: tritonserver, perf_analyzer, numpy<2):
-  a real tritonserver driven by perf_analyzer over gRPC with real JPEGs at a few
-  concurrencies, for ``image_path=exact`` and ``image_path=gpu``: throughput,
-  p50/p99, GPU memory.
+Steps (engine part): fp32 answers on the GPU equal the CPU's (TF32 off); float16 and
+bfloat16 against float32 on a decisive demo checkpoint; the network's items/s per dtype
+and batch on distinct images (and, apart, one image shared by the batch); nvJPEG
+against the exact image path; ``prepare()`` items/s per thread count. Server part: a
+real tritonserver per ``image_path`` (exact, gpu) driven by perf_analyzer over gRPC with
+distinct JPEGs. Every throughput row records how many distinct images it used.
 
-``--mode cpu`` (``auto`` where torch sees no GPU) runs the same code with small
-sizes in seconds to minutes, so it is tested here (tests/test_gpu_check.py) and
-cannot rot; its summary says "CPU mode: no GPU figures". One summary, Markdown and
-JSON, lands in ``--out``:
+``--mode cpu`` (``auto`` where torch sees no GPU) runs the same code with small sizes,
+so it is tested here and rehearsed (its summary says "CPU mode: no GPU figures"):
 
     PYTHONPATH=scripts:model_repository/ofa_visual_entailment/1 \\
-        python3 -m ofa_ve_bench.gpu_check --mode auto --part engine --out $OUT
+        python3 -m ofa_ve_bench.gpu_check --mode auto --out $OUT
 """
 
 from __future__ import annotations
@@ -30,8 +29,11 @@ from __future__ import annotations
 import argparse
 import atexit
 import concurrent.futures
+import contextlib
 import datetime as dt
+import importlib
 import importlib.metadata
+import importlib.util
 import inspect
 import json
 import shutil
@@ -39,8 +41,8 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,17 +53,30 @@ from ofa_ve_bench import machine, workload
 PROB_TOLERANCE = 1e-4
 """Largest |p_gpu - p_cpu| allowed in float32 (the check's pass criterion)."""
 CPU_MODE_BANNER = "CPU mode: no GPU figures (small sizes; this checks the code path only)"
+STEP_NAMES = {
+    "equal": "fp32 GPU answers equal CPU answers",
+    "precision": "reduced precision against float32",
+    "network": "network items/s per dtype and batch (distinct images)",
+    "shared": "network items/s, one image shared by the batch",
+    "image_path": "nvJPEG against the exact image path",
+    "prepare": "prepare() items/s per thread count",
+    "server_exact": "tritonserver + perf_analyzer, image_path=exact",
+    "server_gpu": "tritonserver + perf_analyzer, image_path=gpu",
+}
+"""Step key -> the name the summary gives it."""
+ENGINE_STEPS = ("equal", "precision", "network", "shared", "image_path", "prepare")
+SERVER_STEPS = ("server_exact", "server_gpu")
 
 
 @dataclass(frozen=True)
 class Sizes:
-    """How much each step does; GPU and CPU mode differ only here."""
+    """How much each step does and may take; GPU and CPU mode differ only here."""
 
     batch_sizes: tuple[int, ...]
     threads: tuple[int, ...]
     dtypes: tuple[str, ...]
     agreement_pairs: int
-    """Pairs of (image, text) compared (0: all 221)."""
+    """Pairs of (image, text) compared (0: all of ``workload.agreement_items``)."""
     network_seconds: float
     """Timed seconds per (dtype, batch size) point, after warm-up."""
     warmup_calls: int
@@ -74,8 +89,8 @@ class Sizes:
     """0: perf_analyzer's stability windows; N: a fixed N requests per level."""
     server_max_batch: int
     server_dtype: str
-    part_budget_s: float
-    """Wall-clock budget of one part; steps past it are skipped (and say so)."""
+    step_budget_s: dict[str, float] = field(default_factory=dict)
+    """Seconds each step may take (the run's budget may leave it less)."""
 
 
 GPU_SIZES = Sizes(
@@ -83,16 +98,17 @@ GPU_SIZES = Sizes(
     threads=(1, 2, 4, 8, 16),
     dtypes=("float32", "float16", "bfloat16"),
     agreement_pairs=0,
-    network_seconds=2.0,
+    network_seconds=1.0,
     warmup_calls=3,
     min_calls=5,
     prepare_items=256,
     concurrency=(1, 16, 64, 128),
-    perf_measurement_ms=3000,
+    perf_measurement_ms=2000,
     perf_request_count=0,
     server_max_batch=64,
     server_dtype="float16",
-    part_budget_s=450.0,
+    step_budget_s={"equal": 35, "precision": 35, "network": 90, "shared": 10,
+                   "image_path": 20, "prepare": 35, "server_exact": 110, "server_gpu": 110},
 )
 CPU_SIZES = Sizes(
     batch_sizes=(1, 2),
@@ -108,8 +124,12 @@ CPU_SIZES = Sizes(
     perf_request_count=4,
     server_max_batch=4,
     server_dtype="float32",
-    part_budget_s=300.0,
+    step_budget_s={"equal": 30, "precision": 60, "network": 60, "shared": 30,
+                   "image_path": 60, "prepare": 60, "server_exact": 120, "server_gpu": 120},
 )
+DEFAULT_BUDGET_S = 450.0
+"""The whole run's seconds: one device call of 540 s holds it, the wheels' install before
+it and the imports (wheelhouse.CALL_TIMEOUT_S)."""
 
 
 def _say(message: str) -> None:
@@ -117,7 +137,7 @@ def _say(message: str) -> None:
 
 
 class Budget:
-    """A part's deadline: each step asks for its share and is skipped when none is left."""
+    """A deadline: steps ask what is left and stop (or are skipped) when nothing is."""
 
     def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
@@ -127,8 +147,12 @@ class Budget:
         return max(0.0, self.deadline - self.clock())
 
     def share(self, fraction: float, at_least: float = 1.0) -> float:
-        """Seconds for one step: `fraction` of what is left, at least `at_least`."""
+        """Seconds for one piece of a step: `fraction` of what is left, at least `at_least`."""
         return max(at_least, fraction * self.left())
+
+    def sub(self, seconds: float) -> Budget:
+        """A step's own budget: `seconds`, or what is left of this one if less."""
+        return Budget(min(seconds, self.left()), self.clock)
 
 
 @dataclass
@@ -139,36 +163,46 @@ class Step:
     status: str = "ok"
     seconds: float = 0.0
     figures: Any = None
-    notes: list[str] | None = None
+    notes: list[str] = field(default_factory=list)
+    budget_s: float = 0.0
 
 
 class Check:
-    """Runs steps under a budget and keeps what each one found (a failure never stops the
-    other steps: a lent window is too precious to lose to one broken step)."""
+    """Runs steps under the run's budget, each under its own, and rewrites the summary
+    after each one (a failure never stops the other steps: a lent window is too precious
+    to lose to one broken step, and a call cut short still returns what it measured)."""
 
-    def __init__(self, budget: Budget) -> None:
+    def __init__(self, budget: Budget, on_step: Callable[[list[Step]], None]) -> None:
         self.budget = budget
         self.steps: list[Step] = []
+        self.on_step = on_step
 
-    def run(self, name: str, fn: Callable[[Step], Any], min_seconds: float = 5.0) -> Step:
-        step = Step(name, notes=[])
-        if self.budget.left() < min_seconds:
+    def add(self, step: Step) -> None:
+        self.steps.append(step)
+        self.on_step(self.steps)
+
+    def run(
+        self, name: str, seconds: float, fn: Callable[[Step, Budget], Any], min_s: float = 5.0
+    ) -> Step:
+        budget = self.budget.sub(seconds)
+        step = Step(name, budget_s=round(budget.left(), 1))
+        if budget.left() < min_s:
             step.status = "skipped"
-            step.notes.append(f"time budget spent ({self.budget.left():.0f} s left)")
-            self.steps.append(step)
+            step.notes.append(f"time budget spent ({self.budget.left():.0f} s left of the run)")
             _say(f"{name}: skipped (budget)")
+            self.add(step)
             return step
         started = time.monotonic()
-        _say(f"{name} ...")
+        _say(f"{name} (budget {budget.left():.0f} s) ...")
         try:
-            step.figures = fn(step)
+            step.figures = fn(step, budget)
         except Exception as exc:  # a failed step is a finding, not the end of the check
             step.status = "failed"
             step.notes.append(f"{type(exc).__name__}: {exc}"[:600])
             step.notes.append(traceback.format_exc(limit=3)[-800:])
         step.seconds = round(time.monotonic() - started, 1)
         _say(f"{name}: {step.status} in {step.seconds:.1f} s")
-        self.steps.append(step)
+        self.add(step)
         return step
 
 
@@ -192,8 +226,27 @@ def nvidia_smi() -> dict[str, object] | None:
     }
 
 
+def imported_versions(modules: Sequence[str]) -> dict[str, str]:
+    """The version of each module as this Python imports it, or why it does not."""
+    out = {}
+    for name in modules:
+        try:
+            module = importlib.import_module(name)
+        except Exception as exc:  # missing, or broken against this numpy/torch
+            out[name] = f"not importable ({type(exc).__name__}: {exc})"[:200]
+            continue
+        version = getattr(module, "__version__", None)
+        if version is None:
+            try:
+                version = importlib.metadata.version(name)
+            except importlib.metadata.PackageNotFoundError:
+                version = "?"
+        out[name] = f"{version} ({Path(getattr(module, '__file__', '') or '?').parent})"
+    return out
+
+
 def package_versions(names: Sequence[str]) -> dict[str, str]:
-    """Installed versions of `names` ("missing" where not installed)."""
+    """Installed versions of distributions that are not imported here ("missing" if none)."""
     out = {}
     for name in names:
         try:
@@ -205,19 +258,44 @@ def package_versions(names: Sequence[str]) -> dict[str, str]:
 
 def environment(device: str) -> dict[str, object]:
     import torch
+    from ofa_ve_engine import jpeg
 
-    facts: dict[str, object] = {
+    return {
         "machine": str(machine.describe(device)),
-        "python": sys.version.split()[0],
+        "python": f"{sys.version.split()[0]} ({sys.executable}, prefix {sys.prefix})",
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
-        "numpy": np.__version__,
-        "packages": package_versions(
-            ["nvidia-pytriton", "tritonclient", "protobuf", "grpcio", "pillow", "tokenizers"]
+        "imported": imported_versions(
+            ["numpy", "torch", "torchvision", "PIL", "simplejpeg", "tokenizers"]
         ),
+        "exact_jpeg_decoder": (
+            "simplejpeg (libjpeg-turbo)" if jpeg.simplejpeg is not None
+            else "Pillow (simplejpeg is not importable: the exact path decodes JPEGs with Pillow)"
+        ),
+        "packages": package_versions(["nvidia-pytriton", "tritonclient", "protobuf", "grpcio"]),
         "nvidia_smi": nvidia_smi(),
     }
-    return facts
+
+
+@contextlib.contextmanager
+def tf32_off() -> Iterator[None]:
+    """TF32 off for matmuls and convolutions (fp32 as the CPU computes it), then restored."""
+    import torch
+
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def math_flags() -> str:
+    import torch
+
+    return (f"TF32 matmul {torch.backends.cuda.matmul.allow_tf32}, "
+            f"TF32 cuDNN {torch.backends.cudnn.allow_tf32}")
 
 
 # ----------------------------------------------------------------- checkpoint
@@ -241,19 +319,49 @@ def write_checkpoint(out: Path) -> tuple[Path, str]:
     )
 
 
-def load_engine(model_dir: Path, device: str, dtype: str, forward_batch_size: int) -> Any:
+def load_engine(model_dir: Path, device: str, dtype: str, forward_batch_size: int,
+                **params: str) -> Any:
     from ofa_ve_bench.engine_runner import build_engine
 
     engine, _ = build_engine(
-        model_dir, device, {"dtype": dtype}, forward_batch_size=forward_batch_size
+        model_dir, device, {"dtype": dtype, **params}, forward_batch_size=forward_batch_size
     )
     return engine
 
 
-def predict_all(engine: Any, prepared: Sequence[Any], batch_size: int) -> np.ndarray:
-    return np.concatenate(
-        [engine.predict(prepared[i : i + batch_size]) for i in range(0, len(prepared), batch_size)]
-    )
+def predict_all(
+    engine: Any, prepared: Sequence[Any], batch_size: int, budget: Budget | None = None
+) -> np.ndarray:
+    """Probabilities of `prepared` in batches; stops early (fewer rows) when `budget` ends."""
+    rows = []
+    for i in range(0, len(prepared), batch_size):
+        if budget is not None and rows and budget.left() < 2:
+            break
+        rows.append(engine.predict(prepared[i : i + batch_size]))
+    return np.concatenate(rows) if rows else np.zeros((0, 3), dtype=np.float32)
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def _reset_peak(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak_mib(device: str) -> float | None:
+    if device.startswith("cuda"):
+        import torch
+
+        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return None
 
 
 # --------------------------------------------------------------- engine steps
@@ -276,24 +384,27 @@ def agreement_work(sizes: Sizes) -> list[workload.Item]:
     return pairs
 
 
-def step_gpu_equals_cpu(model_dir: Path, device: str, sizes: Sizes, step: Step) -> dict:
+def step_gpu_equals_cpu(
+    model_dir: Path, device: str, sizes: Sizes, step: Step, budget: Budget
+) -> dict:
     """fp32 on the GPU against fp32 on the CPU, TF32 off: the same answers."""
-    import torch
-
     if device == "cpu":
         step.status = "skipped"
         step.notes.append("no GPU: nothing to compare the CPU with")
         return {}
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
     work = agreement_work(sizes)
-    results = {}
-    for where in ("cpu", device):
-        engine = load_engine(model_dir, where, "float32", 16)
-        prepared = [engine.prepare(image, h, p or None) for image, h, p in work]
-        results[where] = predict_all(engine, prepared, 16)
-        del engine
-    row = compare(results["cpu"], results[device])
+    with tf32_off():
+        gpu = load_engine(model_dir, device, "float32", 16)
+        prepared = [gpu.prepare(image, h, p or None) for image, h, p in work]
+        on_gpu = predict_all(gpu, prepared, 16)
+        del gpu
+        cpu = load_engine(model_dir, "cpu", "float32", 16)
+        on_cpu = predict_all(cpu, prepared, 16, budget)  # the slow side sets the count
+        del cpu
+    row = compare(on_cpu, on_gpu[: len(on_cpu)])
+    row["math_flags"] = "TF32 off (restored after)"
+    if len(on_cpu) < len(prepared):
+        step.notes.append(f"budget: {len(on_cpu)} of {len(prepared)} pairs compared")
     row["labels_identical"] = bool(row["flips"] == 0)
     row["within_tolerance"] = bool(row["max_prob_diff"] <= PROB_TOLERANCE)
     row["tolerance"] = PROB_TOLERANCE
@@ -306,21 +417,24 @@ def step_gpu_equals_cpu(model_dir: Path, device: str, sizes: Sizes, step: Step) 
     return row
 
 
-def step_precision(model_dir: Path, device: str, sizes: Sizes, step: Step) -> list[dict]:
-    """Each reduced dtype against float32 on the same device."""
-    import torch
-
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+def step_precision(
+    model_dir: Path, device: str, sizes: Sizes, step: Step, budget: Budget
+) -> list[dict]:
+    """Each reduced dtype against float32 (TF32 off) on the same device."""
     work = agreement_work(sizes)
-    reference_engine = load_engine(model_dir, device, "float32", 16)
-    prepared = [reference_engine.prepare(image, h, p or None) for image, h, p in work]
-    reference = predict_all(reference_engine, prepared, 16)
-    del reference_engine
+    with tf32_off():
+        reference_engine = load_engine(model_dir, device, "float32", 16)
+        prepared = [reference_engine.prepare(image, h, p or None) for image, h, p in work]
+        reference = predict_all(reference_engine, prepared, 16)
+        del reference_engine
+    step.notes.append("float32 reference with TF32 off (restored after)")
     rows = []
     for dtype in sizes.dtypes:
         if dtype == "float32":
             continue
+        if budget.left() < 5:
+            step.notes.append(f"budget: stopped before {dtype}")
+            break
         engine = load_engine(model_dir, device, dtype, 16)
         row = {"device": device, "dtype": dtype}
         row.update(compare(reference, predict_all(engine, prepared, 16)))
@@ -329,78 +443,141 @@ def step_precision(model_dir: Path, device: str, sizes: Sizes, step: Step) -> li
     return rows
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        import torch
-
-        torch.cuda.synchronize()
+def _time_calls(engine: Any, items: Sequence[Any], sizes: Sizes, device: str) -> dict:
+    for _ in range(sizes.warmup_calls):  # first calls at a shape pay for kernels
+        engine.predict(items)
+    _sync(device)
+    calls, started = 0, time.perf_counter()
+    while True:
+        engine.predict(items)
+        calls += 1
+        elapsed = time.perf_counter() - started
+        if elapsed >= sizes.network_seconds and calls >= sizes.min_calls:
+            break
+    _sync(device)
+    elapsed = time.perf_counter() - started
+    return {
+        "items_per_s": round(len(items) * calls / elapsed, 2),
+        "ms_per_call": round(1000 * elapsed / calls, 3),
+        "calls": calls,
+    }
 
 
 def step_network(
-    model_dir: Path, device: str, sizes: Sizes, budget: Budget, step: Step
+    model_dir: Path, device: str, sizes: Sizes, step: Step, budget: Budget
 ) -> list[dict]:
-    """Items/s of `predict` (collate, copy to the device, forward) per dtype and batch."""
-    import torch
-
+    """Items/s of `predict` (collate, copy to the device, forward) per dtype and batch, each
+    item a distinct image (the stem runs once per distinct image), torch's default math
+    flags (the serving setting); peak GPU memory per dtype."""
     largest = max(sizes.batch_sizes)
-    jpegs = workload.items(formats="jpeg")
-    rows = []
+    images = workload.distinct_jpegs(largest)
+    texts = workload.LOAD_TEXTS
+    step.notes.append(f"{largest} distinct JPEGs; math flags: {math_flags()}")
+    rows: list[dict] = []
+    prepared = None
     for dtype in sizes.dtypes:
+        _reset_peak(device)
         engine = load_engine(model_dir, device, dtype, largest)
-        base = [engine.prepare(image, h, p or None) for image, h, p in jpegs]
-        prepared = [base[i % len(base)] for i in range(largest)]
+        if prepared is None:  # pixels and tokens do not depend on the dtype
+            prepared = [
+                engine.prepare(image, *_texts(texts, i)) for i, image in enumerate(images)
+            ]
         for batch in sizes.batch_sizes:
-            if budget.left() < 10:
+            if budget.left() < 5:
                 step.notes.append(f"budget: stopped before {dtype} batch {batch}")
                 break
-            items = prepared[:batch]
-            for _ in range(sizes.warmup_calls):  # first calls at a shape pay for kernels
-                engine.predict(items)
-            _sync(device)
-            calls, started = 0, time.perf_counter()
-            while True:
-                engine.predict(items)
-                calls += 1
-                elapsed = time.perf_counter() - started
-                if elapsed >= sizes.network_seconds and calls >= sizes.min_calls:
-                    break
-            _sync(device)
-            elapsed = time.perf_counter() - started
-            rows.append(
-                {
-                    "dtype": dtype,
-                    "batch_size": batch,
-                    "items_per_s": round(batch * calls / elapsed, 2),
-                    "ms_per_call": round(1000 * elapsed / calls, 3),
-                    "calls": calls,
-                }
-            )
-        if device.startswith("cuda"):
-            rows.append(
-                {
-                    "dtype": dtype,
-                    "peak_gpu_memory_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1),
-                }
-            )
-            torch.cuda.reset_peak_memory_stats()
+            row = {"dtype": dtype, "batch_size": batch, "distinct_images": batch}
+            row.update(_time_calls(engine, prepared[:batch], sizes, device))
+            rows.append(row)
+        peak = _peak_mib(device)
+        if peak is not None:
+            rows.append({"dtype": dtype, "peak_gpu_memory_mib": peak})
         del engine
-        if device.startswith("cuda"):
-            torch.cuda.empty_cache()
+        if budget.left() < 5:
+            break
     return rows
 
 
-def step_prepare(model_dir: Path, sizes: Sizes, budget: Budget, step: Step) -> list[dict]:
-    """`prepare()` items/s (decode, resize, tokenise) at 1..N threads on real JPEGs."""
+def _texts(texts: Sequence[tuple[str, str]], i: int) -> tuple[str, str | None]:
+    hypothesis, premise = texts[i % len(texts)]
+    return hypothesis, premise or None
+
+
+def step_shared_image(
+    model_dir: Path, device: str, sizes: Sizes, step: Step, budget: Budget
+) -> list[dict]:
+    """The speed-up of many hypotheses about one image: the batch shares one stem pass.
+    Its own figure, never a network throughput: one distinct image per batch."""
+    largest = max(sizes.batch_sizes)
+    dtype = sizes.server_dtype
+    engine = load_engine(model_dir, device, dtype, largest)
+    (image,) = workload.distinct_jpegs(1)
+    hypotheses = [*workload.AGREEMENT_HYPOTHESES, *(h for h, _ in workload.LOAD_TEXTS)]
+    shared = [engine.prepare(image, hypotheses[i % len(hypotheses)] + f" ({i})")
+              for i in range(largest)]
+    row = {"dtype": dtype, "batch_size": largest, "distinct_images": 1,
+           "images": "one image, a distinct hypothesis per item"}
+    row.update(_time_calls(engine, shared, sizes, device))
+    return [row]
+
+
+def step_image_path(
+    model_dir: Path, device: str, sizes: Sizes, step: Step, budget: Budget
+) -> dict:
+    """nvJPEG + device resize against the exact CPU route on the test JPEGs: largest pixel
+    difference, then label agreement and probability difference of the answers."""
+    from ofa_ve_engine.gpu_image import GpuImageDecoder, device_eligible
+    from ofa_ve_engine.image import load_pixels
+
+    exact = load_engine(model_dir, device, "float32", 16)
+    size, limits = exact.settings.patch_image_size, exact.limits
+    if device == "cpu":
+        step.notes.append("CPU mode: torchvision's CPU decoder stands in for nvJPEG")
+    decoder = GpuImageDecoder(size, limits, device)
+    rows = []
+    for path in workload.image_paths("jpeg"):
+        data = path.read_bytes()
+        route = "device" if device_eligible(data, limits) else "CPU (exact route)"
+        pixels, errors = decoder.load([data])
+        if errors:
+            rows.append({"image": path.name, "route": route, "error": str(errors[0])})
+            continue
+        reference = load_pixels(data, size, limits)
+        diff = np.abs(pixels[0].cpu().numpy().astype(np.int16) - reference.astype(np.int16))
+        rows.append({"image": path.name, "route": route, "max_pixel_diff": int(diff.max()),
+                     "mean_pixel_diff": round(float(diff.mean()), 4)})
+    work = [(i, h, p) for i, h, p in agreement_work(sizes)
+            if i[:2] == b"\xff\xd8"]  # the JPEG pairs
+    with tf32_off():
+        prepared = [exact.prepare(i, h, p or None) for i, h, p in work]
+        reference = predict_all(exact, prepared, 16)
+        exact.image_path = "gpu"  # the same engine, JPEGs kept encoded for the device
+        on_device = predict_all(exact, [exact.prepare(i, h, p or None) for i, h, p in work], 16)
+    answers = compare(reference, on_device)
+    used = exact.gpu_image_decoder
+    return {
+        "images": rows,
+        "answers": {k: answers[k] for k in ("pairs", "label_agreement", "max_prob_diff",
+                                            "flips")},
+        "nvjpeg_decoded": decoder.decoded + (used.decoded if used else 0),
+        "decoder_off": decoder.off_reason or (used.off_reason if used else None),
+        "fallbacks": {**decoder.take_fallbacks(), **(used.take_fallbacks() if used else {})},
+    }
+
+
+def step_prepare(sizes: Sizes, model_dir: Path, step: Step, budget: Budget) -> list[dict]:
+    """`prepare()` items/s (decode, resize, tokenise) at 1..N threads on distinct JPEGs."""
     engine = load_engine(model_dir, "cpu", "float32", 1)
+    most = max(sizes.threads)
     sets = {
-        "test JPEGs": [image for image, _, _ in workload.items(formats="jpeg")],
-        "camera JPEGs (1920x1080, 4032x3024)": workload.large_jpegs(),
+        "photo-sized JPEGs": workload.distinct_jpegs(max(most, 64)),
+        "camera JPEGs (1920x1080, 4032x3024)": workload.camera_jpegs(most),
     }
     hypothesis, premise = workload.LOAD_TEXTS[1]
     rows = []
     for label, images in sets.items():
         for threads in sizes.threads:
-            if budget.left() < 5:
+            if budget.left() < 3:
                 step.notes.append(f"budget: stopped before {label} at {threads} threads")
                 return rows
             count = sizes.prepare_items
@@ -413,14 +590,9 @@ def step_prepare(model_dir: Path, sizes: Sizes, budget: Budget, step: Step) -> l
                 started = time.perf_counter()
                 list(pool.map(one, range(count)))
                 elapsed = time.perf_counter() - started
-            rows.append(
-                {
-                    "images": label,
-                    "threads": threads,
-                    "items_per_s": round(count / elapsed, 2),
-                    "items": count,
-                }
-            )
+            rows.append({"images": label, "threads": threads,
+                         "distinct_images": min(count, len(images)),
+                         "items_per_s": round(count / elapsed, 2), "items": count})
     return rows
 
 
@@ -434,10 +606,13 @@ def server_prerequisites() -> list[str]:
         ("pytriton", "nvidia-pytriton (tritonserver)"),
         ("tritonclient.grpc", "tritonclient[grpc]"),
     ):
-        try:
-            __import__(module)
-        except Exception as exc:  # ImportError, or a protobuf version clash
+        try:  # find_spec, as triton_runtime: pytriton's own __init__ needs its client's deps
+            found = importlib.util.find_spec(module) is not None
+        except Exception as exc:  # a parent package that fails to import
             missing.append(f"{what}: {type(exc).__name__}: {exc}"[:300])
+            continue
+        if not found:
+            missing.append(f"{what}: not installed in {sys.prefix}")
     if int(np.__version__.split(".")[0]) >= 2:
         missing.append(f"numpy<2 for the Python-backend stub (this Python has {np.__version__})")
     if not missing:
@@ -461,11 +636,12 @@ def step_server(
     image_path: str,
     sizes: Sizes,
     out: Path,
-    budget: Budget,
     step: Step,
+    budget: Budget,
     model_repository: Path | None = None,
 ) -> dict:
-    """A real tritonserver with `image_path`, perf_analyzer at a few concurrencies."""
+    """A real tritonserver with `image_path`, perf_analyzer at a few concurrencies, each
+    request one item of its own distinct JPEG."""
     from ofa_ve_ops.server_process import ServerStartError
 
     from ofa_ve_bench import model_config, server_run
@@ -490,7 +666,7 @@ def step_server(
             model_dir,
             log_dir,
             edits,
-            ready_timeout_s=min(240.0, budget.share(0.6, 30)),
+            ready_timeout_s=max(10.0, budget.left() * 0.6),
             model_repository=model_repository,
         )
     except (ServerStartError, RuntimeError) as exc:
@@ -505,12 +681,16 @@ def step_server(
     try:
         figures["cold_start_to_ready_s"] = round(server.ready_after_s or 0.0, 1)
         figures["instance"] = instance_lines(server.log_text())  # what the model says it runs
-        level_timeout = max(30.0, budget.share(0.5 / max(1, len(sizes.concurrency)), 30))
+        distinct = max(sizes.concurrency)  # one item per request: concurrency x 1
+        items = [(image, *workload.LOAD_TEXTS[i % len(workload.LOAD_TEXTS)])
+                 for i, image in enumerate(workload.distinct_jpegs(distinct))]
+        figures["distinct_images"] = distinct
+        level_timeout = max(15.0, budget.left() / max(1, len(sizes.concurrency)) - 5)
         points = sweep.sweep(
             url=server.grpc_url,
             out_dir=log_dir / "sweep",
             concurrency=sizes.concurrency,
-            formats="jpeg",
+            items=items,
             measurement_ms=sizes.perf_measurement_ms,
             stability=25,
             max_trials=3,
@@ -520,6 +700,7 @@ def step_server(
         figures["levels"] = [
             {
                 "concurrency": int(p.level),
+                "distinct_images": distinct,
                 "throughput": round(p.throughput, 2),
                 "p50_ms": round(p.p50_ms, 2),
                 "p99_ms": round(p.p99_ms, 2),
@@ -531,6 +712,7 @@ def step_server(
         ]
         figures["memory"] = server_run.server_memory(server.pid)
         figures["nvidia_smi"] = nvidia_smi()
+        figures["image_path_fallbacks"] = fallback_counts(server.metrics_url)
         if any(p.errors for p in points):
             step.status = "failed"
             step.notes.append("some requests failed (see levels' errors and notes)")
@@ -540,11 +722,29 @@ def step_server(
     return figures
 
 
+def fallback_counts(metrics_url: str) -> dict[str, float] | str:
+    """``ofa_ve_image_path_fallbacks_total`` by reason, summed over instances."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(metrics_url, timeout=5) as response:
+            text = response.read().decode()
+    except OSError as exc:
+        return f"metrics not read: {exc}"
+    counts: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("ofa_ve_image_path_fallbacks_total{"):
+            labels, value = line.rsplit(" ", 1)
+            reason = labels.split('reason="', 1)[1].split('"', 1)[0]
+            counts[reason] = counts.get(reason, 0.0) + float(value)
+    return counts
+
+
 def instance_lines(log: str) -> list[str]:
     """The model's own "loaded ... on DEVICE (dtype, ..., image path ...)" log lines."""
     found = []
     for line in log.splitlines():
-        if "weights from" in line and "loaded" in line:
+        if ("weights from" in line and "loaded" in line) or "GPU image path" in line:
             found.append(line.split("] ", 1)[-1].strip().strip('"')[:400])
     return found
 
@@ -585,37 +785,45 @@ def _table(rows: Sequence[dict], columns: Sequence[str]) -> list[str]:
     return lines
 
 
+def _rows_table(rows: Sequence[dict]) -> list[str]:
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    return ["", *_table(rows, [c for c in columns if c != "flip_margins_fp32"])]
+
+
 def summary_markdown(summary: dict[str, Any]) -> str:
-    """The one Markdown summary of a run (every step, its status, its figures)."""
+    """The one Markdown summary of a run (every step so far, its status, its figures)."""
     lines = [f"# GPU check ({summary['part']} part, {summary['mode']} mode)", ""]
     if summary["mode"] == "cpu":
         lines += [f"**{CPU_MODE_BANNER}.**", ""]
+    if not summary.get("finished"):
+        lines += ["**Unfinished: the steps below are those done so far.**", ""]
     env = summary.get("environment", {})
     lines += [
         f"- date: {summary['date']}",
         f"- machine: {env.get('machine', '?')}",
-        f"- python {env.get('python')}, torch {env.get('torch')} (CUDA {env.get('cuda')}), "
-        f"numpy {env.get('numpy')}",
+        f"- python {env.get('python')}, CUDA {env.get('cuda')}",
+        f"- imported: {env.get('imported')}",
+        f"- exact path's JPEG decoder: {env.get('exact_jpeg_decoder')}",
         f"- GPU (nvidia-smi): {env.get('nvidia_smi') or 'none'}",
         f"- weights: {summary.get('weights', '?')}",
         f"- total: {summary.get('seconds', 0):.0f} s of a {summary['budget_s']:.0f} s budget",
         "",
     ]
     for step in summary["steps"]:
-        lines.append(f"## {step['name']}: {step['status']} ({step['seconds']:.1f} s)")
+        lines.append(f"## {step['name']}: {step['status']} ({step['seconds']:.1f} s of "
+                     f"{step.get('budget_s', 0):.0f})")
         lines.append("")
         lines += [f"- {note.strip()}" for note in step.get("notes") or [] if note.strip()]
         figures = step.get("figures")
         if isinstance(figures, list) and figures and isinstance(figures[0], dict):
-            columns = list(dict.fromkeys(k for row in figures for k in row))
-            columns = [c for c in columns if c not in ("flip_margins_fp32",)]
-            lines += ["", *_table(figures, columns)]
+            lines += _rows_table(figures)
         elif isinstance(figures, dict) and figures:
-            levels = figures.get("levels")
-            flat = {k: v for k, v in figures.items() if k not in ("levels", "memory")}
+            tables = {k: v for k, v in figures.items()
+                      if isinstance(v, list) and v and isinstance(v[0], dict)}
+            flat = {k: v for k, v in figures.items() if k not in tables and k != "memory"}
             lines += [f"- {k}: {v}" for k, v in flat.items()]
-            if levels:
-                lines += ["", *_table(levels, list(levels[0]))]
+            for rows in tables.values():
+                lines += _rows_table(rows)
             memory = figures.get("memory")
             if memory:
                 procs = ", ".join(
@@ -631,8 +839,11 @@ def summary_markdown(summary: dict[str, Any]) -> str:
 def write_summary(summary: dict[str, Any], out: Path) -> str:
     out.mkdir(parents=True, exist_ok=True)
     text = summary_markdown(summary)
-    (out / "summary.md").write_text(text + "\n")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    for name, content in (("summary.md", text + "\n"),
+                          ("summary.json", json.dumps(summary, indent=2, default=str) + "\n")):
+        partial = out / f".{name}.partial"  # never a half-written summary, even if cut
+        partial.write_text(content)
+        partial.replace(out / name)
     return text
 
 
@@ -666,8 +877,8 @@ def run_check(
         if not torch.cuda.is_available():
             raise SystemExit("--mode gpu: torch sees no CUDA GPU here (use --mode auto or cpu)")
     device = "cuda" if mode == "gpu" else "cpu"
-    parts = ("engine", "server") if part == "all" else (part,)
-    budget_s = budget_s or sizes.part_budget_s * len(parts)
+    keys = {"engine": ENGINE_STEPS, "server": SERVER_STEPS, "all": ENGINE_STEPS + SERVER_STEPS}
+    budget_s = budget_s or DEFAULT_BUDGET_S
     budget = Budget(budget_s)
     started = time.monotonic()
     summary: dict[str, Any] = {
@@ -677,10 +888,21 @@ def run_check(
         "budget_s": budget_s,
         "sizes": sizes.__dict__,
         "environment": environment(device),
+        "steps": [],
+        "failed": [],
+        "finished": False,
     }
     if mode == "cpu":
         summary["banner"] = CPU_MODE_BANNER
-    check = Check(budget)
+
+    def record(steps: list[Step]) -> None:
+        summary["steps"] = [step.__dict__ for step in steps]
+        summary["failed"] = [s.name for s in steps if s.status == "failed"]
+        summary["seconds"] = round(time.monotonic() - started, 1)
+        write_summary(summary, out)
+
+    check = Check(budget, record)
+    record([])
     if model_dir is None:
         scratch = Path(tempfile.mkdtemp(prefix="gpu-check-"))
         atexit.register(shutil.rmtree, scratch, ignore_errors=True)
@@ -689,44 +911,37 @@ def run_check(
         weights = f"given model directory {model_dir}"
     summary["weights"] = weights
     if "plain" in weights:
-        check.steps.append(Step("checkpoint", "ok", 0.0, None, [weights]))
+        check.add(Step("checkpoint", "ok", 0.0, None, [weights]))
 
-    if "engine" in parts:
-        check.run(
-            "fp32 GPU answers equal CPU answers",
-            lambda s: step_gpu_equals_cpu(model_dir, device, sizes, s),
-        )
-        check.run(
-            "reduced precision against float32",
-            lambda s: step_precision(model_dir, device, sizes, s),
-        )
-        check.run(
-            "network items/s per dtype and batch",
-            lambda s: step_network(model_dir, device, sizes, budget, s),
-            min_seconds=15.0,
-        )
-        check.run(
-            "prepare() items/s per thread count",
-            lambda s: step_prepare(model_dir, sizes, budget, s),
-        )
-    if "server" in parts:
+    engine_steps: dict[str, Callable[[Step, Budget], Any]] = {
+        "equal": lambda s, b: step_gpu_equals_cpu(model_dir, device, sizes, s, b),
+        "precision": lambda s, b: step_precision(model_dir, device, sizes, s, b),
+        "network": lambda s, b: step_network(model_dir, device, sizes, s, b),
+        "shared": lambda s, b: step_shared_image(model_dir, device, sizes, s, b),
+        "image_path": lambda s, b: step_image_path(model_dir, device, sizes, s, b),
+        "prepare": lambda s, b: step_prepare(sizes, model_dir, s, b),
+    }
+    for key in keys[part]:
+        if key in engine_steps:
+            check.run(STEP_NAMES[key], sizes.step_budget_s[key], engine_steps[key])
+    if part in ("server", "all"):
         missing = server_prerequisites()
         if missing:
-            check.steps.append(Step("tritonserver + perf_analyzer", "skipped", 0.0, None, missing))
+            check.add(Step("tritonserver + perf_analyzer", "skipped", 0.0, None, missing))
         else:
-            for image_path in ("exact", "gpu"):
+            for key in SERVER_STEPS:
+                image_path = key.split("_", 1)[1]
                 check.run(
-                    f"tritonserver + perf_analyzer, image_path={image_path}",
-                    lambda s, ip=image_path: step_server(
-                        model_dir, ip, sizes, out, budget, s, model_repository
+                    STEP_NAMES[key],
+                    sizes.step_budget_s[key],
+                    lambda s, b, ip=image_path: step_server(
+                        model_dir, ip, sizes, out, s, b, model_repository
                     ),
-                    min_seconds=30.0,
+                    min_s=20.0,
                 )
-    summary["steps"] = [step.__dict__ for step in check.steps]
-    summary["seconds"] = round(time.monotonic() - started, 1)
-    summary["failed"] = [s.name for s in check.steps if s.status == "failed"]
-    text = write_summary(summary, out)
-    print("\n" + text, flush=True)
+    summary["finished"] = True
+    record(check.steps)
+    print("\n" + summary_markdown(summary), flush=True)
     return summary
 
 
@@ -737,7 +952,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="summary.md / summary.json here")
     parser.add_argument("--model-dir", type=Path, help="real weights (default: a demo checkpoint)")
     parser.add_argument(
-        "--budget", type=float, help="seconds for the whole run (default: per part)"
+        "--budget", type=float, default=DEFAULT_BUDGET_S,
+        help=f"seconds for the whole run (default {DEFAULT_BUDGET_S:g}); each step also has "
+        "its own",
     )
     parser.add_argument(
         "--model-repository", type=Path, help="serve a copy of this one (default: the checkout's)"

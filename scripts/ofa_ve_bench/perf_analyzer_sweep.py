@@ -394,11 +394,17 @@ def sweep(
     formats: str = "all",
     steps: int = 0,
     stats_url: str | None = None,
+    items: Sequence[tuple[bytes, str, str]] | None = None,
     **point_options: object,
 ) -> list[SweepPoint]:
-    """Every concurrency level, then every request rate; writes sweep.csv and sweep.md."""
+    """Every concurrency level, then every request rate; writes sweep.csv and sweep.md.
+
+    ``items`` (image bytes, hypothesis, premise) replace the test images of ``formats``.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
-    input_data = write_input_data(workload(images_dir, formats, steps), out_dir / "input_data.json")
+    if items is None:
+        items = workload(images_dir, formats, steps)
+    input_data = write_input_data(items, out_dir / "input_data.json")
     points = []
     plan = [("concurrency", float(c)) for c in concurrency]
     plan += [("request_rate", float(r)) for r in request_rates]

@@ -1,28 +1,30 @@
 #!/usr/bin/env python3
-"""The wheels the GPU check's server part needs on the GPU machine, small enough to carry.
+"""The GPU check's device call, and the wheels it carries to the GPU machine.
 
 Why: the lent GPU machine has no network and lacks tritonserver (nvidia-pytriton),
-perf_analyzer (tritonclient) and numpy<2 (the Triton 2.51 Python-backend stub needs
-it for BYTES tensors). What travels with one command is the working tree plus
-carried paths, 64 MiB in all; the wheels as published are ~90 MB. So this
-downloads them here (CPython 3.12, manylinux x86_64, no dependencies pulled in),
-drops what the machine cannot use (the Python-backend stubs and the bundled
-libpython of other Python versions, perf_analyzer's duplicate `perf_client`,
-numpy's tests; each drop is listed) and re-compresses them with LZMA (pip reads any
-compression zipfile reads), ~41 MiB in all. The wheels are then packed into as few
-parts as fit the per-call budget (60 MiB minus the working tree) under `.whl/`
-(ignored by git), and the device commands to run are printed.
+perf_analyzer (tritonclient), numpy<2 (the Triton 2.51 Python-backend stub needs it
+for BYTES tensors) and simplejpeg (the exact image path's JPEG decoder). What travels
+with one command is the working tree plus carried paths, 64 MiB in all; the wheels as
+published are ~90 MB. So this downloads them here (CPython 3.12, manylinux x86_64, no
+dependencies pulled in), drops what the machine cannot use (the Python-backend stubs
+and the bundled libpython of other Python versions, perf_analyzer's duplicate
+`perf_client`, numpy's tests; each drop is listed), re-compresses them with LZMA (pip
+reads any compression zipfile reads) into `.whl/server/` (ignored by git), and checks
+that they and the tree fit one call.
 
-On the machine they are installed into a venv over its own packages (the stub
-ignores PYTHONPATH; see INSTALL).
+The device call itself is written here, once (`DEVICE_CALLS`): the docs, the rehearsal
+(`make gpu-rehearsal`) and whoever starts the GPU machine read it from `--calls-json`.
 
-    .venv/bin/python -m ofa_ve_bench.wheelhouse            # .whl/server/*.whl + commands
-    .venv/bin/python -m ofa_ve_bench.wheelhouse --python 3.11 --dest /tmp/whl-311  # dry run
+    .venv/bin/python -m ofa_ve_bench.wheelhouse               # build .whl/server, print the call
+    .venv/bin/python -m ofa_ve_bench.wheelhouse --calls-json  # the same call as JSON (builds
+                                                              # the wheels first if needed)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import re
 import subprocess
 import sys
@@ -52,7 +54,7 @@ class Wheel:
 
 
 def wheels(python: str = "3.12") -> list[Wheel]:
-    """Exactly what the server part lacks there (docs/gpu-check.md)."""
+    """Exactly what the check lacks there (docs/gpu-check.md)."""
     other = "|".join(re.escape(v) for v in STUB_PYTHONS if v != python)
     return [
         Wheel(
@@ -71,6 +73,7 @@ def wheels(python: str = "3.12") -> list[Wheel]:
         Wheel("python-rapidjson==1.25", (), "tritonclient.grpc imports rapidjson"),
         Wheel("urllib3==2.8.0", (), "tritonclient's base dependency"),
         Wheel("packaging==26.4", (), "tritonclient.grpc imports packaging"),
+        Wheel("simplejpeg==1.9.0", (), "the exact image path's JPEG decoder (libjpeg-turbo)"),
     ]
 
 
@@ -111,7 +114,7 @@ def download(wheel: Wheel, python: str, cache: Path) -> Path:
     cache.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
     cmd += [*platform_args(python), "-d", str(cache), wheel.requirement]
-    subprocess.run(cmd, check=True)
+    subprocess.run(cmd, check=True, stdout=sys.stderr.fileno())  # stdout may be JSON
     found = cached()
     if found is None:
         raise RuntimeError(f"pip download gave no wheel for {wheel.requirement} in {cache}")
@@ -162,87 +165,41 @@ def tree_mib(root: Path = REPO_ROOT) -> float:
     return total / MIB
 
 
-def pack(sizes: dict[str, float], budget_mib: float) -> list[list[str]]:
-    """Wheels into as few parts as fit `budget_mib` each (largest first, first fit)."""
-    parts: list[list[str]] = []
-    room: list[float] = []
-    for name, size in sorted(sizes.items(), key=lambda kv: -kv[1]):
-        if size > budget_mib:
-            raise ValueError(f"{name} alone ({size:.1f} MiB) exceeds the {budget_mib:.1f} MiB")
-        for i, free in enumerate(room):
-            if size <= free:
-                parts[i].append(name)
-                room[i] -= size
-                break
-        else:
-            parts.append([name])
-            room.append(budget_mib - size)
-    return parts
+CALL_TIMEOUT_S = 540
+"""One device call of 9 minutes: a machine start of 1-2 minutes fits the 15-minute window
+beside it, with room for one rerun of a short command."""
+DEVICE_CALLS: list[dict[str, object]] = [
+    {
+        "timeout_s": CALL_TIMEOUT_S,
+        "carry": [".whl/server"],
+        "command": "bash scripts/gpu_check_device.sh --mode gpu",
+    }
+]
+"""The GPU check's device call(s), exactly as made (scripts/gpu_check_device.sh says
+what the command does). The rehearsal runs them with `--mode cpu` in place of
+`--mode gpu`."""
 
 
-ENGINE_COMMAND = (
-    "set -o pipefail; export PYTHONUNBUFFERED=1 "
-    "PYTHONPATH=scripts:model_repository/ofa_visual_entailment/1; "
-    "nvidia-smi; python3 -m ofa_ve_bench.gpu_check --mode gpu --part engine --out $OUT "
-    "2>&1 | tee $OUT/engine.log"
-)
-VENV = "/tmp/venv"
-INSTALL = (
-    # A venv over the machine's own packages (torch...), the wheels inside it: the
-    # Python-backend stub ignores PYTHONPATH and takes its packages from the Python on
-    # PATH, which tritonserver's environment puts first (ofa_ve_ops.triton_runtime).
-    f"python3 -m venv --without-pip --system-site-packages {VENV} || exit 1; "
-    f"S=$({VENV}/bin/python -c 'import sysconfig; print(sysconfig.get_paths()[\"purelib\"])'); "
-    "python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade "
-    "--target $S {folder}/*.whl || exit 1; "
-)
-SERVER_COMMAND = (
-    "set -o pipefail; export PYTHONUNBUFFERED=1 "
-    "PYTHONPATH=scripts:model_repository/ofa_visual_entailment/1; "
-    f"{VENV}/bin/python -m ofa_ve_bench.gpu_check --mode gpu --part server --out $OUT "
-    "2>&1 | tee $OUT/server.log"
-)
+def wheels_present(dest: Path, python: str = "3.12") -> bool:
+    """Whether `dest/server` holds one wheel for every requirement of `wheels(python)`."""
+    names = [w.requirement.split("==")[0].replace("-", "_").lower() for w in wheels(python)]
+    found = [p.name.lower() for p in (dest / "server").glob("*.whl")]
+    return all(any(f.startswith(f"{n}-") for f in found) for n in names)
 
 
-def device_calls(folders: Sequence[str]) -> list[dict[str, object]]:
-    """The device-tool calls: engine part first, then the server part with the wheels."""
-    if len(folders) == 1:
-        return [
-            {"command": ENGINE_COMMAND, "timeout_s": 480},
-            {
-                "command": INSTALL.replace("{folder}", folders[0]) + SERVER_COMMAND,
-                "timeout_s": 480,
-                "carry": [folders[0]],
-            },
-        ]
-    if len(folders) == 2:  # the first part installs with the engine call; warm window!
-        return [
-            {
-                "command": INSTALL.replace("{folder}", folders[0])
-                + ENGINE_COMMAND.replace("python3 -m", f"{VENV}/bin/python -m"),
-                "timeout_s": 480,
-                "carry": [folders[0]],
-            },
-            {
-                "command": INSTALL.replace("{folder}", folders[1]) + SERVER_COMMAND,
-                "timeout_s": 480,
-                "carry": [folders[1]],
-            },
-        ]
-    raise ValueError(f"{len(folders)} parts: more than the two calls the check is sized for")
-
-
-def build(dest: Path, python: str = "3.12", budget_mib: float | None = None) -> dict[str, object]:
-    """Download, slim, pack; returns sizes, parts, drops and the device calls."""
+def build(dest: Path, python: str = "3.12") -> dict[str, object]:
+    """Download, slim and place the wheels in `dest/server`; sizes, drops and the calls."""
     cache = dest / ".download"
-    stage = dest / ".slim"
-    sizes: dict[str, float] = {}
+    folder = dest / "server"
+    for old in folder.glob("*.whl"):
+        old.unlink()
     report: dict[str, object] = {"python": python, "wheels": []}
+    carried = 0.0
     for wheel in wheels(python):
         source = download(wheel, python, cache)
-        slimmed, dropped = slim(source, stage, wheel.drop)
+        slimmed, dropped = slim(source, folder, wheel.drop)
         size = slimmed.stat().st_size / MIB
-        sizes[slimmed.name] = size
+        carried += size
         report["wheels"].append(
             {
                 "wheel": slimmed.name,
@@ -253,31 +210,14 @@ def build(dest: Path, python: str = "3.12", budget_mib: float | None = None) -> 
             }
         )
     tree = tree_mib()
-    if budget_mib is None:
-        budget_mib = CALL_LIMIT_MIB - MARGIN_MIB - tree
-    parts = pack(sizes, budget_mib)
-    folders = ["server"] if len(parts) == 1 else [f"part{i + 1}" for i in range(len(parts))]
-    for old in dest.iterdir() if dest.is_dir() else []:
-        if old.is_dir() and not old.name.startswith("."):
-            for f in old.glob("*.whl"):
-                f.unlink()
-    for folder, names in zip(folders, parts, strict=True):
-        (dest / folder).mkdir(parents=True, exist_ok=True)
-        for name in names:
-            (stage / name).replace(dest / folder / name)
-    relative = dest.resolve()
-    if relative.is_relative_to(REPO_ROOT):
-        relative = relative.relative_to(REPO_ROOT)
-    carried = [f"{relative}/{folder}" for folder in folders]
-    report.update(
-        tree_mib=round(tree, 2),
-        budget_mib=round(budget_mib, 2),
-        parts={
-            c: round(sum(sizes[n] for n in names), 2)
-            for c, names in zip(carried, parts, strict=True)
-        },
-        calls=device_calls(carried),
-    )
+    budget = CALL_LIMIT_MIB - MARGIN_MIB - tree
+    if carried > budget:
+        raise RuntimeError(
+            f"the wheels ({carried:.1f} MiB) and the working tree ({tree:.1f} MiB) exceed one "
+            f"call's {CALL_LIMIT_MIB:g} MiB less {MARGIN_MIB:g} MiB of margin"
+        )
+    report.update(tree_mib=round(tree, 2), carried_mib=round(carried, 2),
+                  budget_mib=round(budget, 2), calls=DEVICE_CALLS)
     return report
 
 
@@ -285,24 +225,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dest", type=Path, default=REPO_ROOT / ".whl")
     parser.add_argument("--python", default="3.12", help="the GPU machine's Python (3.12)")
-    parser.add_argument("--budget-mib", type=float, help="per part (default: 60 MiB - tree)")
+    parser.add_argument(
+        "--calls-json",
+        action="store_true",
+        help="print the device call(s) as JSON; build the wheels first where they are missing",
+    )
     args = parser.parse_args(argv)
-    report = build(args.dest, args.python, args.budget_mib)
+    if args.calls_json:
+        if not wheels_present(args.dest, args.python):
+            with contextlib.redirect_stdout(sys.stderr):  # stdout is the JSON alone
+                build(args.dest, args.python)
+        print(json.dumps(DEVICE_CALLS, indent=2))
+        return 0
+    report = build(args.dest, args.python)
     for row in report["wheels"]:
         print(
             f"{row['wheel']}: {row['published_mib']:.1f} MiB published, "
             f"{row['carried_mib']:.1f} MiB carried ({row['dropped_members']} members dropped)"
         )
-    print(f"working tree {report['tree_mib']:.1f} MiB; budget per part {report['budget_mib']:.1f}")
-    for folder, size in report["parts"].items():
-        print(f"part {folder}: {size:.1f} MiB")
-    print("\nDevice calls (docs/gpu-check.md), one after the other:")
-    for n, call in enumerate(report["calls"], 1):
-        carry = f", carry={call['carry']}" if call.get("carry") else ""
-        print(f"\n{n}. run(timeout_s={call['timeout_s']}{carry}, command=")
-        print(f"   {call['command']!r})")
-    if len(report["calls"]) == 2 and len(report["parts"]) == 2:
-        print("\nTwo parts: make the second call within the machine's 30 s warm window.")
+    print(f"carried {report['carried_mib']:.1f} MiB, working tree {report['tree_mib']:.1f} MiB "
+          f"(room for {report['budget_mib']:.1f} MiB of wheels)")
+    print("\nThe device call (docs/gpu-check.md):")
+    for call in report["calls"]:
+        print(f"\nrun(timeout_s={call['timeout_s']}, carry={call['carry']}, command=")
+        print(f"    {call['command']!r})")
     return 0
 
 

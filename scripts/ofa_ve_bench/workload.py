@@ -177,17 +177,86 @@ def large_jpegs(
     sizes: Sequence[tuple[int, int]] = ((1920, 1080), (4032, 3024)),
     quality: int = 90,
     images_dir: Path = IMAGES_DIR,
+    first: int = 0,
 ) -> list[bytes]:
-    """Camera-sized JPEGs made by upscaling the JPEG test photos (decode costs scale
-    with pixels, so preprocessing throughput is measured on what phones send)."""
+    """Camera-sized JPEGs made by upscaling the JPEG test photos, from the ``first``-th
+    on (decode costs scale with pixels, so preprocessing throughput is measured on what
+    phones send)."""
     from PIL import Image
 
     sources = image_paths("jpeg", images_dir)
     out = []
     for n, size in enumerate(sizes):
-        with Image.open(sources[n % len(sources)]) as img:
+        with Image.open(sources[(first + n) % len(sources)]) as img:
             big = img.convert("RGB").resize(size, Image.Resampling.BICUBIC)
         buffer = io.BytesIO()
         big.save(buffer, format="JPEG", quality=quality)
         out.append(buffer.getvalue())
+    return out
+
+
+DISTINCT_SCALES = (1.0, 0.75, 1.3, 0.6, 1.6)
+DISTINCT_QUALITIES = (90, 80, 95, 70)
+
+
+def distinct_jpegs(count: int, images_dir: Path = IMAGES_DIR) -> list[bytes]:
+    """``count`` JPEGs with pairwise distinct bytes, made from the test photos.
+
+    Why: the engine runs the ResNet stem once per distinct image of a call (stem.py),
+    so a throughput figure over a few images repeated measures the stem a few times,
+    not once per item. Each photo (every test image of at least 200 pixels a side, as
+    RGB) is re-encoded at several scales and qualities, mirrored, then shifted by a
+    pixel, in that order, until ``count`` are made: photo-sized files like those
+    clients send, each a distinct stem input.
+    """
+    from PIL import Image, ImageOps
+
+    photos = []
+    for path in image_paths("all", images_dir):
+        with Image.open(path) as img:
+            if min(img.size) >= 200:
+                photos.append(ImageOps.exif_transpose(img).convert("RGB"))
+    variants = len(DISTINCT_SCALES) * len(DISTINCT_QUALITIES)
+    out: list[bytes] = []
+    seen: set[bytes] = set()
+    k = 0
+    while len(out) < count:
+        photo = photos[k % len(photos)]
+        v = k // len(photos)
+        scale = DISTINCT_SCALES[v % len(DISTINCT_SCALES)]
+        quality = DISTINCT_QUALITIES[(v // len(DISTINCT_SCALES)) % len(DISTINCT_QUALITIES)]
+        image = photo.resize(
+            (max(16, round(photo.width * scale)), max(16, round(photo.height * scale))),
+            Image.Resampling.BICUBIC,
+        )
+        if (v // variants) % 2:
+            image = ImageOps.mirror(image)
+        shift = v // (2 * variants)
+        if shift:
+            image = image.crop((shift, 0, image.width, image.height))
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=quality)
+        data = buffer.getvalue()
+        if data not in seen:
+            seen.add(data)
+            out.append(data)
+        k += 1
+    return out
+
+
+def camera_jpegs(
+    count: int,
+    sizes: Sequence[tuple[int, int]] = ((1920, 1080), (4032, 3024)),
+    images_dir: Path = IMAGES_DIR,
+) -> list[bytes]:
+    """``count`` distinct camera-sized JPEGs: ``large_jpegs`` at the given sizes in turn,
+    each from the next photo and a quality of its own (85 + i % 11)."""
+    sources = image_paths("jpeg", images_dir)
+    out = []
+    for i in range(count):
+        (data,) = large_jpegs(
+            (sizes[i % len(sizes)],), quality=85 + i % 11,
+            images_dir=images_dir, first=(i // len(sizes)) % len(sources),
+        )
+        out.append(data)
     return out
