@@ -1,15 +1,15 @@
 """Opt-in GPU image path: nvJPEG decode and antialiased bicubic resize on the device.
 
 Why: on a GPU host the CPU, not the accelerator, caps items/s once the model
-is fast (docs/benchmarks.md: about 8 CPU-ms per 640x480 JPEG item, about 200 for
-a 12 MP photo, most of it Pillow's bicubic resize). Decoding with nvJPEG
+is fast (docs/benchmarks.md, the image data path: most of it Pillow's bicubic
+resize). Decoding with nvJPEG
 (``torchvision.io.decode_jpeg`` on a list, batched) and resizing with
 ``interpolate(mode="bicubic", antialias=True)`` moves that work to the device.
 
 It is NOT bit-identical to the reference: torch's antialiased bicubic (a=-0.5,
 the same filter and support as Pillow's) accumulates in float where Pillow
 uses 22-bit fixed point, and nvJPEG's IDCT/upsampling are not libjpeg-turbo's.
-``ofa_ve_bench.image_fidelity`` measures the resize part on CPU (device="cpu"
+docs/benchmarks.md gives the resize part's fidelity measured on CPU (device="cpu"
 runs this very code); the nvJPEG part is only measurable on a GPU.
 
 Falls back to the exact CPU route (``image.load_pixels``) for everything that
