@@ -16,14 +16,13 @@ from pathlib import Path
 
 import pytest
 from ofa_ve_bench import (
-    cpu_peak,
     engine_runner,
     gpu_check,
-    kernel_time,
     machine,
     model_config,
     perf_analyzer_sweep,
     precision_agreement,
+    profiler,
     results,
     server_run,
     soak,
@@ -463,19 +462,26 @@ def test_storm_verdicts_from_outcomes() -> None:
         storm.storm("127.0.0.1:8001", requests=1, deadline_s=1, prompt_s=1, items=33)
 
 
-def test_cpu_peak_measures_both_types() -> None:
-    """The peak tool runs every shape in both types (figures themselves are measured,
+def test_profiler_peak_measures_both_types() -> None:
+    """The peak runs every shape in both types (figures themselves are measured,
     not asserted)."""
-    rates = cpu_peak.measure(seconds=0.05)
-    assert set(rates) == set(cpu_peak.DTYPES)
-    for dtype in cpu_peak.DTYPES:
+    rates = profiler.measure_peak(seconds=0.05)
+    assert set(rates) == set(profiler.DTYPES)
+    for dtype in profiler.DTYPES:
         convs = {k for k in rates[dtype] if k.startswith("conv3x3_")}
         assert {"conv3x3_64ch_120px_b2_eager", "conv3x3_256ch_30px_b8_prepacked"} <= convs
-        assert len(convs) == 2 * len(cpu_peak.CONV_SHAPES)
+        assert len(convs) == 2 * len(profiler.CONV_SHAPES)
         assert set(rates[dtype]) == convs | {"linear_930x256x1024"}
         assert all(v > 0 for v in rates[dtype].values())
-    peak = cpu_peak.conv_peak(rates)
+    peak = profiler.conv_peak(rates)
     assert all(peak[d] == max(rates[d][k] for k in rates[d] if k.startswith("conv")) for d in peak)
+    assert "items/s the best convolution rate allows" in profiler.peak_report(rates)
+
+
+def test_profiler_cli_refuses_nothing_to_measure_and_unknown_types() -> None:
+    for argv in (["--peak-seconds", "0"], ["--dtypes", "float16"]):
+        with pytest.raises(SystemExit):
+            profiler.main(argv)
 
 
 # Lines as oneDNN 3.x prints them (the second with ONEDNN_VERBOSE_TIMESTAMP=1).
@@ -493,8 +499,8 @@ onednn_verbose,v1,graph,exec,cpu,partition,1,fused,op,data,lt,strict,dnnl,0.3
 """
 
 
-def test_kernel_time_reads_onednn_verbose_exec_lines() -> None:
-    prims = kernel_time.parse_verbose(VERBOSE_SAMPLE)
+def test_profiler_reads_onednn_verbose_exec_lines() -> None:
+    prims = profiler.parse_verbose(VERBOSE_SAMPLE)
     assert [(p.kind, p.ms) for p in prims] == [
         ("convolution", 7.25),
         ("convolution", 0.5),
@@ -508,25 +514,25 @@ def test_kernel_time_reads_onednn_verbose_exec_lines() -> None:
     assert prims[2].gflop == 0.0
 
 
-def test_kernel_time_kinds_of_operators() -> None:
-    assert kernel_time.kind_of("mkldnn::_convolution_pointwise") == "convolution"
-    assert kernel_time.kind_of("aten::_scaled_dot_product_flash_attention_for_cpu") == "attention"
-    assert kernel_time.kind_of("aten::addmm") == "linear"
-    assert kernel_time.kind_of("aten::native_layer_norm") == "norm"
-    assert kernel_time.kind_of("aten::gelu") == "other operators"
+def test_profiler_kinds_of_operators() -> None:
+    assert profiler.kind_of("mkldnn::_convolution_pointwise") == "convolution"
+    assert profiler.kind_of("aten::_scaled_dot_product_flash_attention_for_cpu") == "attention"
+    assert profiler.kind_of("aten::addmm") == "linear"
+    assert profiler.kind_of("aten::native_layer_norm") == "norm"
+    assert profiler.kind_of("aten::gelu") == "other operators"
 
 
 @pytest.mark.timeout(300)
-def test_kernel_time_splits_a_real_engine_item(tiny_model_dir, capfd) -> None:
+def test_profiler_splits_a_real_engine_item(tiny_model_dir, capfd) -> None:
     """On the tiny architecture: the convolution primitives are seen through oneDNN's
     verbose mode (their exec times and GFLOP), the profiler's kinds are filled, and the
     report says what bounds what (no figure is asserted)."""
-    split = kernel_time.measure(tiny_model_dir, "float32", passes=1, count=2)
+    split = profiler.measure_split(tiny_model_dir, "float32", passes=1, count=2)
     assert split.items == 2 and split.wall_ms > 0 and split.profiled_wall_ms > 0
     assert split.conv_exec_ms > 0 and split.conv_gflop > 0 and split.conv_implementations
     assert {"convolution", "linear", "attention"} <= set(split.op_self_ms)
     assert "onednn_verbose" not in capfd.readouterr().out  # captured, not printed
-    text = kernel_time.text_report([split], {"float32": 100.0})
+    text = profiler.split_report([split], {"float32": 100.0})
     assert "kernels only" in text and "of the peak" in text
     assert split.to_dict()["kernel_bound_items_per_s"] > 0
 
