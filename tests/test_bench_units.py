@@ -478,7 +478,16 @@ def test_profiler_peak_measures_both_types() -> None:
     assert "items/s the best convolution rate allows" in profiler.peak_report(rates)
 
 
-def test_profiler_cli_refuses_nothing_to_measure_and_unknown_types() -> None:
+def test_profiler_cli_measures_the_peak_alone_and_refuses_nothing_to_measure(
+    tmp_path: Path,
+) -> None:
+    import json
+
+    out = tmp_path / "peak.json"
+    assert profiler.main(["--peak-seconds", "0.01", "--dtypes", "float32", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["gflops"]) == {"float32"} and result["conv_peak_gflops"]["float32"] > 0
+    assert "splits" not in result and result["machine"]
     for argv in (["--peak-seconds", "0"], ["--dtypes", "float16"]):
         with pytest.raises(SystemExit):
             profiler.main(argv)
