@@ -17,22 +17,6 @@
 # processes, 3; 0 runs the suite in this one), SERVE_ARGS (passed
 # to `python -m ofa_ve_ops.serve`, e.g. SERVE_ARGS="-- --log-verbose=1"), DEMO_DIR,
 # DEMO_SEED, URL, VENV.
-#
-# Environment of `make serve` (python -m ofa_ve_ops.serve --help says more):
-#   OFA_VE_MODEL_DIR      a ModelScope model directory to serve (default: fetch the
-#                         real model from the hub; where it is unreachable, a demo)
-#   OFA_VE_MODEL_CACHE    where the fetched model is kept (~/.cache/ofa-ve/modelscope)
-#   MODELSCOPE_ENDPOINT   the ModelScope hub (https://modelscope.cn)
-#   OFA_VE_BIND_ADDRESS   address every endpoint binds (127.0.0.1)
-#   OFA_VE_HTTP_PORT      HTTP port (8000)
-#   OFA_VE_GRPC_PORT      gRPC port (8001), the one the client SDK talks to
-#   OFA_VE_METRICS_PORT   Prometheus metrics port (8002)
-#   OFA_VE_CACHE_DIR      generated files: the demo checkpoint (.cache/)
-#   OFA_VE_TRITON_DIR     where tritonserver is laid out from its wheel (.cache/triton/...)
-#   OFA_VE_ADMIN_KEY      a key Triton's admin APIs then require (open on loopback
-#                         without it); OFA_VE_ADMIN_KEY_FILE: a file holding it. The
-#                         container requires one (OFA_VE_ADMIN_OPEN=1 opens them)
-# Of the client (`ofa-ve`): OFA_VE_URL, the default --url (127.0.0.1:8001).
 
 SHELL := /bin/bash
 VENV ?= .venv
@@ -55,6 +39,7 @@ DEMO_ARGS = $(if $(DEMO_DIR),--out $(DEMO_DIR)) $(if $(DEMO_SEED),--seed $(DEMO_
 
 help:
 	@sed -n '1,/^$$/{s/^# \{0,1\}//;p}' Makefile
+	@python3 scripts/ofa_ve_ops/environment.py
 
 setup:
 	scripts/setup.sh --venv $(VENV) --profile dev

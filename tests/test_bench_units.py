@@ -16,16 +16,13 @@ from pathlib import Path
 
 import pytest
 from ofa_ve_bench import (
-    cpu_peak,
-    dtype_speed,
     engine_runner,
     gpu_check,
-    int8_linear,
-    kernel_time,
     machine,
     model_config,
     perf_analyzer_sweep,
     precision_agreement,
+    profiler,
     results,
     server_run,
     soak,
@@ -334,34 +331,6 @@ def test_procfs_cpu_seconds_and_steal() -> None:
     assert procfs.steal_fraction(before, after) == pytest.approx(0.25)
 
 
-def test_shared_image_rows_rate_wall_and_cpu_time() -> None:
-    from ofa_ve_bench import shared_image
-
-    times = {"one": [(1.0, 2.0), (3.0, 2.2)], "many": [(5.0, 5.0), (5.0, 6.0)],
-             "miss": [(6.0, 0.0), (6.0, 0.0)]}  # fmt: skip
-    row = shared_image._rows(8, times)
-    assert row["speed_up"] == pytest.approx(5.0 / 2.0)  # medians of wall time
-    assert row["cpu_speed_up"] == pytest.approx(5.5 / 2.1)
-    assert row["one_image_items_per_s"] == pytest.approx(4.0)
-    assert row["cache_miss_cost"] == pytest.approx(6.0 / 5.0)
-    text = shared_image.markdown({"machine": "m", "in_process": {"rows": [row]}, "steal": 0.3})
-    assert "2.62x" in text and "30%" in text
-
-
-def test_shared_image_runs_in_process(tiny_model_dir: Path, tmp_path: Path) -> None:
-    import json
-
-    from ofa_ve_bench import shared_image
-
-    out = tmp_path / "shared.json"
-    args = ["--model-dir", str(tiny_model_dir), "--counts", "1,2", "--rounds", "1"]
-    assert shared_image.main([*args, "--json", str(out)]) == 0
-    result = json.loads(out.read_text())
-    assert [row["n"] for row in result["in_process"]["rows"]] == [1, 2]
-    assert all(row["cpu_speed_up"] > 0 for row in result["in_process"]["rows"])
-    assert 0.0 <= result["steal"] <= 1.0
-
-
 def test_gpu_memory_csv_parse() -> None:
     assert server_run.parse_gpu_memory("123, 456\n7,8\nbad line\n") == {123: 456, 7: 8}
 
@@ -493,39 +462,35 @@ def test_storm_verdicts_from_outcomes() -> None:
         storm.storm("127.0.0.1:8001", requests=1, deadline_s=1, prompt_s=1, items=33)
 
 
-def test_cpu_peak_measures_both_types() -> None:
-    """The peak tool runs every shape in both types (figures themselves are measured,
+def test_profiler_peak_measures_both_types() -> None:
+    """The peak runs every shape in both types (figures themselves are measured,
     not asserted)."""
-    rates = cpu_peak.measure(seconds=0.05)
-    assert set(rates) == set(cpu_peak.DTYPES)
-    for dtype in cpu_peak.DTYPES:
+    rates = profiler.measure_peak(seconds=0.05)
+    assert set(rates) == set(profiler.DTYPES)
+    for dtype in profiler.DTYPES:
         convs = {k for k in rates[dtype] if k.startswith("conv3x3_")}
         assert {"conv3x3_64ch_120px_b2_eager", "conv3x3_256ch_30px_b8_prepacked"} <= convs
-        assert len(convs) == 2 * len(cpu_peak.CONV_SHAPES)
+        assert len(convs) == 2 * len(profiler.CONV_SHAPES)
         assert set(rates[dtype]) == convs | {"linear_930x256x1024"}
         assert all(v > 0 for v in rates[dtype].values())
-    peak = cpu_peak.conv_peak(rates)
+    peak = profiler.conv_peak(rates)
     assert all(peak[d] == max(rates[d][k] for k in rates[d] if k.startswith("conv")) for d in peak)
+    assert "items/s the best convolution rate allows" in profiler.peak_report(rates)
 
 
-def test_dtype_speed_interleaves_types_and_rates_them_against_float32(tiny_model_dir) -> None:
-    result = dtype_speed.measure(tiny_model_dir, ["bfloat16"], batch_size=1, seconds=0.01, rounds=2)
-    assert len(result["rounds"]) == 2 and set(result["items_per_s"]) == {"float32", "bfloat16"}
-    assert set(result["ratio_to_float32"]) == {"bfloat16"}
-    assert all(rate > 0 for rate in result["items_per_s"].values())
+def test_profiler_cli_measures_the_peak_alone_and_refuses_nothing_to_measure(
+    tmp_path: Path,
+) -> None:
+    import json
 
-
-def test_dtype_speed_compares_a_parameter_beside_each_type() -> None:
-    configs = dtype_speed.variants(["bfloat16"], {"stem_backend": "aten"})
-    assert configs == {
-        "float32": {"dtype": "float32"},
-        "float32 stem_backend=aten": {"dtype": "float32", "stem_backend": "aten"},
-        "bfloat16": {"dtype": "bfloat16"},
-        "bfloat16 stem_backend=aten": {"dtype": "bfloat16", "stem_backend": "aten"},
-    }
-    for bad in ("stem_backend", "stem_backend=mkl", "no_such_parameter=1"):
+    out = tmp_path / "peak.json"
+    assert profiler.main(["--peak-seconds", "0.01", "--dtypes", "float32", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["gflops"]) == {"float32"} and result["conv_peak_gflops"]["float32"] > 0
+    assert "splits" not in result and result["machine"]
+    for argv in (["--peak-seconds", "0"], ["--dtypes", "float16"]):
         with pytest.raises(SystemExit):
-            dtype_speed.main(["--model-dir", ".", "--compare", bad])
+            profiler.main(argv)
 
 
 # Lines as oneDNN 3.x prints them (the second with ONEDNN_VERBOSE_TIMESTAMP=1).
@@ -543,8 +508,8 @@ onednn_verbose,v1,graph,exec,cpu,partition,1,fused,op,data,lt,strict,dnnl,0.3
 """
 
 
-def test_kernel_time_reads_onednn_verbose_exec_lines() -> None:
-    prims = kernel_time.parse_verbose(VERBOSE_SAMPLE)
+def test_profiler_reads_onednn_verbose_exec_lines() -> None:
+    prims = profiler.parse_verbose(VERBOSE_SAMPLE)
     assert [(p.kind, p.ms) for p in prims] == [
         ("convolution", 7.25),
         ("convolution", 0.5),
@@ -558,41 +523,27 @@ def test_kernel_time_reads_onednn_verbose_exec_lines() -> None:
     assert prims[2].gflop == 0.0
 
 
-def test_kernel_time_kinds_of_operators() -> None:
-    assert kernel_time.kind_of("mkldnn::_convolution_pointwise") == "convolution"
-    assert kernel_time.kind_of("aten::_scaled_dot_product_flash_attention_for_cpu") == "attention"
-    assert kernel_time.kind_of("aten::addmm") == "linear"
-    assert kernel_time.kind_of("aten::native_layer_norm") == "norm"
-    assert kernel_time.kind_of("aten::gelu") == "other operators"
+def test_profiler_kinds_of_operators() -> None:
+    assert profiler.kind_of("mkldnn::_convolution_pointwise") == "convolution"
+    assert profiler.kind_of("aten::_scaled_dot_product_flash_attention_for_cpu") == "attention"
+    assert profiler.kind_of("aten::addmm") == "linear"
+    assert profiler.kind_of("aten::native_layer_norm") == "norm"
+    assert profiler.kind_of("aten::gelu") == "other operators"
 
 
 @pytest.mark.timeout(300)
-def test_kernel_time_splits_a_real_engine_item(tiny_model_dir, capfd) -> None:
+def test_profiler_splits_a_real_engine_item(tiny_model_dir, capfd) -> None:
     """On the tiny architecture: the convolution primitives are seen through oneDNN's
     verbose mode (their exec times and GFLOP), the profiler's kinds are filled, and the
     report says what bounds what (no figure is asserted)."""
-    split = kernel_time.measure(tiny_model_dir, "float32", passes=1, count=2)
+    split = profiler.measure_split(tiny_model_dir, "float32", passes=1, count=2)
     assert split.items == 2 and split.wall_ms > 0 and split.profiled_wall_ms > 0
     assert split.conv_exec_ms > 0 and split.conv_gflop > 0 and split.conv_implementations
     assert {"convolution", "linear", "attention"} <= set(split.op_self_ms)
     assert "onednn_verbose" not in capfd.readouterr().out  # captured, not printed
-    text = kernel_time.text_report([split], {"float32": 100.0})
+    text = profiler.split_report([split], {"float32": 100.0})
     assert "kernels only" in text and "of the peak" in text
     assert split.to_dict()["kernel_bound_items_per_s"] > 0
-
-
-def test_int8_linear_follows_float32_and_reports_every_shape() -> None:
-    import torch
-    import torch.nn.functional as F
-
-    x = torch.randn(37, 64, generator=torch.Generator().manual_seed(1))
-    weight, bias = torch.randn(48, 64) * 0.125, torch.randn(48)
-    with torch.inference_mode():
-        got, want = int8_linear.Int8Linear(weight, bias, rows=37)(x), F.linear(x, weight, bias)
-    assert float((got - want).abs().max()) <= 0.03 * float(want.abs().max())
-    rows = int8_linear.measure(rows=16, seconds=0.01)
-    assert [r["shape"] for r in rows] == ["16x256->256", "16x256->1024", "16x1024->256"]
-    assert all(r["int8_kernel_ms"] > 0 and r["int8_max_rel_error"] < 0.05 for r in rows)
 
 
 def test_reference_worker_loop_answers_every_job_line() -> None:

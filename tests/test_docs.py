@@ -2,17 +2,21 @@
 
 Every relative link and every cited repository path in README.md, docs/ and
 client/ (its README and the SDK's own texts) must exist in the checkout: a
-reader who follows one must find it. `make help` names every environment
-variable the serving tools read.
+reader who follows one must find it. The environment variables have one table
+(scripts/ofa_ve_ops/environment.py): every variable the tools read is in it, and
+README.md, `make help` and `serve --help` show it as it is.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from ofa_ve_ops import environment
 
 REPO = Path(__file__).resolve().parent.parent
 DOCUMENTS = sorted(
@@ -85,18 +89,51 @@ def test_the_checkers_find_what_they_look_for() -> None:
     assert sum(len(_relative_links(d.read_text())) for d in DOCUMENTS) > 10
 
 
-def test_make_help_names_every_serving_variable() -> None:
+def _readme_environment_table() -> str:
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    match = re.search(r"<!-- environment table:[^>]*-->\n(.*?)\n<!-- end of", text, re.S)
+    assert match, "README.md has lost its generated environment table"
+    return match.group(1)
+
+
+def test_every_variable_read_is_in_the_one_table() -> None:
+    """What the serving tools, the model and the CLI read is in environment.VARIABLES,
+    and the table lists nothing that nothing reads."""
+    sources = [
+        *(REPO / "scripts" / "ofa_ve_ops").glob("*.py"),
+        REPO / "model_repository" / "ofa_visual_entailment" / "1" / "model.py",
+        *(REPO / "client" / "ofa_ve_client").glob("*.py"),
+    ]
     used = set()
-    for path in (REPO / "scripts" / "ofa_ve_ops").glob("*.py"):
-        used.update(re.findall(r"\bOFA_VE_[A-Z_]+\b", path.read_text()))
-    assert {"OFA_VE_MODEL_DIR", "OFA_VE_HTTP_PORT"} <= used
-    shown = subprocess.run(
-        ["make", "--no-print-directory", "-s", "help"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
-    assert not sorted(v for v in used if v not in shown), "make help leaves variables out"
-    assert "OFA_VE_URL" in shown and "MODELSCOPE_ENDPOINT" in shown
+    for path in sources:
+        if path.name != "environment.py":
+            used.update(
+                re.findall(r"\b(?:OFA_VE_[A-Z_]+[A-Z]|MODELSCOPE_ENDPOINT)\b", path.read_text())
+            )
+    listed = {v.name for v in environment.VARIABLES}
+    assert {"OFA_VE_MODEL_DIR", "OFA_VE_HTTP_PORT", "OFA_VE_URL"} <= used
+    assert not sorted(used - listed), "read but not in scripts/ofa_ve_ops/environment.py"
+    assert not sorted(listed - used), "in the table but read nowhere"
+
+
+def test_readme_make_help_and_serve_help_show_the_one_table() -> None:
+    """README's table is the generated one, and `make help` and `serve --help` print
+    the table's text: a variable added, renamed or redescribed in one place only fails."""
+    assert _readme_environment_table() == environment.markdown_table(), (
+        "README.md's environment table differs from scripts/ofa_ve_ops/environment.py: "
+        "paste `python3 scripts/ofa_ve_ops/environment.py --markdown`"
+    )
+    shown = {
+        "make help": ["make", "--no-print-directory", "-s", "help"],
+        "serve --help": [sys.executable, "-m", "ofa_ve_ops.serve", "--help"],
+    }
+    env = {**os.environ, "COLUMNS": "100"}
+    for what, command in shown.items():
+        out = subprocess.run(
+            command, cwd=REPO, capture_output=True, text=True, timeout=60, check=True, env=env
+        ).stdout
+        assert environment.help_text() in out, f"{what} does not print the one table"
+    header = (REPO / "Makefile").read_text().split("\n\n", 1)[0]
+    assert not [v.name for v in environment.VARIABLES if v.name in header], (
+        "the Makefile's header lists variables itself again"
+    )

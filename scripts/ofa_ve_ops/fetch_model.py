@@ -10,16 +10,16 @@ copy included), 3 when the hub cannot be reached and nothing complete is cached
 
 The download itself is ModelScope's own hub client, `modelscope_hub` (the
 package `modelscope` 1.40 delegates its `snapshot_download` to), called through
-its `HubApi.download_repo`. Called directly, it starts in about 0.4 s where
-`import modelscope` takes 3-4 s (it imports torch), and serving needs nothing
+its `HubApi.download_repo`. Called directly, it starts without importing torch
+(which `import modelscope` does), and serving needs nothing
 else of ModelScope. It shows a tqdm bar per file (we pass its `TqdmCallback`),
 skips files already complete in the cache, and resumes a partial file (kept as
 `<name>.incomplete`) with HTTP Range requests, so re-running after an
 interruption continues where it stopped.
 
 Before downloading, one bounded request checks that the hub answers at all:
-ModelScope's own retries take 7-25 s to give up (DNS failure here: about 22 s),
-and a server start should not wait on that. When the hub cannot be reached (an
+ModelScope's own retries take tens of seconds to give up, and a server start
+should not wait on that. When the hub cannot be reached (an
 outage, a machine without egress) but a complete copy is already in the cache,
 that copy is used, with a warning naming it: a restart during an outage keeps
 serving the real model. Only when there is no complete copy does it exit 3.

@@ -3,9 +3,8 @@
 
 Which weights, in order:
   1. OFA_VE_MODEL_DIR (or --model-dir): a ModelScope model directory you provide;
-  2. the real model from the ModelScope hub (`python -m ofa_ve_ops.fetch_model`; cached in
-     $OFA_VE_MODEL_CACHE or ~/.cache/ofa-ve/modelscope; hub: $MODELSCOPE_ENDPOINT), or,
-     while the hub cannot be reached, the complete copy already in that cache;
+  2. the real model from the ModelScope hub (`python -m ofa_ve_ops.fetch_model`), or,
+     while the hub cannot be reached, the complete copy already in its cache;
   3. where the hub cannot be reached and nothing is cached: a demo checkpoint with RANDOM
      weights (cached under the cache folder), announced loudly: its answers are
      meaningless, it only shows the server working.
@@ -14,15 +13,10 @@ The model directory reaches the Triton model through the environment variable
 OFA_VE_MODEL_DIR of the tritonserver process (model.py reads it; it takes
 precedence over config.pbtxt's `model_dir` parameter).
 
-Endpoints bind 127.0.0.1 unless OFA_VE_BIND_ADDRESS (or --address) says otherwise:
-HTTP OFA_VE_HTTP_PORT (8000), gRPC OFA_VE_GRPC_PORT (8001), metrics
-OFA_VE_METRICS_PORT (8002). Triton's admin APIs stay open on loopback unless
-OFA_VE_ADMIN_KEY or OFA_VE_ADMIN_KEY_FILE gives a key they then require (the
-container requires one; docs/security.md). The process becomes
-`python -m ofa_ve_ops.stub_watchdog` (exec), which runs tritonserver and forwards
-Ctrl-C or SIGTERM to it: Triton drains in-flight requests (up to
---exit-timeout-secs), unloads the model and exits. If a model instance's stub process
-dies, the watchdog stops the server and exits 70.
+The process becomes `python -m ofa_ve_ops.stub_watchdog` (exec), which runs
+tritonserver and forwards Ctrl-C or SIGTERM to it: Triton drains in-flight requests
+(up to --exit-timeout-secs), unloads the model and exits. If a model instance's stub
+process dies, the watchdog stops the server and exits 70.
 """
 
 from __future__ import annotations
@@ -35,7 +29,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ofa_ve_ops import admin_access, paths, triton_runtime
+from ofa_ve_ops import admin_access, environment, paths, triton_runtime
 from ofa_ve_ops.paths import CACHE_DIR_ENV, MODEL_REPOSITORY, demo_checkpoint_dir
 
 MODEL_DIR_ENV = "OFA_VE_MODEL_DIR"
@@ -167,7 +161,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     env_dir = os.environ.get(MODEL_DIR_ENV, "").strip()
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n", 2)[2],
+        epilog=__doc__.split("\n", 2)[2] + "\n" + environment.help_text(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(

@@ -151,7 +151,7 @@ def test_gpu_image_path_keeps_jpegs_encoded_and_decodes_them_in_the_pass(
 ) -> None:
     """The wiring of image_path=gpu, run on CPU tensors (torchvision's CPU decoder): JPEGs
     travel encoded to the pass, other formats as pixels, and the answers stay close to the
-    exact path's (the fidelity itself is measured by ofa_ve_bench.image_fidelity)."""
+    exact path's (the fidelity itself is in docs/benchmarks.md)."""
     pytest.importorskip("torchvision")
     from ofa_ve_bench.workload import TEST_IMAGES
 

@@ -1,12 +1,10 @@
 """``torch.compile`` of the ResNet stem: the one part of the network where it pays.
 
-Measured on a 2-core AMD EPYC with AVX-512 (torch 2.14, docs/benchmarks.md):
-inductor with ``freezing`` turns every convolution of the stem into a oneDNN
+Inductor with ``freezing`` turns every convolution of the stem into a oneDNN
 convolution with prepacked weights and folds the residual add and ReLU into it,
-which cuts the stem's CPU time to about 0.6x of eager channels_last (features
-move by ~2e-6 relative). Compiling the transformer layers gained nothing on CPU
-(their matmuls and attention are library calls already) and took 40 s, so they
-stay eager.
+which cuts the stem's CPU time (docs/benchmarks.md; features move by float
+rounding). Compiling the transformer layers gained nothing on CPU (their matmuls
+and attention are library calls already) and took long, so they stay eager.
 
 Compilation is lazy in torch; ``compile_image_stem`` runs the stem once at every
 batch size it will see, so the seconds it takes (and any failure, such as a

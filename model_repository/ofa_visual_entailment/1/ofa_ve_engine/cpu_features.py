@@ -1,7 +1,7 @@
 """Whether this CPU has fast kernels for a reduced floating-point type.
 
 Why: on a CPU, bfloat16 pays off only with native instructions (AVX512-BF16 or
-AMX-BF16: measured 2.5-3.4x less CPU per item than float32); elsewhere PyTorch
+AMX-BF16: less CPU per item than float32, docs/benchmarks.md); elsewhere PyTorch
 emulates it and the network runs slower than in float32. float16 needs AVX512-FP16
 or AMX-FP16 likewise. Serving refuses a type the CPU would only emulate, with a
 message that says so, instead of quietly running slower.

@@ -52,7 +52,7 @@ DEFAULT_FORWARD_BATCH_SIZE = 32
 """Items per forward pass when the caller does not say (Triton's max_batch_size)."""
 AUTO_CPU_FORWARD_BATCH_SIZE = 1
 """``forward_batch_size=None`` on CPU: one item per pass is the least CPU per item
-(123/133/137/148 ms at 1/2/4/8 items: the stem's activations fall out of cache)."""
+(the stem's activations fall out of cache as the pass grows; docs/benchmarks.md)."""
 COMPILE_MAX_FIXED_SIZES = 8
 """Largest image chunk compiled as fixed shapes (one graph per size); beyond, dynamic."""
 

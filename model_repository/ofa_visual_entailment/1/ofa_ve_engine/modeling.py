@@ -557,7 +557,7 @@ class OFAEncoder(nn.Module):
         the image patches, and its position ids and relative buckets start at 0), so
         the bias for S = h*w + L tokens is the top-left S x S block of the bias for
         any longer text. Building them took several passes over an [H, S, S] tensor
-        per layer per batch (about 10% of a batch of one on CPU). The table is built
+        per layer per batch (a visible share of a batch of one on CPU). The table is built
         for twice the longest text seen so far, so it is rebuilt only a few times.
         """
         device = self.embed_positions.weight.device

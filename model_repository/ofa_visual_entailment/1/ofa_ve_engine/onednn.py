@@ -1,11 +1,10 @@
 """Linear layers through oneDNN on CPU, where that is the faster library.
 
 Why: in this torch build an fp32 ``F.linear`` on CPU is MKL's sgemm, and MKL does
-not use its AVX-512 kernels on AMD processors: on a 2-core AMD EPYC (Zen 5) it
-ran the encoder's matmuls at about 105 GFLOP/s per core where oneDNN (which
-torch also ships, and uses for convolutions and bf16) ran the same ones at about
-240 (docs/benchmarks.md). Linear layers are a quarter of the CPU time of a
-forward pass, so the choice matters.
+not use its AVX-512 kernels on AMD processors, where oneDNN (which torch also
+ships, and uses for convolutions and bf16) runs the encoder's matmuls about twice
+as fast (docs/benchmarks.md). Linear layers are a large share of a CPU forward
+pass, so the choice matters.
 
 ``Linear`` is ``nn.Linear`` with the same parameters and state-dict keys, plus a
 switch. ``choose_linear_backend`` decides once per engine: ``aten`` (always
@@ -56,7 +55,7 @@ def _best_seconds(fn, repeats: int) -> float:
 def onednn_is_faster(d_model: int = 256, ffn: int = 1024, rows: int = 930) -> bool:
     """Whether oneDNN agrees with ``F.linear`` and beats it on an encoder FFN matmul.
 
-    About 0.1 s. A wrong result (beyond float rounding) counts as "not faster".
+    A wrong result (beyond float rounding) counts as "not faster".
     """
     op = _onednn_op()
     if op is None:

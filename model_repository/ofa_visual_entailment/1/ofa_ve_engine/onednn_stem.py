@@ -5,9 +5,8 @@ conv, add, ReLU). The adds and ReLUs are extra passes over activations of up to
 256 x 120 x 120 floats, and every convolution reorders its weight into oneDNN's
 blocked layout on every call. oneDNN's fused operators (``torch.ops.mkldnn``, the
 ones inductor emits with ``freezing``) do conv+ReLU and conv+add+ReLU in one pass,
-with the weights reordered once, here, at load. Measured side by side on a 2-core
-Intel Xeon with AMX (docs/benchmarks.md): the engine's items/s 1.06x in float32,
-with identical outputs, and 1.27x in bfloat16. It is what ``compile`` gets from
+with the weights reordered once, here, at load: faster, with identical float32
+outputs (docs/benchmarks.md). It is what ``compile`` gets from
 inductor for the convolutions, without a C++ compiler and seconds of start-up.
 
 ``OneDNNStem`` wraps a ResNet whose BatchNorms are folded (``fold_batchnorm``);
@@ -147,7 +146,7 @@ def choose_stem_backend(
 ) -> OneDNNStem | None:
     """The oneDNN stem for ``backend`` ``onednn`` (ValueError where it cannot run) or
     ``auto`` (where eligible and it agrees with eager at load); None for ``aten``
-    (and for ``auto`` elsewhere): the eager modules run. About 0.1 s on CPU."""
+    (and for ``auto`` elsewhere): the eager modules run."""
     if backend not in BACKENDS:
         raise ValueError(f"stem backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "aten":

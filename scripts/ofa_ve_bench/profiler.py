@@ -1,24 +1,21 @@
-"""Where one engine item's time goes, kernel by kernel, and what the kernels alone allow.
+"""Where one engine item's time goes, and what this CPU's convolutions allow.
 
-Why: a target like "the engine at 0.5 of what the convolutions allow" is only
-reachable if the kernels the engine calls run that fast at the engine's own shapes.
-This runs the engine on distinct photos (the JPEG workload, one item per pass, as
-the server's CPU instance does) and splits an item's wall time into:
+Why: "the engine runs N items/s" says little until it is set against what the
+hardware allows. One item is about 38.5 GFLOP, 30 of them in the ResNet stem's
+convolutions. This tool measures two things, in one run:
 
-- the oneDNN convolution primitives' own execution time (oneDNN's verbose mode
-  reports each primitive's exec time; the ResNet stem is all convolutions), with
-  the GFLOP they do (from each primitive's shape), hence their own GFLOP/s;
-- torch.profiler's self time of the other operators by kind (linear, attention,
-  norms, elementwise);
-- the rest: Python, dispatch, allocation and what the profiler cannot see.
+- the peak: the stem's 3x3 convolutions at its three stages' shapes (channels-last,
+  eager and with the weight prepacked for oneDNN; the best is the peak) and an
+  encoder-shaped linear layer, in float32 and bfloat16 (GFLOP/s);
+- with --model-dir, the split of one item's wall time (distinct JPEGs, batch 1, as
+  the CPU instance runs them): the oneDNN convolution primitives' own exec time
+  (oneDNN's verbose mode), torch.profiler's self time of the other operators by
+  kind, and the rest (Python, dispatch); then the kernels-only bound (items/s if
+  all but the convolution, linear and attention kernels were free) and the share
+  of the peak that the engine and that bound reach.
 
-It reports the kernels-only bound (items/s if everything but the convolution,
-linear and attention kernels were free) and, with the convolution peak measured
-beside it (`cpu_peak`), the fraction of that peak the engine and the bound reach
-at 38.5 GFLOP per item.
-
-    .venv/bin/python -m ofa_ve_bench.kernel_time --model-dir DIR [--dtypes float32,bfloat16]
-        [--passes 3] [--peak-seconds 2] [--json out.json]
+    .venv/bin/python -m ofa_ve_bench.profiler [--model-dir DIR] [--dtypes float32,bfloat16]
+        [--passes 3] [--peak-seconds 2] [--threads N] [--json out.json]
 """
 
 from __future__ import annotations
@@ -26,19 +23,26 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import functools
 import os
 import re
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ofa_ve_bench import cpu_peak, machine, workload
-from ofa_ve_bench.engine_runner import build_engine, prepare_all
+from ofa_ve_bench import machine
+
+GFLOP_PER_ITEM = 38.5
+DTYPES = ("float32", "bfloat16")
+CONV_SHAPES = ((64, 120, 2), (128, 60, 2), (256, 30, 8))
+"""(channels, side, batch) of the 3x3 convolutions of the peak: the stem's three stages,
+the last at 8 images, where AMX is busiest (the peak is what the CPU allows, not what
+the engine's batch of one gets)."""
 
 # torch.profiler operator names -> the kind of work they are (first match wins).
 KINDS = (
@@ -57,6 +61,88 @@ _CONV_SHAPE = re.compile(
     r"ih\d+oh(?P<oh>\d+)kh(?P<kh>\d+)sh\d+dh\d+ph\d+_"
     r"iw\d+ow(?P<ow>\d+)kw(?P<kw>\d+)"
 )
+
+
+# ------------------------------------------------------------------ the peak
+
+
+def best_rate(step: Callable[[], object], flop: float, seconds: float) -> float:
+    """GFLOP/s of `step` (`flop` per call): the best timed window of at least 0.2 s
+    (and 3 calls) within `seconds`, after 3 warm-up calls (oneDNN caches its kernels)."""
+    for _ in range(3):
+        step()
+    best = 0.0
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        started, calls = time.perf_counter(), 0
+        while calls < 3 or time.perf_counter() - started < 0.2:
+            step()
+            calls += 1
+        best = max(best, flop * calls / (time.perf_counter() - started) / 1e9)
+    return best
+
+
+def _conv_steps(
+    channels: int, size: int, batch: int, dtype: Any
+) -> dict[str, Callable[[], object]]:
+    """The convolution eager (its weight reordered on every call) and prepacked (oneDNN's
+    fused operator on a weight reordered once, as the engine's oneDNN stem runs it)."""
+    import torch
+
+    conv = torch.nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+    conv = conv.to(dtype=dtype, memory_format=torch.channels_last).eval()
+    x = torch.randn(batch, channels, size, size, dtype=dtype).to(memory_format=torch.channels_last)
+    steps: dict[str, Callable[[], object]] = {"eager": functools.partial(conv, x)}
+    mkldnn = getattr(torch.ops, "mkldnn", None)
+    if torch.backends.mkldnn.is_available() and hasattr(mkldnn, "_convolution_pointwise"):
+        geometry = ([1, 1], [1, 1], [1, 1], 1)
+        weight = mkldnn._reorder_convolution_weight(conv.weight.detach(), *geometry, list(x.shape))
+        steps["prepacked"] = functools.partial(
+            mkldnn._convolution_pointwise, x, weight, None, *geometry, "none", [], ""
+        )
+    return steps
+
+
+def measure_peak(seconds: float, dtypes: Sequence[str] = DTYPES) -> dict[str, dict[str, float]]:
+    """dtype -> shape -> GFLOP/s."""
+    import torch
+
+    out: dict[str, dict[str, float]] = {}
+    with torch.inference_mode():
+        for name in dtypes:
+            dtype = getattr(torch, name)
+            rates: dict[str, float] = {}
+            for channels, size, batch in CONV_SHAPES:
+                flop = 2.0 * batch * channels * channels * 9 * size * size
+                shape = f"conv3x3_{channels}ch_{size}px_b{batch}"
+                for how, step in _conv_steps(channels, size, batch, dtype).items():
+                    rates[f"{shape}_{how}"] = best_rate(step, flop, seconds)
+            linear = torch.nn.Linear(256, 1024).to(dtype=dtype).eval()
+            step = functools.partial(linear, torch.randn(930, 256, dtype=dtype))
+            rates["linear_930x256x1024"] = best_rate(step, 2.0 * 930 * 256 * 1024, seconds)
+            out[name] = rates
+    return out
+
+
+def conv_peak(rates: dict[str, dict[str, float]]) -> dict[str, float]:
+    """dtype -> the best convolution rate of `measure_peak`'s figures (GFLOP/s)."""
+    return {d: max(v for k, v in r.items() if k.startswith("conv")) for d, r in rates.items()}
+
+
+def peak_report(rates: dict[str, dict[str, float]]) -> str:
+    dtypes = list(rates)
+    lines = [f"{'shape':<32}" + "".join(f"{d:>12}" for d in dtypes) + "   (GFLOP/s)"]
+    for shape in rates[dtypes[0]]:
+        lines.append(f"{shape:<32}" + "".join(f"{rates[d][shape]:>12.0f}" for d in dtypes))
+    peak = conv_peak(rates)
+    lines.append(
+        f"items/s the best convolution rate allows at {GFLOP_PER_ITEM} GFLOP/item: "
+        + ", ".join(f"{d} {peak[d] / GFLOP_PER_ITEM:.1f}" for d in dtypes)
+    )
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ an item's split
 
 
 @dataclass
@@ -126,21 +212,24 @@ def _captured_stdout() -> Iterator[list[str]]:
 
 @dataclass
 class Split:
-    """One dtype's item, per item (ms) and what that bounds."""
+    """One dtype's item, per item (ms).
+
+    Args:
+        wall_ms: median over passes of the wall time, no profiler or verbose mode on.
+        profiled_wall_ms: the wall time of the pass under the profiler (what the
+            split adds up to).
+        conv_exec_ms: oneDNN's own exec time of the convolution primitives.
+        op_self_ms: torch.profiler's self time by kind.
+    """
 
     dtype: str
     items: int
     wall_ms: float
-    """Median over passes of the wall time per item, no profiler or verbose mode on."""
     profiled_wall_ms: float
-    """The wall time per item of the pass under the profiler (what its split adds up to)."""
     conv_exec_ms: float
-    """oneDNN's own execution time of the convolution primitives."""
     conv_gflop: float
     conv_implementations: list[str]
     op_self_ms: dict[str, float] = field(default_factory=dict)
-    """torch.profiler's self time by kind (its convolution figure includes the op's
-    own overhead around the primitive)."""
 
     @property
     def conv_gflops(self) -> float:
@@ -162,11 +251,14 @@ class Split:
         return out
 
 
-def measure(model_dir: Path, dtype: str, passes: int, count: int | None = None) -> Split:
+def measure_split(model_dir: Path, dtype: str, passes: int, count: int | None = None) -> Split:
     """One engine in `dtype`: timed passes over the items, then one pass under the
     profiler and one in oneDNN's verbose mode."""
     import torch
     from torch.profiler import ProfilerActivity, profile
+
+    from ofa_ve_bench import workload
+    from ofa_ve_bench.engine_runner import build_engine, prepare_all
 
     engine = build_engine(model_dir, "cpu", {"dtype": dtype}, forward_batch_size=1)[0]
     items = workload.items(formats="jpeg", seed=0)[:count]
@@ -175,7 +267,7 @@ def measure(model_dir: Path, dtype: str, passes: int, count: int | None = None) 
         for item in items:
             engine.predict(prepare_all(engine, [item]))
 
-    one_pass()  # warm-up: every text length and image once (oneDNN caches its kernels)
+    one_pass()  # warm-up: every text length and image once
     walls = []
     for _ in range(passes):
         started = time.perf_counter()
@@ -187,10 +279,9 @@ def measure(model_dir: Path, dtype: str, passes: int, count: int | None = None) 
         profiled_ms = (time.perf_counter() - started) * 1000 / len(items)
     by_kind: dict[str, float] = {}
     for event in prof.key_averages():
-        if event.key.startswith("ProfilerStep"):
-            continue
-        kind = kind_of(event.key)
-        by_kind[kind] = by_kind.get(kind, 0.0) + event.self_cpu_time_total / 1000 / len(items)
+        if not event.key.startswith("ProfilerStep"):
+            kind = kind_of(event.key)
+            by_kind[kind] = by_kind.get(kind, 0.0) + event.self_cpu_time_total / 1000 / len(items)
     verbose = torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON)
     with _captured_stdout() as captured, verbose:
         one_pass()
@@ -207,7 +298,7 @@ def measure(model_dir: Path, dtype: str, passes: int, count: int | None = None) 
     )
 
 
-def text_report(splits: Sequence[Split], peak: dict[str, float] | None) -> str:
+def split_report(splits: Sequence[Split], peak: dict[str, float] | None) -> str:
     lines = []
     for s in splits:
         lines.append(
@@ -232,7 +323,7 @@ def text_report(splits: Sequence[Split], peak: dict[str, float] | None) -> str:
             f"-> at most {bound:.2f} items/s"
         )
         if peak and s.dtype in peak:
-            allows = peak[s.dtype] / cpu_peak.GFLOP_PER_ITEM
+            allows = peak[s.dtype] / GFLOP_PER_ITEM
             lines.append(
                 f"  convolution peak {peak[s.dtype]:.0f} GFLOP/s allows {allows:.1f} items/s: "
                 f"engine {1000 / s.wall_ms / allows:.2f} of it, kernels-only bound "
@@ -244,31 +335,36 @@ def text_report(splits: Sequence[Split], peak: dict[str, float] | None) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model-dir", type=Path, required=True)
+    parser.add_argument("--model-dir", type=Path, help="also split an item's time (the engine)")
     parser.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated")
     parser.add_argument("--passes", type=int, default=3, help="timed passes over the items")
     parser.add_argument(
-        "--peak-seconds",
-        type=float,
-        default=2.0,
-        help="seconds per shape for the convolution peak measured beside it (0: skip)",
+        "--peak-seconds", type=float, default=2.0, help="per peak shape (0: no peak)"
     )
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
-    if not dtypes or any(d not in cpu_peak.DTYPES for d in dtypes):
-        parser.error(f"--dtypes: each one of {', '.join(cpu_peak.DTYPES)}")
-    splits = [measure(args.model_dir, d, args.passes) for d in dtypes]
-    peak = None
+    if not dtypes or any(d not in DTYPES for d in dtypes):
+        parser.error(f"--dtypes: each one of {', '.join(DTYPES)}")
+    if args.model_dir is None and args.peak_seconds <= 0:
+        parser.error("nothing to measure: give --model-dir or a --peak-seconds above 0")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    results: dict[str, Any] = {"machine": machine.describe().to_dict()}
+    texts, peak = [], None
     if args.peak_seconds > 0:
-        peak = cpu_peak.conv_peak(cpu_peak.measure(args.peak_seconds))
-    results: dict[str, Any] = {
-        "machine": machine.describe().to_dict(),
-        "splits": [s.to_dict() for s in splits],
-        "conv_peak_gflops": peak,
-        "gflop_per_item": cpu_peak.GFLOP_PER_ITEM,
-    }
-    machine.report(results, text_report(splits, peak), args.json)
+        rates = measure_peak(args.peak_seconds, dtypes)
+        peak = conv_peak(rates)
+        results.update(gflops=rates, conv_peak_gflops=peak, gflop_per_item=GFLOP_PER_ITEM)
+        texts.append(peak_report(rates))
+    if args.model_dir is not None:
+        splits = [measure_split(args.model_dir, d, args.passes) for d in dtypes]
+        results["splits"] = [s.to_dict() for s in splits]
+        texts.append(split_report(splits, peak))
+    machine.report(results, "\n\n".join(texts), args.json)
     return 0
 
 
