@@ -11,6 +11,8 @@
 #   make soak             bounded load against a running `make serve` (SOAK_ARGS)
 #   make bench            side-by-side benchmark: ModelScope vs engine vs server (CPU or GPU)
 #   make gpu-check        the GPU check (CPU mode where there is no GPU; docs/gpu-check.md)
+#   make gpu-rehearsal    the GPU check's device call, verbatim, on a Python shaped like
+#                         the GPU machine's, network off (downloads ~3 GB once)
 #   make loadtest         perf_analyzer sweeps against a running server (URL)
 #
 # Make variables: PYTEST_ARGS (e.g. PYTEST_ARGS="-m 'not server'"), TEST_WORKERS (test
@@ -35,7 +37,7 @@ DEMO_DIR ?=
 DEMO_SEED ?=
 DEMO_ARGS = $(if $(DEMO_DIR),--out $(DEMO_DIR)) $(if $(DEMO_SEED),--seed $(DEMO_SEED))
 
-.PHONY: help setup setup-serve serve test lint demo-checkpoint soak bench gpu-check loadtest
+.PHONY: help setup setup-serve serve test lint demo-checkpoint soak bench gpu-check gpu-rehearsal loadtest
 
 help:
 	@sed -n '1,/^$$/{s/^# \{0,1\}//;p}' Makefile
@@ -70,10 +72,14 @@ bench: setup
 	  --plot .cache/bench/benchmark.png
 
 # Both parts of the GPU check; on a machine without a GPU, the CPU mode (small sizes,
-# "no GPU figures"). On the lent GPU machine the parts run as two device calls
-# (docs/gpu-check.md; wheels from `python -m ofa_ve_bench.wheelhouse`).
+# "no GPU figures"). On the lent GPU machine it runs as one device call
+# (docs/gpu-check.md; `python -m ofa_ve_bench.wheelhouse --calls-json`).
 gpu-check: setup
 	$(PYTHON) -m ofa_ve_bench.gpu_check --mode auto --out .cache/gpu-check
+
+# That device call, rehearsed here before a GPU window (not part of `make test`).
+gpu-rehearsal: setup
+	$(PYTHON) -m ofa_ve_bench.gpu_rehearsal
 
 loadtest: setup
 	$(PYTHON) -m ofa_ve_bench.perf_analyzer_sweep --url $(URL) --out-dir .cache/loadtest
