@@ -1,7 +1,11 @@
 #!/usr/bin/env python3
 """Run a real tritonserver in the foreground serving OFA visual entailment (`make serve`).
 
-Which weights, in order:
+Weights live in the model repository, the Triton way: each version folder of the
+model holds a ModelScope model directory in <version>/weights/, and that is what the
+version loads. A version folder whose weights/ is a real directory is served as it is
+(nothing is fetched for it). Where weights/ is missing, or is a link (this script's,
+from an earlier start), it is linked to, in order:
   1. OFA_VE_MODEL_DIR (or --model-dir): a ModelScope model directory you provide;
   2. the real model from the ModelScope hub (`python -m ofa_ve_ops.fetch_model`; cached in
      $OFA_VE_MODEL_CACHE or ~/.cache/ofa-ve/modelscope; hub: $MODELSCOPE_ENDPOINT), or,
@@ -9,10 +13,14 @@ Which weights, in order:
   3. where the hub cannot be reached and nothing is cached: a demo checkpoint with RANDOM
      weights (cached under the cache folder), announced loudly: its answers are
      meaningless, it only shows the server working.
+A link, not a copy: the weights stay in one place (the cache), a restart re-points the
+link at once, and Triton follows links in a local repository. To ship the repository
+(object storage, another machine), copy it with the links followed: `cp -rL`,
+`aws s3 sync`, `gcloud storage rsync -r` (docs/deployment.md).
 
-The model directory reaches the Triton model through the environment variable
-OFA_VE_MODEL_DIR of the tritonserver process (model.py reads it; it takes
-precedence over config.pbtxt's `model_dir` parameter).
+--model-repository DIR serves another repository (default: this checkout's
+model_repository/), the same way. The tritonserver process gets no OFA_VE_MODEL_DIR:
+the model reads its version folders.
 
 Endpoints bind 127.0.0.1 unless OFA_VE_BIND_ADDRESS (or --address) says otherwise:
 HTTP OFA_VE_HTTP_PORT (8000), gRPC OFA_VE_GRPC_PORT (8001), metrics
@@ -36,9 +44,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ofa_ve_ops import admin_access, paths, triton_runtime
-from ofa_ve_ops.paths import CACHE_DIR_ENV, MODEL_REPOSITORY, demo_checkpoint_dir
+from ofa_ve_ops.paths import CACHE_DIR_ENV, MODEL_NAME, MODEL_REPOSITORY, demo_checkpoint_dir
 
 MODEL_DIR_ENV = "OFA_VE_MODEL_DIR"
+WEIGHTS_FOLDER = "weights"
 
 DEMO_WARNING = """
 ==========================================================================
@@ -48,7 +57,8 @@ DEMO_WARNING = """
   Every answer this server gives is MEANINGLESS. It only shows the server
   working. For real predictions set OFA_VE_MODEL_DIR to the ModelScope
   model directory of damo/ofa_visual-entailment_snli-ve_distilled_v2_en
-  (or run where the hub is reachable: `make serve` fetches and caches it).
+  (or put its files in <version>/weights/ of the model, or run where the
+  hub is reachable: `make serve` fetches and caches it).
 ==========================================================================
 """
 
@@ -163,6 +173,42 @@ def resolve_model_dir(model_dir: Path | None, cache_dir: Path, hub_timeout_s: fl
     return Path(path)
 
 
+def version_folders(repository: Path) -> list[Path]:
+    """The model's version folders (numeric names) in `repository`; refuses what is no
+    repository of this model."""
+    model = repository / MODEL_NAME
+    if not (model / "config.pbtxt").is_file():
+        raise SystemExit(
+            f"serve: {repository} is not a model repository of {MODEL_NAME} "
+            f"(no {MODEL_NAME}/config.pbtxt in it)"
+        )
+    versions = sorted(
+        (p for p in model.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) > 0),
+        key=lambda p: int(p.name),
+    )
+    if not versions:
+        raise SystemExit(f"serve: {model} has no version folder (1/, 2/, ...)")
+    return versions
+
+
+def needs_weights(version: Path) -> bool:
+    """Whether `version/weights` is this script's to (re)link: missing, or a link. A real
+    directory there is the operator's, served as it is."""
+    weights = version / WEIGHTS_FOLDER
+    return weights.is_symlink() or not weights.exists()
+
+
+def link_weights(version: Path, model_dir: Path) -> Path:
+    """Point `version/weights` at `model_dir` (absolute), replacing an earlier link in one
+    atomic rename: a server reading the folder sees the old link or the new one."""
+    weights = version / WEIGHTS_FOLDER
+    staging = version / f".{WEIGHTS_FOLDER}.{os.getpid()}.tmp"
+    staging.unlink(missing_ok=True)
+    staging.symlink_to(model_dir.resolve(), target_is_directory=True)
+    os.replace(staging, weights)
+    return weights
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     env_dir = os.environ.get(MODEL_DIR_ENV, "").strip()
     parser = argparse.ArgumentParser(
@@ -174,7 +220,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--model-dir",
         type=Path,
         default=Path(env_dir) if env_dir else None,
-        help=f"ModelScope model directory (default: ${MODEL_DIR_ENV}, else hub, else demo)",
+        help=f"ModelScope model directory to link as the weights of version folders that have "
+        f"none of their own (default: ${MODEL_DIR_ENV}, else hub, else demo)",
+    )
+    parser.add_argument(
+        "--model-repository",
+        type=Path,
+        default=MODEL_REPOSITORY,
+        help=f"the model repository to serve (default: this checkout's, {MODEL_REPOSITORY})",
     )
     parser.add_argument(
         "--address",
@@ -240,10 +293,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except triton_runtime.RuntimeSetupError as exc:
         _say(str(exc))
         return 1
-    model_dir = resolve_model_dir(args.model_dir, args.cache_dir, args.hub_timeout).resolve()
+    repository = args.model_repository.resolve()
+    versions = version_folders(repository)
+    unlinked = [v for v in versions if needs_weights(v)]
+    for version in versions:
+        if version not in unlinked:
+            _say(f"version {version.name}: its own weights, {version / WEIGHTS_FOLDER}")
+    links: list[tuple[Path, Path]] = []
+    if unlinked:
+        model_dir = resolve_model_dir(args.model_dir, args.cache_dir, args.hub_timeout).resolve()
+        links = [(version, model_dir) for version in unlinked]
+    elif args.model_dir is not None:
+        _say(f"{MODEL_DIR_ENV} not used: every version folder has weights of its own")
     command = triton_runtime.server_command(
         runtime,
-        MODEL_REPOSITORY,
+        repository,
         http_port=args.http_port,
         grpc_port=args.grpc_port,
         metrics_port=args.metrics_port,
@@ -251,15 +315,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         exit_timeout_s=args.exit_timeout_secs,
         extra_args=args.tritonserver_args,
     )
-    env = triton_runtime.server_env(runtime, **{MODEL_DIR_ENV: str(model_dir)})
+    env = triton_runtime.server_env(runtime)
+    env.pop(MODEL_DIR_ENV, None)  # the model reads its version folders
     try:  # on loopback the admin APIs may stay open; with a key they are closed
         secret = admin_access.secret_from_env(os.environ)
         if secret is not None:
             command += admin_access.restricted_flags(secret)
     except admin_access.AdminKeyError as exc:
         raise SystemExit(f"serve: {exc}") from None
+    for version, model_dir in links:
+        weights = version / WEIGHTS_FOLDER
+        if args.dry_run:
+            print(f"weights: {weights} -> {model_dir}")
+        else:
+            link_weights(version, model_dir)
+            _say(f"version {version.name}: weights {weights} -> {model_dir}")
     if args.dry_run:
-        print(f"{MODEL_DIR_ENV}={model_dir}")
         print(" ".join(command))
         return 0
     if not triton_runtime.has_gpu():
