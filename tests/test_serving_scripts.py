@@ -252,6 +252,43 @@ def test_serve_refuses_a_taken_port_before_loading_anything(tmp_path: Path) -> N
     assert same.returncode != 0 and "OFA_VE_GRPC_PORT and OFA_VE_HTTP_PORT" in same.stderr
 
 
+def test_serve_names_every_taken_port_in_one_message(tmp_path: Path) -> None:
+    """Three endpoints, all three ports taken: one refusal names them all, with a free
+    port suggested for each (not one port per attempt)."""
+    import socket
+
+    holders = [socket.socket() for _ in range(3)]
+    try:
+        for holder in holders:
+            holder.bind(("127.0.0.1", 0))
+            holder.listen()
+        ports = [str(h.getsockname()[1]) for h in holders]
+        env = _env(
+            OFA_VE_MODEL_DIR=str(tmp_path / "not-looked-at"),
+            OFA_VE_HTTP_PORT=ports[0],
+            OFA_VE_GRPC_PORT=ports[1],
+            OFA_VE_METRICS_PORT=ports[2],
+        )
+        out = run("-m", SERVE, env=env)
+    finally:
+        for holder in holders:
+            holder.close()
+    assert out.returncode != 0
+    lines = [line for line in out.stderr.splitlines() if line.startswith("serve:")]
+    assert len(lines) == 1, out.stderr
+    (message,) = lines
+    for port, endpoint, variable, flag in zip(
+        ports,
+        ("HTTP", "gRPC", "metrics"),
+        ("OFA_VE_HTTP_PORT", "OFA_VE_GRPC_PORT", "OFA_VE_METRICS_PORT"),
+        ("--http-port", "--grpc-port", "--metrics-port"),
+        strict=True,
+    ):
+        assert f"127.0.0.1:{port} (the {endpoint} port, {variable})" in message
+        assert f"{variable}=" in message and f"{flag} " in message
+    assert "are already in use" in message
+
+
 def test_serve_closes_the_admin_apis_when_given_a_key(tmp_path: Path) -> None:
     """Open on loopback by default; OFA_VE_ADMIN_KEY closes them as the container does;
     an unusable key is refused before anything starts."""

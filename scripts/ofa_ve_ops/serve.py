@@ -104,36 +104,64 @@ def _bind_error(address: str, port: int) -> OSError | None:
     return None
 
 
+def _free_port_near(address: str, port: int, avoid: set[int]) -> int:
+    """A port to suggest instead of `port`: port + 10, + 20, ... that binds now."""
+    for candidate in range(port + 10, min(port + 1000, 65536), 10):
+        if candidate not in avoid and _bind_error(address, candidate) is None:
+            return candidate
+    return port + 10
+
+
 def check_ports(address: str, ports: dict[str, int]) -> None:
-    """Refuse at once, naming the variable, when an endpoint's port cannot be had.
+    """Refuse at once, naming every port that cannot be had in one message, with the
+    variables (and flags) that move them.
 
     Why here: tritonserver only binds its ports after the model has loaded (seconds
-    to minutes, a hub download included) and then fails with a bare "already in use".
-    `ports` maps an ENDPOINTS variable name to the port asked for.
+    to minutes, a hub download included) and then fails with a bare "already in use",
+    one port per attempt. `ports` maps an ENDPOINTS variable name to the port asked for.
     """
     by_port: dict[int, str] = {}
+    problems: list[str] = []
+    taken: list[tuple[str, str, str, int]] = []
     for endpoint, variable, attr in ENDPOINTS:
         port = ports[variable]
         flag = "--" + attr.replace("_", "-")
         if port in by_port:
-            raise SystemExit(
-                f"serve: {variable} and {by_port[port]} are both {port}: every endpoint "
-                "needs a port of its own"
+            problems.append(
+                f"{variable} and {by_port[port]} are both {port}: every endpoint needs a "
+                "port of its own"
             )
+            continue
         by_port[port] = variable
         error = _bind_error(address, port)
         if error is None:
             continue
         if error.errno == errno.EADDRINUSE:
-            raise SystemExit(
-                f"serve: {address}:{port}, the {endpoint} port, is already in use (another "
-                f"`make serve` or tritonserver?). Stop that process or pick another port: "
-                f"{variable}={port + 10} make serve (or {flag} {port + 10})"
+            taken.append((endpoint, variable, flag, port))
+        else:
+            problems.append(
+                f"cannot bind the {endpoint} port {address}:{port} ({error.strerror}); "
+                f"check OFA_VE_BIND_ADDRESS (--address) and {variable} ({flag})"
             )
-        raise SystemExit(
-            f"serve: cannot bind the {endpoint} port {address}:{port} ({error.strerror}); "
-            f"check OFA_VE_BIND_ADDRESS (--address) and {variable} ({flag})"
-        )
+    if taken:
+        avoid = set(by_port)
+        moves = []
+        for _, variable, flag, port in taken:
+            moves.append((variable, flag, _free_port_near(address, port, avoid)))
+            avoid.add(moves[-1][2])
+        listed = ", ".join(f"{address}:{port} (the {endpoint} port, {variable})"
+                           for endpoint, variable, _, port in taken)
+        verb = "is" if len(taken) == 1 else "are"
+        problems.insert(0, (
+            f"{listed} {verb} already in use (another `make serve` or tritonserver?). Stop "
+            "that process or pick other ports: "
+            + " ".join(f"{variable}={port}" for variable, _, port in moves)
+            + " make serve (or "
+            + " ".join(f"{flag} {port}" for _, flag, port in moves)
+            + ")"
+        ))
+    if problems:
+        raise SystemExit("serve: " + "; ".join(problems))
 
 
 def demo_checkpoint(cache_dir: Path) -> Path:
