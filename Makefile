@@ -20,7 +20,9 @@
 #
 # Environment of `make serve` (python -m ofa_ve_ops.serve --help says more):
 #   OFA_VE_MODEL_DIR      a ModelScope model directory to serve (default: fetch the
-#                         real model from the hub; where it is unreachable, a demo)
+#                         real model from the hub; where it is unreachable, a demo);
+#                         linked as model_repository/ofa_visual_entailment/1/weights
+#                         (SERVE_ARGS="--model-repository DIR" serves another repository)
 #   OFA_VE_MODEL_CACHE    where the fetched model is kept (~/.cache/ofa-ve/modelscope)
 #   MODELSCOPE_ENDPOINT   the ModelScope hub (https://modelscope.cn)
 #   OFA_VE_BIND_ADDRESS   address every endpoint binds (127.0.0.1)
