@@ -206,6 +206,11 @@ def test_the_committed_config_feeds_initialize(model, demo_model_dir: Path) -> N
     logged = "\n".join(message for _, message in Logger.lines)
     assert f"loaded demo weights from {demo_model_dir.resolve()}" in logged
     assert ("warn", "#  RANDOM DEMO WEIGHTS: " + str(demo_model_dir.resolve())) in Logger.lines
+    # OFA_VE_MODEL_DIR (set by `initialize` here) overrides the version folder: said so.
+    assert (
+        f"weights from $OFA_VE_MODEL_DIR ({demo_model_dir}), overriding the version folder's own"
+        in logged
+    )
 
 
 @pytest.mark.slow

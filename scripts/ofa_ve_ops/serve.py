@@ -301,7 +301,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--dry-run",
         action="store_true",
-        help="resolve the model and print the tritonserver command, do not run it",
+        help="resolve the weights and print the links it would make and the tritonserver "
+        "command; change nothing, run nothing",
     )
     parser.add_argument(
         "tritonserver_args",
