@@ -15,6 +15,9 @@
 # container) only the pinned requirements are installed: Triton imports the engine
 # from the model folder next to model.py.
 # Re-running is cheap: a stamp of the requirement files' hash skips pip when nothing changed.
+# Progress: one `setup.sh [n/N]` line per phase, and pip's own output (what it
+# collects and downloads, with its progress bars) for the pinned requirements, the
+# long phase (torch's wheels are several GB on a first install).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -38,9 +41,19 @@ case "$profile" in
   *) echo "setup.sh: unknown profile '$profile' (engine, serve or dev)" >&2; exit 2 ;;
 esac
 
+# The phases of an install, each announced as `setup.sh [n/N] ...`.
+phases=2
+[[ -n "$venv" ]] && phases=3
+[[ -n "$venv" && ! -x "$venv/bin/python" ]] && phases=4
+phase=0
+say_phase() {
+  phase=$((phase + 1))
+  echo "setup.sh [$phase/$phases] $*"
+}
+
 if [[ -n "$venv" ]]; then
   if [[ ! -x "$venv/bin/python" ]]; then
-    echo "setup.sh: creating virtualenv $venv"
+    say_phase "creating virtualenv $venv"
     python3 -m venv "$venv"
   fi
   python="$venv/bin/python"
@@ -63,16 +76,31 @@ if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
 fi
 
 echo "setup.sh: installing $profile dependencies into $python"
+say_phase "upgrading pip"
 "$python" -m pip install --quiet --disable-pip-version-check --upgrade pip
+say_phase "installing the pinned requirements (${reqs[*]#"$root/"}): on a first install" \
+  "several GB of wheels (torch), minutes; pip shows each download"
 args=()
 for r in "${reqs[@]}"; do args+=(-r "$r"); done
-"$python" -m pip install --quiet --disable-pip-version-check "${args[@]}"
+"$python" -m pip install --disable-pip-version-check "${args[@]}"
 if [[ -n "$venv" ]]; then
+  say_phase "installing the project's own packages, editable (in place)"
+  # Why PYTHONWARNINGS: the pyproject.toml files declare no package root
+  # (`package-dir = {"" = "."}`), so setuptools installs their packages editable
+  # through a meta-path finder that maps each package name to its folder, and prints
+  # an "Editable installation" box (its InformationOnly warning) for each. With a
+  # root declared it would write a .pth that puts the whole folder on sys.path
+  # instead: for the engine, the version folder, making its model.py importable as
+  # `model` and putting the checkout's engine on the path of every process of the
+  # virtualenv, the tritonserver's stubs serving another repository included. The
+  # finder is the right strategy; only its notice is filtered, and only here.
   editable=(-e "$root/model_repository/ofa_visual_entailment/1")
   [[ "$profile" != "engine" ]] && editable+=(-e "$root/scripts")
-  "$python" -m pip install --quiet --disable-pip-version-check --no-deps "${editable[@]}"
+  PYTHONWARNINGS="ignore:Editable installation" \
+    "$python" -m pip install --quiet --disable-pip-version-check --no-deps "${editable[@]}"
   if [[ "$profile" == "dev" ]]; then
-    "$python" -m pip install --quiet --disable-pip-version-check -e "$root/client"
+    PYTHONWARNINGS="ignore:Editable installation" \
+      "$python" -m pip install --quiet --disable-pip-version-check -e "$root/client"
   fi
 fi
 echo "$want" > "$stamp"

@@ -504,17 +504,27 @@ def test_healthcheck_uses_triton_readiness(dockerfile) -> None:
     assert start_period and parse_seconds(start_period.group(1)) >= 60, "allow for model load"
 
 
-def test_model_dir_is_where_the_weights_go(dockerfile) -> None:
-    env = final_env(dockerfile)
-    model_dir = env["OFA_VE_MODEL_DIR"]
+WEIGHTS_IN_REPOSITORY = "model_repository/ofa_visual_entailment/1/weights"
+"""Where the image holds the weights: version 1's folder, where the model loads them."""
+
+
+def test_weights_go_in_the_version_folder(dockerfile) -> None:
+    """Baked (MODEL_FETCH=1) or mounted, the weights are in the served repository's
+    version folder; nothing sets OFA_VE_MODEL_DIR (it would override the folders)."""
+    instructions, _ = dockerfile
+    assert "OFA_VE_MODEL_DIR" not in final_env(dockerfile)
+    assert all(e["name"] != "OFA_VE_MODEL_DIR" for e in triton_container().get("env", []))
     copies = [i.value.split() for i in final_stage_instructions(dockerfile)
               if i.keyword == "COPY" and i.value.startswith("--from=weights")]
-    assert copies and copies[0][-1] == model_dir, "baked weights must land on OFA_VE_MODEL_DIR"
-    (deploy_env,) = [e for e in triton_container()["env"] if e["name"] == "OFA_VE_MODEL_DIR"]
-    assert deploy_env["value"] == model_dir
-    instructions, _ = dockerfile
+    assert copies and copies[0][-1] == WEIGHTS_IN_REPOSITORY
+    workdirs = [i.value for i in instructions if i.keyword == "WORKDIR"]
+    repository = flag_values(image_cmd(dockerfile))["model-repository"][0]
+    assert f"{workdirs[-1].rstrip('/')}/{WEIGHTS_IN_REPOSITORY}".startswith(repository + "/")
     fetch_args = {i.value.split("=")[0] for i in instructions if i.keyword == "ARG"}
     assert "MODEL_FETCH" in fetch_args
+    # A checkout's own weights (make serve's link, or a copy) never reach the context.
+    ignored = (REPO / ".dockerignore").read_text().splitlines()
+    assert "model_repository/*/*/weights" in ignored
 
 
 def test_fetch_script_has_the_cli_the_image_uses() -> None:
@@ -570,7 +580,8 @@ def test_env_vars_exist_in_the_code(dockerfile, compose) -> None:
     for container in k8s_object("Deployment")["spec"]["template"]["spec"]["containers"]:
         deployed |= {e["name"] for e in container.get("env", [])}
     ours = {name for name in deployed if name.startswith("OFA_VE_")}
-    assert "OFA_VE_MODEL_DIR" in ours
+    assert "OFA_VE_MODEL_DIR" not in ours, "weights go in the version folder, not a variable"
+    assert ours, "the deployment sets no variable of ours at all"
     code = "\n".join(
         p.read_text()
         for p in [*(REPO / "model_repository").rglob("*.py"), *(REPO / "scripts").rglob("*.py")]
@@ -621,20 +632,24 @@ def test_compose_gpu_and_cpu_services(dockerfile, compose) -> None:
         )
 
 
-def test_compose_model_cache_volume(compose) -> None:
+def test_compose_mounts_the_fetched_weights_on_the_version_folder(dockerfile, compose) -> None:
+    """model-fetch fills the cache volume and copies the model directory into the
+    weights volume, which the servers mount read-only on version 1's weights folder."""
     services = compose["services"]
-    assert "model-cache" in compose["volumes"]
+    assert {"model-cache", "model-weights"} <= set(compose["volumes"])
     fetch = services["model-fetch"]
-    (fetch_mount,) = [v for v in fetch["volumes"] if v["source"] == "model-cache"]
+    mounts = {v["source"]: v for v in fetch["volumes"]}
     script = fetch["command"][-1]
-    assert "-m ofa_ve_ops.fetch_model --cache-dir " + fetch_mount["target"] in script
+    assert "-m ofa_ve_ops.fetch_model --cache-dir " + mounts["model-cache"]["target"] in script
+    assert f'cp -RLu "$$model_dir/." {mounts["model-weights"]["target"]}/' in script
+    instructions, _ = dockerfile
+    workdirs = [i.value for i in instructions if i.keyword == "WORKDIR"]
     for name in ("triton", "triton-cpu"):
         service = services[name]
-        (mount,) = [v for v in service["volumes"] if v["source"] == "model-cache"]
-        assert mount["target"] == fetch_mount["target"] and mount["read_only"] is True
-        model_dir = service["environment"]["OFA_VE_MODEL_DIR"]
-        assert model_dir.startswith(mount["target"] + "/")
-        assert f'ln -sfn "$$model_dir" {model_dir}' in script
+        assert "OFA_VE_MODEL_DIR" not in (service.get("environment") or {})
+        (mount,) = [v for v in service["volumes"] if v["source"] == "model-weights"]
+        assert mount["target"] == f"{workdirs[-1].rstrip('/')}/{WEIGHTS_IN_REPOSITORY}"
+        assert mount["read_only"] is True
 
 
 # --------------------------------------------------------------------------- Kubernetes

@@ -71,7 +71,7 @@ def test_a_bad_item_raises_the_exact_routes_error() -> None:
     good = FILES[0].read_bytes()
     with pytest.raises(InvalidInputError) as info:
         load_pixels_gpu([good, b"not an image"], SIZE, LIMITS, device="cpu")
-    assert info.value.input_name == "IMAGE" and "not a decodable image" in str(info.value)
+    assert info.value.input_name == "IMAGE" and "not an image" in str(info.value)
     truncated = good[: len(good) // 2]
     with pytest.raises(InvalidInputError, match="IMAGE: could not be decoded"):
         load_pixels_gpu([good, truncated], SIZE, LIMITS, device="cpu")

@@ -182,7 +182,7 @@ CASES: dict[str, Case] = {
         "truncated",
     ),
     "image_text_file": Case(
-        lambda: request(image=payloads.TEXT_POSING_AS_IMAGE), ("IMAGE",), "not a decodable image"
+        lambda: request(image=payloads.TEXT_POSING_AS_IMAGE), ("IMAGE",), "not an image"
     ),
     "image_png_header_100000x100000": Case(
         lambda: request(image=payloads.png_header_claiming(100_000, 100_000)), ("IMAGE",), "pixels"

@@ -109,7 +109,7 @@ def _png_bomb(width: int, height: int) -> bytes:
     ("data", "fragment"),
     [
         (b"", "empty"),
-        (b"hello, I am a text file posing as an image\n" * 3, "not a decodable image"),
+        (b"hello, I am a text file posing as an image\n" * 3, "not an image"),
         (_png_bomb(100_000, 100_000), "declares more pixels than the limit"),
         (_png_bomb(8000, 6000), "= 48000000 pixels, over the limit of 40000000 pixels"),
     ],

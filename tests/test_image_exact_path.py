@@ -174,7 +174,7 @@ _SMALL = _jpeg(Image.new("RGB", (64, 48), (10, 200, 30)), quality=90)
     ("data", "limits", "fragment"),
     [
         (b"", LIMITS, "is empty (0 bytes)"),
-        (b"not an image at all" * 4, LIMITS, "not a decodable image"),
+        (b"not an image at all" * 4, LIMITS, "not an image"),
         (_SMALL[: len(_SMALL) // 2], LIMITS, "could not be decoded"),
         (_SMALL[:200], LIMITS, "could not be decoded"),
         (_SMALL, InputLimits(max_image_bytes=100), "over the limit of 100 bytes"),

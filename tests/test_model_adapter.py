@@ -206,6 +206,11 @@ def test_the_committed_config_feeds_initialize(model, demo_model_dir: Path) -> N
     logged = "\n".join(message for _, message in Logger.lines)
     assert f"loaded demo weights from {demo_model_dir.resolve()}" in logged
     assert ("warn", "#  RANDOM DEMO WEIGHTS: " + str(demo_model_dir.resolve())) in Logger.lines
+    # OFA_VE_MODEL_DIR (set by `initialize` here) overrides the version folder: said so.
+    assert (
+        f"weights from $OFA_VE_MODEL_DIR ({demo_model_dir}), overriding the version folder's own"
+        in logged
+    )
 
 
 @pytest.mark.slow
@@ -295,21 +300,44 @@ def test_a_request_cancelled_during_the_execution_is_answered_cancelled(model) -
 
 
 def test_model_dir_resolution(model_module, monkeypatch, tmp_path: Path) -> None:
-    params = model_module.from_triton_config(model_config(model_dir="weights"))
+    """The version folder's weights/, unless the model_dir parameter or OFA_VE_MODEL_DIR
+    (which wins over both) says otherwise; each failure names where the path came from."""
+    from ofa_ve_engine.parameters import locate_weights
+
+    def model_dir(at: Path) -> Path:
+        at.mkdir(parents=True)
+        (at / "configuration.json").write_text("{}")
+        return at
+
+    default = model_module.from_triton_config(model_config())
     monkeypatch.delenv("OFA_VE_MODEL_DIR", raising=False)
+    with pytest.raises(FileNotFoundError, match=r"1/weights \(from the version folder\)"):
+        locate_weights(default, tmp_path, "1")
+    (tmp_path / "1" / "weights").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match=r"has no configuration\.json"):
+        locate_weights(default, tmp_path, "1")
+    (tmp_path / "1" / "weights" / "configuration.json").write_text("{}")
+    assert locate_weights(default, tmp_path, 1) == (
+        tmp_path / "1" / "weights",
+        "the version folder",
+    )
+    model_dir(tmp_path / "2" / "weights")
+    assert locate_weights(default, tmp_path, "2")[0] == tmp_path / "2" / "weights"
+
+    params = model_module.from_triton_config(model_config(model_dir="elsewhere"))
     with pytest.raises(FileNotFoundError, match="from parameter model_dir"):
-        model_module.resolve_model_dir(params, tmp_path)
-    (tmp_path / "weights").mkdir()
-    assert model_module.resolve_model_dir(params, tmp_path) == tmp_path / "weights"
-    (tmp_path / "elsewhere").mkdir()
-    monkeypatch.setenv("OFA_VE_MODEL_DIR", str(tmp_path / "elsewhere"))
-    assert model_module.resolve_model_dir(params, tmp_path) == tmp_path / "elsewhere"  # env wins
+        locate_weights(params, tmp_path, "1")
+    model_dir(tmp_path / "elsewhere")
+    assert locate_weights(params, tmp_path, "1") == (tmp_path / "elsewhere", "parameter model_dir")
+    override = model_dir(tmp_path / "override")
+    monkeypatch.setenv("OFA_VE_MODEL_DIR", str(override))
+    assert locate_weights(params, tmp_path, "1") == (override, "$OFA_VE_MODEL_DIR")  # env wins
     monkeypatch.setenv("OFA_VE_MODEL_DIR", str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError, match=r"nowhere \(from \$OFA_VE_MODEL_DIR\)"):
-        model_module.resolve_model_dir(params, tmp_path)
+        locate_weights(default, tmp_path, "1")
     monkeypatch.delenv("OFA_VE_MODEL_DIR")
-    with pytest.raises(ValueError, match="OFA_VE_MODEL_DIR"):
-        model_module.resolve_model_dir(model_module.from_triton_config(model_config()), tmp_path)
+    with pytest.raises(ValueError, match="version folder"):  # no version, nothing set
+        locate_weights(default, tmp_path)
 
 
 def test_instance_device(model_module, monkeypatch) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import shutil
 import signal
 import struct
 import subprocess
@@ -41,6 +42,8 @@ from ofa_ve_ops.server_process import TritonServer, free_ports
 from ofa_ve_ops.triton_runtime import has_gpu
 from PIL import Image
 from prometheus import metric, scrape
+from repositories import copy_repository
+from servers import running
 from tritonclient.utils import InferenceServerException
 from waiting import settled, wait_for
 
@@ -422,12 +425,20 @@ def _serve_env(tmp_path: Path, hub: str, **extra: str) -> tuple[dict[str, str], 
     return env, http_port, grpc_port
 
 
-def _serve_answers_and_stops(env: dict[str, str], grpc_port: int, log_path: Path) -> str:
-    """Run serve.py as `make serve` does: READY, one answer, Ctrl-C stops it and every
-    process it started. Returns its log."""
+def _serve_answers_and_stops(
+    env: dict[str, str],
+    grpc_port: int,
+    log_path: Path,
+    repository: Path,
+    answers: Callable[[grpcclient.InferenceServerClient], None] | None = None,
+) -> str:
+    """Run serve.py as `make serve` does, on `repository` (a copy of the committed one:
+    serve.py links weights into it, which must not touch the checkout): READY, one
+    answer (checked by `answers` when given), Ctrl-C stops it and every process it
+    started. Returns its log."""
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "ofa_ve_ops.serve"],
+            [sys.executable, "-m", "ofa_ve_ops.serve", "--model-repository", str(repository)],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -452,6 +463,8 @@ def _serve_answers_and_stops(env: dict[str, str], grpc_port: int, log_path: Path
             MODEL_NAME, request_inputs([(image("tiny_50x40_png"), HYPOTHESES[0], None)])
         )
         assert outputs(result)[0][0] in LABELS
+        if answers is not None:
+            answers(client)
         client.close()
 
         # Ctrl-C in a terminal: SIGINT to the whole foreground process group (the
@@ -481,15 +494,19 @@ def test_serve_script_from_a_fresh_cache_with_the_hub_unreachable(tmp_path: Path
     # everywhere else, so this always exercises the fallback.
     (dead_port,) = free_ports(1)
     env, http_port, grpc_port = _serve_env(tmp_path, f"http://127.0.0.1:{dead_port}")
-    text = _serve_answers_and_stops(env, grpc_port, tmp_path / "serve.log")
+    repository = copy_repository(tmp_path / "repository", {"1": None})
+    text = _serve_answers_and_stops(env, grpc_port, tmp_path / "serve.log", repository)
     assert "THE MODELSCOPE HUB IS UNREACHABLE" in text
     assert "DEMO CHECKPOINT WITH RANDOM WEIGHTS" in text
     assert "RANDOM DEMO WEIGHTS" in text  # the model's own log line, from tritonserver
     assert f"Started GRPCInferenceService at 127.0.0.1:{grpc_port}" in text
     assert f"Started HTTPService at 127.0.0.1:{http_port}" in text
-    assert (
-        tmp_path / "cache" / f"demo-checkpoint-seed{DEFAULT_SEED}" / "pytorch_model.bin"
-    ).is_file()
+    demo = tmp_path / "cache" / f"demo-checkpoint-seed{DEFAULT_SEED}"
+    assert (demo / "pytorch_model.bin").is_file()
+    # The weights reach the model through its version folder: a link to the demo.
+    weights = repository / MODEL_NAME / "1" / "weights"
+    assert weights.is_symlink() and weights.resolve() == demo.resolve()
+    assert "overriding the version folder's own" not in text  # no OFA_VE_MODEL_DIR
     if not has_gpu():
         # On a CPU machine no alarming line goes unexplained: GPU metrics are off (no
         # NVML or DCGM errors), and the one CUDA line Triton always logs is announced.
@@ -527,9 +544,90 @@ def test_serve_script_uses_the_cached_model_while_the_hub_is_down(
     assert cached.is_relative_to(tmp_path / "hub-cache")
     (dead_port,) = free_ports(1)
     env["MODELSCOPE_ENDPOINT"] = f"http://127.0.0.1:{dead_port}"  # the hub is down now
-    text = _serve_answers_and_stops(env, grpc_port, tmp_path / "serve.log")
+    repository = copy_repository(tmp_path / "repository", {"1": None})
+    text = _serve_answers_and_stops(env, grpc_port, tmp_path / "serve.log", repository)
     assert "Using the complete copy already in the cache" in text
     assert f"its complete cached copy): {cached.resolve()}" in text
     assert "DEMO CHECKPOINT WITH RANDOM WEIGHTS" not in text
     assert f"weights from {cached.resolve()} on" in text  # what the model itself loaded
     assert not (tmp_path / "cache" / f"demo-checkpoint-seed{DEFAULT_SEED}").exists()
+
+
+# ------------------------------------------------------------ weights in version folders
+VERSION_ITEMS: list[Item] = [
+    (image("landscape_640x480_jpeg"), HYPOTHESES[1], None),
+    (image("rgba_200x164_png"), HYPOTHESES[2], PREMISES[4]),
+]
+
+
+def _version_probs(client: grpcclient.InferenceServerClient, version: str) -> np.ndarray:
+    result = client.infer(
+        MODEL_NAME, request_inputs(VERSION_ITEMS), model_version=version, client_timeout=120
+    )
+    return outputs(result)[2]
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_two_versions_each_answer_with_their_own_weights(
+    tmp_path: Path, demo_model_dir: Path, demo_engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Versions 1 and 2 side by side (version_policy all), each with a different demo
+    checkpoint in its <version>/weights/ and no OFA_VE_MODEL_DIR anywhere: each answers
+    as its own checkpoint does in-process."""
+    from ofa_ve_engine import VisualEntailmentEngine
+    from ofa_ve_engine.demo_checkpoint import write_demo_checkpoint
+
+    other = write_demo_checkpoint(tmp_path / "seed-7", seed=7)
+    repository = copy_repository(
+        tmp_path / "repository",
+        {"1": demo_model_dir, "2": other},
+        config_suffix="\nversion_policy: { all {} }\n",
+    )
+    monkeypatch.delenv("OFA_VE_MODEL_DIR", raising=False)
+    server = TritonServer(repository)
+    assert server.model_dir is None and "OFA_VE_MODEL_DIR" not in server.environment()
+    with running(server), grpcclient.InferenceServerClient(server.grpc_url) as client:
+        assert client.is_model_ready(MODEL_NAME, "1") and client.is_model_ready(MODEL_NAME, "2")
+        first, second = _version_probs(client, "1"), _version_probs(client, "2")
+        log = server.log_text()
+    np.testing.assert_allclose(first, engine_probs(demo_engine, VERSION_ITEMS), rtol=0, atol=1e-5)
+    own = VisualEntailmentEngine.from_model_dir(repository / MODEL_NAME / "2" / "weights",
+                                                device="cpu")
+    np.testing.assert_allclose(second, engine_probs(own, VERSION_ITEMS), rtol=0, atol=1e-5)
+    assert np.abs(first - second).max() > 1e-3  # two checkpoints, two sets of answers
+    for version in ("1", "2"):
+        weights = (repository / MODEL_NAME / version / "weights").resolve()
+        assert f"weights from {weights} on" in log
+    assert "overriding the version folder's own" not in log
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_a_copied_repository_serves_with_serve_and_no_environment(
+    tmp_path: Path, demo_model_dir: Path, demo_engine
+) -> None:
+    """A repository laid out as `make serve` leaves it (1/weights a link) and copied
+    elsewhere with the links followed (`cp -rL`) is self-contained: `serve
+    --model-repository COPY`, no OFA_VE_MODEL_DIR and the hub unreachable, serves its
+    own weights and fetches nothing."""
+    original = copy_repository(tmp_path / "original", {"1": None})
+    (original / MODEL_NAME / "1" / "weights").symlink_to(demo_model_dir)
+    copy = tmp_path / "elsewhere" / "repository"
+    shutil.copytree(original, copy, symlinks=False)  # cp -rL
+    shutil.rmtree(original)
+    weights = copy / MODEL_NAME / "1" / "weights"
+    assert weights.is_dir() and not weights.is_symlink()
+    (dead_port,) = free_ports(1)
+    env, _, grpc_port = _serve_env(tmp_path, f"http://127.0.0.1:{dead_port}")
+    assert "OFA_VE_MODEL_DIR" not in env
+
+    def answers(client: grpcclient.InferenceServerClient) -> None:
+        probs = _version_probs(client, "1")
+        np.testing.assert_allclose(probs, engine_probs(demo_engine, VERSION_ITEMS), atol=1e-5)
+
+    text = _serve_answers_and_stops(env, grpc_port, tmp_path / "serve.log", copy, answers)
+    assert f"version 1: its own weights, {weights}" in text
+    assert f"weights from {weights} on" in text
+    assert "fetching" not in text and "UNREACHABLE" not in text
+    assert not weights.is_symlink()  # serve.py left the operator's weights alone

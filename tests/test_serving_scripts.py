@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 from ofa_ve_ops import triton_runtime
+from ofa_ve_ops.paths import MODEL_NAME
 from ofa_ve_ops.triton_runtime import GrpcTls, prepare_runtime, server_command, server_env
+from repositories import copy_repository
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SERVE = "ofa_ve_ops.serve"
@@ -131,27 +133,94 @@ def _env(**values: str) -> dict[str, str]:
 
 
 def test_serve_takes_ports_address_and_model_dir_from_the_environment(tmp_path: Path) -> None:
+    """OFA_VE_MODEL_DIR becomes the version folder's weights link (a dry run only says
+    so); the tritonserver process itself gets no OFA_VE_MODEL_DIR."""
+    repository = copy_repository(tmp_path / "repository", {"1": None})
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
     env = _env(
-        OFA_VE_MODEL_DIR=str(tmp_path),
+        OFA_VE_MODEL_DIR=str(model_dir),
         OFA_VE_HTTP_PORT="18080",
         OFA_VE_GRPC_PORT="18081",
         OFA_VE_METRICS_PORT="18082",
     )
-    out = run("-m", SERVE, "--dry-run", env=env)
+    repo_args = ("--model-repository", str(repository))
+    out = run("-m", SERVE, "--dry-run", *repo_args, env=env)
     assert out.returncode == 0, out.stderr
-    assert f"OFA_VE_MODEL_DIR={tmp_path.resolve()}" in out.stdout
+    weights = repository / MODEL_NAME / "1" / "weights"
+    assert f"weights: {weights} -> {model_dir.resolve()}" in out.stdout
+    assert not weights.exists() and not weights.is_symlink()  # a dry run changes nothing
+    assert f"--model-repository={repository.resolve()}" in out.stdout
     for flag in ("--http-port=18080", "--grpc-port=18081", "--metrics-port=18082"):
         assert flag in out.stdout
     assert out.stdout.count("-address=127.0.0.1") == 3
 
-    out = run("-m", SERVE, "--dry-run", env={**env, "OFA_VE_BIND_ADDRESS": "0.0.0.0"})
+    out = run("-m", SERVE, "--dry-run", *repo_args, env={**env, "OFA_VE_BIND_ADDRESS": "0.0.0.0"})
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("-address=0.0.0.0") == 3
 
 
+def test_serve_leaves_a_version_folder_with_weights_of_its_own_alone(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """Version 1 holds real weights: served as they are, nothing resolved (a missing
+    OFA_VE_MODEL_DIR is not even looked at); version 2 without weights gets the link."""
+    repository = copy_repository(tmp_path / "repository", {"1": tiny_model_dir, "2": None})
+    missing = tmp_path / "nowhere"
+    env = _env(OFA_VE_MODEL_DIR=str(missing))
+    only_own = copy_repository(tmp_path / "own", {"1": tiny_model_dir})
+    out = run("-m", SERVE, "--dry-run", "--model-repository", str(only_own), env=env)
+    assert out.returncode == 0, out.stderr
+    assert "version 1: its own weights" in out.stderr and "weights:" not in out.stdout
+    assert "OFA_VE_MODEL_DIR not used" in out.stderr
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    out = run(
+        "-m",
+        SERVE,
+        "--dry-run",
+        "--model-repository",
+        str(repository),
+        env=_env(OFA_VE_MODEL_DIR=str(model_dir)),
+    )
+    assert out.returncode == 0, out.stderr
+    assert f"weights: {repository / MODEL_NAME / '2' / 'weights'} -> {model_dir}" in out.stdout
+    assert "/1/weights ->" not in out.stdout
+
+
+def test_serve_links_weights_atomically_and_refuses_what_is_no_repository(tmp_path: Path) -> None:
+    from ofa_ve_ops.serve import link_weights, needs_weights
+
+    version = copy_repository(tmp_path / "repository", {"1": None}) / MODEL_NAME / "1"
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir()
+    second.mkdir()
+    assert needs_weights(version)
+    assert link_weights(version, first).resolve() == first
+    assert needs_weights(version)  # a link is serve's to re-point
+    assert link_weights(version, second).resolve() == second
+    assert sorted(p.name for p in version.iterdir() if "weights" in p.name) == ["weights"]
+    (version / "weights").unlink()
+    (version / "weights").mkdir()
+    assert not needs_weights(version)  # a real directory is the operator's
+
+    out = run("-m", SERVE, "--dry-run", "--model-repository", str(tmp_path / "a"), env=_env())
+    assert out.returncode != 0
+    assert f"{tmp_path / 'a'} is not a model repository of {MODEL_NAME}" in out.stderr
+
+
 def test_serve_refuses_a_missing_model_dir_and_a_bad_port(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere"
-    out = run("-m", SERVE, "--dry-run", env=_env(OFA_VE_MODEL_DIR=str(missing)))
+    repository = copy_repository(tmp_path / "repository", {"1": None})
+    out = run(
+        "-m",
+        SERVE,
+        "--dry-run",
+        "--model-repository",
+        str(repository),
+        env=_env(OFA_VE_MODEL_DIR=str(missing)),
+    )
     assert out.returncode != 0
     assert str(missing) in out.stderr and "does not exist" in out.stderr
     out = run(
@@ -181,6 +250,43 @@ def test_serve_refuses_a_taken_port_before_loading_anything(tmp_path: Path) -> N
         env=_env(OFA_VE_MODEL_DIR=str(missing), OFA_VE_HTTP_PORT="18090", OFA_VE_GRPC_PORT="18090"),
     )
     assert same.returncode != 0 and "OFA_VE_GRPC_PORT and OFA_VE_HTTP_PORT" in same.stderr
+
+
+def test_serve_names_every_taken_port_in_one_message(tmp_path: Path) -> None:
+    """Three endpoints, all three ports taken: one refusal names them all, with a free
+    port suggested for each (not one port per attempt)."""
+    import socket
+
+    holders = [socket.socket() for _ in range(3)]
+    try:
+        for holder in holders:
+            holder.bind(("127.0.0.1", 0))
+            holder.listen()
+        ports = [str(h.getsockname()[1]) for h in holders]
+        env = _env(
+            OFA_VE_MODEL_DIR=str(tmp_path / "not-looked-at"),
+            OFA_VE_HTTP_PORT=ports[0],
+            OFA_VE_GRPC_PORT=ports[1],
+            OFA_VE_METRICS_PORT=ports[2],
+        )
+        out = run("-m", SERVE, env=env)
+    finally:
+        for holder in holders:
+            holder.close()
+    assert out.returncode != 0
+    lines = [line for line in out.stderr.splitlines() if line.startswith("serve:")]
+    assert len(lines) == 1, out.stderr
+    (message,) = lines
+    for port, endpoint, variable, flag in zip(
+        ports,
+        ("HTTP", "gRPC", "metrics"),
+        ("OFA_VE_HTTP_PORT", "OFA_VE_GRPC_PORT", "OFA_VE_METRICS_PORT"),
+        ("--http-port", "--grpc-port", "--metrics-port"),
+        strict=True,
+    ):
+        assert f"127.0.0.1:{port} (the {endpoint} port, {variable})" in message
+        assert f"{variable}=" in message and f"{flag} " in message
+    assert "are already in use" in message
 
 
 def test_serve_closes_the_admin_apis_when_given_a_key(tmp_path: Path) -> None:

@@ -1,17 +1,25 @@
 #!/usr/bin/env python3
 """Run a real tritonserver in the foreground serving OFA visual entailment (`make serve`).
 
-Which weights, in order:
+Weights live in the model repository, the Triton way: each version folder of the
+model holds a ModelScope model directory in <version>/weights/, and that is what the
+version loads. A version folder whose weights/ is a real directory is served as it is
+(nothing is fetched for it). Where weights/ is missing, or is a link (this script's,
+from an earlier start), it is linked to, in order:
   1. OFA_VE_MODEL_DIR (or --model-dir): a ModelScope model directory you provide;
   2. the real model from the ModelScope hub (`python -m ofa_ve_ops.fetch_model`), or,
      while the hub cannot be reached, the complete copy already in its cache;
   3. where the hub cannot be reached and nothing is cached: a demo checkpoint with RANDOM
      weights (cached under the cache folder), announced loudly: its answers are
      meaningless, it only shows the server working.
+A link, not a copy: the weights stay in one place (the cache), a restart re-points the
+link at once, and Triton follows links in a local repository. To ship the repository
+(object storage, another machine), copy it with the links followed: `cp -rL`,
+`aws s3 sync`, `gcloud storage rsync -r` (docs/deployment.md).
 
-The model directory reaches the Triton model through the environment variable
-OFA_VE_MODEL_DIR of the tritonserver process (model.py reads it; it takes
-precedence over config.pbtxt's `model_dir` parameter).
+--model-repository DIR serves another repository (default: this checkout's
+model_repository/), the same way. The tritonserver process gets no OFA_VE_MODEL_DIR:
+the model reads its version folders.
 
 The process becomes `python -m ofa_ve_ops.stub_watchdog` (exec), which runs
 tritonserver and forwards Ctrl-C or SIGTERM to it: Triton drains in-flight requests
@@ -30,9 +38,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ofa_ve_ops import admin_access, environment, paths, triton_runtime
-from ofa_ve_ops.paths import CACHE_DIR_ENV, MODEL_REPOSITORY, demo_checkpoint_dir
+from ofa_ve_ops.paths import CACHE_DIR_ENV, MODEL_NAME, MODEL_REPOSITORY, demo_checkpoint_dir
 
 MODEL_DIR_ENV = "OFA_VE_MODEL_DIR"
+WEIGHTS_FOLDER = "weights"
 
 DEMO_WARNING = """
 ==========================================================================
@@ -42,7 +51,8 @@ DEMO_WARNING = """
   Every answer this server gives is MEANINGLESS. It only shows the server
   working. For real predictions set OFA_VE_MODEL_DIR to the ModelScope
   model directory of damo/ofa_visual-entailment_snli-ve_distilled_v2_en
-  (or run where the hub is reachable: `make serve` fetches and caches it).
+  (or put its files in <version>/weights/ of the model, or run where the
+  hub is reachable: `make serve` fetches and caches it).
 ==========================================================================
 """
 
@@ -88,36 +98,64 @@ def _bind_error(address: str, port: int) -> OSError | None:
     return None
 
 
+def _free_port_near(address: str, port: int, avoid: set[int]) -> int:
+    """A port to suggest instead of `port`: port + 10, + 20, ... that binds now."""
+    for candidate in range(port + 10, min(port + 1000, 65536), 10):
+        if candidate not in avoid and _bind_error(address, candidate) is None:
+            return candidate
+    return port + 10
+
+
 def check_ports(address: str, ports: dict[str, int]) -> None:
-    """Refuse at once, naming the variable, when an endpoint's port cannot be had.
+    """Refuse at once, naming every port that cannot be had in one message, with the
+    variables (and flags) that move them.
 
     Why here: tritonserver only binds its ports after the model has loaded (seconds
-    to minutes, a hub download included) and then fails with a bare "already in use".
-    `ports` maps an ENDPOINTS variable name to the port asked for.
+    to minutes, a hub download included) and then fails with a bare "already in use",
+    one port per attempt. `ports` maps an ENDPOINTS variable name to the port asked for.
     """
     by_port: dict[int, str] = {}
+    problems: list[str] = []
+    taken: list[tuple[str, str, str, int]] = []
     for endpoint, variable, attr in ENDPOINTS:
         port = ports[variable]
         flag = "--" + attr.replace("_", "-")
         if port in by_port:
-            raise SystemExit(
-                f"serve: {variable} and {by_port[port]} are both {port}: every endpoint "
-                "needs a port of its own"
+            problems.append(
+                f"{variable} and {by_port[port]} are both {port}: every endpoint needs a "
+                "port of its own"
             )
+            continue
         by_port[port] = variable
         error = _bind_error(address, port)
         if error is None:
             continue
         if error.errno == errno.EADDRINUSE:
-            raise SystemExit(
-                f"serve: {address}:{port}, the {endpoint} port, is already in use (another "
-                f"`make serve` or tritonserver?). Stop that process or pick another port: "
-                f"{variable}={port + 10} make serve (or {flag} {port + 10})"
+            taken.append((endpoint, variable, flag, port))
+        else:
+            problems.append(
+                f"cannot bind the {endpoint} port {address}:{port} ({error.strerror}); "
+                f"check OFA_VE_BIND_ADDRESS (--address) and {variable} ({flag})"
             )
-        raise SystemExit(
-            f"serve: cannot bind the {endpoint} port {address}:{port} ({error.strerror}); "
-            f"check OFA_VE_BIND_ADDRESS (--address) and {variable} ({flag})"
-        )
+    if taken:
+        avoid = set(by_port)
+        moves = []
+        for _, variable, flag, port in taken:
+            moves.append((variable, flag, _free_port_near(address, port, avoid)))
+            avoid.add(moves[-1][2])
+        listed = ", ".join(f"{address}:{port} (the {endpoint} port, {variable})"
+                           for endpoint, variable, _, port in taken)
+        verb = "is" if len(taken) == 1 else "are"
+        problems.insert(0, (
+            f"{listed} {verb} already in use (another `make serve` or tritonserver?). Stop "
+            "that process or pick other ports: "
+            + " ".join(f"{variable}={port}" for variable, _, port in moves)
+            + " make serve (or "
+            + " ".join(f"{flag} {port}" for _, flag, port in moves)
+            + ")"
+        ))
+    if problems:
+        raise SystemExit("serve: " + "; ".join(problems))
 
 
 def demo_checkpoint(cache_dir: Path) -> Path:
@@ -157,6 +195,42 @@ def resolve_model_dir(model_dir: Path | None, cache_dir: Path, hub_timeout_s: fl
     return Path(path)
 
 
+def version_folders(repository: Path) -> list[Path]:
+    """The model's version folders (numeric names) in `repository`; refuses what is no
+    repository of this model."""
+    model = repository / MODEL_NAME
+    if not (model / "config.pbtxt").is_file():
+        raise SystemExit(
+            f"serve: {repository} is not a model repository of {MODEL_NAME} "
+            f"(no {MODEL_NAME}/config.pbtxt in it)"
+        )
+    versions = sorted(
+        (p for p in model.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) > 0),
+        key=lambda p: int(p.name),
+    )
+    if not versions:
+        raise SystemExit(f"serve: {model} has no version folder (1/, 2/, ...)")
+    return versions
+
+
+def needs_weights(version: Path) -> bool:
+    """Whether `version/weights` is this script's to (re)link: missing, or a link. A real
+    directory there is the operator's, served as it is."""
+    weights = version / WEIGHTS_FOLDER
+    return weights.is_symlink() or not weights.exists()
+
+
+def link_weights(version: Path, model_dir: Path) -> Path:
+    """Point `version/weights` at `model_dir` (absolute), replacing an earlier link in one
+    atomic rename: a server reading the folder sees the old link or the new one."""
+    weights = version / WEIGHTS_FOLDER
+    staging = version / f".{WEIGHTS_FOLDER}.{os.getpid()}.tmp"
+    staging.unlink(missing_ok=True)
+    staging.symlink_to(model_dir.resolve(), target_is_directory=True)
+    os.replace(staging, weights)
+    return weights
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     env_dir = os.environ.get(MODEL_DIR_ENV, "").strip()
     parser = argparse.ArgumentParser(
@@ -168,7 +242,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--model-dir",
         type=Path,
         default=Path(env_dir) if env_dir else None,
-        help=f"ModelScope model directory (default: ${MODEL_DIR_ENV}, else hub, else demo)",
+        help=f"ModelScope model directory to link as the weights of version folders that have "
+        f"none of their own (default: ${MODEL_DIR_ENV}, else hub, else demo)",
+    )
+    parser.add_argument(
+        "--model-repository",
+        type=Path,
+        default=MODEL_REPOSITORY,
+        help=f"the model repository to serve (default: this checkout's, {MODEL_REPOSITORY})",
     )
     parser.add_argument(
         "--address",
@@ -214,7 +295,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--dry-run",
         action="store_true",
-        help="resolve the model and print the tritonserver command, do not run it",
+        help="resolve the weights and print the links it would make and the tritonserver "
+        "command; change nothing, run nothing",
     )
     parser.add_argument(
         "tritonserver_args",
@@ -234,10 +316,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except triton_runtime.RuntimeSetupError as exc:
         _say(str(exc))
         return 1
-    model_dir = resolve_model_dir(args.model_dir, args.cache_dir, args.hub_timeout).resolve()
+    repository = args.model_repository.resolve()
+    versions = version_folders(repository)
+    unlinked = [v for v in versions if needs_weights(v)]
+    for version in versions:
+        if version not in unlinked:
+            _say(f"version {version.name}: its own weights, {version / WEIGHTS_FOLDER}")
+    links: list[tuple[Path, Path]] = []
+    if unlinked:
+        model_dir = resolve_model_dir(args.model_dir, args.cache_dir, args.hub_timeout).resolve()
+        links = [(version, model_dir) for version in unlinked]
+    elif args.model_dir is not None:
+        _say(f"{MODEL_DIR_ENV} not used: every version folder has weights of its own")
     command = triton_runtime.server_command(
         runtime,
-        MODEL_REPOSITORY,
+        repository,
         http_port=args.http_port,
         grpc_port=args.grpc_port,
         metrics_port=args.metrics_port,
@@ -245,15 +338,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         exit_timeout_s=args.exit_timeout_secs,
         extra_args=args.tritonserver_args,
     )
-    env = triton_runtime.server_env(runtime, **{MODEL_DIR_ENV: str(model_dir)})
+    env = triton_runtime.server_env(runtime)
+    env.pop(MODEL_DIR_ENV, None)  # the model reads its version folders
     try:  # on loopback the admin APIs may stay open; with a key they are closed
         secret = admin_access.secret_from_env(os.environ)
         if secret is not None:
             command += admin_access.restricted_flags(secret)
     except admin_access.AdminKeyError as exc:
         raise SystemExit(f"serve: {exc}") from None
+    for version, model_dir in links:
+        weights = version / WEIGHTS_FOLDER
+        if args.dry_run:
+            print(f"weights: {weights} -> {model_dir}")
+        else:
+            link_weights(version, model_dir)
+            _say(f"version {version.name}: weights {weights} -> {model_dir}")
     if args.dry_run:
-        print(f"{MODEL_DIR_ENV}={model_dir}")
         print(" ".join(command))
         return 0
     if not triton_runtime.has_gpu():

@@ -103,8 +103,11 @@ class ServerStartError(RuntimeError):
 class TritonServer:
     """One tritonserver on 127.0.0.1 serving `model_repository` with the weights in `model_dir`.
 
-    `model_dir=None` means the caller's `OFA_VE_MODEL_DIR` (tests pass the session's
-    demo checkpoint explicitly, see the `server_factory` fixture of tests/conftest.py).
+    `model_dir` reaches the model as `OFA_VE_MODEL_DIR`, overriding the version
+    folders' own weights (tests pass the session's demo checkpoint, see the
+    `server_factory` fixture of tests/conftest.py). `model_dir=None` means the
+    caller's `OFA_VE_MODEL_DIR` where it is set, else no override: every version
+    loads its own `<version>/weights/`, as a deployed repository does.
     `extra_args` are appended to the command line (e.g. TLS flags), `env` is added to
     the server's environment, ports are free ones unless given.
     """
@@ -126,13 +129,8 @@ class TritonServer:
         log_dir: Path | str | None = None,
     ) -> None:
         self.model_repository = Path(model_repository).resolve()
-        chosen = model_dir or os.environ.get(MODEL_DIR_ENV)
-        if not chosen:
-            raise ValueError(
-                "no model directory: pass model_dir (tests: the server_factory fixture) "
-                "or set OFA_VE_MODEL_DIR"
-            )
-        self.model_dir = Path(chosen).resolve()
+        chosen = model_dir or os.environ.get(MODEL_DIR_ENV, "").strip()
+        self.model_dir = Path(chosen).resolve() if chosen else None
         self.extra_args = list(extra_args)
         self.extra_env = dict(env or {})
         self.model_control_mode = model_control_mode
@@ -190,9 +188,12 @@ class TritonServer:
 
     def environment(self) -> dict[str, str]:
         runtime = triton_runtime.prepare_runtime()
-        return triton_runtime.server_env(
-            runtime, **{MODEL_DIR_ENV: str(self.model_dir)}, **self.extra_env
-        )
+        env = triton_runtime.server_env(runtime)
+        env.pop(MODEL_DIR_ENV, None)  # only an override given here reaches the model
+        if self.model_dir is not None:
+            env[MODEL_DIR_ENV] = str(self.model_dir)
+        env.update(self.extra_env)
+        return env
 
     def start(self) -> TritonServer:
         """Start the process (returns at once; `wait_ready()` waits for READY)."""

@@ -121,5 +121,5 @@ def test_a_12_bit_jpeg_is_named_a_jpeg_in_its_refusal() -> None:
 
 
 def test_text_posing_as_an_image_is_still_not_an_image() -> None:
-    with pytest.raises(InvalidInputError, match="is not a decodable image"):
+    with pytest.raises(InvalidInputError, match="not an image; over HTTP/JSON"):
         _pixels(b"GIF is what this text starts with, and nothing more." * 4)

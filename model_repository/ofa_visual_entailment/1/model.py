@@ -6,7 +6,8 @@ runs the valid ones through the engine and splits the results per request), and
 turn each outcome into a response or an error for that request alone. Everything
 model-specific lives in `ofa_ve_engine`, which imports and tests without Triton;
 the parameters of config.pbtxt are parsed by `ofa_ve_engine.parameters`, which
-also finds the weights (`OFA_VE_MODEL_DIR`, else the `model_dir` parameter).
+also finds the weights (this version folder's `weights/`, unless `OFA_VE_MODEL_DIR`
+or the `model_dir` parameter overrides them).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from ofa_ve_engine import (
     VisualEntailmentEngine,
 )
 from ofa_ve_engine.gpu_image import FALLBACK_REASONS
-from ofa_ve_engine.parameters import from_triton_config, resolve_model_dir
+from ofa_ve_engine.parameters import from_triton_config, locate_weights
 from ofa_ve_engine.serving import ExecutionHooks, ExecutionRunner, RequestInputs
 
 INPUT_NAMES = ("IMAGE", "HYPOTHESIS", "PREMISE")
@@ -62,8 +63,8 @@ DEMO_BANNER = """
 ##########################################################################
 #  RANDOM DEMO WEIGHTS: {path}
 #  This checkpoint was generated with random weights (no model hub was
-#  reachable). Its answers are MEANINGLESS. Set OFA_VE_MODEL_DIR to the
-#  real ModelScope model directory for real predictions.
+#  reachable). Its answers are MEANINGLESS. Put the real ModelScope model
+#  directory's files in <version>/weights/ (or set OFA_VE_MODEL_DIR).
 ##########################################################################"""
 
 
@@ -112,7 +113,12 @@ class TritonPythonModel:
         self.instance = args.get("model_instance_name", "")
         if params.torch_threads:
             torch.set_num_threads(params.torch_threads)
-        model_dir = resolve_model_dir(params, Path(args["model_repository"]))
+        model_dir, source = locate_weights(
+            params, Path(args["model_repository"]), args.get("model_version")
+        )
+        if source != "the version folder":
+            _log("info", f"{self.instance}: weights from {source} ({model_dir}), overriding "
+                 "the version folder's own")
         engine = VisualEntailmentEngine.from_model_dir(
             model_dir, device=instance_device(args), **params.engine_options()
         )

@@ -18,11 +18,20 @@ Two entry points:
   still read by the same Pillow code. ``fast=True`` opts into a DCT-domain
   downscale for large JPEGs: NOT bit-identical (see docs/benchmarks.md for how far
   it moves pixels and probabilities).
+
+Every entry point first reads the IMAGE value (``image_bytes``): raw bytes are
+the image file itself; a ``data:image/...;base64,...`` URL (RFC 2397, what a
+client of the plain KServe v2 JSON body sends) and bare base64 of an accepted
+format are decoded first, and count against ``max_image_bytes`` by their decoded
+size. This is the one place IMAGE values are read.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io
+import re
 import warnings
 
 import numpy as np
@@ -39,6 +48,113 @@ INPUT_NAME = "IMAGE"
 
 ROUTE_PILLOW = "pillow"
 """Route name prefix of the reference (all-Pillow) route; ``route_of`` appends why."""
+
+
+NOT_AN_IMAGE = (
+    "not an image; over HTTP/JSON send raw bytes with the binary extension, or a "
+    "data:image/...;base64 URL (JPEG, PNG, WebP, BMP or GIF)"
+)
+"""Why a value that is no image at all is refused: the hint a JSON client needs."""
+
+DATA_URL_HINT = "data:image/<type>;base64,<the file, base64-encoded>"
+
+_SIGNATURES = (
+    b"\xff\xd8\xff",  # JPEG (and MPO)
+    b"\x89PNG\r\n\x1a\n",
+    b"GIF87a",
+    b"GIF89a",
+    b"BM",
+    b"RIFF",  # WebP: RIFF....WEBP
+)
+"""How the accepted formats' files start (the check below also wants WEBP at 8)."""
+
+_BASE64_WHITESPACE = re.compile(rb"[ \t\r\n]+")
+_DATA_URL_HEADER_MAX = 256
+"""A data URL's part before the comma (media type and parameters) is at most this long."""
+
+
+def _has_signature(data: bytes) -> bool:
+    """Whether ``data`` starts like a file of an accepted format."""
+    if data.startswith(b"RIFF"):
+        return data[8:12] == b"WEBP"
+    return data.startswith(_SIGNATURES)
+
+
+def _base64_payload(payload: bytes, limits: InputLimits, input_name: str, what: str) -> bytes:
+    """Decode standard base64 (line breaks ignored, padding optional), refusing it by
+    its decoded size before decoding when that is over ``max_image_bytes``."""
+    payload = _BASE64_WHITESPACE.sub(b"", payload)
+    payload += b"=" * (-len(payload) % 4)
+    size = len(payload) // 4 * 3 - payload[-2:].count(b"=")
+    if size > limits.max_image_bytes:
+        raise InvalidInputError(
+            input_name,
+            f"is {size} bytes (decoded from {what}), over the limit of "
+            f"{limits.max_image_bytes} bytes",
+        )
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise InvalidInputError(input_name, f"{what} is not valid base64: {e}") from None
+
+
+def _data_url(value: bytes, limits: InputLimits, input_name: str) -> bytes:
+    """The image a ``data:image/...;base64,...`` URL carries (RFC 2397)."""
+    comma = value.find(b",", 0, _DATA_URL_HEADER_MAX)
+    if comma < 0:
+        raise InvalidInputError(
+            input_name, f"is a data URL without its comma; expected {DATA_URL_HINT}"
+        )
+    params = [p.strip().lower() for p in value[5:comma].split(b";")]
+    media_type = params[0].decode("ascii", "replace") or "text/plain (no media type)"
+    if not media_type.startswith("image/"):
+        raise InvalidInputError(
+            input_name, f"is a data URL of {media_type}, not of an image; expected {DATA_URL_HINT}"
+        )
+    if len(params) < 2 or params[-1] != b"base64":
+        raise InvalidInputError(
+            input_name,
+            f"is a data URL without ;base64 (percent-encoding is not accepted); "
+            f"expected {DATA_URL_HINT}",
+        )
+    decoded = _base64_payload(value[comma + 1 :], limits, input_name, "its data URL")
+    if not decoded:
+        raise InvalidInputError(input_name, "is a data URL with no data (0 bytes)")
+    return decoded
+
+
+def image_bytes(value: bytes, limits: InputLimits, input_name: str = INPUT_NAME) -> bytes:
+    """The encoded image file an IMAGE value carries, by one rule:
+
+    - a value starting with ``data:`` is a data URL (RFC 2397): it must be
+      ``data:image/<type>[;param=value...];base64,<data>``; its data is decoded (the
+      declared type is not trusted: the file's own bytes say what it is, as for raw
+      bytes);
+    - a value starting like a file of an accepted format (JPEG, PNG, GIF, BMP, WebP
+      signatures) is that file, raw;
+    - else a value that is base64 (standard alphabet, line breaks ignored) whose
+      decoded bytes start like a file of an accepted format is decoded (bare
+      base64: what a client that cannot send binary data tends to send);
+    - anything else is taken as raw bytes (and then refused as ``NOT_AN_IMAGE``
+      unless Pillow reads it).
+
+    A decoded image counts against ``max_image_bytes`` by its decoded size. The
+    rule is unambiguous: the base64 of an accepted format never starts like one
+    (``/9j/``, ``iVBOR``, ``R0lGOD``, ``Qk``, ``UklGR``), and no raw file starts
+    with ``data:``.
+    """
+    if value[:5].lower() == b"data:":
+        return _data_url(value, limits, input_name)
+    if _has_signature(value):
+        return value
+    head = _BASE64_WHITESPACE.sub(b"", value[:64])[:16]
+    try:
+        sniffed = base64.b64decode(head, validate=True) if len(head) == 16 else b""
+    except (binascii.Error, ValueError):
+        sniffed = b""
+    if not _has_signature(sniffed):
+        return value
+    return _base64_payload(value, limits, input_name, "its base64 text")
 
 
 def _open(data: bytes, limits: InputLimits, input_name: str) -> Image.Image:
@@ -73,17 +189,23 @@ def _unidentified(data: bytes) -> str:
             factory(io.BytesIO(data), "").close()
         except Exception as e:
             return f"is a {name} file that could not be read: {e}"
-    return "is not a decodable image (JPEG, PNG, WebP, BMP or GIF expected)"
+    return NOT_AN_IMAGE
 
 
 def open_checked(data: bytes, limits: InputLimits, input_name: str = INPUT_NAME) -> Image.Image:
-    """Open ``data`` lazily (header only) and apply every size limit before any pixel work.
+    """Open the image of an IMAGE value (``image_bytes``) lazily (header only) and apply
+    every size limit before any pixel work.
 
     Why separate: both routes share this step, so the limits (bytes, header pixels,
     decompression bombs) and their messages cannot drift apart. A PNG whose only
     damage is the checksum of an ancillary chunk opens as the reference reads it
     (``repair``).
     """
+    return _open_checked(image_bytes(data, limits, input_name), limits, input_name)
+
+
+def _open_checked(data: bytes, limits: InputLimits, input_name: str) -> Image.Image:
+    """``open_checked`` of the image file itself (a value already through ``image_bytes``)."""
     if not data:
         raise InvalidInputError(input_name, "is empty (0 bytes)")
     if len(data) > limits.max_image_bytes:
@@ -135,8 +257,14 @@ def decode_image(data: bytes, limits: InputLimits, input_name: str = INPUT_NAME)
     Size limits are checked from the header, before pixels are decoded, so a
     decompression bomb costs only its header. A JPEG that lacks only its
     end-of-image marker decodes whole, as the reference decodes it (``repair``).
+    ``data``: an IMAGE value (``image_bytes``).
     """
-    image = open_checked(data, limits, input_name)
+    return _decode_image(image_bytes(data, limits, input_name), limits, input_name)
+
+
+def _decode_image(data: bytes, limits: InputLimits, input_name: str) -> Image.Image:
+    """``decode_image`` of the image file itself."""
+    image = _open_checked(data, limits, input_name)
     try:
         return _finish(image, input_name)
     except InvalidInputError:
@@ -171,7 +299,8 @@ def _resize_rgbx(rgbx: np.ndarray, size: int) -> np.ndarray:
 def _load(
     data: bytes, size: int, limits: InputLimits, fast: bool, input_name: str
 ) -> tuple[np.ndarray, str]:
-    image = open_checked(data, limits, input_name)
+    data = image_bytes(data, limits, input_name)
+    image = _open_checked(data, limits, input_name)
     plan = jpeg.plan(image)
     if plan.ok:
         rgbx = jpeg.decode_rgbx(data, plan, min_side=2 * size if fast else 0)
@@ -181,7 +310,7 @@ def _load(
     else:
         reason = plan.reason
     # The reference route re-opens the bytes: the probe above may have parsed EXIF.
-    pixels = resize_image(decode_image(data, limits, input_name), size)
+    pixels = resize_image(_decode_image(data, limits, input_name), size)
     return pixels, f"{ROUTE_PILLOW}: {reason}"
 
 
@@ -193,7 +322,8 @@ def load_pixels(
     fast: bool = False,
     input_name: str = INPUT_NAME,
 ) -> np.ndarray:
-    """Encoded image bytes -> [size, size, 3] uint8 RGB, C-contiguous (``PreparedItem.pixels``).
+    """An IMAGE value (encoded image bytes, or ``image_bytes``' data URL or base64 of
+    one) -> [size, size, 3] uint8 RGB, C-contiguous (``PreparedItem.pixels``).
 
     Equal, bit for bit, to ``resize_image(decode_image(data, limits), size)`` when
     ``fast`` is False, and raises the same ``InvalidInputError`` (same limits, same

@@ -26,6 +26,8 @@ from .limits import InputLimits
 
 AUTO = "auto"
 MODEL_DIR_ENV = "OFA_VE_MODEL_DIR"
+WEIGHTS_FOLDER = "weights"
+"""A version folder's weights: ``<model>/<version>/weights/``, a ModelScope model directory."""
 DTYPE_NAMES = ("float32", "float16", "bfloat16")
 LINEAR_BACKENDS = ("auto", "onednn", "aten")
 STEM_BACKENDS = ("auto", "onednn", "aten")
@@ -105,8 +107,9 @@ class Parameter:
 PARAMETERS: tuple[Parameter, ...] = (
     Parameter(
         "model_dir", "text", "",
-        "ModelScope model directory; the tritonserver's `OFA_VE_MODEL_DIR` takes precedence. "
-        "Relative paths are taken from the model folder.",
+        "ModelScope model directory to load instead of the version folder's own "
+        "`<version>/weights/` (empty: those). The tritonserver's `OFA_VE_MODEL_DIR` takes "
+        "precedence over both. Relative paths are taken from the model folder.",
     ),
     Parameter(
         "forward_batch_size", "auto_int", AUTO,
@@ -263,24 +266,61 @@ def from_triton_config(model_config: Mapping[str, Any]) -> ModelParameters:
     return read_parameters({k: v.get("string_value", "") for k, v in raw.items()})
 
 
-def resolve_model_dir(
-    params: ModelParameters, model_folder: Path, environ: Mapping[str, str] = os.environ
-) -> Path:
-    """OFA_VE_MODEL_DIR wins (set per deployment); else the `model_dir` parameter."""
+def locate_weights(
+    params: ModelParameters,
+    model_folder: Path,
+    version: str | int | None = None,
+    environ: Mapping[str, str] = os.environ,
+) -> tuple[Path, str]:
+    """The ModelScope model directory this model version loads, and where that came from.
+
+    In order: the tritonserver process's ``OFA_VE_MODEL_DIR`` (an override, per
+    deployment); the ``model_dir`` parameter (relative to the model folder); else
+    the version folder's own ``<version>/weights/``, the Triton way: a version's
+    artifacts live in its folder, so version policies, repositories on object
+    storage and explicit load/unload apply to the weights too.
+    """
     from_env = environ.get(MODEL_DIR_ENV, "").strip()
-    configured = from_env or params.model_dir
-    if not configured:
+    if from_env:
+        path, source = Path(from_env).expanduser(), f"${MODEL_DIR_ENV}"
+    elif params.model_dir:
+        path, source = Path(params.model_dir).expanduser(), "parameter model_dir"
+    elif version is not None and str(version).strip():
+        path, source = Path(str(version).strip()) / WEIGHTS_FOLDER, "the version folder"
+    else:
         raise ValueError(
-            f"no model directory: set the environment variable {MODEL_DIR_ENV} of the "
-            "tritonserver process (or the `model_dir` parameter in config.pbtxt) to a "
-            "ModelScope model directory"
+            f"no model directory: put the weights in the version folder "
+            f"(<version>/{WEIGHTS_FOLDER}/), or set the environment variable {MODEL_DIR_ENV} "
+            "of the tritonserver process (or the `model_dir` parameter in config.pbtxt)"
         )
-    path = Path(configured).expanduser()
     path = path if path.is_absolute() else model_folder / path
     if not path.is_dir():
-        source = f"${MODEL_DIR_ENV}" if from_env else "parameter model_dir"
-        raise FileNotFoundError(f"model directory {path} (from {source}) does not exist")
-    return path
+        raise FileNotFoundError(
+            f"model directory {path} (from {source}) does not exist{_WEIGHTS_HINT}"
+        )
+    if not (path / "configuration.json").is_file():
+        raise FileNotFoundError(
+            f"model directory {path} (from {source}) has no configuration.json: it is not "
+            f"a ModelScope model directory{_WEIGHTS_HINT}"
+        )
+    return path, source
+
+
+_WEIGHTS_HINT = (
+    f". Put the ModelScope model directory's files (configuration.json, config.json, "
+    f"pytorch_model.bin, vocab.json, merges.txt, ...) in <version>/{WEIGHTS_FOLDER}/ of the "
+    f"model (`make serve` links them there), or set {MODEL_DIR_ENV} of the tritonserver process"
+)
+
+
+def resolve_model_dir(
+    params: ModelParameters,
+    model_folder: Path,
+    version: str | int | None = None,
+    environ: Mapping[str, str] = os.environ,
+) -> Path:
+    """``locate_weights``' directory alone."""
+    return locate_weights(params, model_folder, version, environ)[0]
 
 
 def parse_assignments(pairs: Sequence[str]) -> dict[str, str]:
