@@ -12,6 +12,8 @@ report renders them; the machine description names the CPU; the workload is one 
 from __future__ import annotations
 
 import inspect
+import io
+import json
 from pathlib import Path
 
 import pytest
@@ -33,7 +35,7 @@ from ofa_ve_bench import (
 from ofa_ve_bench.report import report
 from ofa_ve_engine.parameters import ParameterError
 from ofa_ve_ops import procfs
-from ofa_ve_ops.paths import CONFIG_PBTXT, MODEL_NAME
+from ofa_ve_ops.paths import CONFIG_PBTXT, MODEL_NAME, REPO_ROOT
 
 pytest.importorskip("tritonclient.grpc.model_config_pb2")
 
@@ -368,29 +370,69 @@ def test_large_jpegs_are_camera_sized() -> None:
 # --------------------------------------------------------------------- gpu check
 
 
-def test_gpu_check_budget_and_summary(tmp_path: Path) -> None:
+def test_gpu_check_budgets_and_a_summary_after_every_step(tmp_path: Path) -> None:
+    """Each step runs under its own budget (never more than the run has left), and the
+    summary on disk is rewritten after each step, so a call cut short still returns it."""
     now = [0.0]
     budget = gpu_check.Budget(100.0, clock=lambda: now[0])
-    check = gpu_check.Check(budget)
-    check.run("fine", lambda step: [{"x": 1.23456}])
-    check.run("broken", lambda step: 1 / 0)
+    written: list[list[str]] = []
+    summary = {"mode": "cpu", "part": "engine", "date": "today", "budget_s": 100.0,
+               "seconds": 1.0, "environment": {}, "steps": []}
+
+    def record(steps: list) -> None:
+        summary["steps"] = [s.__dict__ for s in steps]
+        gpu_check.write_summary(summary, tmp_path)
+        written.append([s["name"] for s in json.loads((tmp_path / "summary.json").read_text())
+                        ["steps"]])
+
+    check = gpu_check.Check(budget, record)
+    given: list[float] = []
+
+    def fine(step, own):
+        given.append(own.left())
+        now[0] += 30.0
+        return [{"x": 1.23456}]
+
+    check.run("fine", 40.0, fine)
+    check.run("broken", 40.0, lambda step, own: 1 / 0)
+    check.run("capped", 500.0, lambda step, own: given.append(own.left()))
     now[0] = 99.0
-    check.run("late", lambda step: None)
-    assert [s.status for s in check.steps] == ["ok", "failed", "skipped"]
+    check.run("late", 40.0, lambda step, own: None)
+    assert given == [40.0, 70.0]  # its own 40 s; then all that is left (70), not 500
+    assert [s.status for s in check.steps] == ["ok", "failed", "ok", "skipped"]
     assert "ZeroDivisionError" in check.steps[1].notes[0]
-    summary = {
-        "mode": "cpu",
-        "part": "engine",
-        "date": "today",
-        "budget_s": 100.0,
-        "seconds": 1.0,
-        "environment": {},
-        "steps": [s.__dict__ for s in check.steps],
-    }
-    text = gpu_check.write_summary(summary, tmp_path)
-    assert gpu_check.CPU_MODE_BANNER in text
+    assert written == [["fine"], ["fine", "broken"], ["fine", "broken", "capped"],
+                       ["fine", "broken", "capped", "late"]]
+    text = (tmp_path / "summary.md").read_text()
+    assert gpu_check.CPU_MODE_BANNER in text and "Unfinished" in text
     assert "| 1.235 |" in text and "## late: skipped" in text
-    assert (tmp_path / "summary.json").is_file() and (tmp_path / "summary.md").is_file()
+    assert not list(tmp_path.glob(".*partial"))
+
+
+def test_tf32_off_restores_the_flags() -> None:
+    import torch
+
+    saved = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = True
+    try:
+        with gpu_check.tf32_off():
+            assert not torch.backends.cudnn.allow_tf32
+            assert not torch.backends.cuda.matmul.allow_tf32
+        assert torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved
+
+
+def test_distinct_jpegs_are_distinct_photos() -> None:
+    from PIL import Image
+
+    images = workload.distinct_jpegs(150)
+    assert len(set(images)) == 150
+    sizes = {Image.open(io.BytesIO(data)).size for data in images}
+    assert len(sizes) > 10 and all(min(size) >= 16 for size in sizes)
+    cameras = workload.camera_jpegs(3)
+    assert len(set(cameras)) == 3
+    assert Image.open(io.BytesIO(cameras[1])).size == (4032, 3024)
 
 
 def test_log_errors_pick_the_load_failure() -> None:
@@ -406,16 +448,17 @@ def test_log_errors_pick_the_load_failure() -> None:
 # -------------------------------------------------------------------- wheelhouse
 
 
-def test_wheelhouse_packs_into_the_fewest_parts() -> None:
-    sizes = {"pytriton": 26.0, "numpy": 8.5, "client": 4.6, "small": 0.5}
-    assert wheelhouse.pack(sizes, 58.0) == [["pytriton", "numpy", "client", "small"]]
-    assert wheelhouse.pack(sizes, 30.0) == [["pytriton", "small"], ["numpy", "client"]]
-    with pytest.raises(ValueError, match="pytriton"):
-        wheelhouse.pack(sizes, 20.0)
-    one, two = wheelhouse.device_calls([".whl/server"])
-    assert "carry" not in one and two["carry"] == [".whl/server"]
-    assert "--part engine" in one["command"] and "--part server" in two["command"]
-    assert all(len(c["command"]) <= 2000 and c["timeout_s"] <= 600 for c in (one, two))
+def test_the_device_call_fits_the_device_tool() -> None:
+    """One call, inside the tool's limits (10 minutes, 2000 characters), leaving a 15-minute
+    window room for the machine's start; the mode is said once, so a rehearsal can swap it."""
+    (call,) = wheelhouse.DEVICE_CALLS
+    assert call["timeout_s"] <= 540 and len(call["command"]) <= 2000
+    assert call["carry"] == [".whl/server"]
+    assert call["command"].count("--mode gpu") == 1
+    assert call["timeout_s"] >= gpu_check.DEFAULT_BUDGET_S + 60  # the install, the imports
+    assert sum(gpu_check.GPU_SIZES.step_budget_s.values()) <= gpu_check.DEFAULT_BUDGET_S
+    names = [w.requirement.split("==")[0] for w in wheelhouse.wheels()]
+    assert "simplejpeg" in names and "nvidia-pytriton" in names
 
 
 def test_wheelhouse_slims_and_recompresses(tmp_path: Path) -> None:
@@ -605,3 +648,15 @@ def test_reference_worker_killed_when_a_job_outlasts_its_timeout(tmp_path: Path)
             reference.call("no_such_job", timeout_s=60)
         assert reference.pid not in (None, first)
     assert not (tmp_path / "never").exists()
+
+
+def test_the_gpu_check_page_shows_the_device_call_as_made() -> None:
+    """docs/gpu-check.md's call is `wheelhouse --calls-json`'s, character for character."""
+    text = (REPO_ROOT / "docs" / "gpu-check.md").read_text()
+    marker = "<!-- device calls: python -m ofa_ve_bench.wheelhouse --calls-json -->\n```json\n"
+    assert marker in text
+    shown = text.split(marker, 1)[1].split("```", 1)[0]
+    assert json.loads(shown) == wheelhouse.DEVICE_CALLS
+    assert shown == json.dumps(wheelhouse.DEVICE_CALLS, indent=2) + "\n"
+    (call,) = wheelhouse.DEVICE_CALLS
+    assert f'command="{call["command"]}"' in text and f"timeout_s={call['timeout_s']}" in text

@@ -31,7 +31,7 @@ from .batching import Batch, PreparedItem, collate
 from .checkpoint import load_model
 from .compilation import compile_image_stem
 from .errors import CheckpointError, InvalidInputError
-from .image import load_pixels, resize_image
+from .image import image_bytes, load_pixels, resize_image
 from .labels import ANSWERS, LABELS
 from .limits import InputLimits
 from .modeling import OFAModel
@@ -351,7 +351,7 @@ class VisualEntailmentEngine:
         if isinstance(image, Image.Image):  # as the reference: no EXIF step for PIL input
             pixels = resize_image(image.convert("RGB"), size)
         elif isinstance(image, bytes | bytearray | memoryview):
-            data = bytes(image)
+            data = image_bytes(bytes(image), self.limits)  # the file a data URL carries
             key = image_key(data)
             if like is not None and like.image_key == key:
                 pixels, encoded = like.pixels, like.encoded
