@@ -159,8 +159,10 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter(
         "pipeline", "choice", AUTO,
         "Overlap decoding with the forward pass inside one execution: while a pass runs, "
-        "the next pass's images are decoded. `auto`: on for GPU instances, off on CPU "
-        "(where decoding and the network share the same cores).",
+        "the next pass's images are decoded. An execution runs as passes of "
+        "`forward_batch_size` items, or where there is none (GPU `auto`) as two halves once "
+        "it has 8 items or more. `auto`: on for GPU instances, off on CPU (where decoding "
+        "and the network share the same cores).",
         choices=("auto", "true", "false"),
     ),
     Parameter(
