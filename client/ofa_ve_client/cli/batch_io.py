@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from .errors import InvalidInputError, VisualEntailmentError
-from .url_fetch import is_url
+from ..errors import InvalidInputError, VisualEntailmentError
+from ..url_fetch import is_url
 
 COLUMNS = ("image", "hypothesis", "premise")
 # Keys the output line itself uses; an input column of the same name is written as

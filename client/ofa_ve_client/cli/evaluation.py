@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .contract import LABELS
-from .errors import InvalidInputError, VisualEntailmentError
-from .prediction import Prediction
+from ..contract import LABELS
+from ..errors import InvalidInputError, VisualEntailmentError
+from ..prediction import Prediction
 
 IMAGE_ID_KEYS = ("Flikr30kID", "Flickr30kID", "Flickr30K_ID", "flickr30k_id")
 PREDICTION_COLUMNS = (
