@@ -210,7 +210,7 @@ def cmd_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         parser.error("a JSONL dataset names Flickr30k images: give their folder with --images")
     if args.resume and out is None:
         parser.error("--resume needs --out (the predictions file to continue)")
-    if out is not None and out.exists() and not args.resume:
+    if out is not None and not args.resume and ev.has_predictions(out):
         parser.error(f"{out} exists: --resume to continue it, or remove it")
     summary_path = Path(args.summary) if args.summary else None
     if summary_path is None and out is not None:
@@ -237,8 +237,9 @@ def cmd_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         os.replace(fresh, out)
         sink = open(out, "a", encoding="utf-8", newline="")  # noqa: SIM115 (closed below)
     writer = csv.DictWriter(sink, fieldnames=ev.PREDICTION_COLUMNS) if sink else None
-    count = sent = resumed = 0
+    count = sent = resumed = written = 0
     seconds = 0.0
+    finished = False
     with make_client(args, parser, concurrency=args.concurrency) as client:
         bar = progress_bar(show, total)
         try:
@@ -271,12 +272,16 @@ def cmd_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
                         scores.add(pair.gold, result.label)
                     if writer is not None:
                         writer.writerow(ev.prediction_row(pair, result))
+                        written += 1
                 if sink is not None:
                     sink.flush()
+            finished = True
         finally:
             bar.close()
             if sink is not None:
                 sink.close()
+                if not finished and not written and not done:
+                    out.unlink(missing_ok=True)  # a run that answered nothing leaves no file
     summary = {
         "dataset": str(data),
         "format": fmt,
