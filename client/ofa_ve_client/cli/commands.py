@@ -7,11 +7,11 @@ import itertools
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..classification import ZeroShotQuery
+from ..classification import ZeroShotQuery, split_labels
 from ..contract import DEFAULT_URL
 from ..errors import InvalidInputError, VisualEntailmentError
 
@@ -91,15 +91,17 @@ def cmd_many(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def cmd_classify(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    # The SDK's rule for a string of labels holds for each argument: "cat,dog" is two.
+    labels = [label for arg in args.labels for label in split_labels(arg)]
     try:  # bad labels or template are a usage error: found before connecting
-        ZeroShotQuery.build(args.labels, args.template, args.multi_label, args.premise)
+        ZeroShotQuery.build(labels, args.template, args.multi_label, args.premise)
     except InvalidInputError as exc:
         parser.error(exc.message)
     with make_client(args, parser) as client:
         try:
             result = client.classify(
                 args.image,
-                args.labels,
+                labels,
                 args.template,
                 args.multi_label,
                 premise=args.premise,

@@ -149,7 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     classify.set_defaults(handler=cmd_classify, subparser=classify)
     classify.add_argument("image", help="image file path or http(s) URL")
-    classify.add_argument("labels", nargs="+", metavar="LABEL", help="candidate labels (unique)")
+    classify.add_argument(
+        "labels",
+        nargs="+",
+        metavar="LABEL",
+        help="candidate labels (unique); a comma separates labels, as in the SDK's string "
+        'of labels: "cat,dog" is two',
+    )
     classify.add_argument(
         "--template",
         default=DEFAULT_HYPOTHESIS_TEMPLATE,
