@@ -139,15 +139,31 @@ def cmd_batch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     if args.concurrency < 1 or (args.batch_size is not None and args.batch_size < 1):
         parser.error("--concurrency and --batch-size must be >= 1")
+    if args.resume and args.output == "-":
+        parser.error("--resume needs --output (the JSONL file to continue)")
     try:
         fmt = batch_io.detect_format(args.input, args.format)
         source = batch_io.open_text(args.input, "r", sys.stdin)
-        sink = batch_io.open_text(args.output, "w", sys.stdout)
     except (ValueError, OSError) as exc:
+        parser.error(str(exc))
+    lines: Iterable[str] = source
+    if args.input == "-" and args.format is None:
+        sniffed, lines = batch_io.peek_format(source)
+        if sniffed is None:
+            parser.error(
+                "stdin is not JSONL (its first line does not start with '{'); "
+                "for CSV give --format csv"
+            )
+    done = batch_io.read_done(args.output) if args.resume else {}
+    try:
+        kept = done.values() if args.resume else None
+        sink = batch_io.start_output(args.output, kept, sys.stdout)
+    except OSError as exc:
         parser.error(str(exc))
     base = Path(args.input).resolve().parent if args.input != "-" else None
     show = sys.stderr.isatty() if args.progress is None else args.progress
-    ok = failed = 0
+    ok = failed = resumed = 0
+    seen = -1
     with make_client(args, parser, concurrency=args.concurrency) as client, source:
         bar = progress_bar(show, batch_io.count_rows(args.input, fmt) if show else None)
         try:
@@ -157,11 +173,14 @@ def cmd_batch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 # as with full requests, and Triton's batcher still forms the batches
                 # (measured cost on a 2-core CPU: docs/client.md).
                 batch_size, concurrency = 1, args.concurrency * client.max_batch_size()
-            rows = batch_io.read_rows(source, fmt)
+            rows = batch_io.read_rows(lines, fmt)
             # Windows bound memory; each one keeps `concurrency` requests in flight.
             window = max(256, 4 * concurrency * (batch_size or 32))
             while chunk := list(itertools.islice(rows, window)):
-                usable = [r for r in chunk if r.error is None]
+                seen = chunk[-1].index
+                todo = [r for r in chunk if r.index not in done]
+                resumed += len(chunk) - len(todo)
+                usable = [r for r in todo if r.error is None]
                 results = client.predict_batch(
                     [batch_io.item_of(r, base) for r in usable],
                     return_exceptions=True,
@@ -171,7 +190,7 @@ def cmd_batch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 )
                 by_index = {r.index: res for r, res in zip(usable, results, strict=True)}
                 bar.update(len(chunk) - len(usable))
-                for row in chunk:
+                for row in todo:
                     result = row.error or by_index[row.index]
                     failed += isinstance(result, VisualEntailmentError)
                     ok += not isinstance(result, VisualEntailmentError)
@@ -180,7 +199,15 @@ def cmd_batch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             bar.close()
             if sink is not sys.stdout:
                 sink.close()
-    print(f"ofa-ve batch: {ok} ok, {failed} failed", file=sys.stderr)
+    kept = f", {resumed} kept from {args.output}" if args.resume else ""
+    print(f"ofa-ve batch: {ok} ok, {failed} failed{kept}", file=sys.stderr)
+    beyond = sum(1 for index in done if index > seen)
+    if beyond:
+        print(
+            f"warning: {beyond} answered lines of {args.output} have an index past the "
+            f"input's last row ({seen}): kept in the file (another input?)",
+            file=sys.stderr,
+        )
     return 1 if failed else 0
 
 

@@ -178,13 +178,21 @@ def build_parser() -> argparse.ArgumentParser:
         "columns (ids, gold labels) are kept and so are empty fields. Relative image paths "
         "are relative to the input file. Each output line is {index} plus every field of "
         "the row (a column named like an output key, e.g. `label`, as `input_label`), then "
-        "the prediction or an `error` object; the order is the input order.",
+        "the prediction or an `error` object; the order is the input order (with --resume, "
+        "the kept lines first).",
     )
     batch.set_defaults(handler=cmd_batch, subparser=batch)
     batch.add_argument("input", help="input .jsonl or .csv file, or - for stdin")
     batch.add_argument("--output", "-o", default="-", help="output .jsonl (default: stdout)")
     batch.add_argument(
-        "--format", choices=("jsonl", "csv"), help="input format (default: by suffix)"
+        "--format",
+        choices=("jsonl", "csv"),
+        help="input format (default: by suffix; stdin: JSONL, with a hint when it is not)",
+    )
+    batch.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the answered lines of an existing --output and send only the other rows",
     )
     batch.add_argument(
         "--concurrency",
