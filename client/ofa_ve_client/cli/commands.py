@@ -309,7 +309,7 @@ def cmd_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
             bar.close()
             if sink is not None:
                 sink.close()
-                if not finished and not written and not done:
+                if out is not None and not finished and not written and not done:
                     out.unlink(missing_ok=True)  # a run that answered nothing leaves no file
     summary = {
         "dataset": str(data),
