@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from ofa_ve_client import (
+    AsyncVisualEntailmentClient,
     AuthenticationError,
     CallAbortedError,
     ClientClosedError,
@@ -35,7 +36,6 @@ from ofa_ve_client import (
     VisualEntailmentClient,
     VisualEntailmentError,
 )
-from ofa_ve_client.async_client import AsyncVisualEntailmentClient
 from ofa_ve_client.classification import ZeroShotQuery, check_labels
 from ofa_ve_client.cli import commands, main
 from ofa_ve_client.cli.batch_io import peek_format, read_done, read_rows
@@ -216,6 +216,12 @@ def test_a_failed_evaluate_leaves_no_file_and_blocks_no_rerun(tmp_path: Path, ca
     assert exit_.value.code == 2 and "--resume" in capsys.readouterr().err
     assert main(evaluate_args(tmp_path, out, "--resume")) == 1
     assert "x,neutral,neutral" in out.read_text()  # kept across a failed resume
+    # Nor is a file of something else overwritten.
+    other = tmp_path / "notes.csv"
+    other.write_text("my,own,notes\n")
+    with pytest.raises(SystemExit):
+        main(evaluate_args(tmp_path, other))
+    assert other.read_text() == "my,own,notes\n"
 
 
 # ----------------------------------------------------------------- a fake client

@@ -304,13 +304,18 @@ def prediction_row(pair: Pair, result: Prediction | VisualEntailmentError) -> di
 
 
 def has_predictions(path: Path) -> bool:
-    """Whether a predictions file holds any row (a missing, empty or header-only file
-    does not: a run that answered nothing may be rerun without --resume)."""
+    """Whether `path` holds anything to keep: a missing or empty file, or one holding
+    only the predictions header, does not (a run that answered nothing may be rerun
+    without --resume); any other file does."""
     if not path.exists():
         return False
     with open(path, "rb") as stream:
         lines = (line for line in stream if line.strip())
-        next(lines, None)  # the header
+        first = next(lines, None)
+        if first is None:
+            return False
+        if first.decode("utf-8", "replace").strip() != ",".join(PREDICTION_COLUMNS):
+            return True
         return next(lines, None) is not None
 
 
