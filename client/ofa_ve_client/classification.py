@@ -1,8 +1,8 @@
 """Zero-shot classification and one-image-many-hypotheses: the logic both clients share.
 
-The sync and async clients only do the I/O (read the image once, send the
-items through predict_batch); everything else lives here, written once:
-checking the inputs, turning candidate labels into hypotheses, scoring and
+The clients' operations (base.py) only do the I/O (read the image once, send
+the items through predict_batch); everything else lives here: checking the
+inputs, splitting and turning candidate labels into hypotheses, scoring and
 ranking. Nothing here talks to a server or imports tritonclient.
 
 How the scores relate to Hugging Face's zero-shot-classification pipeline
