@@ -171,7 +171,7 @@ def cmd_batch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             if show and batch_size is None:
                 # Progress per item: an answer per request. As many items stay in flight
                 # as with full requests, and Triton's batcher still forms the batches
-                # (measured cost on a 2-core CPU: docs/client.md).
+                # (at some cost in throughput on CPU: docs/client.md).
                 batch_size, concurrency = 1, args.concurrency * client.max_batch_size()
             rows = batch_io.read_rows(lines, fmt)
             # Windows bound memory; each one keeps `concurrency` requests in flight.
