@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from ofa_ve_bench.workload import HYPOTHESES, TEST_IMAGES
 from ofa_ve_client import LABELS, VisualEntailmentClient
-from ofa_ve_client.evaluation import (
+from ofa_ve_client.cli.evaluation import (
     NOT_UTF8,
     PREDICTION_COLUMNS,
     Scores,

@@ -21,7 +21,7 @@ from ofa_ve_client import (
     ServerUnavailableError,
     VisualEntailmentClient,
 )
-from ofa_ve_client.batch_io import detect_format, item_of, output_record, read_rows
+from ofa_ve_client.cli.batch_io import detect_format, item_of, output_record, read_rows
 from ofa_ve_client.errors import from_triton
 from ofa_ve_client.retry import CallBudget
 from tritonclient.utils import InferenceServerException

@@ -3,8 +3,8 @@
 
 Times VisualEntailmentClient.predict_batch over the same items with several
 (batch_size, concurrency) pairs against a running server and prints a
-Markdown table (items/s, median of --repeats runs). The figures behind the
-client's defaults are in docs/client.md.
+Markdown table (items/s, median of --repeats runs). The client's defaults,
+and why, are in docs/client.md ("Few big requests or many small ones?").
 
     python client/benchmarks/batch_vs_concurrent.py --url 127.0.0.1:8001 --items 64
 """

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from .contract import ANSWERS, LABELS, MODEL_NAME
 from .errors import (
     AuthenticationError,
+    CallAbortedError,
     ClientClosedError,
     DeadlineExceededError,
     ImageFetchError,
@@ -28,7 +29,9 @@ from .errors import (
     RequestCancelledError,
     ResourceExhaustedError,
     ServerError,
+    ServerSideError,
     ServerUnavailableError,
+    UnavailableError,
     VisualEntailmentError,
 )
 from .prediction import Prediction
@@ -77,6 +80,7 @@ __all__ = [
     "MODEL_NAME",
     "AsyncVisualEntailmentClient",
     "AuthenticationError",
+    "CallAbortedError",
     "Classification",
     "ClientClosedError",
     "DeadlineExceededError",
@@ -93,8 +97,10 @@ __all__ = [
     "ResourceExhaustedError",
     "RetryPolicy",
     "ServerError",
+    "ServerSideError",
     "ServerUnavailableError",
     "TLSOptions",
+    "UnavailableError",
     "VisualEntailmentClient",
     "VisualEntailmentError",
     "__version__",

@@ -1,8 +1,8 @@
 """Zero-shot classification and one-image-many-hypotheses: the logic both clients share.
 
-The sync and async clients only do the I/O (read the image once, send the
-items through predict_batch); everything else lives here, written once:
-checking the inputs, turning candidate labels into hypotheses, scoring and
+The clients' operations (base.py) only do the I/O (read the image once, send
+the items through predict_batch); everything else lives here: checking the
+inputs, splitting and turning candidate labels into hypotheses, scoring and
 ranking. Nothing here talks to a server or imports tritonclient.
 
 How the scores relate to Hugging Face's zero-shot-classification pipeline
@@ -66,14 +66,25 @@ def many_items(image: bytes, hypotheses: Sequence[Any], premise: str | None) -> 
     return [Item(image, hypothesis, premise) for hypothesis in hypotheses]
 
 
+def split_labels(text: str) -> list[str]:
+    """The labels in a string: split on commas, each stripped, empty parts dropped.
+
+    The one label-split rule of the SDK and the CLI: a string of labels (the
+    SDK's `candidate_labels="cat, dog"`, as in HF's pipeline, and every LABEL
+    argument of `ofa-ve classify`) is split on commas; a list's items are
+    labels as given.
+    """
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
 def check_labels(candidate_labels: Any) -> tuple[str, ...]:
     """Candidate labels as a tuple of distinct, non-empty strings.
 
     As in HF's pipeline, a single string is taken as comma-separated labels
-    ("cat, dog" -> ("cat", "dog")).
+    ("cat, dog" -> ("cat", "dog"); see `split_labels`).
     """
     if isinstance(candidate_labels, str):
-        labels: list[Any] = [part.strip() for part in candidate_labels.split(",") if part.strip()]
+        labels: list[Any] = split_labels(candidate_labels)
     elif isinstance(candidate_labels, Iterable) and not isinstance(candidate_labels, bytes):
         labels = list(candidate_labels)
     else:

@@ -3,6 +3,21 @@
 Every error carries the server's message and the gRPC status name (None when
 the client raised it before sending anything). In batch calls `item_index`
 says which input item the error belongs to.
+
+The classes are grouped by gRPC status family, one base per family, so that a
+caller can catch a whole family or one case of it:
+
+- InvalidInputError: INVALID_ARGUMENT, or input the client refused itself.
+- UnavailableError: the request was not processed and may be retried
+  (UNAVAILABLE, RESOURCE_EXHAUSTED, a model not loaded yet).
+- CallAbortedError: the call ended before an answer (DEADLINE_EXCEEDED,
+  CANCELLED, the client closed).
+- ServerSideError: the server cannot answer as asked, and a retry will not
+  change that (INTERNAL, UNKNOWN, NOT_FOUND, UNAUTHENTICATED, an answer off
+  the interface).
+
+The families are new bases above the classes of earlier releases; every one
+of those classes keeps its name and catches exactly what it caught before.
 """
 
 from __future__ import annotations
@@ -131,7 +146,23 @@ def connection_hint(message: str) -> str | None:
     return None
 
 
-class ServerUnavailableError(VisualEntailmentError, ConnectionError):
+class UnavailableError(VisualEntailmentError):
+    """Family: the server did not process the request and may later (UNAVAILABLE,
+    RESOURCE_EXHAUSTED, a model not loaded yet). The client retries these."""
+
+
+class CallAbortedError(VisualEntailmentError):
+    """Family: the call ended before an answer came (DEADLINE_EXCEEDED, CANCELLED,
+    or the client was closed)."""
+
+
+class ServerSideError(VisualEntailmentError):
+    """Family: the server cannot answer this request as asked, and a retry will not
+    change that (INTERNAL, UNKNOWN, NOT_FOUND, UNAUTHENTICATED, PERMISSION_DENIED,
+    or an answer that does not match the interface)."""
+
+
+class ServerUnavailableError(UnavailableError, ConnectionError):
     """No server answered (UNAVAILABLE): down, restarting, or unreachable. Retryable.
 
     `hint` says what to do when the message shows a connection that never worked
@@ -159,36 +190,36 @@ class ModelNotReadyError(ServerUnavailableError):
     versions"; it passes like UNAVAILABLE, so it is retried like UNAVAILABLE."""
 
 
-class ResourceExhaustedError(VisualEntailmentError):
+class ResourceExhaustedError(UnavailableError):
     """The server refused for lack of capacity: RESOURCE_EXHAUSTED, or Triton's queue-full
     refusal (UNAVAILABLE "Exceeds maximum queue size"), given at once. Retryable."""
 
 
-class DeadlineExceededError(VisualEntailmentError, TimeoutError):
+class DeadlineExceededError(CallAbortedError, TimeoutError):
     """The call's deadline passed before an answer came (DEADLINE_EXCEEDED or retry budget)."""
 
 
-class ModelNotFoundError(VisualEntailmentError):
+class ModelNotFoundError(ServerSideError):
     """The server does not know the model or version (NOT_FOUND)."""
 
 
-class AuthenticationError(VisualEntailmentError):
+class AuthenticationError(ServerSideError):
     """Credentials were missing or refused (UNAUTHENTICATED, PERMISSION_DENIED)."""
 
 
-class RequestCancelledError(VisualEntailmentError):
+class RequestCancelledError(CallAbortedError):
     """The call was cancelled (CANCELLED)."""
 
 
-class ServerError(VisualEntailmentError):
+class ServerError(ServerSideError):
     """The server failed in a way not listed above (INTERNAL, UNKNOWN, UNIMPLEMENTED, ...)."""
 
 
-class ProtocolError(VisualEntailmentError):
+class ProtocolError(ServerSideError):
     """The server's answer does not match the interface (missing outputs, wrong shapes)."""
 
 
-class ClientClosedError(VisualEntailmentError):
+class ClientClosedError(CallAbortedError):
     """The client was used after close()."""
 
 

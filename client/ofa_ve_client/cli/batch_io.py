@@ -8,14 +8,16 @@ prediction; only `image`, `hypothesis` and `premise` go to the server.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
-from collections.abc import Iterator
+import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from .errors import InvalidInputError, VisualEntailmentError
-from .url_fetch import is_url
+from ..errors import InvalidInputError, VisualEntailmentError
+from ..url_fetch import is_url
 
 COLUMNS = ("image", "hypothesis", "premise")
 # Keys the output line itself uses; an input column of the same name is written as
@@ -56,10 +58,13 @@ def _row(index: int, record: Any) -> Row:
     if not isinstance(record, dict):
         return Row(index, {}, InvalidInputError("row must be a JSON object"))
     fields = dict(record)
-    missing = [k for k in ("image", "hypothesis") if fields.get(k) in (None, "")]
-    if missing:
-        name = missing[0].upper()
-        return Row(index, fields, InvalidInputError(f"{name}: missing or empty", input_name=name))
+    for key in ("image", "hypothesis"):
+        # The SDK's (and, for an empty one, the server's) wording for the same error.
+        name, value = key.upper(), fields.get(key)
+        if value is None:
+            return Row(index, fields, InvalidInputError(f"{name}: missing from the item"))
+        if isinstance(value, str) and not value.strip():
+            return Row(index, fields, InvalidInputError(f"{name}: is empty"))
     return Row(index, fields)
 
 
@@ -74,7 +79,38 @@ def _is_header(cells: list[str]) -> bool:
     return "image" in names and "hypothesis" in names
 
 
-def read_rows(stream: TextIO, fmt: str) -> Iterator[Row]:
+# A cell that reads as a column name: a word such as `img` or `gold_label`. An image
+# cell of a data row has a suffix, a folder or a scheme (`a.jpg`, `img/1`, `https:`).
+_NAME_CELL = re.compile(r"[A-Za-z_][\w-]*")
+
+
+def _check_unnamed_header(cells: list[str]) -> None:
+    """Refuse a first row that is a header, but not one naming the model's columns
+    (`img,text`): read as data, it would be sent as an image called `img`."""
+    if all(_NAME_CELL.fullmatch(c.strip()) for c in cells):
+        raise InvalidInputError(
+            f"the CSV header {','.join(c.strip() for c in cells)!r} does not name the "
+            "columns image and hypothesis: name them so (premise optional, any order, "
+            "other columns are kept), or drop the header row to give the cells in the "
+            "order image, hypothesis, premise"
+        )
+
+
+def peek_format(lines: Iterable[str]) -> tuple[str | None, Iterator[str]]:
+    """Tell JSONL from anything else by the first non-blank line (for stdin, which has
+    no suffix): "jsonl" when it starts with `{` (or there is none), else None; and the
+    lines, the peeked ones included."""
+    stream = iter(lines)
+    peeked: list[str] = []
+    for line in stream:
+        peeked.append(line)
+        if line.strip():
+            fmt = "jsonl" if line.lstrip("\ufeff \t").startswith("{") else None
+            return fmt, itertools.chain(peeked, stream)
+    return "jsonl", iter(peeked)
+
+
+def read_rows(stream: Iterable[str], fmt: str) -> Iterator[Row]:
     """Yield rows lazily (large files never sit in memory whole)."""
     if fmt == "jsonl":
         index = 0
@@ -99,12 +135,17 @@ def read_rows(stream: TextIO, fmt: str) -> Iterator[Row]:
         for cells in reader:
             if not any(c.strip() for c in cells):
                 continue
-            if header is None and index == 0 and _is_header(cells):
-                header = [_column_name(c) for c in cells]
-                repeated = sorted({h for h in header if header.count(h) > 1})
-                if repeated:  # the whole file is ambiguous, not one row
-                    raise InvalidInputError(f"CSV header repeats columns: {', '.join(repeated)}")
-                continue
+            if header is None and index == 0:
+                if not _is_header(cells):
+                    _check_unnamed_header(cells)  # the whole file would be misread
+                else:
+                    header = [_column_name(c) for c in cells]
+                    repeated = sorted({h for h in header if header.count(h) > 1})
+                    if repeated:  # the whole file is ambiguous, not one row
+                        raise InvalidInputError(
+                            f"CSV header repeats columns: {', '.join(repeated)}"
+                        )
+                    continue
             names = header or list(COLUMNS)
             if len(cells) > len(names):
                 reason = f"{len(cells)} cells, expected at most {len(names)}"
@@ -148,6 +189,44 @@ def output_record(row: Row, result: Any) -> dict[str, Any]:
     else:
         record.update(result.to_dict())
     return record
+
+
+def read_done(path: str) -> dict[int, dict[str, Any]]:
+    """The answered lines of an earlier run's output, by row index (`batch --resume`
+    keeps them and sends only the other rows; failed lines and a line cut short by
+    an interruption are sent again)."""
+    done: dict[int, dict[str, Any]] = {}
+    try:
+        stream = open(path, encoding="utf-8")  # noqa: SIM115 (closed below)
+    except FileNotFoundError:
+        return done
+    with stream:
+        for line in stream:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if not isinstance(record, dict) or not isinstance(record.get("index"), int):
+                continue
+            if "error" not in record and "label" in record:
+                done[record["index"]] = record
+    return done
+
+
+def start_output(path: str, kept: Iterable[dict[str, Any]] | None, stdio: TextIO) -> TextIO:
+    """The output stream, opened for writing: stdout for `-`; else the file. Resuming
+    (`kept` given), the file holds the kept lines first (written whole to a new file
+    that replaces the old one, so an interruption here loses nothing), and the new
+    lines are appended after them."""
+    if kept is None or path == "-":
+        return open_text(path, "w", stdio)
+    target = Path(path)
+    fresh = target.with_name(target.name + ".tmp")
+    with open(fresh, "w", encoding="utf-8") as stream:
+        for record in sorted(kept, key=lambda r: r["index"]):
+            stream.write(json.dumps(record, ensure_ascii=False) + "\n")
+    fresh.replace(target)
+    return open(target, "a", encoding="utf-8")
 
 
 def open_text(path: str, mode: str, stdio: TextIO) -> TextIO:

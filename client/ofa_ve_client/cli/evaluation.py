@@ -7,7 +7,8 @@ Two formats are read, lazily (the test split's TSV is gigabytes):
   writes the key as `Flikr30kID` (sic; its README says `Flickr30kID`); both are
   read. The hypothesis is `sentence2`, the gold label `gold_label`, the id
   `pairID`; `sentence1` is the Flickr30k caption, the text premise only with
-  `with_caption`. Images come from a Flickr30k folder (`images_dir/<id>.jpg`).
+  `with_caption`. Images come from a Flickr30k folder: `images_dir/<id>`, with `.jpg`
+  added to an id that has no image extension (`image_file_name`).
 - **OFA's SNLI-VE TSV** (what OFA-Sys/OFA's evaluation reads): tab-separated
   `uniq_id, image_id, image, hypothesis, caption, label` with the image as
   URL-safe base64, or the five columns OFA selects from it (no `image_id`).
@@ -29,11 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .contract import LABELS
-from .errors import InvalidInputError, VisualEntailmentError
-from .prediction import Prediction
+from ..contract import LABELS
+from ..errors import InvalidInputError, VisualEntailmentError
+from ..prediction import Prediction
 
 IMAGE_ID_KEYS = ("Flikr30kID", "Flickr30kID", "Flickr30K_ID", "flickr30k_id")
+# An image id ending in one of these is a file name already (the server reads them all).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 PREDICTION_COLUMNS = (
     "pair_id",
     "gold",
@@ -79,6 +82,15 @@ def detect_format(path: Path, explicit: str | None = None) -> str:
     raise ValueError(f"cannot tell the format of {str(path)!r}: use .jsonl or .tsv, or --format")
 
 
+def image_file_name(image_id: str) -> str:
+    """The file of a Flickr30k image id: the id itself when it ends in an image
+    extension (`coffee_50x40.png`, `1000092795.jpg`), else the id plus `.jpg`
+    (a bare Flickr30k number, `1000092795`)."""
+    if Path(image_id).suffix.lower() in IMAGE_EXTENSIONS:
+        return image_id
+    return f"{image_id}.jpg"
+
+
 def _gold(raw: Any) -> tuple[str | None, str | None]:
     label = _LABEL_WORDS.get(str(raw).strip().lower()) if raw is not None else None
     if label is None:
@@ -115,11 +127,10 @@ def read_snli_ve_jsonl(
         elif images_dir is None:
             problem = problem or "the JSONL names Flickr30k images: give their folder (--images)"
         if not isinstance(hypothesis, str) or not hypothesis.strip():
-            problem = problem or "HYPOTHESIS: sentence2 is missing or empty"
+            problem = problem or "HYPOTHESIS: is empty"
         image = None
         if image_name is not None and images_dir is not None:
-            name = str(image_name)
-            image = images_dir / (name if name.lower().endswith(".jpg") else f"{name}.jpg")
+            image = images_dir / image_file_name(str(image_name))
         premise = record.get("sentence1") if with_caption else None
         yield Pair(pair_id, image, hypothesis or "", premise, gold, problem)
 
@@ -290,6 +301,22 @@ def prediction_row(pair: Pair, result: Prediction | VisualEntailmentError) -> di
     for label in LABELS:
         row[f"p_{label}"] = f"{result.probs[label]:.6f}"
     return row
+
+
+def has_predictions(path: Path) -> bool:
+    """Whether `path` holds anything to keep: a missing or empty file, or one holding
+    only the predictions header, does not (a run that answered nothing may be rerun
+    without --resume); any other file does."""
+    if not path.exists():
+        return False
+    with open(path, "rb") as stream:
+        lines = (line for line in stream if line.strip())
+        first = next(lines, None)
+        if first is None:
+            return False
+        if first.decode("utf-8", "replace").strip() != ",".join(PREDICTION_COLUMNS):
+            return True
+        return next(lines, None) is not None
 
 
 def read_done(path: Path) -> dict[str, dict[str, str]]:
