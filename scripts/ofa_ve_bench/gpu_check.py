@@ -89,6 +89,8 @@ class Sizes:
     """0: perf_analyzer's stability windows; N: a fixed N requests per level."""
     server_max_batch: int
     server_dtype: str
+    server_kind: str | None
+    """The instance kind the server runs (None: the committed KIND_AUTO)."""
     step_budget_s: dict[str, float] = field(default_factory=dict)
     """Seconds each step may take (the run's budget may leave it less)."""
 
@@ -107,6 +109,7 @@ GPU_SIZES = Sizes(
     perf_request_count=0,
     server_max_batch=64,
     server_dtype="float16",
+    server_kind="KIND_GPU",  # a Triton that sees no GPU refuses, instead of CPU figures
     step_budget_s={"equal": 35, "precision": 35, "network": 90, "shared": 10,
                    "image_path": 20, "prepare": 35, "server_exact": 110, "server_gpu": 110},
 )
@@ -124,6 +127,7 @@ CPU_SIZES = Sizes(
     perf_request_count=4,
     server_max_batch=4,
     server_dtype="float32",
+    server_kind=None,
     step_budget_s={"equal": 30, "precision": 60, "network": 60, "shared": 30,
                    "image_path": 60, "prepare": 60, "server_exact": 120, "server_gpu": 120},
 )
@@ -650,6 +654,7 @@ def step_server(
     batch = sizes.server_max_batch
     edits = model_config.ConfigEdits(
         max_batch_size=batch,
+        kind=sizes.server_kind,
         preferred_batch_sizes=sorted({max(1, batch // 4), max(1, batch // 2), batch}),
         queue_delay_us=2000,
         parameters={
@@ -681,6 +686,10 @@ def step_server(
     try:
         figures["cold_start_to_ready_s"] = round(server.ready_after_s or 0.0, 1)
         figures["instance"] = instance_lines(server.log_text())  # what the model says it runs
+        if sizes.server_kind == "KIND_GPU" and not any(" on cuda" in line
+                                                       for line in figures["instance"]):
+            step.status = "failed"
+            step.notes.append("the model instance does not say it runs on a GPU (see instance)")
         distinct = max(sizes.concurrency)  # one item per request: concurrency x 1
         items = [(image, *workload.LOAD_TEXTS[i % len(workload.LOAD_TEXTS)])
                  for i, image in enumerate(workload.distinct_jpegs(distinct))]
