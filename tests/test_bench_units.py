@@ -660,3 +660,19 @@ def test_the_gpu_check_page_shows_the_device_call_as_made() -> None:
     assert shown == json.dumps(wheelhouse.DEVICE_CALLS, indent=2) + "\n"
     (call,) = wheelhouse.DEVICE_CALLS
     assert f'command="{call["command"]}"' in text and f"timeout_s={call['timeout_s']}" in text
+
+
+def test_the_prometheus_reader_sums_by_label() -> None:
+    from ofa_ve_ops import prometheus
+
+    text = (
+        "# HELP ofa_ve_image_path_fallbacks_total JPEGs ...\n"
+        'ofa_ve_image_path_fallbacks_total{instance="a",reason="bad_file"} 2\n'
+        'ofa_ve_image_path_fallbacks_total{instance="b",reason="bad_file"} 1\n'
+        'ofa_ve_image_path_fallbacks_total{instance="a",reason="no_nvjpeg"} 0\n'
+        "nv_inference_count 5\n"
+    )
+    samples = prometheus.parse(text)
+    assert len(samples) == 4
+    assert prometheus.by_label(samples, "ofa_ve_image_path_fallbacks_total", "reason") == {
+        "bad_file": 3.0, "no_nvjpeg": 0.0}

@@ -733,20 +733,13 @@ def step_server(
 
 def fallback_counts(metrics_url: str) -> dict[str, float] | str:
     """``ofa_ve_image_path_fallbacks_total`` by reason, summed over instances."""
-    import urllib.request
+    from ofa_ve_ops import prometheus
 
     try:
-        with urllib.request.urlopen(metrics_url, timeout=5) as response:
-            text = response.read().decode()
+        samples = prometheus.scrape(metrics_url, timeout=5)
     except OSError as exc:
         return f"metrics not read: {exc}"
-    counts: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("ofa_ve_image_path_fallbacks_total{"):
-            labels, value = line.rsplit(" ", 1)
-            reason = labels.split('reason="', 1)[1].split('"', 1)[0]
-            counts[reason] = counts.get(reason, 0.0) + float(value)
-    return counts
+    return prometheus.by_label(samples, "ofa_ve_image_path_fallbacks_total", "reason")
 
 
 def instance_lines(log: str) -> list[str]:
