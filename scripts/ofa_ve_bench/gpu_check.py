@@ -345,6 +345,22 @@ def predict_all(
     return np.concatenate(rows) if rows else np.zeros((0, 3), dtype=np.float32)
 
 
+def answers(
+    model_dir: Path,
+    device: str,
+    dtype: str,
+    work: Sequence[workload.Item],
+    prepared: Sequence[Any] | None = None,
+    budget: Budget | None = None,
+) -> tuple[Sequence[Any], np.ndarray]:
+    """The prepared items of `work` (or `prepared`) and an engine's probabilities for them
+    on `device` in `dtype`; the engine is dropped after (one model in memory at a time)."""
+    engine = load_engine(model_dir, device, dtype, 16)
+    if prepared is None:
+        prepared = [engine.prepare(image, h, p or None) for image, h, p in work]
+    return prepared, predict_all(engine, prepared, 16, budget)
+
+
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         import torch
@@ -393,18 +409,12 @@ def step_gpu_equals_cpu(
 ) -> dict:
     """fp32 on the GPU against fp32 on the CPU, TF32 off: the same answers."""
     if device == "cpu":
-        step.status = "skipped"
-        step.notes.append("no GPU: nothing to compare the CPU with")
-        return {}
+        step.notes.append("CPU mode: the CPU against itself (this rehearses the code path)")
     work = agreement_work(sizes)
     with tf32_off():
-        gpu = load_engine(model_dir, device, "float32", 16)
-        prepared = [gpu.prepare(image, h, p or None) for image, h, p in work]
-        on_gpu = predict_all(gpu, prepared, 16)
-        del gpu
-        cpu = load_engine(model_dir, "cpu", "float32", 16)
-        on_cpu = predict_all(cpu, prepared, 16, budget)  # the slow side sets the count
-        del cpu
+        prepared, on_gpu = answers(model_dir, device, "float32", work)
+        # The slow side sets how many pairs are compared.
+        _, on_cpu = answers(model_dir, "cpu", "float32", work, prepared, budget)
     row = compare(on_cpu, on_gpu[: len(on_cpu)])
     row["math_flags"] = "TF32 off (restored after)"
     if len(on_cpu) < len(prepared):
@@ -427,10 +437,7 @@ def step_precision(
     """Each reduced dtype against float32 (TF32 off) on the same device."""
     work = agreement_work(sizes)
     with tf32_off():
-        reference_engine = load_engine(model_dir, device, "float32", 16)
-        prepared = [reference_engine.prepare(image, h, p or None) for image, h, p in work]
-        reference = predict_all(reference_engine, prepared, 16)
-        del reference_engine
+        prepared, reference = answers(model_dir, device, "float32", work)
     step.notes.append("float32 reference with TF32 off (restored after)")
     rows = []
     for dtype in sizes.dtypes:
@@ -439,11 +446,9 @@ def step_precision(
         if budget.left() < 5:
             step.notes.append(f"budget: stopped before {dtype}")
             break
-        engine = load_engine(model_dir, device, dtype, 16)
         row = {"device": device, "dtype": dtype}
-        row.update(compare(reference, predict_all(engine, prepared, 16)))
+        row.update(compare(reference, answers(model_dir, device, dtype, work, prepared)[1]))
         rows.append(row)
-        del engine
     return rows
 
 
