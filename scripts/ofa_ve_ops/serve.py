@@ -256,24 +256,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=os.environ.get("OFA_VE_BIND_ADDRESS", "").strip() or "127.0.0.1",
         help="address every endpoint binds (default: $OFA_VE_BIND_ADDRESS or 127.0.0.1)",
     )
-    parser.add_argument(
-        "--http-port",
-        type=int,
-        default=_env_port("OFA_VE_HTTP_PORT", 8000),
-        help="HTTP port (default: $OFA_VE_HTTP_PORT or 8000)",
-    )
-    parser.add_argument(
-        "--grpc-port",
-        type=int,
-        default=_env_port("OFA_VE_GRPC_PORT", 8001),
-        help="gRPC port (default: $OFA_VE_GRPC_PORT or 8001)",
-    )
-    parser.add_argument(
-        "--metrics-port",
-        type=int,
-        default=_env_port("OFA_VE_METRICS_PORT", 8002),
-        help="Prometheus metrics port (default: $OFA_VE_METRICS_PORT or 8002)",
-    )
+    for (endpoint, variable, dest), default in zip(ENDPOINTS, (8000, 8001, 8002), strict=True):
+        parser.add_argument(
+            f"--{dest.replace('_', '-')}",
+            type=int,
+            default=_env_port(variable, default),
+            help=f"{endpoint} port (default: ${variable} or {default})",
+        )
     parser.add_argument(
         "--cache-dir",
         type=Path,
