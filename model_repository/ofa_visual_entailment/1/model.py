@@ -194,7 +194,7 @@ class TritonPythonModel:
     def _count_engine_stats(self) -> None:
         """The engine's counts since the last execution onto their counters."""
         stats = self.engine.take_stats()
-        for result, count in (("hit", stats.stem_cache_hits), ("miss", stats.stem_cache_misses)):
+        for result, count in (("hit", stats.patch_cache_hits), ("miss", stats.patch_cache_misses)):
             if count:
                 self.stem_lookups[result].increment(count)
         for reason, count in stats.image_path_fallbacks.items():

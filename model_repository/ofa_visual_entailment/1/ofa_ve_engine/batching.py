@@ -27,9 +27,9 @@ class PreparedItem:
     """Decoder input before the answer: the source without EOS, or BOS alone."""
     encoded: bytes | None = None
     """The JPEG file itself, for the GPU image path (header already checked)."""
-    image_key: bytes | None = None
-    """Digest of the encoded image: items with the same key share one decode and one
-    stem pass (``stem.py``); None for images given as PIL objects."""
+    image_digest: bytes | None = None
+    """``image_sharing.image_digest`` of the encoded image: items with the same digest
+    share one decode and one set of patch embeddings; None for PIL images."""
 
 
 @dataclass
@@ -68,7 +68,7 @@ def collate(
 
     ``pixels``: the batch's [B, P, P, 3] uint8 pixels already on ``device`` (the GPU
     image path decodes there); otherwise they are stacked from the items.
-    ``with_images=False``: the text tensors only (the stem's features come from
+    ``with_images=False``: the text tensors only (the patch embeddings come from
     elsewhere).
     """
     prompts = [item.decoder_prompt for item in items]

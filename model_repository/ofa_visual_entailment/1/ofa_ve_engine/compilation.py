@@ -1,4 +1,4 @@
-"""``torch.compile`` of the ResNet stem: the one part of the network where it pays.
+"""``torch.compile`` of the stem (the ResNet): the one part of the network where it pays.
 
 Inductor with ``freezing`` turns every convolution of the stem into a oneDNN
 convolution with prepacked weights and folds the residual add and ReLU into it,
@@ -6,7 +6,7 @@ which cuts the stem's CPU time (docs/benchmarks.md; features move by float
 rounding). Compiling the transformer layers gained nothing on CPU (their matmuls
 and attention are library calls already) and took long, so they stay eager.
 
-Compilation is lazy in torch; ``compile_image_stem`` runs the stem once at every
+Compilation is lazy in torch; ``compile_stem`` runs the stem once at every
 batch size it will see, so the seconds it takes (and any failure, such as a
 missing C++ compiler) happen while the model loads, not on the first request.
 Shapes stay few: with an image chunk of c the stem only sees 1..c images.
@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 
-def compile_image_stem(
+def compile_stem(
     stem: nn.Module,
     *,
     example: torch.Tensor,

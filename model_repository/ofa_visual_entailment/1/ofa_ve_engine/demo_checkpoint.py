@@ -401,9 +401,9 @@ def make_decisive(
             )
             # One ResNet pass per image, shared by its sentences: the stem is most of
             # the cost of calibrating.
-            embeds = model.encoder.embed_image(model.encoder.image_features(batch.images[:1]))
+            embeds = model.encoder.embed_patches(model.encoder.stem_features(batch.images[:1]))
             encoded = model.encoder(
-                batch.input_ids, image_embeds=embeds.expand(len(_CALIBRATION_SENTENCES), -1, -1, -1)
+                batch.input_ids, patch_embeds=embeds.expand(len(_CALIBRATION_SENTENCES), -1, -1, -1)
             )
             states.append(
                 AnswerScorer.last_states(
