@@ -64,12 +64,17 @@ def collate(
     pixels: torch.Tensor | None = None,
     with_images: bool = True,
 ) -> Batch:
-    """Stack, pad and move a batch; normalization happens on ``device`` in float32.
+    """Stack, pad and move a batch; pixels are normalized on ``device`` in float32, as
+    the reference does, and only then cast to ``dtype``.
 
-    ``pixels``: the batch's [B, P, P, 3] uint8 pixels already on ``device`` (the GPU
-    image path decodes there); otherwise they are stacked from the items.
-    ``with_images=False``: the text tensors only (the patch embeddings come from
-    elsewhere).
+    Args:
+        pad_id: the tokenizer's padding id.
+        mean, std: the model's pixel normalization, per channel.
+        channels_last: keep the images NHWC in memory (the uint8 pixels' own layout).
+        pixels: the batch's [B, P, P, 3] uint8 pixels already on ``device`` (the GPU
+            image path decodes there); None: stacked from the items.
+        with_images: False for the text tensors only (the patch embeddings come from
+            elsewhere).
     """
     prompts = [item.decoder_prompt for item in items]
     text = {

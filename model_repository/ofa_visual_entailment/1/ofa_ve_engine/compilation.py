@@ -28,14 +28,16 @@ def compile_stem(
     memory_format: torch.memory_format = torch.contiguous_format,
     dynamic: bool | None = False,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A compiled stand-in for ``stem``, already compiled at each of ``batch_sizes``.
+    """A compiled stand-in for ``stem``, already compiled at each of ``batch_sizes``, so
+    that any failure is a RuntimeError saying what to do here, not on a first request.
 
-    ``example`` is one input image [1, 3, P, P] in the dtype and on the device the
-    engine feeds, ``memory_format`` its layout (both fix what the graphs are
-    compiled for). Any failure is a RuntimeError saying what to do, raised here
-    rather than on a first request. ``dynamic=None`` lets
-    torch mark the batch dimension dynamic after the first new size (for whole
-    batches of varying size, as on GPUs).
+    Args:
+        stem: the (folded) ResNet.
+        example: one input image [1, 3, P, P] in the dtype and on the device the
+            engine feeds; with ``memory_format``, what the graphs are compiled for.
+        batch_sizes: every batch size the stem will see.
+        dynamic: None lets torch mark the batch dimension dynamic after the first
+            new size (whole passes of varying size, as on GPUs).
     """
     from torch._inductor import config as inductor_config
 

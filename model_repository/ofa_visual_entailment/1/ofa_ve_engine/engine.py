@@ -476,10 +476,15 @@ class VisualEntailmentEngine:
         with_images: bool = True,
         unreadable: dict[object, InvalidInputError] | None = None,
     ) -> Batch:
-        """The padded batch of ``items`` on the engine's device, as a forward pass gets it
-        (JPEGs kept encoded for the GPU image path are decoded there first; one no route
-        can read gets zero pixels and its error in ``unreadable`` by image digest, or
-        raises without it)."""
+        """The padded batch of ``items`` on the engine's device, as a forward pass gets it.
+
+        Args:
+            channels_last: the images' memory layout (None: the engine's).
+            with_images: False for the text tensors only.
+            unreadable: JPEGs kept encoded for the GPU image path are decoded here; one
+                no route can read gets zero pixels and its error here, by image digest
+                (None: raised).
+        """
         pixels = None
         if with_images and any(item.pixels is None for item in items):  # GPU image path
             pixels = self._device_pixels(items, unreadable)

@@ -160,20 +160,18 @@ class OFAAttention(nn.Module):
         lengths: list[int] | None = None,
         patch_attention: PatchAttention | None = None,
     ) -> torch.Tensor:
-        """hidden_states [B, T, D] attend to key_value_states [B, S, D]; attn_bias
-        broadcasts to [B, H, T, S] (position bias plus padding/causal mask).
+        """``hidden_states`` [B, T, D] attend to ``key_value_states`` [B, S, D].
 
-        ``patch_attention`` (self-attention of the first encoder layer, ``lengths``
-        None): the patches' part of it, computed once per image; only the text
-        positions of ``hidden_states`` are read then.
-
-        ``lengths`` (self-attention over right-padded items only): item i attends
-        with its first lengths[i] positions to its first lengths[i] positions, one
-        item at a time, and ``attn_bias`` is the [1, H, S, S] bias shared by the
-        batch (no padding bias). That skips materializing a [B, H, S, S] bias per
-        layer (14 MB per item in float32), which on CPU costs more than the
-        attention itself saves by batching. Outputs at padded positions are left
-        zero: they are masked out of every later attention, as in the reference.
+        Args:
+            attn_bias: broadcasts to [B, H, T, S] (position bias plus padding or
+                causal mask); [1, H, S, S] with ``lengths``.
+            lengths: self-attention over right-padded items, item by item over each
+                one's first lengths[i] positions. Why: it spares a [B, H, S, S] bias
+                per layer, which on CPU costs more than batching saves. Outputs at
+                padded positions stay zero (masked later, as in the reference).
+            patch_attention: the first encoder layer's part among the patches,
+                computed once per image (``PatchAttention``); only the text positions
+                of ``hidden_states`` are read then.
         """
         bsz, tgt_len, embed_dim = hidden_states.shape
         if patch_attention is not None:
