@@ -137,7 +137,7 @@ def test_compiled_stem_gives_the_same_answers(
         demo_model_dir, device="cpu", image_chunk_size=2, compile=True, linear_backend="aten"
     )
     engine.attend_by_length = False
-    assert engine.compiled and engine.model.encoder.image_stem is not None
+    assert engine.compiled and engine.model.encoder.stem_runner is not None
     np.testing.assert_allclose(engine.predict(items), expected, atol=1e-5)
 
 

@@ -202,12 +202,12 @@ DISTINCT_QUALITIES = (90, 80, 95, 70)
 def distinct_jpegs(count: int, images_dir: Path = IMAGES_DIR) -> list[bytes]:
     """``count`` JPEGs with pairwise distinct bytes, made from the test photos.
 
-    Why: the engine runs the ResNet stem once per distinct image of a call (stem.py),
-    so a throughput figure over a few images repeated measures the stem a few times,
-    not once per item. Each photo (every test image of at least 200 pixels a side, as
-    RGB) is re-encoded at several scales and qualities, mirrored, then shifted by a
-    pixel, in that order, until ``count`` are made: photo-sized files like those
-    clients send, each a distinct stem input.
+    Why: the engine runs the ResNet stem once per distinct image of a call
+    (image_sharing.py), so a throughput figure over a few images repeated measures the
+    stem a few times, not once per item. Each photo (every test image of at least 200
+    pixels a side, as RGB) is re-encoded at several scales and qualities, mirrored, then
+    shifted by a pixel, in that order, until ``count`` are made: photo-sized files like
+    those clients send, each a distinct stem input.
     """
     from PIL import Image, ImageOps
 

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 import torch
-from ofa_ve_engine.compilation import compile_image_stem
+from ofa_ve_engine.compilation import compile_stem
 from torch import nn
 
 
@@ -18,7 +18,7 @@ class _Broken(nn.Module):
 @pytest.mark.slow
 def test_failures_surface_at_compile_time_with_advice() -> None:
     with pytest.raises(RuntimeError, match="turn `compile` off") as info:
-        compile_image_stem(_Broken(), example=torch.zeros(1, 3, 8, 8), batch_sizes=(1,))
+        compile_stem(_Broken(), example=torch.zeros(1, 3, 8, 8), batch_sizes=(1,))
     assert "batch size 1" in str(info.value)
 
 
@@ -28,7 +28,7 @@ def test_compiled_stem_equals_eager() -> None:
     """Slow (inductor compiles C++ for each batch size): marked so."""
     torch.manual_seed(0)
     stem = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU()).eval()
-    run = compile_image_stem(stem, example=torch.zeros(1, 3, 8, 8), batch_sizes=(1, 2))
+    run = compile_stem(stem, example=torch.zeros(1, 3, 8, 8), batch_sizes=(1, 2))
     images = torch.randn(2, 3, 8, 8)
     with torch.inference_mode():
         torch.testing.assert_close(run(images), stem(images), atol=1e-5, rtol=1e-5)

@@ -108,23 +108,25 @@ def test_predict_runs_forward_passes_and_reports_each(
     np.testing.assert_allclose(tiny_engine.predict(tiny_items), alone, atol=1e-5, rtol=0)
 
 
-def test_items_no_longer_wanted_are_left_out_of_their_pass(
+def test_items_no_longer_kept_are_left_out_of_their_pass(
     tiny_engine: VisualEntailmentEngine, tiny_items: list
 ) -> None:
-    """``wanted`` is asked before each pass for each of its items; an item whose client
-    has gone is not run (NaN row), the others get what they would get anyway."""
+    """``keep`` is asked before each pass with its items; an item it leaves out (its
+    client has gone) is not run (NaN row), the others get what they would get anyway."""
     engine = VisualEntailmentEngine(*_parts(tiny_engine), forward_batch_size=2)
-    asked: list[int] = []
+    asked: list[list[int]] = []
     gone = {1, 2, 3}  # the whole second pass, and one item of the first
 
-    def wanted(index: int) -> bool:
-        asked.append(index)
-        return index not in gone
+    def keep(indices: list[int]) -> list[int]:
+        asked.append(list(indices))
+        return [i for i in indices if i not in gone]
 
     passes: list[int] = []
     probs = engine.predict(tiny_items, on_pass=lambda done, s: passes.append(len(done)),
-                           wanted=wanted)  # fmt: skip
-    assert asked == list(range(len(tiny_items))) and passes == [1, 1]
+                           keep=keep)  # fmt: skip
+    assert asked == [[0, 1], [2, 3], [4]] and passes == [1, 1]
+    old = engine.predict(tiny_items, wanted=lambda i: i not in gone)  # the old per-item form
+    np.testing.assert_array_equal(np.isnan(old), np.isnan(probs))
     assert np.isnan(probs[sorted(gone)]).all()
     kept = [i for i in range(len(tiny_items)) if i not in gone]
     alone = np.concatenate([tiny_engine.predict([tiny_items[i]]) for i in kept])

@@ -94,13 +94,13 @@ def test_the_first_layers_patch_attention_shared_gives_the_same_states(
     for layer in encoder.layers:  # post-norm: the same weights, the other arrangement
         monkeypatch.setattr(layer, "normalize_before", normalize_before)
     batch = tiny_engine.collate(tiny_items)
-    embeds = encoder.embed_image(encoder.image_features(batch.images[:1]))  # one image
+    embeds = encoder.embed_patches(encoder.stem_features(batch.images[:1]))  # one image
     same = embeds.expand(len(tiny_items), -1, -1, -1)
-    plain = encoder(batch.input_ids, image_embeds=same).last_hidden_state
+    plain = encoder(batch.input_ids, patch_embeds=same).last_hidden_state
     once = encoder.patch_attention(embeds)
-    shared = encoder(batch.input_ids, image_embeds=same, patches=once).last_hidden_state
+    shared = encoder(batch.input_ids, patch_embeds=same, patch_attention=once).last_hidden_state
     rows = PatchAttention.stack([once] * len(tiny_items))
-    stacked = encoder(batch.input_ids, image_embeds=same, patches=rows).last_hidden_state
+    stacked = encoder(batch.input_ids, patch_embeds=same, patch_attention=rows).last_hidden_state
     real = ~batch.input_ids.eq(model.arch.pad_token_id)  # padded positions are masked later
     mask = torch.cat([torch.ones(len(tiny_items), embeds.shape[1] * embeds.shape[2],
                                  dtype=torch.bool), real], dim=1)  # fmt: skip

@@ -79,7 +79,7 @@ def test_a_bad_item_fails_its_request_alone(runner: ExecutionRunner) -> None:
         request((IMAGES[0], "fine", None)),
         request((IMAGES[1], "fine too", None), (b"not an image", "bad image", None)),
         request((IMAGES[2], "", None)),
-        None,  # a cancelled request: skipped
+        RequestInputs([IMAGES[0]], [b"gone"], None, lambda: True),  # its client has gone
         request((IMAGES[3], "also fine", None)),
     ]
     outcomes = runner.run(requests, ExecutionHooks(invalid=invalid.append))
@@ -88,7 +88,7 @@ def test_a_bad_item_fails_its_request_alone(runner: ExecutionRunner) -> None:
     assert outcomes[1].error.input_name == "IMAGE" and outcomes[1].probs is None
     assert isinstance(outcomes[2].error, InvalidInputError)
     assert outcomes[2].error.input_name == "HYPOTHESIS"
-    assert outcomes[3].probs is None and outcomes[3].error is None
+    assert outcomes[3].probs is None and isinstance(outcomes[3].error, RequestCancelled)
     assert sorted(invalid) == ["HYPOTHESIS", "IMAGE"]
     np.testing.assert_allclose(outcomes[4].probs, alone(runner.engine, requests[4]), atol=1e-5)
 
@@ -135,11 +135,11 @@ def test_a_request_cancelled_before_its_pass_is_not_run(runner: ExecutionRunner)
 
 
 def test_a_request_cancelled_between_passes_is_not_run_further(runner: ExecutionRunner) -> None:
-    """Its client goes after its items were decoded and its first questions answered:
-    at least its last pass is left out (how many ran depends on the schedule), its
-    response says cancelled, and the other request is answered in full."""
+    """Its client goes after its items were decoded and its first question at a pass
+    answered: at least its last pass is left out (how many ran depends on the schedule),
+    its response says cancelled, and the other request is answered in full."""
     plain = request(*[(IMAGES[i], f"item {i}", None) for i in range(1, 4)])
-    gone = RequestInputs(plain.images, plain.hypotheses, plain.premises, GoneAfter(6))
+    gone = RequestInputs(plain.images, plain.hypotheses, plain.premises, GoneAfter(4))
     kept = request((IMAGES[0], "still wanted", None), (IMAGES[4], "and this", None))
     passes: list[int] = []
     hooks = ExecutionHooks(forward_pass=lambda n, seconds: passes.append(n))

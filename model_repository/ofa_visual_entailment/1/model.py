@@ -194,17 +194,15 @@ class TritonPythonModel:
     def _count_engine_stats(self) -> None:
         """The engine's counts since the last execution onto their counters."""
         stats = self.engine.take_stats()
-        for result, count in (("hit", stats.stem_cache_hits), ("miss", stats.stem_cache_misses)):
+        for result, count in (("hit", stats.patch_cache_hits), ("miss", stats.patch_cache_misses)):
             if count:
                 self.stem_lookups[result].increment(count)
         for reason, count in stats.image_path_fallbacks.items():
             self.image_path_fallbacks[reason].increment(count)
 
     @staticmethod
-    def _inputs(request: Any) -> RequestInputs | None:
-        """The request's items as bytes, or None for a cancelled request."""
-        if request.is_cancelled():
-            return None
+    def _inputs(request: Any) -> RequestInputs:
+        """The request's items as bytes, and its cancellation check for the runner."""
         tensors = [pb_utils.get_input_tensor_by_name(request, n) for n in INPUT_NAMES]
         images, hypotheses, premises = (
             None if t is None else t.as_numpy().reshape(-1) for t in tensors
@@ -213,15 +211,9 @@ class TritonPythonModel:
 
     def execute(self, requests: list[Any]) -> list[Any]:
         """One response per request; all valid items of all requests run batched."""
-        inputs = [self._inputs(request) for request in requests]
-        outcomes = self.runner.run(inputs, self.hooks)
+        outcomes = self.runner.run([self._inputs(request) for request in requests], self.hooks)
         self._count_engine_stats()
-        return [
-            self._response(outcome) if given is not None else self._error(
-                pb_utils.TritonError("request cancelled", pb_utils.TritonError.CANCELLED)
-            )
-            for given, outcome in zip(inputs, outcomes, strict=True)
-        ]
+        return [self._response(outcome) for outcome in outcomes]
 
     def _response(self, outcome: Any) -> Any:
         if outcome.error is not None:
@@ -235,12 +227,13 @@ class TritonPythonModel:
         ])
 
     def _triton_error(self, outcome: Any) -> Any:
-        """INVALID_ARG naming the input for bad items; INTERNAL (logged) for the rest."""
+        """The one mapping of outcomes to Triton errors: CANCELLED for a client that has
+        gone, INVALID_ARG naming the input for bad items, INTERNAL (logged) for the rest."""
+        if isinstance(outcome.error, RequestCancelled):
+            return pb_utils.TritonError("request cancelled", pb_utils.TritonError.CANCELLED)
         where = ""
         if outcome.failed_item is not None and outcome.items > 1:
             where = f" (item {outcome.failed_item} of {outcome.items})"
-        if isinstance(outcome.error, RequestCancelled):
-            return pb_utils.TritonError("request cancelled", pb_utils.TritonError.CANCELLED)
         if isinstance(outcome.error, InvalidInputError):
             return pb_utils.TritonError(f"{outcome.error}{where}", pb_utils.TritonError.INVALID_ARG)
         message = (f"preprocessing failed{where}: {outcome.error!r}"

@@ -27,9 +27,9 @@ class PreparedItem:
     """Decoder input before the answer: the source without EOS, or BOS alone."""
     encoded: bytes | None = None
     """The JPEG file itself, for the GPU image path (header already checked)."""
-    image_key: bytes | None = None
-    """Digest of the encoded image: items with the same key share one decode and one
-    stem pass (``stem.py``); None for images given as PIL objects."""
+    image_digest: bytes | None = None
+    """``image_sharing.image_digest`` of the encoded image: items with the same digest
+    share one decode and one set of patch embeddings; None for PIL images."""
 
 
 @dataclass
@@ -64,12 +64,17 @@ def collate(
     pixels: torch.Tensor | None = None,
     with_images: bool = True,
 ) -> Batch:
-    """Stack, pad and move a batch; normalization happens on ``device`` in float32.
+    """Stack, pad and move a batch; pixels are normalized on ``device`` in float32, as
+    the reference does, and only then cast to ``dtype``.
 
-    ``pixels``: the batch's [B, P, P, 3] uint8 pixels already on ``device`` (the GPU
-    image path decodes there); otherwise they are stacked from the items.
-    ``with_images=False``: the text tensors only (the stem's features come from
-    elsewhere).
+    Args:
+        pad_id: the tokenizer's padding id.
+        mean, std: the model's pixel normalization, per channel.
+        channels_last: keep the images NHWC in memory (the uint8 pixels' own layout).
+        pixels: the batch's [B, P, P, 3] uint8 pixels already on ``device`` (the GPU
+            image path decodes there); None: stacked from the items.
+        with_images: False for the text tensors only (the patch embeddings come from
+            elsewhere).
     """
     prompts = [item.decoder_prompt for item in items]
     text = {

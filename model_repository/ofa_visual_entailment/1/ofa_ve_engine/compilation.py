@@ -1,4 +1,4 @@
-"""``torch.compile`` of the ResNet stem: the one part of the network where it pays.
+"""``torch.compile`` of the stem (the ResNet): the one part of the network where it pays.
 
 Inductor with ``freezing`` turns every convolution of the stem into a oneDNN
 convolution with prepacked weights and folds the residual add and ReLU into it,
@@ -6,7 +6,7 @@ which cuts the stem's CPU time (docs/benchmarks.md; features move by float
 rounding). Compiling the transformer layers gained nothing on CPU (their matmuls
 and attention are library calls already) and took long, so they stay eager.
 
-Compilation is lazy in torch; ``compile_image_stem`` runs the stem once at every
+Compilation is lazy in torch; ``compile_stem`` runs the stem once at every
 batch size it will see, so the seconds it takes (and any failure, such as a
 missing C++ compiler) happen while the model loads, not on the first request.
 Shapes stay few: with an image chunk of c the stem only sees 1..c images.
@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 
-def compile_image_stem(
+def compile_stem(
     stem: nn.Module,
     *,
     example: torch.Tensor,
@@ -28,14 +28,16 @@ def compile_image_stem(
     memory_format: torch.memory_format = torch.contiguous_format,
     dynamic: bool | None = False,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A compiled stand-in for ``stem``, already compiled at each of ``batch_sizes``.
+    """A compiled stand-in for ``stem``, already compiled at each of ``batch_sizes``, so
+    that any failure is a RuntimeError saying what to do here, not on a first request.
 
-    ``example`` is one input image [1, 3, P, P] in the dtype and on the device the
-    engine feeds, ``memory_format`` its layout (both fix what the graphs are
-    compiled for). Any failure is a RuntimeError saying what to do, raised here
-    rather than on a first request. ``dynamic=None`` lets
-    torch mark the batch dimension dynamic after the first new size (for whole
-    batches of varying size, as on GPUs).
+    Args:
+        stem: the (folded) ResNet.
+        example: one input image [1, 3, P, P] in the dtype and on the device the
+            engine feeds; with ``memory_format``, what the graphs are compiled for.
+        batch_sizes: every batch size the stem will see.
+        dynamic: None lets torch mark the batch dimension dynamic after the first
+            new size (whole passes of varying size, as on GPUs).
     """
     from torch._inductor import config as inductor_config
 

@@ -401,9 +401,9 @@ def make_decisive(
             )
             # One ResNet pass per image, shared by its sentences: the stem is most of
             # the cost of calibrating.
-            embeds = model.encoder.embed_image(model.encoder.image_features(batch.images[:1]))
+            embeds = model.encoder.embed_patches(model.encoder.stem_features(batch.images[:1]))
             encoded = model.encoder(
-                batch.input_ids, image_embeds=embeds.expand(len(_CALIBRATION_SENTENCES), -1, -1, -1)
+                batch.input_ids, patch_embeds=embeds.expand(len(_CALIBRATION_SENTENCES), -1, -1, -1)
             )
             states.append(
                 AnswerScorer.last_states(
@@ -443,14 +443,17 @@ def write_demo_checkpoint(
 ) -> Path:
     """Write a complete random-weight model directory to `out` and return its path.
 
-    `state_dict_factory(config_json, seed)` builds the weights; the default is our
-    own network (`random_state_dict`). `decisive=True` then rewrites the answer
-    embeddings (`make_decisive`) so that answers are confident and varied, and
-    records `"decisive": true` in `configuration.json` (still `demo: true`).
-    The files are written into a staging folder beside `out` first: a new `out`
-    then appears whole in one rename, so a concurrent reader never sees half a
-    checkpoint; an existing `out` has its files replaced one by one (each
-    replace is atomic).
+    The files go to a staging folder beside `out` first, so that a concurrent reader
+    never sees half a checkpoint: a new `out` appears whole in one rename; an existing
+    one has its files replaced one by one (each replace atomic).
+
+    Args:
+        seed: the weights' random seed.
+        state_dict_factory: `(config_json, seed) -> state dict`; default our own
+            network (`random_state_dict`).
+        decisive: rewrite the answer embeddings (`make_decisive`) so that answers
+            are confident and varied; recorded as `"decisive": true` in
+            `configuration.json` (still `demo: true`).
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

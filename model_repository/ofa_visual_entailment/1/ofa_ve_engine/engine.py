@@ -8,8 +8,9 @@ work (decode, resize, prompt, BPE) and raises ``InvalidInputError`` for that
 item alone; ``predict`` runs any number of prepared items through the network
 in forward passes of at most ``forward_batch_size`` (one encoder and one
 decoder pass each) and returns the full probability distribution in
-``LABELS`` order. It is the one owner of batching: a server hands it every
-item it has and learns about each pass through ``on_pass``.
+``LABELS`` order. It is the one owner of forward passes: a server hands it
+every item it has, learns about each pass through ``on_pass``, and says at each
+pass boundary which items still run (``keep``).
 """
 
 from __future__ import annotations
@@ -26,12 +27,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import cpu_features, gpu_image
+from . import cpu_features, gpu_image, image_sharing
 from .batching import Batch, PreparedItem, collate
 from .checkpoint import load_model
-from .compilation import compile_image_stem
+from .compilation import compile_stem
 from .errors import CheckpointError, InvalidInputError
 from .image import image_bytes, load_pixels, resize_image
+from .image_sharing import PatchEmbeddingCache, PatchEmbeddings
 from .labels import ANSWERS, LABELS
 from .limits import InputLimits
 from .modeling import OFAModel
@@ -40,7 +42,6 @@ from .onednn_stem import OneDNNStem, choose_stem_backend
 from .resnet import fold_batchnorm
 from .scoring import AnswerScorer
 from .settings import TaskSettings
-from .stem import ImageEmbeddings, StemCache, image_key
 from .text import build_prompt
 from .tokenizer import OFATokenizer
 
@@ -64,6 +65,8 @@ PREMISE = "PREMISE"
 
 PassCallback = Callable[[Sequence[PreparedItem], float], None]
 """``on_pass(items_in_pass, seconds)``: called by ``predict`` after each forward pass."""
+KeepCallback = Callable[[list[int]], list[int]]
+"""``keep(indices) -> indices``: before each forward pass, which of its items still run."""
 InvalidCallback = Callable[[int, InvalidInputError], None]
 """``on_invalid(index, error)``: an item whose image turned out unreadable in its pass."""
 
@@ -72,8 +75,8 @@ InvalidCallback = Callable[[int, InvalidInputError], None]
 class EngineStats:
     """What the engine counted since the last ``take_stats`` (the server's metrics)."""
 
-    stem_cache_hits: int = 0
-    stem_cache_misses: int = 0
+    patch_cache_hits: int = 0
+    patch_cache_misses: int = 0
     image_path_fallbacks: dict[str, int] = field(default_factory=dict)
     """Eligible JPEGs of the GPU image path that took the CPU route, by reason."""
 
@@ -132,25 +135,27 @@ class VisualEntailmentEngine:
     ) -> None:
         """Assemble an engine from parts already in memory: no file I/O, no timing.
 
-        ``model`` must already be on its device, in its dtype, in eval mode (what
-        ``from_model_dir`` prepares); the engine reads ``device`` and ``dtype`` from
-        it. ``forward_batch_size`` caps the items per forward pass; ``None`` is the
-        automatic choice (1 on CPU, no cap on a GPU: every ``predict`` call is one
-        pass). This and ``image_chunk_size`` below are the engine's one CPU/GPU rule.
-        ``image_chunk_size`` runs the ResNet stem over at most this many images at a
-        time while the transformer sees the whole pass (``None``: 2 on CPU, where
-        the stem's activations fall out of cache as the batch grows; the whole pass
-        on GPUs). ``channels_last`` sends the pixel batch NHWC (as the uint8 pixels
-        already are, and what oneDNN and tensor-core convolutions run natively).
-        ``image_path``: ``exact`` (bit-identical to the reference), ``fast`` (large
-        JPEGs downscaled in the DCT domain first) or ``gpu`` (JPEGs decoded with
-        nvJPEG and resized on the GPU; on a CPU engine this is ``exact``).
-        ``stem_cache_items``: how many images' embeddings (stem output, projected)
-        to keep across calls (0: none); items with the same image always share one
-        stem pass within a call (``stem.py``). ``model_dir`` only names the source
-        in messages. The engine keeps these choices itself (the model carries only
-        its weights, linear backend and stem backend or compiled stem), so engines
-        with different options may share one model.
+        The engine keeps its options itself (the model carries only its weights and
+        backends), so engines with different options may share one model.
+
+        Args:
+            settings, tokenizer: the model directory's, as ``from_model_dir`` reads them.
+            model: on its device, in its dtype, in eval mode; the engine takes its
+                ``device`` and ``dtype`` from it.
+            limits: per-item input limits (default ``InputLimits()``).
+            forward_batch_size: most items per forward pass; None: 1 on CPU, no cap
+                on a GPU (every ``predict`` call one pass).
+            image_chunk_size: most images per stem run within a pass; None: 2 on CPU
+                (its activations fall out of cache as the chunk grows), the whole
+                pass on a GPU.
+            channels_last: send pixels NHWC, as they are decoded and as oneDNN and
+                tensor cores run convolutions.
+            image_path: ``exact`` (bit-identical to the reference), ``fast`` (large
+                JPEGs downscaled in the DCT domain) or ``gpu`` (nvJPEG; ``exact`` on
+                a CPU engine).
+            stem_cache_items: images whose patch embeddings are kept across calls
+                (``image_sharing.PatchEmbeddingCache``; 0: none).
+            model_dir: only names the source in messages.
         """
         self._check_sizes(forward_batch_size, image_chunk_size)
         if image_path not in IMAGE_PATHS:
@@ -197,10 +202,10 @@ class VisualEntailmentEngine:
             eos_id=tokenizer.eos_id,
             pad_id=tokenizer.pad_id,
         )
-        self.stem_cache = StemCache(stem_cache_items)
-        """Stem outputs kept across calls, by image digest (capacity 0: off)."""
+        self.patch_cache = PatchEmbeddingCache(stem_cache_items)
+        """Patch embeddings kept across calls, by image digest (capacity 0: off)."""
         self._gpu_decoder: gpu_image.GpuImageDecoder | None = None
-        self._stem_counted = (0, 0)
+        self._patch_cache_counted = (0, 0)
         self._lock = threading.Lock()
 
     @classmethod
@@ -220,20 +225,22 @@ class VisualEntailmentEngine:
         stem_cache_items: int = 0,
         check_cpu_dtype: bool = True,
     ) -> VisualEntailmentEngine:
-        """Load a ModelScope model directory onto ``device`` (None: a GPU if there is one).
+        """Load a ModelScope model directory: settings, tokenizer, weights (strictly,
+        ``weights_only``), BatchNorm folded into the stem, backends chosen.
 
-        Reads the settings, tokenizer and weights (strictly, ``weights_only``), folds
-        BatchNorm into the stem's convolutions, moves the network to ``device`` and
-        ``dtype``, picks the library behind linear layers (``linear_backend``:
-        ``auto``, ``onednn``, ``aten``; see ``onednn.py``) and the one behind the
-        ResNet stem (``stem_backend``, the same three: oneDNN's fused convolutions on
-        CPU; see ``onednn_stem.py``) and, with ``compile``, compiles the ResNet stem
-        for every batch size it will see instead (seconds; on CPU it needs a C++
-        compiler; see ``compilation.py``). Results stay within float
-        rounding of the plain eager path whatever the options. Every problem with
-        the directory is a CheckpointError naming the file. On a CPU, a reduced
-        ``dtype`` the CPU has no native kernels for is refused (ValueError, see
-        ``cpu_features.py``) unless ``check_cpu_dtype`` is off (measurement tools).
+        Every problem with the directory is a CheckpointError naming the file; the
+        options change speed only (results stay within float rounding).
+
+        Args:
+            device: None: a GPU if there is one, else the CPU.
+            dtype: a reduced dtype the CPU has no native kernels for is refused
+                (ValueError, ``cpu_features.py``) unless ``check_cpu_dtype`` is off
+                (measurement tools).
+            compile: compile the stem with inductor for every batch size it will see
+                (seconds; a C++ compiler on CPU; ``compilation.py``).
+            linear_backend, stem_backend: ``auto``, ``onednn`` or ``aten``: what runs
+                the linear layers (``onednn.py``) and the stem (``onednn_stem.py``).
+            The others: as in the constructor.
         """
         model_dir = Path(model_dir)
         if not model_dir.is_dir():
@@ -245,12 +252,12 @@ class VisualEntailmentEngine:
         if check_cpu_dtype and resolved.type == "cpu":
             cpu_features.check_cpu_dtype(dtype)  # before seconds of loading
         model = load_model(model_dir)
-        fold_batchnorm(model.encoder.embed_images)
+        fold_batchnorm(model.encoder.stem)
         model = model.to(device=resolved, dtype=dtype).eval().requires_grad_(False)
-        model.encoder.embed_images.to(memory_format=torch.channels_last)
+        model.encoder.stem.to(memory_format=torch.channels_last)
         choose_linear_backend(model, resolved, dtype, linear_backend)
-        model.encoder.image_stem = choose_stem_backend(  # compile replaces it below
-            model.encoder.embed_images,
+        model.encoder.stem_runner = choose_stem_backend(  # compile replaces it below
+            model.encoder.stem,
             resolved,
             dtype,
             settings.patch_image_size,
@@ -269,7 +276,7 @@ class VisualEntailmentEngine:
             model_dir=model_dir,
         )
         if compile:  # last: a bad checkpoint fails before seconds of compilation
-            engine._compile_image_stem()
+            engine._compile_stem()
         return engine
 
     @staticmethod
@@ -286,14 +293,14 @@ class VisualEntailmentEngine:
                 f"got {image_chunk_size}"
             )
 
-    def _compile_image_stem(self) -> None:
-        """Compile the ResNet stem for every batch size it will see (see compilation.py)."""
+    def _compile_stem(self) -> None:
+        """Compile the stem for every batch size it will see (see compilation.py)."""
         size = self.settings.patch_image_size
         largest = self.forward_batch_size or DEFAULT_FORWARD_BATCH_SIZE
         chunk = min(self.image_chunk_size or largest, largest)
         fixed = chunk <= COMPILE_MAX_FIXED_SIZES
-        self.model.encoder.image_stem = compile_image_stem(
-            self.model.encoder.embed_images,
+        self.model.encoder.stem_runner = compile_stem(
+            self.model.encoder.stem,
             example=torch.zeros(1, 3, size, size, device=self.device, dtype=self.dtype),
             # Up to a few sizes: one graph per size 1..chunk. Beyond: a dynamic graph.
             batch_sizes=range(1, chunk + 1) if fixed else (1, 2),
@@ -316,14 +323,14 @@ class VisualEntailmentEngine:
     def stem_backend(self) -> str:
         """What runs the ResNet stem: ``onednn`` (fused convolutions, ``onednn_stem.py``),
         ``inductor`` (``compile=True``) or ``aten`` (the eager modules)."""
-        stem = self.model.encoder.image_stem
-        if stem is None:
+        runner = self.model.encoder.stem_runner
+        if runner is None:
             return "aten"
-        return "onednn" if isinstance(stem, OneDNNStem) else "inductor"
+        return "onednn" if isinstance(runner, OneDNNStem) else "inductor"
 
     @property
     def compiled(self) -> bool:
-        """Whether the ResNet stem runs a compiled copy (``compile=True``)."""
+        """Whether the stem runs a compiled copy (``compile=True``)."""
         return self.stem_backend == "inductor"
 
     def prepare(
@@ -332,13 +339,22 @@ class VisualEntailmentEngine:
         hypothesis: str | bytes,
         premise: str | bytes | None = None,
         *,
+        same_image_as: PreparedItem | None = None,
+        image_digest: bytes | None = None,
         like: PreparedItem | None = None,
     ) -> PreparedItem:
         """CPU preprocessing of one item; raises InvalidInputError naming the bad input.
 
-        ``like``: an item prepared earlier; if its image has the same bytes, its pixels
-        are reused instead of decoding again (many hypotheses about one image).
+        Args:
+            image: encoded bytes (or a PIL image, which shares with nothing).
+            hypothesis, premise: UTF-8 bytes or str; an empty premise is none.
+            same_image_as: an item prepared earlier; where its image digest is this
+                image's, its pixels are reused instead of decoding again.
+            image_digest: ``image_sharing.image_digest(image)`` where the caller has it
+                already (computed here otherwise).
+            like: the old name of ``same_image_as``, still accepted.
         """
+        same_image_as = same_image_as or like
         hypothesis = _text(hypothesis, HYPOTHESIS, self.limits)
         if not hypothesis.strip():
             raise InvalidInputError(HYPOTHESIS, "is empty")
@@ -347,18 +363,19 @@ class VisualEntailmentEngine:
             if not premise.strip():
                 premise = None  # absent or empty means the image alone
         size = self.settings.patch_image_size
-        encoded = key = None
+        encoded = digest = None
         if isinstance(image, Image.Image):  # as the reference: no EXIF step for PIL input
             pixels = resize_image(image.convert("RGB"), size)
         elif isinstance(image, bytes | bytearray | memoryview):
-            data = image_bytes(bytes(image), self.limits)  # the file a data URL carries
-            key = image_key(data)
-            if like is not None and like.image_key == key:
-                pixels, encoded = like.pixels, like.encoded
-            elif self.image_path == "gpu" and gpu_image.device_eligible(data, self.limits):
-                pixels, encoded = None, data  # decoded with its batch, on the device
+            digest = image_digest or image_sharing.image_digest(bytes(image))  # of the value sent
+            if same_image_as is not None and same_image_as.image_digest == digest:
+                pixels, encoded = same_image_as.pixels, same_image_as.encoded
             else:
-                pixels = load_pixels(data, size, self.limits, fast=self.image_path == "fast")
+                data = image_bytes(bytes(image), self.limits)  # the file a data URL carries
+                if self.image_path == "gpu" and gpu_image.device_eligible(data, self.limits):
+                    pixels, encoded = None, data  # decoded with its batch, on the device
+                else:
+                    pixels = load_pixels(data, size, self.limits, fast=self.image_path == "fast")
         else:
             raise InvalidInputError("IMAGE", f"must be encoded bytes, not {type(image).__name__}")
 
@@ -375,7 +392,7 @@ class VisualEntailmentEngine:
             input_ids=ids,
             decoder_prompt=decoder_prompt,
             encoded=encoded,
-            image_key=key,
+            image_digest=digest,
         )
 
     def predict(
@@ -383,42 +400,48 @@ class VisualEntailmentEngine:
         items: Sequence[PreparedItem],
         *,
         on_pass: PassCallback | None = None,
-        wanted: Callable[[int], bool] | None = None,
+        keep: KeepCallback | None = None,
         on_invalid: InvalidCallback | None = None,
+        wanted: Callable[[int], bool] | None = None,
     ) -> np.ndarray:
         """[N, 3] float32 probabilities in LABELS order.
 
         Args:
             items: prepared items, run in forward passes of at most ``forward_batch_size``.
             on_pass: ``on_pass(items_in_pass, seconds)`` after each pass, outside the lock.
-            wanted: ``wanted(i)`` is asked before each pass for each of its items; an item
-                no longer wanted (its client has gone) is left out, and its row is NaN.
+            keep: ``keep(indices)`` before each pass, with its items' indices, returns
+                those still to run (a server leaves out items whose client has gone);
+                the rows of the others are NaN.
             on_invalid: where an image kept encoded for the GPU image path turns out
                 unreadable in its pass, ``on_invalid(i, error)`` is told and its row is
                 NaN; without it, the error is raised.
+            wanted: the old per-item form of ``keep`` (``wanted(i) -> bool``), still
+                accepted.
         """
+        if keep is None and wanted is not None:
+            keep = lambda indices: [i for i in indices if wanted(i)]  # noqa: E731
         out = np.full((len(items), len(LABELS)), np.nan, dtype=np.float32)
         size = self.forward_batch_size or max(1, len(items))
         unreadable: dict[object, InvalidInputError] = {}
-        images = ImageEmbeddings(
+        patch_embeds = PatchEmbeddings(
             items,
-            lambda chunk: self._embed_images(chunk, unreadable),
-            self.stem_cache,
+            lambda chunk: self._embed_patches(chunk, unreadable),
+            self.patch_cache,
             self.model.encoder.patch_attention,
         )
         for start in range(0, len(items), size):
-            indices = range(start, min(start + size, len(items)))
-            if wanted is not None:
-                indices = [i for i in indices if wanted(i)]
+            indices = list(range(start, min(start + size, len(items))))
+            if keep is not None:
+                indices = keep(indices)
                 if not indices:
                     continue
             chunk = [items[i] for i in indices]
-            with self._lock:  # one forward at a time per engine (and its stem cache)
+            with self._lock:  # one forward at a time per engine (and its patch cache)
                 started = time.perf_counter()
-                out[list(indices)] = self._forward(chunk, images)
+                out[indices] = self._forward(chunk, patch_embeds)
                 seconds = time.perf_counter() - started
             for i in indices if unreadable else ():
-                error = unreadable.get(items[i].image_key)
+                error = unreadable.get(items[i].image_digest)
                 if error is not None:
                     if on_invalid is None:
                         raise error
@@ -434,14 +457,14 @@ class VisualEntailmentEngine:
         return self._gpu_decoder
 
     def take_stats(self) -> EngineStats:
-        """Counts since the last call: stem-cache lookups, GPU image path fallbacks."""
-        hits, misses = self.stem_cache.hits, self.stem_cache.misses
-        before = self._stem_counted
-        self._stem_counted = (hits, misses)
+        """Counts since the last call: patch-cache lookups, GPU image path fallbacks."""
+        hits, misses = self.patch_cache.hits, self.patch_cache.misses
+        before = self._patch_cache_counted
+        self._patch_cache_counted = (hits, misses)
         decoder = self._gpu_decoder
         return EngineStats(
-            stem_cache_hits=hits - before[0],
-            stem_cache_misses=misses - before[1],
+            patch_cache_hits=hits - before[0],
+            patch_cache_misses=misses - before[1],
             image_path_fallbacks=decoder.take_fallbacks() if decoder is not None else {},
         )
 
@@ -453,10 +476,15 @@ class VisualEntailmentEngine:
         with_images: bool = True,
         unreadable: dict[object, InvalidInputError] | None = None,
     ) -> Batch:
-        """The padded batch of ``items`` on the engine's device, as a forward pass gets it
-        (JPEGs kept encoded for the GPU image path are decoded there first; one no route
-        can read gets zero pixels and its error in ``unreadable`` by image key, or raises
-        without it)."""
+        """The padded batch of ``items`` on the engine's device, as a forward pass gets it.
+
+        Args:
+            channels_last: the images' memory layout (None: the engine's).
+            with_images: False for the text tensors only.
+            unreadable: JPEGs kept encoded for the GPU image path are decoded here; one
+                no route can read gets zero pixels and its error here, by image digest
+                (None: raised).
+        """
         pixels = None
         if with_images and any(item.pixels is None for item in items):  # GPU image path
             pixels = self._device_pixels(items, unreadable)
@@ -472,24 +500,26 @@ class VisualEntailmentEngine:
             with_images=with_images,
         )
 
-    def _embed_images(
+    def _embed_patches(
         self, items: Sequence[PreparedItem], unreadable: dict[object, InvalidInputError]
     ) -> torch.Tensor:
-        """The ResNet stem and patch projection over ``items``' images: [len(items), h, w, D]."""
+        """The patch embeddings of ``items``' images: [len(items), h, w, D]."""
         encoder = self.model.encoder
         images = self.collate(items, unreadable=unreadable).images
-        return encoder.embed_image(encoder.image_features(images, self.image_chunk_size))
+        return encoder.embed_patches(encoder.stem_features(images, self.image_chunk_size))
 
     @torch.inference_mode()
-    def _forward(self, items: Sequence[PreparedItem], images: ImageEmbeddings) -> np.ndarray:
+    def _forward(
+        self, items: Sequence[PreparedItem], patch_embeds: PatchEmbeddings
+    ) -> np.ndarray:
         """One forward pass: [len(items), 3] float32 in LABELS order, on the host; the
-        stem runs once per distinct image of the ``predict`` call (``images``)."""
+        patch embeddings come once per distinct image of the ``predict`` call."""
         batch = self.collate(items, with_images=False)
-        image_embeds, patches = images.for_pass(items)
+        embeds, patch_attention = patch_embeds.for_pass(items)
         encoded = self.model.encoder(
             batch.input_ids,
-            image_embeds=image_embeds,
-            patches=patches,
+            patch_embeds=embeds,
+            patch_attention=patch_attention,
             image_chunk_size=self.image_chunk_size,
             attend_by_length=self.attend_by_length,
         )
@@ -512,7 +542,7 @@ class VisualEntailmentEngine:
         if errors and unreadable is None:
             raise errors[min(errors)]
         for position, error in errors.items():
-            unreadable[items[encoded[position]].image_key] = error
+            unreadable[items[encoded[position]].image_digest] = error
         out[torch.tensor(encoded, device=self.device)] = decoded
         for i, item in enumerate(items):
             if item.pixels is not None:

@@ -14,7 +14,7 @@ on the device: a file nvJPEG refuses takes the CPU route alone (reason ``bad_fil
 a failure that is not about one file (torchvision or nvJPEG missing, out of memory, a
 decoder that cannot start) turns the decoder off for the engine's lifetime, with one
 log line. Every item that took the CPU route instead of nvJPEG is counted by reason
-(``take_fallbacks``), for the ``ofa_ve_image_path_fallbacks_total`` metric.
+(``take_fallbacks``), for the server's metrics (``EngineStats``).
 """
 
 from __future__ import annotations

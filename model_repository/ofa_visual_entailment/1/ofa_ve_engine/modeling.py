@@ -158,26 +158,24 @@ class OFAAttention(nn.Module):
         key_value_states: torch.Tensor,
         attn_bias: torch.Tensor,
         lengths: list[int] | None = None,
-        patches: PatchAttention | None = None,
+        patch_attention: PatchAttention | None = None,
     ) -> torch.Tensor:
-        """hidden_states [B, T, D] attend to key_value_states [B, S, D]; attn_bias
-        broadcasts to [B, H, T, S] (position bias plus padding/causal mask).
+        """``hidden_states`` [B, T, D] attend to ``key_value_states`` [B, S, D].
 
-        ``patches`` (self-attention of the first encoder layer, ``lengths`` None): the
-        patches' part of it, computed once per image (``PatchAttention``); only the
-        text positions of ``hidden_states`` are read then.
-
-        ``lengths`` (self-attention over right-padded items only): item i attends
-        with its first lengths[i] positions to its first lengths[i] positions, one
-        item at a time, and ``attn_bias`` is the [1, H, S, S] bias shared by the
-        batch (no padding bias). That skips materializing a [B, H, S, S] bias per
-        layer (14 MB per item in float32), which on CPU costs more than the
-        attention itself saves by batching. Outputs at padded positions are left
-        zero: they are masked out of every later attention, as in the reference.
+        Args:
+            attn_bias: broadcasts to [B, H, T, S] (position bias plus padding or
+                causal mask); [1, H, S, S] with ``lengths``.
+            lengths: self-attention over right-padded items, item by item over each
+                one's first lengths[i] positions. Why: it spares a [B, H, S, S] bias
+                per layer, which on CPU costs more than batching saves. Outputs at
+                padded positions stay zero (masked later, as in the reference).
+            patch_attention: the first encoder layer's part among the patches,
+                computed once per image (``PatchAttention``); only the text positions
+                of ``hidden_states`` are read then.
         """
         bsz, tgt_len, embed_dim = hidden_states.shape
-        if patches is not None:
-            attn_output = self._attend_with_patches(hidden_states, attn_bias, patches)
+        if patch_attention is not None:
+            attn_output = self._attend_with_patches(hidden_states, attn_bias, patch_attention)
             return self._output(attn_output, bsz, tgt_len, embed_dim)
         query_states = self._shape(self.q_proj(hidden_states))
         key_states = self._shape(self.k_proj(key_value_states))
@@ -286,15 +284,16 @@ class OFAEncoderLayer(nn.Module):
         hidden_states: torch.Tensor,
         attn_bias: torch.Tensor,
         lengths: list[int] | None = None,
-        patches: PatchAttention | None = None,
+        patch_attention: PatchAttention | None = None,
     ) -> torch.Tensor:
-        """[B, S, D] -> [B, S, D]; ``attn_bias``, ``lengths`` and ``patches`` as in
-        OFAAttention."""
+        """[B, S, D] -> [B, S, D]; the arguments as in ``OFAAttention.forward``."""
         pre = self.normalize_before
         residual = hidden_states
         if pre:
             hidden_states = self.self_attn_layer_norm(hidden_states)
-        hidden_states = self.self_attn(hidden_states, hidden_states, attn_bias, lengths, patches)
+        hidden_states = self.self_attn(
+            hidden_states, hidden_states, attn_bias, lengths, patch_attention
+        )
         hidden_states = residual + _apply(self.self_attn_mid_layer_norm, hidden_states)
         if not pre:
             hidden_states = self.self_attn_layer_norm(hidden_states)
@@ -399,7 +398,7 @@ def _rel_tables(count: int, num_rel: int, heads: int) -> nn.ModuleList:
 
 
 class OFAEncoder(nn.Module):
-    """ResNet patches and text tokens, embedded and run through the encoder layers."""
+    """Patch embeddings (stem, then projection) and text tokens through the encoder layers."""
 
     def __init__(self, arch: OFAArchitecture, embed_tokens: nn.Embedding) -> None:
         super().__init__()
@@ -410,6 +409,7 @@ class OFAEncoder(nn.Module):
         self.embed_tokens = embed_tokens
         self.type_embedding = nn.Embedding(2, d) if arch.add_type_embedding else None
         self.embed_images = ResNet(arch.resnet_layers)
+        """The stem. The attribute keeps the checkpoint's name; code says ``stem``."""
         self.image_proj = Linear(ResNet.out_channels, d)
         self.patch_layernorm_embedding = _layer_norm(d, arch.patch_layernorm_embedding)
         self.embed_positions = nn.Embedding(arch.max_position_embeddings + 2, d)
@@ -430,22 +430,26 @@ class OFAEncoder(nn.Module):
         )
         self.layernorm_embedding = _layer_norm(d, arch.layernorm_embedding)
         self.register_buffer("token_rp_bucket", make_token_bucket_position(arch.token_bucket_size))
-        self.image_stem: Callable[[torch.Tensor], torch.Tensor] | None = None
-        """Replaces ``embed_images`` in the forward pass when set (a compiled copy of it, or
-        ``onednn_stem.OneDNNStem``)."""
+        self.stem_runner: Callable[[torch.Tensor], torch.Tensor] | None = None
+        """Runs the stem instead of its eager modules when set: a compiled copy
+        (``compilation.py``) or ``onednn_stem.OneDNNStem``."""
         self._position_cache: _PositionTable | None = None
 
-    def image_features(
+    @property
+    def stem(self) -> ResNet:
+        """The ResNet stem: images to stem features (``embed_images`` in the state dict)."""
+        return self.embed_images
+
+    def stem_features(
         self, images: torch.Tensor, image_chunk_size: int | None = None
     ) -> torch.Tensor:
-        """[B, 3, P, P] -> [B, 1024, P/16, P/16] ResNet features.
+        """[B, 3, P, P] normalized images -> [B, 1024, P/16, P/16] stem features.
 
-        ``image_chunk_size`` runs the ResNet over at most this many images at a time
-        (None: all at once). On CPU its activations (B x 64 x 240 x 240 floats after
-        the first conv) fall out of cache as B grows, so the cost per image rises
-        with B; the transformer layers after it still see the whole batch.
+        ``image_chunk_size`` runs the stem over at most this many images at a time
+        (None: all at once): on CPU its activations fall out of cache as B grows,
+        while the transformer layers after it still see the whole batch.
         """
-        stem = self.image_stem or self.embed_images
+        stem = self.stem_runner or self.stem
         chunk = image_chunk_size
         if chunk is None or images.shape[0] <= chunk:
             return stem(images)
@@ -458,22 +462,22 @@ class OFAEncoder(nn.Module):
         k = self.pos_k_linear(pos).view(s, self.num_heads, -1).transpose(0, 1)
         return q @ k.transpose(1, 2)
 
-    def embed_image(self, features: torch.Tensor) -> torch.Tensor:
-        """[B, 1024, h, w] ResNet features -> [B, h, w, D] patch embeddings (projected,
-        scaled, typed, normalised): the encoder's input at the patch positions, which
-        depends on the image alone, so items that share an image share it."""
+    def embed_patches(self, features: torch.Tensor) -> torch.Tensor:
+        """[B, 1024, h, w] stem features -> [B, h, w, D] patch embeddings (projected,
+        scaled, typed, normalised): the encoder's input at the patch positions. They
+        depend on the image alone, so items that share an image share them."""
         embeds = self.image_proj(features.permute(0, 2, 3, 1)) * self.embed_scale
         if self.type_embedding is not None:
             embeds = embeds + self.type_embedding.weight[1]
         return _apply(self.patch_layernorm_embedding, embeds)
 
-    def patch_attention(self, image_embeds: torch.Tensor) -> PatchAttention:
-        """The first layer's attention among the patches of ``image_embeds`` [B, h, w, D]
-        (``embed_image``), for ``forward(..., patches=...)`` (see ``PatchAttention``)."""
-        h, w = image_embeds.shape[1:3]
+    def patch_attention(self, patch_embeds: torch.Tensor) -> PatchAttention:
+        """The first layer's attention among the patches of ``patch_embeds`` [B, h, w, D],
+        for ``forward(..., patch_attention=...)`` (see ``PatchAttention``)."""
+        h, w = patch_embeds.shape[1:3]
         n = h * w
         layer = self.layers[0]
-        states = image_embeds.flatten(1, 2)
+        states = patch_embeds.flatten(1, 2)
         if layer.normalize_before:
             states = layer.self_attn_layer_norm(states)
         bias = self._position_table(h, w, 1, states.dtype).layer_biases[0][:, :, :n, :n]
@@ -484,34 +488,38 @@ class OFAEncoder(nn.Module):
         input_ids: torch.Tensor,
         images: torch.Tensor | None = None,
         *,
-        image_embeds: torch.Tensor | None = None,
-        patches: PatchAttention | None = None,
+        patch_embeds: torch.Tensor | None = None,
+        patch_attention: PatchAttention | None = None,
         image_chunk_size: int | None = None,
         attend_by_length: bool = False,
     ) -> EncoderOutput:
-        """input_ids [B, L] right-padded; images [B, 3, P, P] normalized, or their
-        ``image_embeds`` ([B, h, w, D], from ``embed_image``) when the caller has them
-        already (items that share an image share one stem pass and one projection),
-        and with them, optionally, the first layer's ``patches`` part of the attention
-        (``patch_attention``; items that share an image share it too).
+        """Encode right-padded ``input_ids`` [B, L] with their images.
 
-        How the work is arranged (the result is the same up to float rounding):
-        ``image_chunk_size`` as in ``image_features``; ``attend_by_length`` runs
-        self-attention item by item over each item's real length when the batch has
-        padding (see ``OFAAttention.forward``): faster on CPU, where one batched
-        kernel with a padding bias is slower; the batched kernel is better on GPUs.
+        The image part comes either as ``images`` or, when the caller shares them
+        between items of the same image, as their patch embeddings; the result is the
+        same up to float rounding whichever arguments arrange the work.
+
+        Args:
+            images: [B, 3, P, P] normalized (None when ``patch_embeds`` is given).
+            patch_embeds: [B, h, w, D] from ``embed_patches``.
+            patch_attention: the first layer's attention among the patches
+                (``patch_attention``), with ``patch_embeds``.
+            image_chunk_size: as in ``stem_features``.
+            attend_by_length: self-attention item by item over each item's real
+                length when the batch has padding (``OFAAttention.forward``): faster
+                on CPU; the batched kernel is better on GPUs.
         """
         bsz, text_len = input_ids.shape
         device = input_ids.device
-        if image_embeds is None:
-            image_embeds = self.embed_image(self.image_features(images, image_chunk_size))
-        h, w = image_embeds.shape[1:3]
+        if patch_embeds is None:
+            patch_embeds = self.embed_patches(self.stem_features(images, image_chunk_size))
+        h, w = patch_embeds.shape[1:3]
         num_patches = h * w
         inputs_embeds = self.embed_tokens(input_ids) * self.embed_scale
         if self.type_embedding is not None:
             inputs_embeds = inputs_embeds + self.type_embedding.weight[0]
         inputs_embeds = _apply(self.layernorm_embedding, inputs_embeds)
-        hidden_states = torch.cat([image_embeds.flatten(1, 2), inputs_embeds], dim=1)
+        hidden_states = torch.cat([patch_embeds.flatten(1, 2), inputs_embeds], dim=1)
 
         text_pad = input_ids.eq(self.arch.pad_token_id)
         padding_mask = torch.cat(
@@ -530,7 +538,7 @@ class OFAEncoder(nn.Module):
         elif has_pads:
             attention_mask = padding_bias(padding_mask, hidden_states.dtype)
 
-        shared = patches if lengths is None else None  # by length: the plain path
+        shared = patch_attention if lengths is None else None  # by length: the plain path
         for layer, layer_bias in zip(self.layers, table.layer_biases, strict=True):
             attn_bias = layer_bias[:, :, :seq_len, :seq_len]
             if attention_mask is not None:

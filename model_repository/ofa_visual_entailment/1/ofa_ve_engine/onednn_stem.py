@@ -144,9 +144,15 @@ def choose_stem_backend(
     image_size: int,
     backend: str = "auto",
 ) -> OneDNNStem | None:
-    """The oneDNN stem for ``backend`` ``onednn`` (ValueError where it cannot run) or
-    ``auto`` (where eligible and it agrees with eager at load); None for ``aten``
-    (and for ``auto`` elsewhere): the eager modules run."""
+    """The oneDNN stem runner, or None where the eager modules run.
+
+    Args:
+        resnet: the folded stem; its weights are reordered for one image.
+        device, dtype: where and in what it runs (oneDNN: CPU, float32 or bfloat16).
+        image_size: the side of the images it will see.
+        backend: ``onednn`` (ValueError where it cannot run), ``auto`` (where eligible
+            and it agrees with the eager stem at load) or ``aten`` (None).
+    """
     if backend not in BACKENDS:
         raise ValueError(f"stem backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "aten":

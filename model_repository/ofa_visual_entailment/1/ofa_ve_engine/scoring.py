@@ -71,7 +71,14 @@ class AnswerScorer:
         prompts: torch.Tensor,
         prompt_lengths: torch.Tensor,
     ) -> torch.Tensor:
-        """[B, A] float32 probabilities. ``prompts`` is [B, T] right-padded."""
+        """[B, A] float32 probabilities of the answers, in answer-file order.
+
+        Args:
+            model: the network (its decoder and output projection run here).
+            encoder_out: the encoder's output for the batch.
+            prompts: [B, T] decoder prompts, right-padded.
+            prompt_lengths: [B] their real lengths.
+        """
         if self.single_token:
             return self.score_one_pass(model, encoder_out, prompts, prompt_lengths)
         return self.score_teacher_forced(model, encoder_out, prompts, prompt_lengths)
@@ -83,7 +90,8 @@ class AnswerScorer:
         prompts: torch.Tensor,
         prompt_lengths: torch.Tensor,
     ) -> torch.Tensor:
-        """[B, D] decoder states at each item's last prompt position (where answers start)."""
+        """[B, D] decoder states at each item's last prompt position (where answers
+        start); the arguments as in ``score``."""
         hidden_states = model.decoder(prompts, encoder_out)
         rows = torch.arange(prompts.shape[0], device=prompts.device)
         return hidden_states[rows, prompt_lengths - 1]

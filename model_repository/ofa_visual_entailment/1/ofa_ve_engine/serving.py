@@ -1,32 +1,39 @@
 """One server execution: many requests in, one outcome per request out.
 
-The Triton adapter (model.py) hands over the inputs of every request of one
-execution as plain bytes; this module prepares every item (in a thread pool:
-Pillow and the tokenizer release the GIL), fails a request whose item is bad with
-that item's error alone, runs all valid items through `engine.predict` once, and
-splits the probabilities back per request. Kept free of Triton so it is tested
-in-process, and so that the batching has one owner: Triton forms the batch, the
-engine splits it into forward passes, this module only gathers and scatters.
+model.py hands over the inputs of every request of one execution as bytes. The
+runner prepares each item (in a thread pool: Pillow and the tokenizer release
+the GIL), runs the prepared items through ``engine.predict`` and splits the
+probabilities back per request; a bad item ends its own request alone. Batching
+has one owner per level: Triton forms the execution, the engine its forward
+passes; this module only gathers and scatters. Free of Triton, so it is tested
+in-process.
 
-With `pipelined=True` (GPU instances, by default) the execution runs as several
-passes and each pass's items are prepared while the previous pass runs, so the
-accelerator does not wait for the whole execution's decoding: passes of the engine's
-`forward_batch_size` where it has one, else (a GPU engine takes any batch) two
-halves once the execution has `2 * PIPELINE_MIN_PASS` items.
+Two concerns of the request path are owned here:
+
+- cancellation: ``_Execution.live`` is the one check (before each decode, and
+  at each forward-pass boundary through ``predict(keep=)``); a client that has
+  gone ends its request as a ``RequestCancelled`` outcome and costs no more work;
+- image sharing starts here: each item's ``image_digest`` is computed once, and
+  items with the same digest are decoded once; the engine shares the patch
+  embeddings by the same digest (``image_sharing.py``).
+
+Pipelining (GPU instances, by default) is only a smaller pass size: the engine
+gets the items a pass at a time while the pool decodes the next pass.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
 from .batching import PreparedItem
 from .errors import InvalidInputError, RequestCancelled
+from .image_sharing import image_digest
 from .labels import LABELS
 
 PIPELINE_MIN_PASS = 4
@@ -41,11 +48,9 @@ def _never() -> bool:
 class RequestInputs:
     """The items of one request: parallel sequences, PREMISE absent as None.
 
-    ``is_cancelled`` (Triton's ``request.is_cancelled``) is asked before each item is
-    decoded and before each forward pass of its items: a client that has gone
-    (cancelled, or its deadline passed) costs no more work from then on, which
-    matters most when the server is overloaded and an execution of 32 large images
-    runs for tens of seconds.
+    ``is_cancelled`` is Triton's ``request.is_cancelled``: asked before each item is
+    decoded and at each forward pass of its items, so that a client that has gone
+    (cancelled, or its deadline passed) costs no more work from then on.
     """
 
     images: Sequence[bytes]
@@ -59,12 +64,13 @@ class RequestInputs:
 
 @dataclass
 class RequestOutcome:
-    """Probabilities [items, 3] in LABELS order, or the error that ends the request."""
+    """Probabilities [items, 3] in LABELS order, or the error that ends the request
+    (``RequestCancelled`` where its client has gone)."""
 
     probs: np.ndarray | None = None
     error: Exception | None = None
     failed_item: int | None = None
-    """Index of the item whose error ended the request (None for whole-batch errors)."""
+    """Index of the item whose error ended the request (None for whole-request errors)."""
     items: int = 0
 
 
@@ -77,33 +83,73 @@ class ExecutionHooks:
     forward_pass: Callable[[int, float], None] = lambda items, seconds: None
 
 
+Prepared = tuple[PreparedItem | None, Exception | None, float]
+"""What preparing one job gave: the item or its error, and the seconds it took;
+``(None, None, 0.0)`` for a job not prepared because its request had ended."""
+
+
 @dataclass
 class _Job:
+    """One item of one request, to prepare."""
+
     request: int
     index: int
     image: bytes
     hypothesis: bytes
     premise: bytes | None
-    is_cancelled: Callable[[], bool] = field(default=_never, repr=False)
-    group: _ImageGroup | None = field(default=None, repr=False)
-    slot: int = 0
+    digest: bytes | None
+    """``image_digest(image)``: the one "same image" key (None: not bytes; shares nothing)."""
+    image_group: _ImageGroup = field(repr=False)
+    prepared: Prepared | None = field(default=None, repr=False)
 
 
 @dataclass
 class _ImageGroup:
-    """The jobs of one execution that carry the same image bytes: decoded once."""
+    """The jobs of one execution whose images have the same digest: decoded once."""
 
     jobs: list[_Job] = field(default_factory=list)
     future: Future | None = None
-    results: list[tuple[PreparedItem | None, Exception | None, float]] | None = None
+    done: bool = False
+
+
+@dataclass
+class _Execution:
+    """The state of one ``run``: its requests, their outcomes, the metric hooks."""
+
+    requests: Sequence[RequestInputs]
+    outcomes: list[RequestOutcome]
+    hooks: ExecutionHooks
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def live(self, request: int) -> bool:
+        """Whether ``request`` still wants work: the one cancellation check. Its client
+        gone, the request ends as ``RequestCancelled``. Asked from the decoding threads
+        too (Triton's ``is_cancelled`` takes a lock and releases the GIL)."""
+        with self._lock:
+            outcome = self.outcomes[request]
+            if outcome.error is None and self.requests[request].is_cancelled():
+                outcome.error = RequestCancelled()
+            return outcome.error is None
+
+    def fail(self, request: int, error: Exception, item: int | None = None) -> bool:
+        """End ``request`` with ``error`` (``item`` at fault), unless it has ended
+        already; whether it did."""
+        with self._lock:
+            outcome = self.outcomes[request]
+            if outcome.error is not None:
+                return False
+            outcome.error, outcome.failed_item = error, item
+            return True
 
 
 class ExecutionRunner:
     """Gather, prepare, predict, scatter: the engine behind one model instance.
 
-    Items of the execution that carry the same image bytes (several hypotheses about
-    one photo, in one request or in several) are decoded once, and the engine runs
-    its stem once for them."""
+    Args:
+        engine: the instance's ``VisualEntailmentEngine``.
+        workers: preprocessing threads (1: prepare inline, unless pipelined).
+        pipelined: hand the engine a pass at a time while the next one decodes.
+    """
 
     def __init__(self, engine, *, workers: int = 1, pipelined: bool = False) -> None:
         self.engine = engine
@@ -116,98 +162,28 @@ class ExecutionRunner:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
 
-    def _prepare_group(
-        self, group: _ImageGroup
-    ) -> list[tuple[PreparedItem | None, Exception | None, float]]:
-        """Prepare the jobs of one image: the first decodes, the others reuse its pixels;
-        an image the first job finds bad is bad for all of them. A job whose request is
-        cancelled by now is skipped (Triton's ``is_cancelled`` may be asked from any
-        thread: it takes a lock and releases the GIL)."""
-        out: list[tuple[PreparedItem | None, Exception | None, float]] = []
-        like: PreparedItem | None = None
-        image_error: InvalidInputError | None = None
-        for job in group.jobs:
-            if image_error is not None:
-                out.append((None, image_error, 0.0))
-                continue
-            if job.is_cancelled():
-                out.append((None, RequestCancelled(), 0.0))
-                continue
-            started = time.perf_counter()
-            try:
-                item = self.engine.prepare(job.image, job.hypothesis, job.premise, like=like)
-            except Exception as exc:
-                if isinstance(exc, InvalidInputError) and exc.input_name == "IMAGE":
-                    image_error = exc
-                out.append((None, exc, 0.0))
-                continue
-            like = like or item
-            out.append((item, None, time.perf_counter() - started))
-        return out
-
     def run(
-        self, requests: Sequence[RequestInputs | None], hooks: ExecutionHooks | None = None
+        self, requests: Sequence[RequestInputs], hooks: ExecutionHooks | None = None
     ) -> list[RequestOutcome]:
-        """One outcome per request; a None request (e.g. cancelled) is skipped."""
-        hooks = hooks or ExecutionHooks()
-        outcomes = [RequestOutcome(items=len(r) if r is not None else 0) for r in requests]
-        jobs = [
-            _Job(number, index, r.images[index], r.hypotheses[index],
-                 None if r.premises is None else r.premises[index], r.is_cancelled)
-            for number, r in enumerate(requests) if r is not None
-            for index in range(len(r))
-        ]
-        groups: dict[object, _ImageGroup] = {}
-        for job in jobs:  # same bytes, one group; anything else stays alone (prepare says why)
-            encoded = isinstance(job.image, bytes | bytearray | memoryview)
-            job.group = groups.setdefault(bytes(job.image) if encoded else id(job), _ImageGroup())
-            job.slot = len(job.group.jobs)
-            job.group.jobs.append(job)
+        """One outcome per request: its probabilities, or the error that ended it."""
+        run = _Execution(requests, [RequestOutcome(items=len(r)) for r in requests],
+                         hooks or ExecutionHooks())
+        jobs = self._jobs(requests)
+        groups = {id(job.image_group): job.image_group for job in jobs}
         if self._pool is not None and (len(groups) > 1 or self.pipelined):
             for group in groups.values():
-                group.future = self._pool.submit(self._prepare_group, group)
-        size = self.pass_size(len(jobs))
+                group.future = self._pool.submit(self._prepare_group, group, run)
+        rows: list[tuple[int, np.ndarray]] = []
         try:
-            results = [self._run_pass(group, outcomes, hooks, requests)
-                       for group in self._passes(jobs, outcomes, hooks, size)]
+            for pass_jobs in self._passes(jobs, run, self.pass_size(len(jobs))):
+                rows += self._predict(pass_jobs, run)
         except Exception as exc:
             failed = RuntimeError(f"inference failed: the forward pass raised {exc!r}")
-            for outcome, given in zip(outcomes, requests, strict=True):
-                if given is not None and outcome.error is None:  # also those whose
-                    outcome.error = failed  # items had not reached a pass yet
-            return outcomes
-        self._scatter(results, outcomes)
-        for outcome, given in zip(outcomes, requests, strict=True):
-            if given is None:  # skipped: neither results nor an error
-                outcome.probs = None
-        return outcomes
-
-    # ------------------------------------------------------------------ internals
-    def _result(self, job: _Job) -> tuple[PreparedItem | None, Exception | None, float]:
-        group = job.group
-        if group.results is None:
-            group.results = (
-                group.future.result() if group.future is not None else self._prepare_group(group)
-            )
-        return group.results[job.slot]
-
-    def _accept(
-        self, job: _Job, outcomes: list[RequestOutcome], hooks: ExecutionHooks,
-    ) -> tuple[int, int, PreparedItem] | None:
-        item, exc, seconds = self._result(job)
-        outcome = outcomes[job.request]
-        if outcome.error is not None:
-            return None
-        if isinstance(exc, RequestCancelled):
-            outcome.error = exc
-            return None
-        if exc is not None:
-            outcome.error, outcome.failed_item = exc, job.index
-            if isinstance(exc, InvalidInputError):
-                hooks.invalid(exc.input_name)
-            return None
-        hooks.prepared(seconds)
-        return job.request, job.index, item
+            for number in range(len(requests)):  # also those whose items had not
+                run.fail(number, failed)  # reached a pass yet
+            return run.outcomes
+        self._scatter(rows, run.outcomes)
+        return run.outcomes
 
     def pass_size(self, items: int) -> int:
         """Items handed to the engine at a time: the whole execution, or when pipelined,
@@ -230,66 +206,114 @@ class ExecutionRunner:
         return (f"pipelined (an execution of {2 * PIPELINE_MIN_PASS}+ items runs as two passes, "
                 "the second half decoded while the first runs)")
 
-    def _passes(self, jobs, outcomes, hooks, size: int) -> Iterator[list[tuple[int, int, Any]]]:
-        """Groups of ``size`` accepted items, yielded as soon as their items are prepared."""
-        group: list[tuple[int, int, PreparedItem]] = []
+    # ------------------------------------------------------------------ internals
+    @staticmethod
+    def _jobs(requests: Sequence[RequestInputs]) -> list[_Job]:
+        """Every item of the execution, in order, grouped by image digest."""
+        groups: dict[object, _ImageGroup] = {}
+        jobs = []
+        for number, r in enumerate(requests):
+            for index in range(len(r)):
+                image = r.images[index]
+                encoded = isinstance(image, bytes | bytearray | memoryview)
+                digest = image_digest(bytes(image)) if encoded else None
+                group = groups.setdefault(digest if encoded else object(), _ImageGroup())
+                premise = None if r.premises is None else r.premises[index]
+                job = _Job(number, index, image, r.hypotheses[index], premise, digest, group)
+                group.jobs.append(job)
+                jobs.append(job)
+        return jobs
+
+    def _prepare_group(self, group: _ImageGroup, run: _Execution) -> None:
+        """Prepare the jobs of one image: the first decodes, the others reuse its pixels;
+        an image the first job finds bad is bad for all of them. A job whose request has
+        ended (or whose client has gone) is not prepared."""
+        first: PreparedItem | None = None
+        image_error: InvalidInputError | None = None
+        for job in group.jobs:
+            if image_error is not None:
+                job.prepared = (None, image_error, 0.0)
+                continue
+            if not run.live(job.request):
+                job.prepared = (None, None, 0.0)
+                continue
+            started = time.perf_counter()
+            try:
+                item = self.engine.prepare(job.image, job.hypothesis, job.premise,
+                                           same_image_as=first, image_digest=job.digest)
+            except Exception as exc:
+                if isinstance(exc, InvalidInputError) and exc.input_name == "IMAGE":
+                    image_error = exc
+                job.prepared = (None, exc, 0.0)
+                continue
+            first = first or item
+            job.prepared = (item, None, time.perf_counter() - started)
+
+    def _accept(self, job: _Job, run: _Execution) -> PreparedItem | None:
+        """The job's prepared item, or None where it failed (ending its request)."""
+        group = job.image_group
+        if not group.done:
+            if group.future is not None:
+                group.future.result()
+            else:
+                self._prepare_group(group, run)
+            group.done = True
+        item, error, seconds = job.prepared
+        if item is not None:  # every item prepared is observed, whatever its request's fate
+            run.hooks.prepared(seconds)
+        if run.outcomes[job.request].error is not None:
+            return None
+        if error is not None:
+            if run.fail(job.request, error, job.index) and isinstance(error, InvalidInputError):
+                run.hooks.invalid(error.input_name)
+            return None
+        return item
+
+    def _passes(self, jobs: list[_Job], run: _Execution, size: int) -> Iterator[list[_Job]]:
+        """The accepted jobs, ``size`` at a time, each pass as soon as it is prepared."""
+        pass_jobs: list[_Job] = []
         for job in jobs:
-            accepted = self._accept(job, outcomes, hooks)
-            if accepted is not None:
-                group.append(accepted)
-            if len(group) >= size:
-                yield group
-                group = []
-        if group:
-            yield group
+            if self._accept(job, run) is not None:
+                pass_jobs.append(job)
+            if len(pass_jobs) >= size:
+                yield pass_jobs
+                pass_jobs = []
+        if pass_jobs:
+            yield pass_jobs
 
-    def _run_pass(
-        self, group, outcomes, hooks, requests: Sequence[RequestInputs | None]
-    ) -> list[tuple[int, PreparedItem, Any]]:
-        """Predict the group's items, leaving out those of requests that have failed or
-        been cancelled meanwhile (asked again before each forward pass). An image the GPU
-        image path finds unreadable inside the pass fails its request alone."""
+    def _predict(self, jobs: list[_Job], run: _Execution) -> list[tuple[int, np.ndarray]]:
+        """(request, row) for each job the engine ran. At each forward-pass boundary the
+        engine asks which items still run (``keep``); an image the GPU image path finds
+        unreadable inside the pass fails its request alone (``on_invalid``)."""
 
-        def live(number: int) -> bool:
-            if outcomes[number].error is None and requests[number].is_cancelled():
-                outcomes[number].error = RequestCancelled()
-            return outcomes[number].error is None
-
-        kept = [(n, i, item) for n, i, item in group if live(n)]
-        if not kept:
-            return []
-
-        def on_pass(items: Sequence[PreparedItem], seconds: float) -> None:
-            hooks.forward_pass(len(items), seconds)
-
-        def wanted(position: int) -> bool:
-            return live(kept[position][0])
+        def keep(indices: list[int]) -> list[int]:
+            for i in indices:
+                run.live(jobs[i].request)
+            return [i for i in indices if run.outcomes[jobs[i].request].error is None]
 
         def on_invalid(position: int, error: InvalidInputError) -> None:
-            number, index, _ = kept[position]
-            if outcomes[number].error is None:
-                outcomes[number].error, outcomes[number].failed_item = error, index
-                hooks.invalid(error.input_name)
+            job = jobs[position]
+            if run.fail(job.request, error, job.index):
+                run.hooks.invalid(error.input_name)
 
         probs = self.engine.predict(
-            [item for _, _, item in kept], on_pass=on_pass, wanted=wanted, on_invalid=on_invalid
+            [job.prepared[0] for job in jobs],
+            on_pass=lambda items, seconds: run.hooks.forward_pass(len(items), seconds),
+            keep=keep,
+            on_invalid=on_invalid,
         )
-        return [
-            (n, item, row)
-            for (n, _, item), row in zip(kept, probs, strict=True)
-            if outcomes[n].error is None
-        ]
+        return [(job.request, row) for job, row in zip(jobs, probs, strict=True)]
 
     @staticmethod
-    def _scatter(results, outcomes) -> None:
-        rows: dict[int, list[np.ndarray]] = {}
-        for passed in results:
-            for number, _item, row in passed:
-                rows.setdefault(number, []).append(row)
+    def _scatter(rows: list[tuple[int, np.ndarray]], outcomes: list[RequestOutcome]) -> None:
+        """The rows of each request that has not ended, stacked in item order."""
+        by_request: dict[int, list[np.ndarray]] = {}
+        for number, row in rows:
+            by_request.setdefault(number, []).append(row)
         for number, outcome in enumerate(outcomes):
             if outcome.error is not None:
                 continue
-            got = rows.get(number, [])
+            got = by_request.get(number, [])
             if len(got) != outcome.items:
                 outcome.error = RuntimeError(
                     f"internal error: {len(got)} results for {outcome.items} items"

@@ -44,7 +44,13 @@ def build_prompt(
     max_words: int,
     override: str | None = None,
 ) -> str:
-    """The source sentence fed to the encoder (before BPE, BOS and EOS)."""
+    """The source sentence fed to the encoder (before BPE, BOS and EOS).
+
+    Args:
+        hypothesis, premise: the item's texts (premise None: the image alone).
+        max_words: each text is cut to this many words (``pre_caption``).
+        override: the checkpoint's own prompt template, if it has one.
+    """
     hyp = pre_caption(hypothesis, max_words)
     if premise is None:
         return (override or HYPOTHESIS_PROMPT).format(hyp)

@@ -1,5 +1,6 @@
-"""One image, one stem pass: items with the same image share decode and stem, with
-answers equal to the unshared path; the bounded cache across calls, and its counts."""
+"""Image sharing: items with the same image digest share one decode and one set of
+patch embeddings, with answers equal to the unshared path; the bounded patch-embedding
+cache across calls, and its counts."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import pytest
 import torch
 from engine_tiny import png
 from ofa_ve_engine import VisualEntailmentEngine
+from ofa_ve_engine.image_sharing import PatchEmbeddingCache, image_digest
 from ofa_ve_engine.serving import ExecutionRunner, RequestInputs
-from ofa_ve_engine.stem import StemCache, image_key
 
 PHOTO = png((200, 40, 90), (61, 47))
 OTHER = png((10, 160, 30), (40, 52))
@@ -26,13 +27,13 @@ class StemSpy:
 
     def __init__(self, engine: VisualEntailmentEngine, monkeypatch) -> None:
         self.images = 0
-        real = engine._embed_images
+        real = engine._embed_patches
 
         def counted(items, *args):
             self.images += len(items)
             return real(items, *args)
 
-        monkeypatch.setattr(engine, "_embed_images", counted)
+        monkeypatch.setattr(engine, "_embed_patches", counted)
 
 
 @pytest.mark.parametrize("forward_batch_size", [1, 3, 32])
@@ -42,7 +43,7 @@ def test_many_hypotheses_one_image_equal_each_alone(
     engine = engine_over(tiny_engine, forward_batch_size=forward_batch_size)
     alone = np.concatenate([engine.predict([engine.prepare(PHOTO, h)]) for h in HYPOTHESES])
     first = engine.prepare(PHOTO, HYPOTHESES[0])
-    items = [first] + [engine.prepare(PHOTO, h, like=first) for h in HYPOTHESES[1:]]
+    items = [first] + [engine.prepare(PHOTO, h, same_image_as=first) for h in HYPOTHESES[1:]]
     items.insert(3, engine.prepare(OTHER, "another image"))
     spy = StemSpy(engine, monkeypatch)
     shared = engine.predict(items)
@@ -50,17 +51,21 @@ def test_many_hypotheses_one_image_equal_each_alone(
     np.testing.assert_allclose(np.delete(shared, 3, axis=0), alone, atol=1e-5)
 
 
-def test_prepare_like_reuses_pixels_only_for_the_same_bytes(
+def test_prepare_reuses_pixels_only_for_the_same_digest(
     tiny_engine: VisualEntailmentEngine,
 ) -> None:
     first = tiny_engine.prepare(PHOTO, "x")
-    again = tiny_engine.prepare(PHOTO, "y", like=first)
-    other = tiny_engine.prepare(OTHER, "z", like=first)
-    assert again.pixels is first.pixels and again.image_key == image_key(PHOTO)
-    assert other.pixels is not first.pixels and other.image_key != first.image_key
+    again = tiny_engine.prepare(PHOTO, "y", same_image_as=first)
+    other = tiny_engine.prepare(OTHER, "z", same_image_as=first)
+    assert again.pixels is first.pixels and again.image_digest == image_digest(PHOTO)
+    assert other.pixels is not first.pixels and other.image_digest != first.image_digest
+    old_keyword = tiny_engine.prepare(PHOTO, "w", like=first)  # the old name, still accepted
+    assert old_keyword.pixels is first.pixels
+    given = tiny_engine.prepare(PHOTO, "v", image_digest=first.image_digest)
+    assert given.image_digest == first.image_digest
 
 
-def test_the_cache_carries_stems_across_calls_within_its_bound(
+def test_the_cache_carries_patch_embeddings_across_calls_within_its_bound(
     tiny_engine: VisualEntailmentEngine, monkeypatch
 ) -> None:
     engine = engine_over(tiny_engine, forward_batch_size=4, stem_cache_items=1)
@@ -69,29 +74,29 @@ def test_the_cache_carries_stems_across_calls_within_its_bound(
     want = engine_over(tiny_engine).predict(photo)
     np.testing.assert_allclose(engine.predict(photo), want, atol=1e-5)
     np.testing.assert_allclose(engine.predict(photo), want, atol=1e-5)  # from the cache
-    assert spy.images == 1 and (engine.stem_cache.hits, engine.stem_cache.misses) == (1, 1)
+    assert spy.images == 1 and (engine.patch_cache.hits, engine.patch_cache.misses) == (1, 1)
     engine.predict([engine.prepare(OTHER, "z")])  # evicts PHOTO (capacity 1)
     engine.predict(photo[:1])
-    assert spy.images == 3 and len(engine.stem_cache) == 1
+    assert spy.images == 3 and len(engine.patch_cache) == 1
     # One image's patch embeddings, [P/16, P/16, d_model] float32: not the stem's
     # 4x larger [1024, P/16, P/16] features.
     d_model = engine.model.encoder.arch.d_model
     per_entry = (engine.settings.patch_image_size // 16) ** 2 * d_model * 4
-    assert engine.stem_cache.bytes_used() == per_entry
+    assert engine.patch_cache.bytes_used() == per_entry
 
 
 def test_without_a_cache_nothing_is_kept_or_counted(tiny_engine: VisualEntailmentEngine) -> None:
     engine = engine_over(tiny_engine)
     engine.predict([engine.prepare(PHOTO, "x")])
     engine.predict([engine.prepare(PHOTO, "x")])
-    assert len(engine.stem_cache) == 0
-    assert (engine.stem_cache.hits, engine.stem_cache.misses) == (0, 0)
+    assert len(engine.patch_cache) == 0
+    assert (engine.patch_cache.hits, engine.patch_cache.misses) == (0, 0)
 
 
-def test_stem_cache_bounds() -> None:
+def test_patch_cache_bounds() -> None:
     with pytest.raises(ValueError, match="capacity"):
-        StemCache(-1)
-    cache = StemCache(2)
+        PatchEmbeddingCache(-1)
+    cache = PatchEmbeddingCache(2)
     for key in "abc":
         cache.put(key, torch.zeros(2))
     assert cache.get("a") is None and cache.get("c") is not None and len(cache) == 2

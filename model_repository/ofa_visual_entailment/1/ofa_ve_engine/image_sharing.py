@@ -1,20 +1,18 @@
-"""One image, one stem pass: sharing an image's embedding between items with the same image.
+"""Image sharing: items with the same image share one decode, one stem pass, one projection.
 
-The ResNet stem is most of OFA-tiny's compute (about 30 of 38.5 GFLOP per item),
-and it and the patch projection after it (`OFAEncoder.embed_image`) depend on the
-image alone. Items carry a digest of their encoded image (`PreparedItem.image_key`).
-`ImageEmbeddings` hands each forward pass the patch embeddings of its items,
-computing them once per distinct image. Within one `predict` call they are kept
-for as long as a later pass still needs them. Across calls they come from an
-optional bounded LRU cache (`StemCache`, off by default), so a client that sends
-the same image in several requests gains too. An image that several items of one
-call share also gets the first encoder layer's attention among its patches once
-(`modeling.PatchAttention`); that part is not cached across calls.
+The stem (the ResNet) is most of OFA-tiny's compute (about 30 of 38.5 GFLOP per
+item), and it and the projection after it depend on the image alone. One key
+says "same image" at every layer: ``image_digest`` of the encoded bytes, computed
+once per item (by the ExecutionRunner, else by ``prepare``) and carried as
+``PreparedItem.image_digest``. The runner decodes each digest once;
+``PatchEmbeddings`` computes each digest's patch embeddings once per ``predict``
+call, and the first encoder layer's attention among its patches once where
+several items of the call share it (``modeling.PatchAttention``); across calls
+they come from an optional LRU cache (``PatchEmbeddingCache``, off by default,
+config parameter ``stem_cache_items``).
 
-The embedding of one item is [P/16, P/16, d_model] in the network's dtype: 0.9 MB
-in float32 and 0.5 MB in half precision at P = 480 (d_model 256), a quarter of
-the stem's own [1024, P/16, P/16] output. That is what one cache entry costs, in
-the device's memory.
+One cache entry is one image's patch embeddings, [P/16, P/16, d_model] in the
+network's dtype on its device: 0.9 MB in float32 at P = 480, d_model 256.
 """
 
 from __future__ import annotations
@@ -29,15 +27,16 @@ from .batching import PreparedItem
 from .modeling import PatchAttention
 
 Key = Hashable
+"""What ``PatchEmbeddings`` shares by: an image digest, or an item of its own."""
 
 
-def image_key(data: bytes) -> bytes:
-    """Digest of an encoded image: equal bytes, equal key (BLAKE2b, 128 bits)."""
+def image_digest(data: bytes) -> bytes:
+    """The one "same image" key: equal encoded bytes, equal digest (BLAKE2b, 128 bits)."""
     return hashlib.blake2b(data, digest_size=16).digest()
 
 
-class StemCache:
-    """A bounded LRU of image embeddings by image key, with hit and miss counts."""
+class PatchEmbeddingCache:
+    """A bounded LRU of patch embeddings by image digest, with hit and miss counts."""
 
     def __init__(self, capacity: int) -> None:
         if capacity < 0:
@@ -71,39 +70,45 @@ class StemCache:
         return sum(t.numel() * t.element_size() for t in self._entries.values())
 
 
-def item_keys(items: Sequence[PreparedItem]) -> list[Key]:
-    """Each item's sharing key: its image digest, or itself (PIL input has none)."""
-    return [item.image_key if item.image_key is not None else ("item", id(item)) for item in items]
+def sharing_keys(items: Sequence[PreparedItem]) -> list[Key]:
+    """Each item's key: its image digest, or the item itself (PIL input has no digest)."""
+    return [
+        item.image_digest if item.image_digest is not None else ("item", id(item))
+        for item in items
+    ]
 
 
-class ImageEmbeddings:
-    """The image embeddings for the passes of one `predict` call (one instance per call).
+class PatchEmbeddings:
+    """The patch embeddings of one ``predict`` call's items, one computation per image.
 
-    With ``attend`` (``OFAEncoder.patch_attention``), an image that several items of
-    the call share also gets the first encoder layer's attention among its patches
-    once (``PatchAttention``), and a pass whose images are all shared gets it too.
+    Args:
+        items: every item of the call (to know how long each image is needed).
+        compute: items -> their patch embeddings [len(items), h, w, D].
+        cache: kept across calls (None or capacity 0: off).
+        attend: ``OFAEncoder.patch_attention``: an image several items of the call
+            share also gets the first layer's attention among its patches once.
     """
 
     def __init__(
         self,
         items: Sequence[PreparedItem],
         compute: Callable[[Sequence[PreparedItem]], torch.Tensor],
-        cache: StemCache | None = None,
+        cache: PatchEmbeddingCache | None = None,
         attend: Callable[[torch.Tensor], PatchAttention] | None = None,
     ) -> None:
         self._compute = compute
         self._cache = cache if cache is not None and cache.capacity > 0 else None
         self._attend = attend
-        self._uses = Counter(item_keys(items))
+        self._uses = Counter(sharing_keys(items))
         self._remaining = Counter(self._uses)
         self._held: dict[Key, torch.Tensor] = {}
         self._attention: dict[Key, PatchAttention] = {}
 
     def for_pass(self, items: Sequence[PreparedItem]) -> tuple[torch.Tensor, PatchAttention | None]:
-        """[len(items), h, w, D] embeddings, computed for images not seen yet and reused
-        otherwise; and the pass's ``PatchAttention`` where every image in it is shared
-        by several items of the call (else None: the encoder computes it per item)."""
-        keys = item_keys(items)
+        """[len(items), h, w, D] patch embeddings, computed for images not seen yet and
+        reused otherwise; and the pass's ``PatchAttention`` where every image in it is
+        shared by several items of the call (else None: the encoder computes it per item)."""
+        keys = sharing_keys(items)
         missing: dict[Key, PreparedItem] = {}
         for key, item in zip(keys, items, strict=True):
             if key in self._held or key in missing:
