@@ -249,6 +249,26 @@ def _apply(norm: nn.Module | None, hidden_states: torch.Tensor) -> torch.Tensor:
     return norm(hidden_states) if norm is not None else hidden_states
 
 
+def _residual(
+    hidden_states: torch.Tensor,
+    norm: nn.Module,
+    pre: bool,
+    block: Callable[[torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """One residual sublayer: ``norm`` before ``block`` (pre-norm) or after the sum."""
+    if pre:
+        return hidden_states + block(norm(hidden_states))
+    return norm(hidden_states + block(hidden_states))
+
+
+def _feed_forward(
+    layer: OFAEncoderLayer | OFADecoderLayer, hidden_states: torch.Tensor
+) -> torch.Tensor:
+    """fc1, activation, NormFormer's mid norm where configured, fc2."""
+    hidden_states = layer.activation_fn(layer.fc1(hidden_states))
+    return layer.fc2(_apply(layer.ffn_layer_norm, hidden_states))
+
+
 def _clamp_half(x: torch.Tensor) -> torch.Tensor:
     """fp16 overflow guard of the reference encoder layer, without its host sync.
 
@@ -288,24 +308,11 @@ class OFAEncoderLayer(nn.Module):
     ) -> torch.Tensor:
         """[B, S, D] -> [B, S, D]; the arguments as in ``OFAAttention.forward``."""
         pre = self.normalize_before
-        residual = hidden_states
-        if pre:
-            hidden_states = self.self_attn_layer_norm(hidden_states)
-        hidden_states = self.self_attn(
-            hidden_states, hidden_states, attn_bias, lengths, patch_attention
-        )
-        hidden_states = residual + _apply(self.self_attn_mid_layer_norm, hidden_states)
-        if not pre:
-            hidden_states = self.self_attn_layer_norm(hidden_states)
-
-        residual = hidden_states
-        if pre:
-            hidden_states = self.final_layer_norm(hidden_states)
-        hidden_states = self.activation_fn(self.fc1(hidden_states))
-        hidden_states = self.fc2(_apply(self.ffn_layer_norm, hidden_states))
-        hidden_states = residual + hidden_states
-        if not pre:
-            hidden_states = self.final_layer_norm(hidden_states)
+        hidden_states = _residual(hidden_states, self.self_attn_layer_norm, pre, lambda h: _apply(
+            self.self_attn_mid_layer_norm, self.self_attn(h, h, attn_bias, lengths, patch_attention)
+        ))
+        hidden_states = _residual(hidden_states, self.final_layer_norm, pre,
+                                  lambda h: _feed_forward(self, h))
         return _clamp_half(hidden_states)
 
 
@@ -338,31 +345,15 @@ class OFADecoderLayer(nn.Module):
     ) -> torch.Tensor:
         """[B, T, D] -> [B, T, D], attending to ``encoder_hidden_states`` [B, S, D]."""
         pre = self.normalize_before
-        residual = hidden_states
-        if pre:
-            hidden_states = self.self_attn_layer_norm(hidden_states)
-        hidden_states = self.self_attn(hidden_states, hidden_states, self_attn_bias)
-        hidden_states = residual + _apply(self.self_attn_mid_layer_norm, hidden_states)
-        if not pre:
-            hidden_states = self.self_attn_layer_norm(hidden_states)
-
-        residual = hidden_states
-        if pre:
-            hidden_states = self.cross_attn_layer_norm(hidden_states)
-        hidden_states = self.cross_attn(hidden_states, encoder_hidden_states, encoder_attn_bias)
-        hidden_states = residual + _apply(self.cross_attn_mid_layer_norm, hidden_states)
-        if not pre:
-            hidden_states = self.cross_attn_layer_norm(hidden_states)
-
-        residual = hidden_states
-        if pre:
-            hidden_states = self.final_layer_norm(hidden_states)
-        hidden_states = self.activation_fn(self.fc1(hidden_states))
-        hidden_states = self.fc2(_apply(self.ffn_layer_norm, hidden_states))
-        hidden_states = residual + hidden_states
-        if not pre:
-            hidden_states = self.final_layer_norm(hidden_states)
-        return hidden_states
+        hidden_states = _residual(hidden_states, self.self_attn_layer_norm, pre, lambda h: _apply(
+            self.self_attn_mid_layer_norm, self.self_attn(h, h, self_attn_bias)
+        ))
+        hidden_states = _residual(hidden_states, self.cross_attn_layer_norm, pre, lambda h: _apply(
+            self.cross_attn_mid_layer_norm,
+            self.cross_attn(h, encoder_hidden_states, encoder_attn_bias),
+        ))
+        return _residual(hidden_states, self.final_layer_norm, pre,
+                         lambda h: _feed_forward(self, h))
 
 
 @dataclass
