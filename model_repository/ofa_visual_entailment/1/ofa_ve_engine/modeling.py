@@ -261,14 +261,6 @@ def _residual(
     return norm(hidden_states + block(hidden_states))
 
 
-def _feed_forward(
-    layer: OFAEncoderLayer | OFADecoderLayer, hidden_states: torch.Tensor
-) -> torch.Tensor:
-    """fc1, activation, NormFormer's mid norm where configured, fc2."""
-    hidden_states = layer.activation_fn(layer.fc1(hidden_states))
-    return layer.fc2(_apply(layer.ffn_layer_norm, hidden_states))
-
-
 def _clamp_half(x: torch.Tensor) -> torch.Tensor:
     """fp16 overflow guard of the reference encoder layer, without its host sync.
 
@@ -283,21 +275,36 @@ def _clamp_half(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-class OFAEncoderLayer(nn.Module):
-    """Self-attention and FFN, each pre- or post-normed, with NormFormer's mid norms."""
+class _OFALayer(nn.Module):
+    """What encoder and decoder layers share: self-attention and the FFN, each a residual
+    sublayer, pre- or post-normed, with NormFormer's mid norms (ModelScope's state-dict
+    names)."""
 
-    def __init__(self, arch: OFAArchitecture) -> None:
+    def __init__(self, arch: OFAArchitecture, heads: int, ffn: int, normalize_before: bool) -> None:
         super().__init__()
-        d, ffn = arch.d_model, arch.encoder_ffn_dim
-        self.self_attn = OFAAttention(d, arch.encoder_attention_heads, arch.attn_scale_factor)
+        d = arch.d_model
+        self.self_attn = OFAAttention(d, heads, arch.attn_scale_factor)
         self.self_attn_layer_norm = nn.LayerNorm(d)
         self.self_attn_mid_layer_norm = _layer_norm(d, arch.normformer)
         self.fc1 = Linear(d, ffn)
         self.fc2 = Linear(ffn, d)
         self.ffn_layer_norm = _layer_norm(ffn, arch.normformer)
         self.final_layer_norm = nn.LayerNorm(d)
-        self.normalize_before = arch.encoder_normalize_before
+        self.normalize_before = normalize_before
         self.activation_fn = _ACTIVATIONS[arch.activation_function]
+
+    def feed_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """fc1, activation, NormFormer's mid norm where configured, fc2."""
+        hidden_states = self.activation_fn(self.fc1(hidden_states))
+        return self.fc2(_apply(self.ffn_layer_norm, hidden_states))
+
+
+class OFAEncoderLayer(_OFALayer):
+    """Self-attention and FFN."""
+
+    def __init__(self, arch: OFAArchitecture) -> None:
+        super().__init__(arch, arch.encoder_attention_heads, arch.encoder_ffn_dim,
+                         arch.encoder_normalize_before)
 
     def forward(
         self,
@@ -312,29 +319,21 @@ class OFAEncoderLayer(nn.Module):
             self.self_attn_mid_layer_norm, self.self_attn(h, h, attn_bias, lengths, patch_attention)
         ))
         hidden_states = _residual(hidden_states, self.final_layer_norm, pre,
-                                  lambda h: _feed_forward(self, h))
+                                  self.feed_forward)
         return _clamp_half(hidden_states)
 
 
-class OFADecoderLayer(nn.Module):
-    """Causal self-attention, cross-attention to the encoder, FFN (as OFAEncoderLayer)."""
+class OFADecoderLayer(_OFALayer):
+    """Causal self-attention, cross-attention to the encoder, FFN."""
 
     def __init__(self, arch: OFAArchitecture) -> None:
-        super().__init__()
-        d, ffn, heads = arch.d_model, arch.decoder_ffn_dim, arch.decoder_attention_heads
-        self.self_attn = OFAAttention(d, heads, arch.attn_scale_factor)
-        self.self_attn_layer_norm = nn.LayerNorm(d)
-        self.self_attn_mid_layer_norm = _layer_norm(d, arch.normformer)
+        heads = arch.decoder_attention_heads
+        super().__init__(arch, heads, arch.decoder_ffn_dim, arch.decoder_normalize_before)
+        d = arch.d_model
         # ModelScope's name for what Hugging Face's BART calls encoder_attn (a state-dict key).
         self.cross_attn = OFAAttention(d, heads, arch.attn_scale_factor)
         self.cross_attn_layer_norm = nn.LayerNorm(d)
         self.cross_attn_mid_layer_norm = _layer_norm(d, arch.normformer)
-        self.fc1 = Linear(d, ffn)
-        self.fc2 = Linear(ffn, d)
-        self.ffn_layer_norm = _layer_norm(ffn, arch.normformer)
-        self.final_layer_norm = nn.LayerNorm(d)
-        self.normalize_before = arch.decoder_normalize_before
-        self.activation_fn = _ACTIVATIONS[arch.activation_function]
 
     def forward(
         self,
@@ -353,7 +352,7 @@ class OFADecoderLayer(nn.Module):
             self.cross_attn(h, encoder_hidden_states, encoder_attn_bias),
         ))
         return _residual(hidden_states, self.final_layer_norm, pre,
-                         lambda h: _feed_forward(self, h))
+                         self.feed_forward)
 
 
 @dataclass
