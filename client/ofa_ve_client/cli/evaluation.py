@@ -98,16 +98,23 @@ def _gold(raw: Any) -> tuple[str | None, str | None]:
     return label, None
 
 
+def _numbered(lines: Iterable[str]) -> Iterator[tuple[int, str | None]]:
+    """(1-based number, line without its line break) of each non-blank line; the line is
+    None where it is not UTF-8 (the reader turns it into an error row)."""
+    number = 0
+    for line in lines:
+        line = line.rstrip("\r\n")
+        if line.strip():
+            number += 1
+            yield number, None if _undecodable(line) else line
+
+
 def read_snli_ve_jsonl(
     lines: Iterable[str], images_dir: Path | None, with_caption: bool = False
 ) -> Iterator[Pair]:
     """Pairs from SNLI-VE's JSONL; `images_dir` holds the Flickr30k images."""
-    number = 0
-    for line in lines:
-        if not line.strip():
-            continue
-        number += 1
-        if _undecodable(line):
+    for number, line in _numbered(lines):
+        if line is None:
             yield Pair(f"line-{number}", None, "", None, None, NOT_UTF8)
             continue
         try:
@@ -137,13 +144,8 @@ def read_snli_ve_jsonl(
 
 def read_ofa_tsv(lines: Iterable[str], with_caption: bool = False) -> Iterator[Pair]:
     """Pairs from OFA's SNLI-VE TSV (six columns, or the five OFA selects)."""
-    number = 0
-    for line in lines:
-        line = line.rstrip("\r\n")
-        if not line.strip():
-            continue
-        number += 1
-        if _undecodable(line):
+    for number, line in _numbered(lines):
+        if line is None:
             yield Pair(f"line-{number}", None, "", None, None, NOT_UTF8)
             continue
         cells = line.split("\t")
