@@ -17,7 +17,7 @@ from ofa_ve_bench.workload import HYPOTHESES, TEST_IMAGES
 from ofa_ve_ops import admin_access
 from ofa_ve_ops.paths import MODEL_NAME
 from ofa_ve_ops.server_process import TritonServer
-from servers import running
+from support.servers import running
 from tritonclient.utils import InferenceServerException
 
 SECRET = "0123456789abcdef0123456789abcdef"

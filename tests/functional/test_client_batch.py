@@ -13,7 +13,7 @@ from ofa_ve_client import (
     VisualEntailmentClient,
     VisualEntailmentError,
 )
-from waiting import settled
+from support.waiting import settled
 
 IMAGES = [
     TEST_IMAGES[name]

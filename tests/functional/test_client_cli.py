@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from ofa_ve_bench.workload import HYPOTHESES, TEST_IMAGES
 from ofa_ve_client import LABELS, VisualEntailmentClient
-from waiting import settled
+from support.waiting import settled
 
 CLI = Path(sys.executable).with_name("ofa-ve")  # the console script `pip install` made
 IMAGE = TEST_IMAGES["tiny_50x40_png"]
@@ -255,7 +255,7 @@ def test_batch_keeps_ids_gold_labels_and_empty_fields(tiny_server, tmp_path):
 def test_batch_progress_moves_item_by_item(tiny_server, tmp_path):
     """With the bar shown each answer is one item (single-item requests, as many items in
     flight as with full ones); without it, few full requests. Counted by the server."""
-    from prometheus import metric, scrape
+    from support.prometheus import metric, scrape
 
     rows = "".join(f"{IMAGE},{HYPOTHESES[i]}\n" for i in range(5))
     source = tmp_path / "rows.csv"

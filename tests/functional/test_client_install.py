@@ -22,7 +22,7 @@ from ofa_ve_bench.workload import TEST_IMAGES
 
 pytestmark = pytest.mark.slow  # a fresh virtualenv and a pip install
 
-CLIENT_DIR = Path(__file__).resolve().parents[1] / "client"
+CLIENT_DIR = Path(__file__).resolve().parents[2] / "client"
 # The client's runtime dependencies (and theirs that matter), pinned to what is tested here.
 PINNED = (
     "tritonclient",

@@ -1,9 +1,10 @@
 """Deadlines, retries over a server restart, failover, round-robin, compression, keepalive.
 
 The restart and round-robin tests share the session's spare tritonserver
-(`spare_server`, tests/conftest.py); the others use the session server or a dead port. No assertion
-here is on wall-clock time (a shared 2-core machine makes those flaky): the timing of
-backoff and failover is pinned by tests/test_client_units.py with a fake clock.
+(`spare_server`, tests/functional/conftest.py); the others use the session server or a
+dead port. No assertion here is on wall-clock time (a shared 2-core machine makes those
+flaky): the timing of
+backoff and failover is pinned by tests/unit/test_client_units.py with a fake clock.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from ofa_ve_client import (
 )
 from ofa_ve_client.retry import RETRYABLE_STATUSES
 from ofa_ve_ops.server_process import TritonServer
-from waiting import settled
+from support.waiting import settled
 
 IMAGE = TEST_IMAGES["tiny_50x40_png"].read_bytes()
 MODEL = "ofa_visual_entailment"
@@ -128,7 +129,7 @@ def test_retries_ride_over_a_server_restart(second_server, how):
 
 def test_failover_to_the_next_url(triton_server):
     urls = [dead_url(), triton_server.grpc_url]
-    # Moving on to the next URL without backoff: tests/test_client_units.py (fake clock).
+    # Moving on to the next URL without backoff: tests/unit/test_client_units.py (fake clock).
     with VisualEntailmentClient(urls, timeout=30) as client:
         results = [client.predict(IMAGE, HYPOTHESES[i]) for i in range(6)]
         assert all(isinstance(r, Prediction) for r in results)

@@ -26,7 +26,7 @@ from ofa_ve_client import (
     VisualEntailmentClient,
 )
 from ofa_ve_ops.server_process import TritonServer
-from servers import running
+from support.servers import running
 
 IMAGE = TEST_IMAGES["tiny_50x40_png"]
 HYPOTHESIS = "Coffee is served in a cup."

@@ -42,9 +42,9 @@ from ofa_ve_bench.workload import TEST_IMAGES
 from ofa_ve_ops.paths import MODEL_NAME as MODEL
 from ofa_ve_ops.paths import SHM_REGION_PREFIX
 from ofa_ve_ops.server_process import ServerStartError, TritonServer, free_ports
-from servers import running
+from support.servers import running
+from support.waiting import wait_for
 from tritonclient.utils import InferenceServerException
-from waiting import wait_for
 
 IMAGE = TEST_IMAGES["tiny_50x40_png"].read_bytes()
 TIMEOUT_S = 120.0

@@ -26,11 +26,11 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as tgrpc
-from hostile import payloads
 from ofa_ve_bench.soak import stub_pids, vm_kib
 from ofa_ve_bench.workload import TEST_IMAGES
 from ofa_ve_engine.limits import InputLimits
 from PIL import Image
+from support.hostile import payloads
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 

@@ -27,7 +27,7 @@ from ofa_ve_engine.image import NOT_AN_IMAGE
 from ofa_ve_ops.paths import MODEL_NAME
 from ofa_ve_ops.server_process import TritonServer
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "interface.md"
 PHOTO = TEST_IMAGES["landscape_640x480_jpeg"]
 HYPOTHESIS = "Two dogs play in the snow."  # the documented one

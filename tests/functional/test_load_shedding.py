@@ -18,7 +18,7 @@ from ofa_ve_bench.storm import storm
 from ofa_ve_bench.workload import HYPOTHESES, TEST_IMAGES
 from ofa_ve_client import ResourceExhaustedError, RetryPolicy, VisualEntailmentClient
 from ofa_ve_ops.server_process import TritonServer
-from servers import running
+from support.servers import running
 
 QUEUE = 4
 

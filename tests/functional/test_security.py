@@ -6,7 +6,7 @@
   plaintext or untrusting clients are refused.
 - The server never fetches anything: URLs in any input never cause a connection.
 - Every pinned requirement is pinned exactly.
-(No pickle loading of untrusted data: tests/test_faults.py starts a server on a
+(No pickle loading of untrusted data: tests/functional/test_faults.py starts a server on a
 checkpoint whose pickle would run code, and the engine tests cover the loader.)
 """
 
@@ -34,16 +34,16 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from hostile import payloads
 from ofa_ve_bench.soak import children, listening_addresses
 from ofa_ve_bench.workload import TEST_IMAGES
 from ofa_ve_ops.paths import MODEL_NAME as MODEL
 from ofa_ve_ops.server_process import TritonServer
 from PIL import Image, PngImagePlugin
-from servers import running
+from support.hostile import payloads
+from support.servers import running
 from tritonclient.utils import InferenceServerException
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 IMAGE = TEST_IMAGES["tiny_50x40_png"].read_bytes()
 
 

@@ -41,11 +41,11 @@ from ofa_ve_ops.procfs import descendants, process_state
 from ofa_ve_ops.server_process import TritonServer, free_ports
 from ofa_ve_ops.triton_runtime import has_gpu
 from PIL import Image
-from prometheus import metric, scrape
-from repositories import copy_repository
-from servers import running
+from support.prometheus import metric, scrape
+from support.repositories import copy_repository
+from support.servers import running
+from support.waiting import settled, wait_for
 from tritonclient.utils import InferenceServerException
-from waiting import settled, wait_for
 
 INVALID_ARG = "StatusCode.INVALID_ARGUMENT"
 Item = tuple[bytes, "str | bytes", "str | bytes | None"]
@@ -526,8 +526,8 @@ def test_serve_script_uses_the_cached_model_while_the_hub_is_down(
     """The model was fetched once (from a loopback hub speaking ModelScope's protocol, to
     the real client); the hub then goes away. A restart must serve those cached weights,
     never a random demo checkpoint."""
-    from hub_emulator import HubEmulator
     from ofa_ve_ops.fetch_model import MODEL_ID
+    from support.hub_emulator import HubEmulator
 
     env, _, grpc_port = _serve_env(tmp_path, "")
     with HubEmulator({MODEL_ID: demo_model_dir}) as hub:

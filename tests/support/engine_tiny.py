@@ -23,7 +23,8 @@ from ofa_ve_engine.demo_checkpoint import (
     write_tokenizer_files,
 )
 from ofa_ve_engine.settings import CONFIG_FILE, CONFIGURATION_FILE, WEIGHTS_FILE
-from synthetic_images import png  # noqa: F401  (re-exported for the engine tests)
+
+from support.synthetic_images import png  # noqa: F401  (re-exported for the engine tests)
 
 TINY_CONFIG: dict[str, object] = {
     **OFA_TINY_CONFIG,

@@ -613,7 +613,7 @@ def test_reference_worker_reports_a_failed_job_and_keeps_serving(tmp_path: Path)
     import signal
 
     from ofa_ve_bench.reference.worker import ReferenceJobError, ReferenceWorker
-    from waiting import wait_for
+    from support.waiting import wait_for
 
     with ReferenceWorker(log_path=tmp_path / "worker.log") as reference:
         for _ in range(2):

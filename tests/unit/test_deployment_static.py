@@ -33,7 +33,7 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from tritonclient.grpc import model_config_pb2
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "docker" / "Dockerfile"
 HADOLINT_CONFIG = REPO / "docker" / ".hadolint.yaml"
 COMPOSE = REPO / "docker" / "compose.yaml"

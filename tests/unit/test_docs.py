@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from ofa_ve_ops import environment
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DOCUMENTS = sorted(
     [REPO / "README.md", *(REPO / "docs").glob("*.md"), *(REPO / "client").rglob("*.md")]
 )

@@ -17,7 +17,7 @@ import torch
 from ofa_ve_engine import CheckpointError, InputLimits, InvalidInputError, VisualEntailmentEngine
 from ofa_ve_engine.checkpoint import load_model
 from ofa_ve_engine.tokenizer import OFATokenizer
-from synthetic_images import png
+from support.synthetic_images import png
 
 MIXED_TEXTS = [
     ("Two birds sit on a wire.", None),

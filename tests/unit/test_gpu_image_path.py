@@ -22,7 +22,7 @@ from ofa_ve_engine.image import load_pixels
 from ofa_ve_engine.limits import InputLimits
 from PIL import Image
 
-IMAGES_DIR = Path(__file__).resolve().parent / "data" / "images"
+IMAGES_DIR = Path(__file__).resolve().parents[1] / "data" / "images"
 LIMITS = InputLimits()
 SIZE = 480
 FILES = sorted(IMAGES_DIR.iterdir())

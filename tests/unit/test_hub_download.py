@@ -2,8 +2,9 @@
 
 Why: the hub is unreachable from here, yet resuming, integrity checks, cache hits and
 error reporting are the client's (`modelscope_hub` 0.5.1, which `modelscope` 1.40.2
-delegates to), and they are what `make serve` depends on. `tests/hub_emulator.py` serves the demo
-checkpoint the way the hub serves `damo/ofa_visual-entailment_snli-ve_distilled_v2_en`;
+delegates to), and they are what `make serve` depends on. `tests/support/hub_emulator.py`
+serves the demo checkpoint the way the hub serves
+`damo/ofa_visual-entailment_snli-ve_distilled_v2_en`;
 the client is pointed at it through `MODELSCOPE_ENDPOINT` and is never patched. The
 only client knobs touched are its documented environment variables
 (`MODELSCOPE_DOWNLOAD_MAX_RETRIES`, `MODELSCOPE_REPO_TREE_PAGE_MAX_ATTEMPTS`), where
@@ -26,8 +27,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from hub_emulator import HubEmulator
 from ofa_ve_ops.fetch_model import EXIT_HUB_UNREACHABLE, MODEL_ID, fetch_model
+from support.hub_emulator import HubEmulator
 
 pytestmark = pytest.mark.timeout(120)
 

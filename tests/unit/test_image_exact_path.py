@@ -19,7 +19,7 @@ from ofa_ve_engine.image import decode_image, load_pixels, resize_image, route_o
 from ofa_ve_engine.limits import InputLimits
 from PIL import Image
 
-IMAGES_DIR = Path(__file__).resolve().parent / "data" / "images"
+IMAGES_DIR = Path(__file__).resolve().parents[1] / "data" / "images"
 LIMITS = InputLimits()
 SIZE = 480
 

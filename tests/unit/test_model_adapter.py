@@ -26,7 +26,7 @@ from google.protobuf import json_format, text_format
 from ofa_ve_bench.workload import HYPOTHESES, TEST_IMAGES
 from tritonclient.grpc import model_config_pb2
 
-MODEL_FOLDER = Path(__file__).resolve().parent.parent / "model_repository" / "ofa_visual_entailment"
+MODEL_FOLDER = Path(__file__).resolve().parents[2] / "model_repository" / "ofa_visual_entailment"
 
 
 # --------------------------------------------------------------------------- the stand-in

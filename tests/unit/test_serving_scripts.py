@@ -18,9 +18,9 @@ import pytest
 from ofa_ve_ops import triton_runtime
 from ofa_ve_ops.paths import MODEL_NAME
 from ofa_ve_ops.triton_runtime import GrpcTls, prepare_runtime, server_command, server_env
-from repositories import copy_repository
+from support.repositories import copy_repository
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVE = "ofa_ve_ops.serve"
 RUNTIME = "ofa_ve_ops.triton_runtime"
 

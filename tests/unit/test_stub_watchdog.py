@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from ofa_ve_ops.procfs import children, process_state
-from waiting import wait_for
+from support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 

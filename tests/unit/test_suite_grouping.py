@@ -1,10 +1,10 @@
 """The suite's own set-up under pytest-xdist (`make test`: `-n 3 --dist loadgroup`):
-which tests share a worker (tests/sharing.py), and that xdist keeps them together."""
+which tests share a worker (tests/support/sharing.py), and that xdist keeps them together."""
 
 from __future__ import annotations
 
 import pytest
-from sharing import FixtureUse, worker_groups
+from support.sharing import FixtureUse, worker_groups
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -74,7 +74,9 @@ def test_no_test_of_this_run_joins_two_session_groups(request: pytest.FixtureReq
         for item in request.session.items
         if (mark := item.get_closest_marker("xdist_group")) is not None
     }
-    assert marked.get("tests/test_suite_grouping.py::test_loadgroup_keeps_a_group_in_one_worker")
+    assert marked.get(
+        "tests/unit/test_suite_grouping.py::test_loadgroup_keeps_a_group_in_one_worker"
+    )
     for nodeid, group in marked.items():
         assert "+" not in group, f"{nodeid} joins two session groups: {group}"
 

@@ -1,6 +1,6 @@
 """Session fixtures of the per-module engine tests: prepared items on the tiny engine.
 
-The tiny architecture and its inputs are in ``tests/engine_tiny.py``; its
+The tiny architecture and its inputs are in ``tests/support/engine_tiny.py``; its
 checkpoint and engine (``tiny_model_dir``, ``tiny_engine``) are in
 ``tests/conftest.py``, shared with the SDK tests' ``tiny_server``. Every fixture
 is built once per session, in well under a second after the imports.
@@ -9,8 +9,8 @@ is built once per session, in well under a second after the imports.
 from __future__ import annotations
 
 import pytest
-from engine_tiny import TEXTS, png
 from ofa_ve_engine import VisualEntailmentEngine
+from support.engine_tiny import TEXTS, png
 
 
 @pytest.fixture(scope="session")

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from engine_tiny import png
 from ofa_ve_engine import VisualEntailmentEngine
 from ofa_ve_engine.demo_checkpoint import build_bpe, make_decisive, random_state_dict
 from ofa_ve_engine.tokenizer import OFATokenizer
+from support.engine_tiny import png
 
 SHARED = (
     "encoder.embed_tokens.weight",

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from engine_tiny import png
 from ofa_ve_engine import CheckpointError, InvalidInputError, VisualEntailmentEngine
 from ofa_ve_engine.modeling import OFAModel
+from support.engine_tiny import png
 
 
 def _parts(engine: VisualEntailmentEngine) -> tuple:

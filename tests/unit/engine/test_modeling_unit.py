@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from engine_tiny import TINY_CONFIG
 from ofa_ve_engine import VisualEntailmentEngine
 from ofa_ve_engine.modeling import (
     OFAModel,
@@ -13,6 +12,7 @@ from ofa_ve_engine.modeling import (
     make_token_bucket_position,
 )
 from ofa_ve_engine.settings import OFAArchitecture
+from support.engine_tiny import TINY_CONFIG
 
 
 def _arch(**overrides: object) -> OFAArchitecture:

@@ -8,11 +8,11 @@ import io
 
 import numpy as np
 import pytest
-from hostile import payloads
 from ofa_ve_engine import InputLimits, repair
 from ofa_ve_engine.errors import InvalidInputError
 from ofa_ve_engine.image import decode_image, load_pixels
 from PIL import Image
+from support.hostile import payloads
 
 LIMITS = InputLimits()
 SIZE = 96  # the resize is not what is tested: a small one keeps this quick

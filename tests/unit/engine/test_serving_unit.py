@@ -12,10 +12,10 @@ import threading
 
 import numpy as np
 import pytest
-from engine_tiny import png
 from ofa_ve_engine import InvalidInputError, RequestCancelled, VisualEntailmentEngine
 from ofa_ve_engine.serving import ExecutionHooks, ExecutionRunner, RequestInputs
 from PIL import Image
+from support.engine_tiny import png
 
 IMAGES = [png((30 * i, 120, 200 - 20 * i), (24 + 9 * i, 18 + 5 * i)) for i in range(5)]
 

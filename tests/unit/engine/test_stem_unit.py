@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from engine_tiny import png
 from ofa_ve_engine import VisualEntailmentEngine
 from ofa_ve_engine.serving import ExecutionRunner, RequestInputs
 from ofa_ve_engine.stem import StemCache, image_key
+from support.engine_tiny import png
 
 PHOTO = png((200, 40, 90), (61, 47))
 OTHER = png((10, 160, 30), (40, 52))
