@@ -29,7 +29,7 @@ others wait (server start-ups, polls, subprocesses).
 Marks: a test that uses a server fixture is marked `server` here (so that
 `-m 'not server'` keeps the tests of the same modules that need none); a test that
 starts a server some other way carries `@pytest.mark.server` itself. A test under
-tests/unit that uses a server fixture is refused at collection: it belongs in
+tests/unit marked `server` fails before its fixtures are set up: it belongs in
 tests/functional.
 """
 
@@ -150,10 +150,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.server)
-        if item.get_closest_marker("server") and UNIT_TESTS in item.path.resolve().parents:
-            raise pytest.UsageError(
-                f"{item.nodeid} talks to a tritonserver: it belongs in tests/functional"
-            )
     groups = worker_groups(_fixture_use(item) for item in items)
     for item in items:
         if item.nodeid in groups and item.get_closest_marker("xdist_group") is None:
@@ -162,6 +158,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         # xdist hands out the groups first (largest first), then single tests in this
         # order: the slow ones first, so that none of them is left to run alone at the end.
         items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+@pytest.hookimpl(tryfirst=True)  # before its fixtures are set up
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Fail a test under tests/unit that talks to a tritonserver, saying where it goes."""
+    if item.get_closest_marker("server") and UNIT_TESTS in item.path.resolve().parents:
+        pytest.fail(
+            f"{item.nodeid} talks to a tritonserver: it belongs in tests/functional",
+            pytrace=False,
+        )
 
 
 _WORKER_START_UPS: list[tuple[int, list[tuple[str, float]]]] = []
