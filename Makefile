@@ -4,7 +4,10 @@
 #
 #   make serve            real tritonserver in the foreground on 127.0.0.1:8000/8001/8002
 #                         (installs only what serving needs: the `serve` profile)
-#   make test             the whole suite, including tests against a real tritonserver
+#   make test             the whole suite: tests/unit and tests/functional (a real
+#                         tritonserver); what CI runs (.ci/run)
+#   make test-unit        tests/unit without its `slow` tests: no tritonserver, about a minute
+#                         (tests/README.md: the layout, and how to add a test)
 #   make lint             ruff
 #   make demo-checkpoint  random-weight checkpoint in ModelScope's layout, where
 #                         `make serve` looks for it (or DEMO_DIR)
@@ -15,7 +18,8 @@
 #                         the GPU machine's, network off (downloads ~3 GB once)
 #   make loadtest         perf_analyzer sweeps against a running server (URL)
 #
-# Make variables: PYTEST_ARGS (e.g. PYTEST_ARGS="-m 'not server'"), TEST_WORKERS (test
+# Make variables: PYTEST_ARGS (e.g. PYTEST_ARGS="-m 'not server'" or
+# PYTEST_ARGS=tests/functional/test_server.py), TEST_WORKERS (test
 # processes, 3; 0 runs the suite in this one), SERVE_ARGS (passed
 # to `python -m ofa_ve_ops.serve`, e.g. SERVE_ARGS="-- --log-verbose=1"), DEMO_DIR,
 # DEMO_SEED, URL, VENV.
@@ -37,7 +41,7 @@ DEMO_DIR ?=
 DEMO_SEED ?=
 DEMO_ARGS = $(if $(DEMO_DIR),--out $(DEMO_DIR)) $(if $(DEMO_SEED),--seed $(DEMO_SEED))
 
-.PHONY: help setup setup-serve serve test lint demo-checkpoint soak bench gpu-check gpu-rehearsal loadtest
+.PHONY: help setup setup-serve serve test test-unit lint demo-checkpoint soak bench gpu-check gpu-rehearsal loadtest
 
 help:
 	@sed -n '1,/^$$/{s/^# \{0,1\}//;p}' Makefile
@@ -56,6 +60,12 @@ serve: setup-serve
 # pytest's own exit status fails the target, 5 ("no tests collected") included.
 test: setup
 	$(PYTHON) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+
+# The unit tests (no tritonserver) without the `slow` ones (ModelScope's reference,
+# torch.compile, the decisive checkpoint): those run in `make test`. All of tests/unit:
+# make test PYTEST_ARGS=tests/unit.
+test-unit: setup
+	$(PYTHON) -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "not slow" tests/unit $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

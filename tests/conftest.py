@@ -1,26 +1,18 @@
-"""Session-wide fixtures: one demo checkpoint and one real tritonserver for the whole run.
+"""Session-wide fixtures and hooks of the whole suite (tests/unit and tests/functional).
 
-Why session scope: writing the 33M-parameter checkpoint and starting tritonserver
-(a stub process that imports torch, loads the weights and warms up) cost seconds
-each, and the 2-core machines this runs on are shared. Only tests that need a server
-of their own (restarts, kills, TLS, start-up behaviour) build one, with
-`server_factory(...)`, which serves the same demo checkpoint unless given another
-`model_dir`; tests that need the same special server share one module-scoped fixture.
+Why session scope: writing the 33M-parameter checkpoint, building an engine, or
+starting ModelScope cost seconds each, and the 2-core machines this runs on are
+shared. The real tritonservers (`triton_server`, `tiny_server`, `spare_server`,
+`grpc_client`, `server_factory`) are fixtures of tests/functional/conftest.py; a
+unit test cannot ask for them (tests/README.md says where a new test goes).
 
 Fixtures:
 - `demo_model_dir`: a random-weight checkpoint in ModelScope's layout (DEFAULT_SEED).
 - `decisive_model_dir`: the decisive variant (confident answers), for agreement checks.
-- `model_repository`: the committed `model_repository/` folder, for own servers.
-- `server_factory`: builds a (not yet started) `TritonServer` on `model_repository`
-  and `demo_model_dir`; every server it built is stopped at the end of the session.
-- `triton_server`: the shared `TritonServer` (READY), on free loopback ports.
-- `tiny_model_dir`, `tiny_engine`: the tiny architecture of `engine_tiny.py` (the engine
-  unit tests' network), its checkpoint and its engine in-process.
-- `tiny_server`: a shared server over that checkpoint, for the SDK and CLI tests.
-- `spare_server`: a second shared server, for the tests that restart a server or
-  unload and reload its model (and round-robin over two servers).
-- `grpc_client`: a `tritonclient.grpc.InferenceServerClient` to it.
-- `demo_engine`: the engine in-process on CPU over the same checkpoint, to compare
+- `tiny_model_dir`, `tiny_engine`: the tiny architecture of `support/engine_tiny.py`
+  (the engine unit tests' network), its checkpoint and its engine in-process; the
+  functional tests' `tiny_server` serves the same checkpoint.
+- `demo_engine`: the engine in-process on CPU over the demo checkpoint, to compare
   the server's answers with.
 - `modelscope_reference`: one ModelScope process for the session's reference jobs
   (its pipeline, checkpoints written and loaded by its `OFAModel`); started on first
@@ -28,15 +20,17 @@ Fixtures:
 
 Workers: `make test` runs three pytest-xdist workers (`-n 3 --dist loadgroup`). Tests
 that share a fixture instance (a session server, the ModelScope process, a module's
-own server or virtualenv) are put in one `xdist_group` here (tests/sharing.py), so
-that it is built once per run, and the `slow` tests are handed out first; each
+own server or virtualenv) are put in one `xdist_group` here (tests/support/sharing.py),
+so that it is built once per run, and the `slow` tests are handed out first; each
 worker's processes get an equal share of the cores, one thread at least
 (`pytest_configure`). Three workers on two cores: the third fills the time the
 others wait (server start-ups, polls, subprocesses).
 
 Marks: a test that uses a server fixture is marked `server` here (so that
-`-m 'not server'` keeps the pure unit tests of the same modules); a test that starts
-a server some other way carries `@pytest.mark.server` itself.
+`-m 'not server'` keeps the tests of the same modules that need none); a test that
+starts a server some other way carries `@pytest.mark.server` itself. A test under
+tests/unit marked `server` fails before its fixtures are set up: it belongs in
+tests/functional.
 """
 
 from __future__ import annotations
@@ -47,24 +41,24 @@ import os
 # whose pre-fork handler waits for every gRPC call in flight. Any fork() in this process
 # (a subprocess started with preexec_fn, multiprocessing's fork start method) while
 # worker threads retry calls against a server being restarted then blocks for good;
-# that is how tests/test_client_resilience.py once hung a whole run. Servers are
+# that is how tests/functional/test_client_resilience.py once hung a whole run. Servers are
 # started without a fork (see ofa_ve_ops.server_process), and with fork support off a
 # stray fork cannot hang either.
 os.environ["GRPC_ENABLE_FORK_SUPPORT"] = "false"
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from ofa_ve_ops.paths import MODEL_NAME, MODEL_REPOSITORY
-from ofa_ve_ops.server_process import READY_TIMES, STARTS, TritonServer, stop_all
-from servers import running
-from sharing import FixtureUse, worker_groups
+from ofa_ve_ops.server_process import READY_TIMES, STARTS, stop_all
+from support.sharing import FixtureUse, worker_groups
 
 SERVER_FIXTURES = frozenset(
     {"triton_server", "tiny_server", "grpc_client", "server_factory", "spare_server"}
 )
 """A test (or a fixture it uses) that asks for one of these talks to a real server."""
+UNIT_TESTS = Path(__file__).resolve().parent / "unit"
+"""Tests without a tritonserver (`make test-unit`); those with one are in functional/."""
 
 
 @pytest.fixture(scope="session")
@@ -80,8 +74,8 @@ def demo_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny architecture's checkpoint (``engine_tiny.py``), written once per session."""
-    from engine_tiny import write_tiny_model_dir
+    """The tiny architecture's checkpoint (``support/engine_tiny.py``), written once."""
+    from support.engine_tiny import write_tiny_model_dir
 
     return write_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "ofa-tiny-tiny")
 
@@ -105,81 +99,6 @@ def decisive_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_demo_checkpoint(
         tmp_path_factory.mktemp("decisive-model") / "ofa-tiny-decisive", decisive=True
     )
-
-
-@pytest.fixture(scope="session")
-def model_repository() -> Path:
-    """The committed model repository (servers built on it serve `demo_model_dir`)."""
-    return MODEL_REPOSITORY
-
-
-ServerFactory = Callable[..., TritonServer]
-
-
-@pytest.fixture(scope="session")
-def server_factory(model_repository: Path, demo_model_dir: Path) -> Iterator[ServerFactory]:
-    """`server_factory(cls=TritonServer, model_repository=..., model_dir=..., **kwargs)`:
-    a new, not yet started server; by default on the committed repository and the
-    demo checkpoint. Whatever the test does, each is killed when the session ends
-    (by PID, with its shared memory: `servers.running` says why not stopped)."""
-    built: list[TritonServer] = []
-
-    def build(
-        cls: type[TritonServer] = TritonServer,
-        model_repository: Path = model_repository,
-        model_dir: Path = demo_model_dir,
-        **kwargs: object,
-    ) -> TritonServer:
-        server = cls(model_repository, model_dir, **kwargs)
-        built.append(server)
-        return server
-
-    yield build
-    for server in built:
-        server.kill()
-
-
-@pytest.fixture(scope="session")
-def triton_server(server_factory: ServerFactory) -> Iterator[TritonServer]:
-    """One tritonserver for the session: the real model repository, the demo weights."""
-    with running(server_factory()) as server:  # started, READY; killed at the end
-        yield server
-
-
-@pytest.fixture(scope="session")
-def tiny_server(server_factory: ServerFactory, tiny_model_dir: Path) -> Iterator[TritonServer]:
-    """A session server over the tiny checkpoint, for the tests of the client SDK and CLI.
-
-    They check what the client sends, receives and reports (order, splitting into
-    requests, per-item errors, files, retries), which the real serving path shows
-    over a tiny network as well as over OFA-tiny's 33M parameters, in milliseconds
-    per item instead of about 0.3 s of CPU. What depends on the real network's size
-    or time (parity, queueing, drains, load) stays on `triton_server`."""
-    with running(server_factory(model_dir=tiny_model_dir)) as server:
-        yield server
-
-
-@pytest.fixture(scope="session")
-def spare_server(server_factory: ServerFactory) -> Iterator[TritonServer]:
-    """A second server for the session, for the tests that must disturb one: restart it
-    (`stop()` or `kill()`, then `start()`: same ports), or unload and reload its model
-    (explicit model control; the model is loaded at start). Each such test leaves it
-    READY with the model loaded; a round-robin test uses it as the other server."""
-    spare = server_factory(model_control_mode="explicit", load_models=[MODEL_NAME])
-    with running(spare) as server:  # started, READY; killed at the end
-        yield server
-
-
-@pytest.fixture(scope="session")
-def grpc_client(triton_server: TritonServer) -> Iterator[object]:
-    """A plain tritonclient gRPC client to the session server."""
-    import tritonclient.grpc as grpcclient
-
-    client = grpcclient.InferenceServerClient(triton_server.grpc_url)
-    try:
-        yield client
-    finally:
-        client.close()
 
 
 @pytest.fixture(scope="session")
@@ -227,7 +146,7 @@ def _fixture_use(item: pytest.Item) -> FixtureUse:
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects, and before xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark `server` exactly the tests that use a server fixture (directly or not), and
-    put the tests that share a fixture instance in one `xdist_group` (tests/sharing.py)."""
+    put the tests that share a fixture instance in one `xdist_group` (support/sharing.py)."""
     for item in items:
         if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.server)
@@ -239,6 +158,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         # xdist hands out the groups first (largest first), then single tests in this
         # order: the slow ones first, so that none of them is left to run alone at the end.
         items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+@pytest.hookimpl(tryfirst=True)  # before its fixtures are set up
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Fail a test under tests/unit that talks to a tritonserver, saying where it goes."""
+    if item.get_closest_marker("server") and UNIT_TESTS in item.path.resolve().parents:
+        pytest.fail(
+            f"{item.nodeid} talks to a tritonserver: it belongs in tests/functional",
+            pytrace=False,
+        )
 
 
 _WORKER_START_UPS: list[tuple[int, list[tuple[str, float]]]] = []

@@ -2,7 +2,7 @@
 
 `python -m ofa_ve_ops.serve --help` prints it, `make help` prints it (this file runs
 without the virtualenv: standard library only), and README.md's table is generated
-from it; tests/test_docs.py fails where they disagree or where a tool reads a
+from it; tests/unit/test_docs.py fails where they disagree or where a tool reads a
 variable the table leaves out.
 
     python3 scripts/ofa_ve_ops/environment.py            # the plain-text list

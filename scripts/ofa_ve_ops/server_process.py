@@ -105,7 +105,7 @@ class TritonServer:
 
     `model_dir` reaches the model as `OFA_VE_MODEL_DIR`, overriding the version
     folders' own weights (tests pass the session's demo checkpoint, see the
-    `server_factory` fixture of tests/conftest.py). `model_dir=None` means the
+    `server_factory` fixture of tests/functional/conftest.py). `model_dir=None` means the
     caller's `OFA_VE_MODEL_DIR` where it is set, else no override: every version
     loads its own `<version>/weights/`, as a deployed repository does.
     `extra_args` are appended to the command line (e.g. TLS flags), `env` is added to

@@ -8,7 +8,7 @@ server keeps answering READY on /v2/health/ready and /v2/models/<m>/ready, and
 every request to that instance fails with INTERNAL "Stub process '<instance>' is
 not healthy." -- a black hole that readiness and liveness probes cannot see. A
 SIGTERM then waits out the whole --exit-timeout-secs and leaves the stub's
-/dev/shm region behind. (Measured; tests/test_faults.py pins both behaviours.)
+/dev/shm region behind. (Measured; tests/functional/test_faults.py pins both behaviours.)
 
 This wrapper turns that into an ordinary crash an orchestrator handles: it starts
 tritonserver as its child, forwards SIGTERM/SIGINT/SIGHUP/SIGQUIT to it, and polls

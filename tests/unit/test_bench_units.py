@@ -1,0 +1,678 @@
+"""Unit tests of the benchmark's parts (scripts/ofa_ve_bench): no server, no timing.
+
+Why: benchmark.py used to be one 775-line script whose config edits were regexes and
+whose arithmetic was only ever run at the end of a long measurement. Each part is
+now a module with a contract that is checked here on fixed inputs: the config copy
+round-trips through protobuf and applies exactly the edits asked for; `--param`
+values are checked by the model's own parameter table (errors name the parameter);
+medians, ratios and the implied throughputs are right on hand-made numbers; the
+report renders them; the machine description names the CPU; the workload is one list.
+"""
+
+from __future__ import annotations
+
+import inspect
+import io
+import json
+from pathlib import Path
+
+import pytest
+from ofa_ve_bench import (
+    engine_runner,
+    gpu_check,
+    machine,
+    model_config,
+    perf_analyzer_sweep,
+    precision_agreement,
+    profiler,
+    results,
+    server_run,
+    soak,
+    storm,
+    wheelhouse,
+    workload,
+)
+from ofa_ve_bench.report import report
+from ofa_ve_engine.parameters import ParameterError
+from ofa_ve_ops import procfs
+from ofa_ve_ops.paths import CONFIG_PBTXT, MODEL_NAME, REPO_ROOT
+
+pytest.importorskip("tritonclient.grpc.model_config_pb2")
+
+
+# ------------------------------------------------------------------ model_config
+
+
+def test_config_round_trip_preserves_the_committed_config() -> None:
+    committed = model_config.load(CONFIG_PBTXT)
+    again = model_config.parse(model_config.to_text(committed))
+    assert again == committed
+    assert committed.name == MODEL_NAME
+    assert committed.max_batch_size == 32
+    assert "dtype" in model_config.parameters(committed)
+
+
+def test_config_edits_apply_and_leave_the_rest(tmp_path: Path) -> None:
+    committed = model_config.load(CONFIG_PBTXT)
+    edits = model_config.ConfigEdits(
+        max_batch_size=64,
+        instances=2,
+        kind="KIND_CPU",
+        queue_delay_us=1500,
+        preferred_batch_sizes=[16, 64],
+        parameters={"dtype": "float16", "image_path": "gpu"},
+    )
+    repo = model_config.make_model_repository(tmp_path / "repo", edits)
+    edited = model_config.load(repo / MODEL_NAME / "config.pbtxt")
+    assert edited.max_batch_size == 64
+    assert [g.count for g in edited.instance_group] == [2]
+    kind = edited.instance_group[0].kind
+    assert edited.instance_group[0].Kind.Name(kind) == "KIND_CPU"
+    assert edited.dynamic_batching.max_queue_delay_microseconds == 1500
+    assert list(edited.dynamic_batching.preferred_batch_size) == [16, 64]
+    params = model_config.parameters(edited)
+    assert params["dtype"] == "float16" and params["image_path"] == "gpu"
+    # Everything not edited is as committed.
+    before = model_config.parameters(committed)
+    assert {k: v for k, v in params.items() if k not in ("dtype", "image_path")} == {
+        k: v for k, v in before.items() if k not in ("dtype", "image_path")
+    }
+    assert edited.input == committed.input and edited.output == committed.output
+    assert edited.dynamic_batching.default_queue_policy == (
+        committed.dynamic_batching.default_queue_policy
+    )
+    assert (repo / MODEL_NAME / "1" / "model.py").is_file()
+    assert not list(repo.rglob("__pycache__"))
+    queue = model_config.ConfigEdits(max_queue_size=4)
+    small = model_config.apply(model_config.load(CONFIG_PBTXT), queue)
+    policy = small.dynamic_batching.default_queue_policy
+    assert policy.max_queue_size == 4
+    assert policy.default_timeout_microseconds == (
+        committed.dynamic_batching.default_queue_policy.default_timeout_microseconds
+    )
+
+
+def test_config_edit_of_nothing_is_the_committed_config(tmp_path: Path) -> None:
+    repo = model_config.make_model_repository(tmp_path / "repo", model_config.ConfigEdits())
+    assert model_config.load(repo / MODEL_NAME / "config.pbtxt") == model_config.load(CONFIG_PBTXT)
+
+
+def test_config_refuses_an_unknown_kind() -> None:
+    with pytest.raises(ValueError, match="KIND_TPU"):
+        model_config.apply(model_config.load(), model_config.ConfigEdits(kind="KIND_TPU"))
+
+
+def test_preferred_sizes_parse() -> None:
+    assert model_config.preferred_sizes("4, 8,") == [4, 8]
+    assert model_config.preferred_sizes(None) is None
+
+
+# ------------------------------------------------------------- engine parameters
+
+
+def test_param_validation_names_the_parameter() -> None:
+    with pytest.raises(ParameterError, match="forward_batch_size"):
+        engine_runner.validated_params(["forward_batch_size=zero"])
+    with pytest.raises(ParameterError, match="no_such_knob"):
+        engine_runner.validated_params(["no_such_knob=1"])
+    with pytest.raises(ParameterError, match="dtype"):
+        engine_runner.validated_params(["dtype=float8"])
+    assert engine_runner.validated_params(["dtype=bfloat16", "compile=false"]) == {
+        "dtype": "bfloat16",
+        "compile": "false",
+    }
+
+
+def test_engine_kwargs_follow_the_loader_signature() -> None:
+    import torch
+
+    def old_loader(model_dir, *, device=None, dtype=torch.float32, forward_batch_size=32):
+        raise AssertionError("not called")
+
+    kwargs, dropped = engine_runner.engine_kwargs(
+        {"dtype": "float16", "image_path": "gpu"}, old_loader
+    )
+    assert kwargs == {"dtype": torch.float16}  # auto forward_batch_size: the loader's default
+    assert "image_chunk_size" not in kwargs
+    assert "image_path" in dropped and "limits" in dropped
+
+    kwargs, _ = engine_runner.engine_kwargs({"forward_batch_size": "8"}, old_loader)
+    assert kwargs["forward_batch_size"] == 8
+
+    def new_loader(model_dir, *, device=None, forward_batch_size: int | None = 32, **rest):
+        raise AssertionError("not called")
+
+    kwargs, dropped = engine_runner.engine_kwargs({"image_path": "gpu"}, new_loader)
+    assert kwargs["forward_batch_size"] is None and kwargs["image_path"] == "gpu"
+    assert not dropped
+
+
+def test_engine_kwargs_suit_this_checkouts_loader() -> None:
+    kwargs, dropped = engine_runner.engine_kwargs({"dtype": "float32"})
+    accepted = inspect.signature(engine_runner.loader()).parameters
+    assert set(kwargs) <= set(accepted)
+    assert not set(dropped) & set(accepted)
+
+
+# ------------------------------------------------------------------- aggregation
+
+
+def _round(n: int, a: float, b1: float, b4: float, c1: float, c4: float) -> dict:
+    def engine(size: int, ips: float) -> dict:
+        return {
+            "batch_size": size,
+            "items_per_s": ips,
+            "call_p50_ms": 1000 * size / ips,
+            "call_p99_ms": 2000 * size / ips,
+        }
+
+    def server(level: int, ips: float, errors: int = 0) -> dict:
+        return {
+            "mode": "concurrency",
+            "level": float(level),
+            "throughput": ips,
+            "p50_ms": 1000 * level / ips,
+            "p95_ms": 1.5 * 1000 * level / ips,
+            "p99_ms": 2 * 1000 * level / ips,
+            "server_queue_ms": 1.0,
+            "server_compute_infer_ms": 5.0,
+            "avg_batch": float(level),
+            "errors": errors,
+        }
+
+    return {
+        "round": n,
+        "load_before": 0.5 * n,
+        "modelscope": {"items_per_s": a, "call_p50_ms": 1000 / a, "call_p99_ms": 1200 / a},
+        "engine": [engine(1, b1), engine(4, b4)],
+        "server": [server(1, c1), server(4, c4)],
+    }
+
+
+ROUNDS = [
+    _round(1, a=2.0, b1=4.0, b4=8.0, c1=3.0, c4=12.0),
+    _round(2, a=4.0, b1=6.0, b4=10.0, c1=5.0, c4=20.0),
+    _round(3, a=3.0, b1=5.0, b4=9.0, c1=4.0, c4=15.0),
+]
+
+
+def test_aggregate_takes_medians_and_picks_the_best() -> None:
+    agg = results.aggregate(ROUNDS)
+    assert agg["rounds"] == 3
+    assert agg["modelscope"]["items_per_s"] == 3.0
+    assert [e["items_per_s"] for e in agg["engine"]] == [5.0, 9.0]
+    assert agg["engine_best"]["batch_size"] == 4
+    assert [p["throughput"] for p in agg["server"]] == [4.0, 15.0]
+    assert agg["server_best"]["level"] == 4.0
+    # p99 worst is the max over rounds, not the median.
+    assert agg["server"][1]["p99_ms_worst"] == pytest.approx(2 * 4000 / 12.0)
+
+
+def test_ratios_are_taken_within_each_round() -> None:
+    ratios = results.aggregate(ROUNDS)["ratios"]
+    # b/a per round: 8/2=4, 10/4=2.5, 9/3=3 -> median 3; c/a: 6, 5, 5; c/b: 1.5, 2, 1.667
+    assert ratios["b/a"] == {"median": 3.0, "min": 2.5, "max": 4.0}
+    assert ratios["c/a"] == {"median": 5.0, "min": 5.0, "max": 6.0}
+    assert ratios["c/b"] == {"median": 1.667, "min": 1.5, "max": 2.0}
+
+
+def test_a_level_with_errors_is_never_the_best() -> None:
+    rounds = [_round(1, 2.0, 4.0, 8.0, 3.0, 12.0)]
+    rounds[0]["server"][1]["errors"] = 1
+    agg = results.aggregate(rounds)
+    assert agg["server_best"]["level"] == 1.0
+    assert agg["ratios"]["c/a"]["median"] == 1.5
+
+
+def test_p50_implied_throughput() -> None:
+    agg = results.aggregate(ROUNDS)
+    implied = agg["p50_implied"]
+    assert implied["modelscope"] == pytest.approx(1000 / agg["modelscope"]["call_p50_ms"])
+    assert implied["engine_best_batch"] == 4
+    assert implied["engine"][4] == pytest.approx(9.0)
+    assert implied["server"][4.0] == pytest.approx(15.0)
+    assert implied["c/b"] == pytest.approx(15.0 / 9.0)
+
+
+def test_throughput_and_percentiles() -> None:
+    t = results.Throughput("engine", 2, items=10, seconds=4.0, latencies_ms=[5, 1, 3, 2, 4])
+    assert t.items_per_s == 2.5
+    assert t.percentile(50) == 3 and t.percentile(99) == 5 and t.percentile(0) == 1
+    row = t.summary()
+    assert row["calls"] == 5 and row["call_p50_ms"] == 3 and "latencies_ms" not in row
+    assert results.percentile([], 50) == 0.0 and results.median([]) == 0.0
+    assert results.aggregate([]) == {
+        "rounds": 0,
+        "ratios": {},
+        "p50_implied": {
+            "modelscope": None,
+            "engine": {},
+            "engine_best_batch": None,
+            "server": {},
+            "server_best_concurrency": None,
+            "b/a": None,
+            "c/a": None,
+            "c/b": None,
+        },
+    }
+
+
+# ------------------------------------------------------------------------ report
+
+
+def test_report_renders_measurements_and_ratios() -> None:
+    out = {
+        "title": "unit test",
+        "rounds": ROUNDS,
+        "summary": results.aggregate(ROUNDS),
+        "machine": "a machine",
+        "command": "benchmark --x",
+        "engine_settings": {"dtype": "float32"},
+        "engine_options_dropped": ["image_path"],
+        "server": {
+            "cold_start_to_ready_s": 12.34,
+            "load_before_start": 1.0,
+            "memory": {
+                "processes": [
+                    {"process": "tritonserver", "peak_rss_mib": 300.0},
+                    {"process": "stub", "peak_rss_mib": 1100.0, "gpu_mib": 900},
+                ],
+                "peak_rss_total_mib": 1400.0,
+            },
+        },
+    }
+    text = report(out)
+    assert text.startswith("### unit test")
+    assert "| (a) ModelScope pipeline, 1 per call | 3.00 |" in text
+    assert "| (b) engine, batch 4 (best) | 9.00 |" in text
+    assert "| (c) Triton, c=4 | 15.00 |" in text
+    assert "3.00x (rounds: 2.50-4.00)" in text
+    assert "cold start to READY: 12.3 s" in text
+    assert "stub 1100 MiB (GPU 900 MiB)" in text
+    assert "image_path" in text and "a machine" in text
+
+
+# ----------------------------------------------------------------------- machine
+
+
+def test_machine_description_has_the_cpu_model() -> None:
+    facts = machine.describe("cpu")
+    assert facts.cpu and facts.cpu == machine.cpu_model()
+    assert facts.cores >= 1 and facts.gpu is None
+    assert facts.cpu in str(facts) and "cores" in str(facts)
+    if procfs.cpu_model():
+        assert facts.cpu == procfs.cpu_model()
+    assert machine.load_average() >= 0.0
+    assert len(procfs.load_average()) == 3
+
+
+def test_procfs_process_group_and_sockets() -> None:
+    import os
+
+    assert os.getpid() in procfs.process_group(os.getpgid(0))
+    assert os.getpid() in procfs.pids()
+    assert isinstance(procfs.listening_sockets(), dict)
+    assert isinstance(procfs.socket_inodes(os.getpid()), set)
+
+
+def test_procfs_cpu_seconds_and_steal() -> None:
+    import os
+    import time
+
+    used = procfs.cpu_seconds(os.getpid())
+    deadline = time.process_time() + 0.05
+    while time.process_time() < deadline:  # burn CPU: the reading must move with it
+        pass
+    assert procfs.cpu_seconds(os.getpid()) > used > 0.0
+    assert procfs.cpu_seconds(2**22 + 1) == 0.0  # above Linux's largest pid: gone
+    before = procfs.cpu_times()
+    assert len(before) >= 8 and procfs.steal_fraction(before, before) == 0.0
+    after = list(before)
+    after[0] += 30  # 30 ticks of user time, 10 stolen
+    after[7] += 10
+    assert procfs.steal_fraction(before, after) == pytest.approx(0.25)
+
+
+def test_gpu_memory_csv_parse() -> None:
+    assert server_run.parse_gpu_memory("123, 456\n7,8\nbad line\n") == {123: 456, 7: 8}
+
+
+# ---------------------------------------------------------------------- workload
+
+
+def test_one_workload_feeds_every_tool() -> None:
+    items = workload.items(8)
+    assert len(items) == 8
+    assert all(isinstance(image, bytes) and image for image, _, _ in items)
+    assert {bool(p) for _, _, p in items} == {True, False}
+    assert perf_analyzer_sweep.workload(steps=8) == items
+    assert perf_analyzer_sweep.TEXTS is workload.LOAD_TEXTS
+    assert [p for p, _, _ in workload.path_items(3, "jpeg")] == workload.image_paths("jpeg")[:3]
+    shuffled = workload.items(8, seed=1)
+    assert sorted(shuffled) == sorted(items) and workload.items(8, seed=1) == shuffled
+    pairs = precision_agreement.pairs()
+    assert len(pairs) == len(workload.image_paths()) * len(workload.AGREEMENT_HYPOTHESES)
+    payloads = soak.load_payloads(workload.IMAGES_DIR)
+    texts = {h for h, _ in workload.LOAD_TEXTS}
+    assert {p.hypothesis.decode() for p in payloads if not p.hostile} <= texts
+
+
+def test_large_jpegs_are_camera_sized() -> None:
+    from io import BytesIO
+
+    from PIL import Image
+
+    (one,) = workload.large_jpegs(((800, 600),))
+    with Image.open(BytesIO(one)) as img:
+        assert img.format == "JPEG" and img.size == (800, 600)
+
+
+# --------------------------------------------------------------------- gpu check
+
+
+def test_gpu_check_budgets_and_a_summary_after_every_step(tmp_path: Path) -> None:
+    """Each step runs under its own budget (never more than the run has left), and the
+    summary on disk is rewritten after each step, so a call cut short still returns it."""
+    now = [0.0]
+    budget = gpu_check.Budget(100.0, clock=lambda: now[0])
+    written: list[list[str]] = []
+    summary = {"mode": "cpu", "part": "engine", "date": "today", "budget_s": 100.0,
+               "seconds": 1.0, "environment": {}, "steps": []}
+
+    def record(steps: list) -> None:
+        summary["steps"] = [s.__dict__ for s in steps]
+        gpu_check.write_summary(summary, tmp_path)
+        written.append([s["name"] for s in json.loads((tmp_path / "summary.json").read_text())
+                        ["steps"]])
+
+    check = gpu_check.Check(budget, record)
+    given: list[float] = []
+
+    def fine(step, own):
+        given.append(own.left())
+        now[0] += 30.0
+        return [{"x": 1.23456}]
+
+    check.run("fine", 40.0, fine)
+    check.run("broken", 40.0, lambda step, own: 1 / 0)
+    check.run("capped", 500.0, lambda step, own: given.append(own.left()))
+    now[0] = 99.0
+    check.run("late", 40.0, lambda step, own: None)
+    assert given == [40.0, 70.0]  # its own 40 s; then all that is left (70), not 500
+    assert [s.status for s in check.steps] == ["ok", "failed", "ok", "skipped"]
+    assert "ZeroDivisionError" in check.steps[1].notes[0]
+    assert written == [["fine"], ["fine", "broken"], ["fine", "broken", "capped"],
+                       ["fine", "broken", "capped", "late"]]
+    text = (tmp_path / "summary.md").read_text()
+    assert gpu_check.CPU_MODE_BANNER in text and "Unfinished" in text
+    assert "| 1.235 |" in text and "## late: skipped" in text
+    assert not list(tmp_path.glob(".*partial"))
+
+
+def test_tf32_off_restores_the_flags() -> None:
+    import torch
+
+    saved = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = True
+    try:
+        with gpu_check.tf32_off():
+            assert not torch.backends.cudnn.allow_tf32
+            assert not torch.backends.cuda.matmul.allow_tf32
+        assert torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved
+
+
+def test_distinct_jpegs_are_distinct_photos() -> None:
+    from PIL import Image
+
+    images = workload.distinct_jpegs(150)
+    assert len(set(images)) == 150
+    sizes = {Image.open(io.BytesIO(data)).size for data in images}
+    assert len(sizes) > 10 and all(min(size) >= 16 for size in sizes)
+    cameras = workload.camera_jpegs(3)
+    assert len(set(cameras)) == 3
+    assert Image.open(io.BytesIO(cameras[1])).size == (4032, 3024)
+
+
+def test_log_errors_pick_the_load_failure() -> None:
+    log = (
+        'I1 pb_stub.cc] "Failed to initialize Python stub: TypeError: bad\\n\\nAt:\\n  x"\n'
+        "I2 all fine\n"
+        "| ofa_visual_entailment | 1 | UNAVAILABLE: Internal: TypeError: bad |\n"
+    )
+    found = gpu_check.log_errors(log)
+    assert len(found) == 2 and "TypeError: bad" in found[0] and "At:" not in found[0]
+
+
+# -------------------------------------------------------------------- wheelhouse
+
+
+def test_the_device_call_fits_the_device_tool() -> None:
+    """One call, inside the tool's limits (10 minutes, 2000 characters), leaving a 15-minute
+    window room for the machine's start; the mode is said once, so a rehearsal can swap it."""
+    (call,) = wheelhouse.DEVICE_CALLS
+    assert call["timeout_s"] <= 540 and len(call["command"]) <= 2000
+    assert call["carry"] == [".whl/server"]
+    assert call["command"].count("--mode gpu") == 1
+    assert call["timeout_s"] >= gpu_check.DEFAULT_BUDGET_S + 60  # the install, the imports
+    assert sum(gpu_check.GPU_SIZES.step_budget_s.values()) <= gpu_check.DEFAULT_BUDGET_S
+    names = [w.requirement.split("==")[0] for w in wheelhouse.wheels()]
+    assert "simplejpeg" in names and "nvidia-pytriton" in names
+
+
+def test_wheelhouse_slims_and_recompresses(tmp_path: Path) -> None:
+    import zipfile
+
+    source = tmp_path / "src" / "demo-1.0-py3-none-any.whl"
+    source.parent.mkdir()
+    with zipfile.ZipFile(source, "w") as z:
+        z.writestr("demo/keep.py", "x = 1\n" * 100)
+        z.writestr("demo/python_backend_stubs/3.11/stub", b"\0" * 1000)
+        z.writestr(
+            "demo-1.0.dist-info/RECORD",
+            "demo/keep.py,,\ndemo/python_backend_stubs/3.11/stub,,\ndemo-1.0.dist-info/RECORD,,\n",
+        )
+    drop = wheelhouse.wheels("3.12")[0].drop
+    dest, dropped = wheelhouse.slim(source, tmp_path / "out", drop)
+    assert dropped == ["demo/python_backend_stubs/3.11/stub"]
+    with zipfile.ZipFile(dest) as z:
+        assert z.namelist() == ["demo/keep.py", "demo-1.0.dist-info/RECORD"]
+        assert all(i.compress_type == zipfile.ZIP_LZMA for i in z.infolist())
+        assert "3.11" not in z.read("demo-1.0.dist-info/RECORD").decode()
+    assert not any("3.12" in p for p in drop if "stubs" in p)
+
+
+def test_storm_verdicts_from_outcomes() -> None:
+    """A refusal within `prompt` seconds is at once; later ones are requests that waited."""
+    outcomes = [
+        (0, 3.0, "answered", ""),
+        (1, 0.01, "UNAVAILABLE", "[request id: <id_unknown>] Exceeds maximum queue size"),
+        (2, 30.2, "UNAVAILABLE", "[request id: 7] Request timeout expired"),
+        (3, 5.0, "answered", ""),
+    ]
+    summary = storm.summarize(outcomes, requests=5, prompt_s=2.0, probe_s=0.3)
+    assert summary["missing"] == 1 and summary["answered"] == 2 and summary["refused"] == 2
+    assert summary["refused_at_once"] == 1 and summary["refused_late"] == 1
+    assert summary["refused_late_max_s"] == 30.2 and summary["answered_max_s"] == 5.0
+    assert summary["refusals"] == {
+        "UNAVAILABLE: Exceeds maximum queue size": 1,
+        "UNAVAILABLE: Request timeout expired": 1,
+    }
+    with pytest.raises(SystemExit, match="loopback"):
+        storm.storm("10.0.0.1:8001", requests=1, deadline_s=1, prompt_s=1)
+    with pytest.raises(ValueError, match=r"items must be 1\.\.32"):
+        storm.storm("127.0.0.1:8001", requests=1, deadline_s=1, prompt_s=1, items=33)
+
+
+def test_profiler_peak_measures_both_types() -> None:
+    """The peak runs every shape in both types (figures themselves are measured,
+    not asserted)."""
+    rates = profiler.measure_peak(seconds=0.05)
+    assert set(rates) == set(profiler.DTYPES)
+    for dtype in profiler.DTYPES:
+        convs = {k for k in rates[dtype] if k.startswith("conv3x3_")}
+        assert {"conv3x3_64ch_120px_b2_eager", "conv3x3_256ch_30px_b8_prepacked"} <= convs
+        assert len(convs) == 2 * len(profiler.CONV_SHAPES)
+        assert set(rates[dtype]) == convs | {"linear_930x256x1024"}
+        assert all(v > 0 for v in rates[dtype].values())
+    peak = profiler.conv_peak(rates)
+    assert all(peak[d] == max(rates[d][k] for k in rates[d] if k.startswith("conv")) for d in peak)
+    assert "items/s the best convolution rate allows" in profiler.peak_report(rates)
+
+
+def test_profiler_cli_measures_the_peak_alone_and_refuses_nothing_to_measure(
+    tmp_path: Path,
+) -> None:
+    import json
+
+    out = tmp_path / "peak.json"
+    assert profiler.main(["--peak-seconds", "0.01", "--dtypes", "float32", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["gflops"]) == {"float32"} and result["conv_peak_gflops"]["float32"] > 0
+    assert "splits" not in result and result["machine"]
+    for argv in (["--peak-seconds", "0"], ["--dtypes", "float16"]):
+        with pytest.raises(SystemExit):
+            profiler.main(argv)
+
+
+# Lines as oneDNN 3.x prints them (the second with ONEDNN_VERBOSE_TIMESTAMP=1).
+VERBOSE_SAMPLE = """\
+onednn_verbose,v1,info,oneDNN v3.7.1 (commit 8d263e6)
+onednn_verbose,v1,primitive,info,template:operation,engine,primitive,implementation,exec_time
+onednn_verbose,v1,primitive,exec,cpu,convolution,brg_conv_fwd:avx512_core,forward_inference,\
+src:f32::blocked:acdb::f0 wei:f32:a:blocked:Acdb64a::f0,attr-post-ops:eltwise_relu,\
+alg:convolution_direct,mb1_ic3oc64_ih480oh240kh7sh2dh0ph3_iw480ow240kw7sw2dw0pw3,7.25
+onednn_verbose,1733100000.5,v1,primitive,exec,cpu,convolution,brgconv_1x1:avx10_1_512_amx,\
+forward_inference,src:bf16::blocked:acdb::f0,attr-post-ops:binary_add:bf16:14,\
+alg:convolution_direct,mb2_g2ic64oc256_ih30oh30kh1sh1dh0ph0_iw30ow30kw1sw1dw0pw0,0.5
+onednn_verbose,v1,primitive,exec,cpu,reorder,simple:any,undef,src:f32::blocked:abcd,,,1x3x4x4,0.01
+onednn_verbose,v1,graph,exec,cpu,partition,1,fused,op,data,lt,strict,dnnl,0.3
+"""
+
+
+def test_profiler_reads_onednn_verbose_exec_lines() -> None:
+    prims = profiler.parse_verbose(VERBOSE_SAMPLE)
+    assert [(p.kind, p.ms) for p in prims] == [
+        ("convolution", 7.25),
+        ("convolution", 0.5),
+        ("reorder", 0.01),
+    ]
+    assert prims[0].implementation == "brg_conv_fwd:avx512_core"
+    # 7x7 stride 2 from 3 to 64 channels at 240 px out: 2 * 3*64*49 * 240*240.
+    assert prims[0].gflop == pytest.approx(2 * 3 * 64 * 49 * 240 * 240 / 1e9)
+    # Two groups: each output channel sees a half of the input channels.
+    assert prims[1].gflop == pytest.approx(2 * 2 * 32 * 256 * 900 / 1e9)
+    assert prims[2].gflop == 0.0
+
+
+def test_profiler_kinds_of_operators() -> None:
+    assert profiler.kind_of("mkldnn::_convolution_pointwise") == "convolution"
+    assert profiler.kind_of("aten::_scaled_dot_product_flash_attention_for_cpu") == "attention"
+    assert profiler.kind_of("aten::addmm") == "linear"
+    assert profiler.kind_of("aten::native_layer_norm") == "norm"
+    assert profiler.kind_of("aten::gelu") == "other operators"
+
+
+@pytest.mark.timeout(300)
+def test_profiler_splits_a_real_engine_item(tiny_model_dir, capfd) -> None:
+    """On the tiny architecture: the convolution primitives are seen through oneDNN's
+    verbose mode (their exec times and GFLOP), the profiler's kinds are filled, and the
+    report says what bounds what (no figure is asserted)."""
+    split = profiler.measure_split(tiny_model_dir, "float32", passes=1, count=2)
+    assert split.items == 2 and split.wall_ms > 0 and split.profiled_wall_ms > 0
+    assert split.conv_exec_ms > 0 and split.conv_gflop > 0 and split.conv_implementations
+    assert {"convolution", "linear", "attention"} <= set(split.op_self_ms)
+    assert "onednn_verbose" not in capfd.readouterr().out  # captured, not printed
+    text = profiler.split_report([split], {"float32": 100.0})
+    assert "kernels only" in text and "of the peak" in text
+    assert split.to_dict()["kernel_bound_items_per_s"] > 0
+
+
+def test_reference_worker_loop_answers_every_job_line() -> None:
+    """One answer line per job line, a failed job answered with its traceback."""
+    import io
+    import json
+
+    from ofa_ve_bench.reference import worker
+
+    jobs = io.StringIO('{"job": "no_such_job"}\n\nnot json\n')
+    answers = io.StringIO()
+    worker.serve(jobs, answers)
+    lines = [json.loads(line) for line in answers.getvalue().splitlines()]
+    assert len(lines) == 2 and all(set(answer) == {"error"} for answer in lines)
+    assert "KeyError: 'no_such_job'" in lines[0]["error"]
+    assert "JSONDecodeError" in lines[1]["error"]
+    assert set(worker.JOBS) == {"pipeline", "write_checkpoint", "loading_report"}
+
+
+def test_reference_worker_reports_a_failed_job_and_keeps_serving(tmp_path: Path) -> None:
+    """The real worker process: a failing job raises for that call only, and a worker
+    that died is replaced on the next call; close() leaves no process behind."""
+    import os
+    import signal
+
+    from ofa_ve_bench.reference.worker import ReferenceJobError, ReferenceWorker
+    from support.waiting import wait_for
+
+    with ReferenceWorker(log_path=tmp_path / "worker.log") as reference:
+        for _ in range(2):
+            with pytest.raises(ReferenceJobError, match="KeyError: 'no_such_job'"):
+                reference.call("no_such_job", timeout_s=60)
+        first = reference.pid
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        wait_for(lambda: procfs.process_state(first) in (None, "Z"), "the worker to die", 30)
+        with pytest.raises(ReferenceJobError, match="KeyError: 'no_such_job'"):
+            reference.call("no_such_job", timeout_s=60)
+        second = reference.pid
+        assert second not in (None, first)
+    assert reference.pid is None and procfs.process_state(second) in (None, "Z")
+
+
+def test_reference_worker_killed_when_a_job_outlasts_its_timeout(tmp_path: Path) -> None:
+    """A job past its timeout raises TimeoutError and kills the worker (by PID), so no
+    late answer is read as the next job's; the next call starts a fresh worker."""
+    from ofa_ve_bench.reference.worker import ReferenceJobError, ReferenceWorker
+
+    with ReferenceWorker(log_path=tmp_path / "worker.log") as reference:
+        with pytest.raises(ReferenceJobError, match="KeyError: 'no_such_job'"):
+            reference.call("no_such_job", timeout_s=60)  # the worker is up
+        first = reference.pid
+        # Writing a checkpoint imports ModelScope and builds its 33M-parameter network:
+        # seconds, where 0.2 s is given.
+        with pytest.raises(TimeoutError, match="'write_checkpoint' took too long"):
+            reference.write_checkpoint(tmp_path / "never", seed=1, timeout_s=0.2)
+        assert reference.pid is None and procfs.process_state(first) in (None, "Z")
+        with pytest.raises(ReferenceJobError, match="KeyError: 'no_such_job'"):
+            reference.call("no_such_job", timeout_s=60)
+        assert reference.pid not in (None, first)
+    assert not (tmp_path / "never").exists()
+
+
+def test_the_gpu_check_page_shows_the_device_call_as_made() -> None:
+    """docs/gpu-check.md's call is `wheelhouse --calls-json`'s, character for character."""
+    text = (REPO_ROOT / "docs" / "gpu-check.md").read_text()
+    marker = "<!-- device calls: python -m ofa_ve_bench.wheelhouse --calls-json -->\n```json\n"
+    assert marker in text
+    shown = text.split(marker, 1)[1].split("```", 1)[0]
+    assert json.loads(shown) == wheelhouse.DEVICE_CALLS
+    assert shown == json.dumps(wheelhouse.DEVICE_CALLS, indent=2) + "\n"
+    (call,) = wheelhouse.DEVICE_CALLS
+    assert f'command="{call["command"]}"' in text and f"timeout_s={call['timeout_s']}" in text
+
+
+def test_the_prometheus_reader_sums_by_label() -> None:
+    from ofa_ve_ops import prometheus
+
+    text = (
+        "# HELP ofa_ve_image_path_fallbacks_total JPEGs ...\n"
+        'ofa_ve_image_path_fallbacks_total{instance="a",reason="bad_file"} 2\n'
+        'ofa_ve_image_path_fallbacks_total{instance="b",reason="bad_file"} 1\n'
+        'ofa_ve_image_path_fallbacks_total{instance="a",reason="no_nvjpeg"} 0\n'
+        "nv_inference_count 5\n"
+    )
+    samples = prometheus.parse(text)
+    assert len(samples) == 4
+    assert prometheus.by_label(samples, "ofa_ve_image_path_fallbacks_total", "reason") == {
+        "bad_file": 3.0, "no_nvjpeg": 0.0}
