@@ -17,7 +17,6 @@ from __future__ import annotations
 import io
 import queue
 import struct
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -31,6 +30,7 @@ from ofa_ve_bench.workload import TEST_IMAGES
 from ofa_ve_engine.limits import InputLimits
 from PIL import Image
 from support.hostile import payloads
+from support.prometheus import by_label, scrape
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
@@ -257,15 +257,7 @@ def test_hostile_input_is_refused(client, stub_pid, case: Case):
 
 def invalid_counts(triton_server) -> dict[str, float]:
     """`ofa_ve_invalid_requests_total` by input, from the server's /metrics."""
-    with urllib.request.urlopen(triton_server.metrics_url, timeout=10) as response:
-        text = response.read().decode()
-    counts: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("ofa_ve_invalid_requests_total{"):
-            labels, value = line.rsplit(" ", 1)
-            name = labels.split('input="', 1)[1].split('"', 1)[0]
-            counts[name] = counts.get(name, 0.0) + float(value)
-    return counts
+    return by_label(scrape(triton_server.metrics_url), "ofa_ve_invalid_requests_total", "input")
 
 
 def test_every_hostile_case_at_once_beside_valid_traffic(triton_server, client, stub_pid):
