@@ -75,3 +75,23 @@ def test_needs_the_aten_modules(tiny_model_dir: Path) -> None:
     engine.model.encoder.stem_runner = lambda images: images  # stands in for oneDNN's stem
     with pytest.raises(export_onnx.ExportError, match="stem_backend='aten'"):
         export_onnx.OnePassNetwork(engine)
+
+
+def test_the_peers_tool_runs_the_exported_graph(
+    exported: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """`ofa_ve_bench.peers` end to end on the tiny checkpoint (its float32 peers within
+    1e-4 of ours; timings meaningless here)."""
+    import json
+
+    from ofa_ve_bench import peers
+
+    out = tmp_path / "peers.json"
+    argv = ["--model-dir", str(tiny_model_dir), "--onnx", str(exported), "--items", "2"]
+    argv += ["--seconds", "0.05", "--rounds", "1", "--out", str(out)]
+    argv += ["--precisions", "float32,int8"]
+    assert peers.main(argv) == 0
+    rows = {(r["runtime"], r["precision"]): r for r in json.loads(out.read_text())["rows"]}
+    assert rows[("onnxruntime", "float32")]["within_tolerance"] is True
+    assert rows[("openvino", "float32")]["within_tolerance"] is True
+    assert rows[("openvino", "int8")]["ms_per_item"] is None
