@@ -3,7 +3,7 @@
 
     python -m ofa_ve_bench.peers --model-dir DIR [--seconds S] [--rounds R]
         [--precisions float32,bfloat16,int8] [--items N] [--threads N] [--onnx FILE]
-        [--param KEY=VALUE ...] [--out peers.json]
+        [--int8-ignore Gather[,Convolution]] [--param KEY=VALUE ...] [--out peers.json]
 
 Why: a CPU user could serve the network through Triton's OpenVINO or ONNX Runtime
 backend instead of our engine; issue 27 asks that the engine be at least as fast as
@@ -17,9 +17,11 @@ instance runs), with the same number of threads:
 - ONNX Runtime (CPU provider) and OpenVINO (CPU) on the graph of
   ``ofa_ve_ops.export_onnx`` (exported and checked here unless ``--onnx`` names one),
   fed the same items through ``export_onnx.network_inputs``. OpenVINO's bfloat16 is
-  its inference-precision hint, where the CPU has bfloat16.
+  its inference-precision hint, where the CPU has bfloat16; its int8 is NNCF's
+  post-training quantisation of the graph (where nncf is installed), calibrated on
+  the workload's test images (not the measured items).
 
-Rows that cannot run here say why (int8 is not built yet). Each row's probabilities
+Rows that cannot run here say why (ours has no int8 yet). Each row's probabilities
 over all items are compared with ours in float32: the largest difference and the
 share of equal labels (float32 rows must be within 1e-4). Time: the runtimes take
 turns for ``--rounds`` rounds of ``seconds / rounds`` each; ms per item is the median
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import logging
 import statistics
 import sys
 import tempfile
@@ -218,26 +221,61 @@ def onnxruntime_peer(onnx_path: Path, precision: str, threads: int, pad_id: int)
 
 
 OPENVINO_PRECISION = {"float32": "f32", "bfloat16": "bf16"}
+"""The inference-precision hint per precision (int8 models run their float parts in f32)."""
 
 
-def openvino_peer(onnx_path: Path, precision: str, threads: int, pad_id: int) -> Peer:
+DEFAULT_INT8_IGNORED = ("Gather",)
+"""Operation types NNCF leaves in float: the embedding gathers (issue 27's recipe; NNCF
+fails on the token embedding's Gather otherwise)."""
+
+
+def openvino_peer(
+    onnx_path: Path,
+    precision: str,
+    threads: int,
+    pad_id: int,
+    calibration: Sequence[dict[str, np.ndarray]] = (),
+    int8_ignored: Sequence[str] = DEFAULT_INT8_IGNORED,
+) -> Peer:
     """OpenVINO's CPU plugin on the exported graph, in latency mode; bfloat16 through
-    its inference-precision hint where the CPU has bfloat16."""
-    if precision == "int8":
-        return Peer("openvino", precision, None, "not run yet: NNCF post-training quantisation")
+    its inference-precision hint where the CPU has bfloat16; int8 through NNCF's
+    post-training quantisation (transformer mode, ``int8_ignored`` operation types left
+    in float32), calibrated on ``calibration`` (the graph's inputs, one item each)."""
     import openvino as ov
     from ofa_ve_ops.export_onnx import network_inputs
 
     core = ov.Core()
+    model: Any = str(onnx_path)
+    hint = OPENVINO_PRECISION.get(precision, "f32")
+    note = ""
     if precision == "bfloat16" and "BF16" not in core.get_property(
         "CPU", "OPTIMIZATION_CAPABILITIES"
     ):
         return Peer("openvino", precision, None, "not run: this CPU has no bfloat16")
+    if precision == "int8":
+        try:
+            import nncf
+        except ImportError:
+            return Peer("openvino", precision, None, "not run: nncf is not installed")
+        if not calibration:
+            return Peer("openvino", precision, None, "not run: no calibration items")
+        nncf.set_log_level(logging.ERROR)
+        model = nncf.quantize(
+            core.read_model(str(onnx_path)),
+            nncf.Dataset(list(calibration)),
+            model_type=nncf.ModelType.TRANSFORMER,
+            subset_size=len(calibration),
+            ignored_scope=nncf.IgnoredScope(types=list(int8_ignored)) if int8_ignored else None,
+        )
+        note = (
+            f"NNCF post-training, transformer mode, {len(calibration)} calibration items; "
+            f"in float32: {', '.join(int8_ignored) or 'nothing'}"
+        )
     compiled = core.compile_model(
-        str(onnx_path),
+        model,
         "CPU",
         {
-            "INFERENCE_PRECISION_HINT": OPENVINO_PRECISION[precision],
+            "INFERENCE_PRECISION_HINT": hint,
             "INFERENCE_NUM_THREADS": threads,
             "PERFORMANCE_HINT": "LATENCY",
         },
@@ -248,6 +286,7 @@ def openvino_peer(onnx_path: Path, precision: str, threads: int, pad_id: int) ->
         "openvino",
         precision,
         lambda items: request.infer(network_inputs(items, pad_id))[output],
+        note,
     )
 
 
@@ -281,6 +320,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=VALUE",
         help="config.pbtxt parameter for our engine",
+    )
+    parser.add_argument(
+        "--int8-ignore",
+        default=",".join(DEFAULT_INT8_IGNORED),
+        help="OpenVINO operation types NNCF leaves in float32 for int8, comma-separated "
+        "(e.g. Gather,Convolution: the transformer's matmuls alone)",
     )
     parser.add_argument("--out", type=Path, default=Path("peers.json"), help="JSON results")
     return parser
@@ -322,9 +367,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             except export_onnx.ExportError as e:
                 print(f"peers: {e}", file=sys.stderr)
                 return 1
+        calibration = []
+        if "int8" in precisions:
+            _say("int8: calibrating on the workload's test images")
+            calibration = [
+                export_onnx.network_inputs([item], pad_id)
+                for item in prepare_all(engine, workload.items())
+            ]
+        ignored = tuple(t for t in args.int8_ignore.split(",") if t)
         for precision in precisions:
             peers.append(onnxruntime_peer(onnx_path, precision, threads, pad_id))
-            peers.append(openvino_peer(onnx_path, precision, threads, pad_id))
+            peers.append(
+                openvino_peer(onnx_path, precision, threads, pad_id, calibration, ignored)
+            )
         order = {(r, p): i for i, (p, r) in enumerate(itertools.product(PRECISIONS, RUNTIMES))}
         peers.sort(key=lambda peer: order[(peer.runtime, peer.precision)])
         described = machine.describe("cpu")
@@ -339,6 +394,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "seconds": args.seconds,
         "rounds": args.rounds,
         "params": params,
+        "int8_ignored": args.int8_ignore,
         "versions": versions(),
         "rows": [asdict(row) for row in rows],
     }
