@@ -91,7 +91,15 @@ def collate(
     pixels = pixels.to(device, non_blocking=True).permute(0, 3, 1, 2)  # NCHW view, NHWC memory
     if not channels_last:
         pixels = pixels.contiguous()
-    mean_t = torch.tensor(mean, dtype=torch.float32, device=device)[None, :, None, None]
-    std_t = torch.tensor(std, dtype=torch.float32, device=device)[None, :, None, None]
-    images = pixels.to(torch.float32).div(255).sub(mean_t).div(std_t).to(dtype)
-    return Batch(images=images, **text)
+    return Batch(images=normalize_pixels(pixels, mean, std, dtype), **text)
+
+
+def normalize_pixels(
+    pixels: torch.Tensor, mean: Sequence[float], std: Sequence[float], dtype: torch.dtype
+) -> torch.Tensor:
+    """[B, 3, P, P] uint8 -> normalized images in ``dtype``, with the reference's float32
+    operations. One function so that the exported graph (``ofa_ve_ops.export_onnx``)
+    normalizes exactly as a forward pass does."""
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=pixels.device)[None, :, None, None]
+    std_t = torch.tensor(std, dtype=torch.float32, device=pixels.device)[None, :, None, None]
+    return pixels.to(torch.float32).div(255).sub(mean_t).div(std_t).to(dtype)
