@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from engine_tiny import TEXTS, png
+from support.engine_tiny import TEXTS, png
 
 pytest.importorskip("onnxruntime")
 
