@@ -30,7 +30,7 @@ from ofa_ve_engine import (
 )
 from ofa_ve_engine.gpu_image import FALLBACK_REASONS
 from ofa_ve_engine.parameters import from_triton_config, locate_weights
-from ofa_ve_engine.serving import ExecutionRunner, ExecutionStats, RequestInputs
+from ofa_ve_engine.serving import ExecutionHooks, ExecutionRunner, RequestInputs
 
 INPUT_NAMES = ("IMAGE", "HYPOTHESIS", "PREMISE")
 LABEL_BYTES = np.array([label.encode() for label in LABELS], dtype=np.object_)
@@ -181,22 +181,23 @@ class TritonPythonModel:
             reason: self._families["image_path_fallbacks"].Metric({**labels, "reason": reason})
             for reason in FALLBACK_REASONS
         }
+        self.hooks = ExecutionHooks(
+            prepared=self.metrics["preprocess"].observe,
+            invalid=lambda name: self.invalid[name].increment(1),
+            forward_pass=self._observe_pass,
+        )
 
-    def _record(self, stats: ExecutionStats) -> None:
-        """One execution's stats onto the metrics."""
-        for seconds in stats.prepare_seconds:
-            self.metrics["preprocess"].observe(seconds)
-        for name in stats.invalid_inputs:
-            self.invalid[name].increment(1)
-        for items, seconds in stats.passes:
-            self.metrics["forward"].observe(seconds)
-            self.metrics["batch"].observe(items)
-        engine = stats.engine
-        cache = {"hit": engine.patch_cache_hits, "miss": engine.patch_cache_misses}
-        for result, count in cache.items():
+    def _observe_pass(self, items: int, seconds: float) -> None:
+        self.metrics["forward"].observe(seconds)
+        self.metrics["batch"].observe(items)
+
+    def _count_engine_stats(self) -> None:
+        """The engine's counts since the last execution onto their counters."""
+        stats = self.engine.take_stats()
+        for result, count in (("hit", stats.patch_cache_hits), ("miss", stats.patch_cache_misses)):
             if count:
                 self.stem_lookups[result].increment(count)
-        for reason, count in engine.image_path_fallbacks.items():
+        for reason, count in stats.image_path_fallbacks.items():
             self.image_path_fallbacks[reason].increment(count)
 
     @staticmethod
@@ -210,9 +211,8 @@ class TritonPythonModel:
 
     def execute(self, requests: list[Any]) -> list[Any]:
         """One response per request; all valid items of all requests run batched."""
-        stats = ExecutionStats()
-        outcomes = self.runner.run([self._inputs(request) for request in requests], stats)
-        self._record(stats)
+        outcomes = self.runner.run([self._inputs(request) for request in requests], self.hooks)
+        self._count_engine_stats()
         return [self._response(outcome) for outcome in outcomes]
 
     def _response(self, outcome: Any) -> Any:

@@ -13,7 +13,7 @@ import threading
 import numpy as np
 import pytest
 from ofa_ve_engine import InvalidInputError, RequestCancelled, VisualEntailmentEngine
-from ofa_ve_engine.serving import ExecutionRunner, ExecutionStats, RequestInputs
+from ofa_ve_engine.serving import ExecutionHooks, ExecutionRunner, RequestInputs
 from PIL import Image
 from support.engine_tiny import png
 
@@ -61,10 +61,11 @@ def test_each_request_gets_what_it_would_get_alone(runner: ExecutionRunner) -> N
         request((IMAGES[3], "tab\tand newline\n", None), (IMAGES[4], "CAPS", None),
                 (IMAGES[0], "a third item", "premise!")),
     ]
-    stats = ExecutionStats()
-    outcomes = runner.run(requests, stats)
-    passes = [items for items, _ in stats.passes]
-    prepared = stats.prepare_seconds
+    passes: list[int] = []
+    prepared: list[float] = []
+    hooks = ExecutionHooks(prepared=prepared.append,
+                           forward_pass=lambda items, seconds: passes.append(items))
+    outcomes = runner.run(requests, hooks)
     assert [o.error for o in outcomes] == [None, None, None]
     for req, outcome in zip(requests, outcomes, strict=True):
         assert outcome.probs.shape == (len(req), 3)
@@ -73,6 +74,7 @@ def test_each_request_gets_what_it_would_get_alone(runner: ExecutionRunner) -> N
 
 
 def test_a_bad_item_fails_its_request_alone(runner: ExecutionRunner) -> None:
+    invalid: list[str] = []
     requests = [
         request((IMAGES[0], "fine", None)),
         request((IMAGES[1], "fine too", None), (b"not an image", "bad image", None)),
@@ -80,9 +82,7 @@ def test_a_bad_item_fails_its_request_alone(runner: ExecutionRunner) -> None:
         RequestInputs([IMAGES[0]], [b"gone"], None, lambda: True),  # its client has gone
         request((IMAGES[3], "also fine", None)),
     ]
-    stats = ExecutionStats()
-    outcomes = runner.run(requests, stats)
-    invalid = stats.invalid_inputs
+    outcomes = runner.run(requests, ExecutionHooks(invalid=invalid.append))
     assert outcomes[0].error is None and outcomes[4].error is None
     assert isinstance(outcomes[1].error, InvalidInputError) and outcomes[1].failed_item == 1
     assert outcomes[1].error.input_name == "IMAGE" and outcomes[1].probs is None
@@ -114,9 +114,8 @@ def test_a_request_cancelled_during_its_execution_costs_no_more_work(
     gone = request(*[(IMAGES[i], f"item {i}", None) for i in range(1, 5)])
     gone = RequestInputs(gone.images, gone.hypotheses, gone.premises, GoneAfter(1))
     kept = request((IMAGES[0], "still wanted", None))
-    stats = ExecutionStats()
-    outcomes = runner.run([kept, gone], stats)
-    prepared = stats.prepare_seconds
+    prepared: list[float] = []
+    outcomes = runner.run([kept, gone], ExecutionHooks(prepared=prepared.append))
     assert outcomes[0].error is None
     np.testing.assert_allclose(outcomes[0].probs, alone(runner.engine, kept), atol=1e-5)
     assert isinstance(outcomes[1].error, RequestCancelled) and outcomes[1].probs is None
@@ -128,10 +127,11 @@ def test_a_request_cancelled_before_its_pass_is_not_run(runner: ExecutionRunner)
     """Every item prepared (one question each), then the client goes: no pass runs it."""
     items = [(IMAGES[i], f"item {i}", None) for i in range(3)]
     plain = request(*items)
-    stats = ExecutionStats()
+    passes: list[int] = []
+    hooks = ExecutionHooks(forward_pass=lambda n, seconds: passes.append(n))
     gone = RequestInputs(plain.images, plain.hypotheses, plain.premises, GoneAfter(3))
-    outcomes = runner.run([gone], stats)
-    assert isinstance(outcomes[0].error, RequestCancelled) and stats.passes == []
+    outcomes = runner.run([gone], hooks)
+    assert isinstance(outcomes[0].error, RequestCancelled) and passes == []
 
 
 def test_a_request_cancelled_between_passes_is_not_run_further(runner: ExecutionRunner) -> None:
@@ -141,9 +141,9 @@ def test_a_request_cancelled_between_passes_is_not_run_further(runner: Execution
     plain = request(*[(IMAGES[i], f"item {i}", None) for i in range(1, 4)])
     gone = RequestInputs(plain.images, plain.hypotheses, plain.premises, GoneAfter(4))
     kept = request((IMAGES[0], "still wanted", None), (IMAGES[4], "and this", None))
-    stats = ExecutionStats()
-    outcomes = runner.run([kept, gone], stats)
-    passes = [n for n, _ in stats.passes]
+    passes: list[int] = []
+    hooks = ExecutionHooks(forward_pass=lambda n, seconds: passes.append(n))
+    outcomes = runner.run([kept, gone], hooks)
     assert isinstance(outcomes[1].error, RequestCancelled) and outcomes[1].probs is None
     assert outcomes[0].error is None
     np.testing.assert_allclose(outcomes[0].probs, alone(runner.engine, kept), atol=1e-5)
@@ -190,17 +190,16 @@ def test_an_item_refused_inside_the_pass_fails_its_request_alone(
     engine = VisualEntailmentEngine(tiny_engine.settings, tiny_engine.tokenizer, tiny_engine.model,
                                     limits=tiny_engine.limits)
     engine.image_path = "gpu"  # the device route on CPU tensors (torchvision's CPU decoder)
+    invalid: list[str] = []
     runner = ExecutionRunner(engine, workers=2)
     requests = [request((IMAGES[0], "one", None)),
                 request((IMAGES[1], "two", None), (bad, "three", None)),
                 request((IMAGES[3], "four", None))]
-    stats = ExecutionStats()
-    outcomes = runner.run(requests, stats)
-    invalid = stats.invalid_inputs
+    outcomes = runner.run(requests, ExecutionHooks(invalid=invalid.append))
     runner.close()
     assert outcomes[1].failed_item == 1 and "corrupt scan" in str(outcomes[1].error)
     assert invalid == ["IMAGE"]
-    assert stats.engine.image_path_fallbacks == {"bad_file": 1}  # the run took its stats
+    assert engine.take_stats().image_path_fallbacks == {"bad_file": 1}
     assert engine.gpu_image_decoder.off_reason is None  # one bad file keeps the decoder on
     for number in (0, 2):
         assert outcomes[number].error is None
@@ -226,12 +225,13 @@ def test_a_pipelined_gpu_style_execution_runs_as_two_passes(
                                     limits=tiny_engine.limits, forward_batch_size=None)
     engine.forward_batch_size = None  # as on a GPU (a CPU engine resolves None to 1)
     requests = [request((IMAGES[i % len(IMAGES)], f"item {i}", None)) for i in range(10)]
+    passes: list[int] = []
     for pipelined, expected in ((True, [5, 5]), (False, [10])):
         runner = ExecutionRunner(engine, workers=2, pipelined=pipelined)
-        stats = ExecutionStats()
-        outcomes = runner.run(requests, stats)
+        passes.clear()
+        outcomes = runner.run(requests, ExecutionHooks(forward_pass=lambda n, s: passes.append(n)))
         runner.close()
-        assert [n for n, _ in stats.passes] == expected, runner.describe()
+        assert passes == expected, runner.describe()
         assert all(o.error is None for o in outcomes)
     small = ExecutionRunner(engine, pipelined=True)
     assert small.pass_size(7) == 7 and small.pass_size(8) == 4  # too few items to split

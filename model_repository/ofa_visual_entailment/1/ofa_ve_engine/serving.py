@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .batching import PreparedItem
-from .engine import EngineStats
 from .errors import InvalidInputError, RequestCancelled
 from .image_sharing import image_digest
 from .labels import LABELS
@@ -76,18 +75,12 @@ class RequestOutcome:
 
 
 @dataclass
-class ExecutionStats:
-    """What one execution did, for the server's metrics: model.py creates the metrics and
-    feeds them from this one object after each execution."""
+class ExecutionHooks:
+    """Observers for metrics; each defaults to doing nothing."""
 
-    prepare_seconds: list[float] = field(default_factory=list)
-    """Seconds of each item prepared (decode, resize, tokenise)."""
-    invalid_inputs: list[str] = field(default_factory=list)
-    """The input at fault of each request refused as invalid."""
-    passes: list[tuple[int, float]] = field(default_factory=list)
-    """(items, seconds) of each forward pass."""
-    engine: EngineStats = field(default_factory=EngineStats)
-    """The engine's counts during the execution (patch cache, GPU image path fallbacks)."""
+    prepared: Callable[[float], None] = lambda seconds: None
+    invalid: Callable[[str], None] = lambda input_name: None
+    forward_pass: Callable[[int, float], None] = lambda items, seconds: None
 
 
 Prepared = tuple[PreparedItem | None, Exception | None, float]
@@ -121,11 +114,11 @@ class _ImageGroup:
 
 @dataclass
 class _Execution:
-    """The state of one ``run``: its requests, their outcomes, what it did."""
+    """The state of one ``run``: its requests, their outcomes, the metric hooks."""
 
     requests: Sequence[RequestInputs]
     outcomes: list[RequestOutcome]
-    stats: ExecutionStats
+    hooks: ExecutionHooks
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def live(self, request: int) -> bool:
@@ -170,19 +163,11 @@ class ExecutionRunner:
             self._pool.shutdown(wait=True)
 
     def run(
-        self, requests: Sequence[RequestInputs], stats: ExecutionStats | None = None
+        self, requests: Sequence[RequestInputs], hooks: ExecutionHooks | None = None
     ) -> list[RequestOutcome]:
-        """One outcome per request: its probabilities, or the error that ended it; what the
-        execution did goes into ``stats`` (if given)."""
+        """One outcome per request: its probabilities, or the error that ended it."""
         run = _Execution(requests, [RequestOutcome(items=len(r)) for r in requests],
-                         stats if stats is not None else ExecutionStats())
-        try:
-            return self._run(run)
-        finally:
-            run.stats.engine = self.engine.take_stats()
-
-    def _run(self, run: _Execution) -> list[RequestOutcome]:
-        requests = run.requests
+                         hooks or ExecutionHooks())
         jobs = self._jobs(requests)
         groups = {id(job.image_group): job.image_group for job in jobs}
         if self._pool is not None and (len(groups) > 1 or self.pipelined):
@@ -275,12 +260,12 @@ class ExecutionRunner:
             group.done = True
         item, error, seconds = job.prepared
         if item is not None:  # every item prepared is observed, whatever its request's fate
-            run.stats.prepare_seconds.append(seconds)
+            run.hooks.prepared(seconds)
         if run.outcomes[job.request].error is not None:
             return None
         if error is not None:
             if run.fail(job.request, error, job.index) and isinstance(error, InvalidInputError):
-                run.stats.invalid_inputs.append(error.input_name)
+                run.hooks.invalid(error.input_name)
             return None
         return item
 
@@ -309,11 +294,11 @@ class ExecutionRunner:
         def on_invalid(position: int, error: InvalidInputError) -> None:
             job = jobs[position]
             if run.fail(job.request, error, job.index):
-                run.stats.invalid_inputs.append(error.input_name)
+                run.hooks.invalid(error.input_name)
 
         probs = self.engine.predict(
             [job.prepared[0] for job in jobs],
-            on_pass=lambda items, seconds: run.stats.passes.append((len(items), seconds)),
+            on_pass=lambda items, seconds: run.hooks.forward_pass(len(items), seconds),
             keep=keep,
             on_invalid=on_invalid,
         )
