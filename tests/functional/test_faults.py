@@ -19,6 +19,7 @@ docs/reliability.md):
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import queue
 import re
@@ -28,7 +29,6 @@ import sys
 import textwrap
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -36,12 +36,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.grpc as tgrpc
+from ofa_ve_bench import workload
 from ofa_ve_bench.soak import children as soak_children
 from ofa_ve_bench.soak import cmdline, process_state, stub_pids
 from ofa_ve_bench.workload import TEST_IMAGES
 from ofa_ve_ops.paths import MODEL_NAME as MODEL
 from ofa_ve_ops.paths import SHM_REGION_PREFIX
 from ofa_ve_ops.server_process import ServerStartError, TritonServer, free_ports
+from support.prometheus import scrape
 from support.servers import running
 from support.waiting import wait_for
 from tritonclient.utils import InferenceServerException
@@ -50,11 +52,22 @@ IMAGE = TEST_IMAGES["tiny_50x40_png"].read_bytes()
 TIMEOUT_S = 120.0
 
 
-def inputs(items: int = 1, hypothesis: bytes = b"A cup of coffee.") -> list[tgrpc.InferInput]:
+@functools.cache
+def photos(count: int = 32) -> list[bytes]:
+    """Distinct photo-sized JPEGs: each costs a stem pass of its own (a request of one
+    image repeated shares one), so a request of them runs long enough, on any CPU, to be
+    cancelled, timed out or signalled while it executes."""
+    return workload.distinct_jpegs(count)
+
+
+def inputs(
+    items: int = 1, hypothesis: bytes = b"A cup of coffee.", distinct: bool = False
+) -> list[tgrpc.InferInput]:
+    images = photos()[:items] if distinct else [IMAGE] * items
     built = []
-    for name, value in (("IMAGE", IMAGE), ("HYPOTHESIS", hypothesis)):
+    for name, values in (("IMAGE", images), ("HYPOTHESIS", [hypothesis] * items)):
         inp = tgrpc.InferInput(name, [items, 1], "BYTES")
-        inp.set_data_from_numpy(np.array([[value]] * items, dtype=np.object_))
+        inp.set_data_from_numpy(np.array([[value] for value in values], dtype=np.object_))
         built.append(inp)
     return built
 
@@ -74,13 +87,15 @@ def shm_region_of_pid(server_pid: int) -> list[str]:
     ]
 
 
-def send_many(client: tgrpc.InferenceServerClient, count: int, items: int = 1) -> queue.Queue:
+def send_many(
+    client: tgrpc.InferenceServerClient, count: int, items: int = 1, distinct: bool = False
+) -> queue.Queue:
     """`count` asynchronous requests; their (index, result, error) arrive on the queue."""
     answers: queue.Queue = queue.Queue()
     for i in range(count):
         client.async_infer(
             MODEL,
-            inputs(items, f"Request {i} about coffee.".encode()),
+            inputs(items, f"Request {i} about coffee.".encode(), distinct),
             callback=partial(lambda i, result, error: answers.put((i, result, error)), i),
             client_timeout=TIMEOUT_S,
         )
@@ -92,9 +107,7 @@ def send_many(client: tgrpc.InferenceServerClient, count: int, items: int = 1) -
 
 def metric_sum(server: TritonServer, name: str) -> float:
     """The sum of a Prometheus metric over its labels, from the server's /metrics."""
-    with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
-        lines = response.read().decode().splitlines()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(name + "{"))
+    return sum(value for metric, _, value in scrape(server.metrics_url) if metric == name)
 
 
 def items_forwarded(server: TritonServer) -> float:
@@ -126,7 +139,7 @@ def test_cancelled_requests_are_skipped_and_the_server_keeps_serving(triton_serv
     before = items_forwarded(triton_server)
     with tgrpc.InferenceServerClient(triton_server.grpc_url) as client:
         started_before = batches_started(triton_server)
-        blocker = send_many(client, 1, items=2)
+        blocker = send_many(client, 1, items=2, distinct=True)
         wait_until_executing(triton_server, started_before)  # what follows waits in the queue
         contexts = [
             client.async_infer(MODEL, inputs(4), callback=lambda result, error: None)
@@ -161,7 +174,7 @@ def test_a_request_cancelled_mid_execution_stops_costing_work(triton_server, grp
         outcome: queue.Queue = queue.Queue()
         context = client.async_infer(
             MODEL,
-            inputs(items, b"A long request about coffee."),
+            inputs(items, b"A long request about coffee.", distinct=True),
             callback=lambda result, error: outcome.put((result, error)),
             client_timeout=TIMEOUT_S if how == "cancel" else 2.0,
         )
@@ -275,7 +288,7 @@ def test_sigterm_drains_in_flight_requests(watched_server):
     count = 6
     with tgrpc.InferenceServerClient(server.grpc_url) as client:
         started_before = batches_started(server)
-        first_batch = send_many(client, 1, items=8)
+        first_batch = send_many(client, 1, items=8, distinct=True)
         wait_until_executing(server, started_before)
         answers = send_many(client, count)
         # SIGTERM only once requests are waiting in the queue behind the running batch.
