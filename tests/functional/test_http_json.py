@@ -79,6 +79,8 @@ def test_the_documented_curl_json_body_answers_as_grpc(
     triton_server: TritonServer, grpc_client, tmp_path: Path
 ) -> None:
     code = documented("bash", "data:image/jpeg;base64,")
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert f"```bash\n{code}```" in readme  # the README's call is this very block
     label, probs = json_probs(run_documented(code, triton_server, tmp_path, "bash", "-ec"))
     body = json.loads((tmp_path / "request.json").read_text())  # plain JSON, a data URL
     assert body["inputs"][0]["data"][0].startswith("data:image/jpeg;base64,/9j/")
