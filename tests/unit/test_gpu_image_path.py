@@ -194,3 +194,27 @@ def test_large_photos_are_decoded_in_bounded_chunks(monkeypatch: pytest.MonkeyPa
     chunked, _ = decoder.load(datas)
     assert torch.equal(chunked, whole)
     assert len(batches) > 1 and sum(batches) == len(datas)
+
+
+def test_out_of_memory_while_retrying_files_one_by_one_turns_the_decoder_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A batch refused, then the device out of memory on a single file: not the file's
+    fault, so it is counted as out_of_memory and the decoder goes off (not bad_file)."""
+
+    def failing(encoded, **kwargs):
+        if len(encoded) > 1:
+            raise RuntimeError("nvjpegDecode: batch refused")
+        if len(bytes(encoded[0].numpy())) < 2000:  # the health probe is a tiny JPEG
+            return real[0](encoded, **kwargs)
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    real = gpu_image._decode_jpeg()
+    monkeypatch.setattr(gpu_image, "_decode_jpeg", lambda: (failing, real[1]))
+    decoder = gpu_image.GpuImageDecoder(SIZE, LIMITS, "cpu")
+    datas = _jpegs()
+    pixels, errors = decoder.load(datas)
+    assert not errors and decoder.off_reason == "out_of_memory"
+    assert decoder.take_fallbacks() == {"out_of_memory": len(datas)}
+    for data, row in zip(datas, pixels.numpy(), strict=True):
+        assert np.array_equal(row, load_pixels(data, SIZE, LIMITS))

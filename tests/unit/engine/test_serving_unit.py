@@ -188,7 +188,7 @@ def test_an_item_refused_inside_the_pass_fails_its_request_alone(
     monkeypatch.setattr(gpu_image, "_decode_jpeg", lambda: (decode, rgb))
     monkeypatch.setattr(gpu_image, "load_pixels", cpu_route)
     engine = VisualEntailmentEngine(tiny_engine.settings, tiny_engine.tokenizer, tiny_engine.model,
-                                    limits=tiny_engine.limits)
+                                    limits=tiny_engine.limits, stem_cache_items=8)
     engine.image_path = "gpu"  # the device route on CPU tensors (torchvision's CPU decoder)
     invalid: list[str] = []
     runner = ExecutionRunner(engine, workers=2)
@@ -205,6 +205,10 @@ def test_an_item_refused_inside_the_pass_fails_its_request_alone(
         assert outcomes[number].error is None
         np.testing.assert_allclose(outcomes[number].probs, alone(tiny_engine, requests[number]),
                                    atol=1e-5)
+    # Sent again: the unreadable image is refused again, not answered from the patch cache
+    # (its embeddings came from zero pixels), while the good ones are cache hits.
+    again = ExecutionRunner(engine, workers=2).run(requests[1:2])
+    assert again[0].failed_item == 1 and "corrupt scan" in str(again[0].error)
 
 
 def test_an_image_that_is_not_bytes_fails_its_request_alone(runner: ExecutionRunner) -> None:
@@ -219,21 +223,30 @@ def test_an_image_that_is_not_bytes_fails_its_request_alone(runner: ExecutionRun
 def test_a_pipelined_gpu_style_execution_runs_as_two_passes(
     tiny_engine: VisualEntailmentEngine,
 ) -> None:
-    """A GPU engine takes any batch (``forward_batch_size=None``), so a pipelined execution is
-    split in two: the second half is decoded while the first half's pass runs."""
+    """A GPU engine takes any batch (``forward_batch_size=None``), so a pipelined execution of
+    many distinct images is split in two: the second half is decoded while the first half's
+    pass runs. An image's items stay in one pass (its stem runs once), and one image with
+    many hypotheses is one pass: there is nothing to decode meanwhile."""
     engine = VisualEntailmentEngine(tiny_engine.settings, tiny_engine.tokenizer, tiny_engine.model,
                                     limits=tiny_engine.limits, forward_batch_size=None)
     engine.forward_batch_size = None  # as on a GPU (a CPU engine resolves None to 1)
-    requests = [request((IMAGES[i % len(IMAGES)], f"item {i}", None)) for i in range(10)]
-    passes: list[int] = []
-    for pipelined, expected in ((True, [5, 5]), (False, [10])):
+    photos = [png((20 * i, 100, 240 - 20 * i), (20 + i, 16 + i)) for i in range(10)]
+    distinct = [request((photos[i], f"item {i}", None)) for i in range(10)]
+    shared = [request((photos[0], f"hypothesis {i}", None)) for i in range(10)]
+    mixed = [request((photos[i % 9], f"item {i}", None)) for i in range(18)]  # 9 images x 2
+    for requests, pipelined, expected in ((distinct, True, [5, 5]), (distinct, False, [10]),
+                                          (shared, True, [10]), (mixed, True, [10, 8])):
         runner = ExecutionRunner(engine, workers=2, pipelined=pipelined)
-        passes.clear()
-        outcomes = runner.run(requests, ExecutionHooks(forward_pass=lambda n, s: passes.append(n)))
+        passes: list[int] = []
+        hooks = ExecutionHooks(forward_pass=lambda n, s, passes=passes: passes.append(n))
+        outcomes = runner.run(requests, hooks)
         runner.close()
         assert passes == expected, runner.describe()
         assert all(o.error is None for o in outcomes)
+        for req, outcome in zip(requests, outcomes, strict=True):  # each in its own order
+            np.testing.assert_allclose(outcome.probs, alone(engine, req), atol=1e-5)
     small = ExecutionRunner(engine, pipelined=True)
     assert small.pass_size(7) == 7 and small.pass_size(8) == 4  # too few items to split
+    assert small.pass_size(64, images=1) == 64 and small.pass_size(64, images=8) == 32
     assert "two passes" in small.describe()
     small.close()

@@ -440,6 +440,8 @@ class VisualEntailmentEngine:
                 started = time.perf_counter()
                 out[indices] = self._forward(chunk, patch_embeds)
                 seconds = time.perf_counter() - started
+                for digest in unreadable:  # zero pixels' embeddings must not answer later
+                    self.patch_cache.discard(digest)
             for i in indices if unreadable else ():
                 error = unreadable.get(items[i].image_digest)
                 if error is not None:

@@ -205,14 +205,19 @@ class GpuImageDecoder:
                 self._turn_off("decoder_error", exc, len(indices))
                 return indices
             images, refused = [], []
-            for i, data in zip(indices, encoded, strict=True):
+            for position, (i, data) in enumerate(zip(indices, encoded, strict=True)):
                 try:
                     images.append(self._decode(decode_jpeg, rgb, [data])[0])
+                except torch.cuda.OutOfMemoryError as oom:  # not the file's fault
+                    rest = indices[position:]
+                    self._turn_off("out_of_memory", oom, len(rest))
+                    refused += rest
+                    break
                 except RuntimeError as one:
                     refused.append(i)
+                    self._count("bad_file", 1)
                     self._note("bad_file", one)
             indices = [i for i in indices if i not in refused]
-            self._count("bad_file", len(refused))
             if not indices:
                 return refused
         else:

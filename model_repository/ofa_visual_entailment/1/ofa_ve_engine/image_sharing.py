@@ -66,6 +66,10 @@ class PatchEmbeddingCache:
         while len(self._entries) > self.capacity:
             self._entries.popitem(last=False)
 
+    def discard(self, key: Key) -> None:
+        """Forget ``key`` (its image turned out unreadable: its embeddings are of zeros)."""
+        self._entries.pop(key, None)
+
     def bytes_used(self) -> int:
         return sum(t.numel() * t.element_size() for t in self._entries.values())
 

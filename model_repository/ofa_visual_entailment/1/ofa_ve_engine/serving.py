@@ -170,29 +170,38 @@ class ExecutionRunner:
                          hooks or ExecutionHooks())
         jobs = self._jobs(requests)
         groups = {id(job.image_group): job.image_group for job in jobs}
+        size = self.pass_size(len(jobs), len(groups))
+        whole_groups = self.pipelined and not self.engine.forward_batch_size
+        if whole_groups:  # an image's items in one pass: its stem runs once
+            jobs = [job for group in groups.values() for job in group.jobs]
         if self._pool is not None and (len(groups) > 1 or self.pipelined):
             for group in groups.values():
                 group.future = self._pool.submit(self._prepare_group, group, run)
-        rows: list[tuple[int, np.ndarray]] = []
+        rows: list[tuple[_Job, np.ndarray]] = []
         try:
-            for pass_jobs in self._passes(jobs, run, self.pass_size(len(jobs))):
+            for pass_jobs in self._passes(jobs, run, size, whole_groups):
                 rows += self._predict(pass_jobs, run)
         except Exception as exc:
             failed = RuntimeError(f"inference failed: the forward pass raised {exc!r}")
             for number in range(len(requests)):  # also those whose items had not
                 run.fail(number, failed)  # reached a pass yet
+            for group in groups.values():  # no decoding goes on after the responses
+                if group.future is not None and not group.future.cancel():
+                    group.future.exception()  # wait for one already running
             return run.outcomes
         self._scatter(rows, run.outcomes)
         return run.outcomes
 
-    def pass_size(self, items: int) -> int:
+    def pass_size(self, items: int, images: int | None = None) -> int:
         """Items handed to the engine at a time: the whole execution, or when pipelined,
-        the engine's pass size (or half the execution where the engine has none)."""
+        the engine's pass size, or where it has none, half the execution once it holds
+        ``2 * PIPELINE_MIN_PASS`` distinct ``images`` (fewer: decoding is cheap, and one
+        pass shares each image's stem)."""
         if not self.pipelined:
             return max(1, items)
         if self.engine.forward_batch_size:
             return self.engine.forward_batch_size
-        if items >= 2 * PIPELINE_MIN_PASS:
+        if (items if images is None else images) >= 2 * PIPELINE_MIN_PASS:
             return -(-items // 2)
         return max(1, items)
 
@@ -203,8 +212,8 @@ class ExecutionRunner:
         if self.engine.forward_batch_size:
             return (f"pipelined (passes of {self.engine.forward_batch_size} items, each decoded "
                     "while the previous one runs)")
-        return (f"pipelined (an execution of {2 * PIPELINE_MIN_PASS}+ items runs as two passes, "
-                "the second half decoded while the first runs)")
+        return (f"pipelined (an execution of {2 * PIPELINE_MIN_PASS}+ distinct images runs as two "
+                "passes, the second half decoded while the first runs)")
 
     # ------------------------------------------------------------------ internals
     @staticmethod
@@ -269,27 +278,31 @@ class ExecutionRunner:
             return None
         return item
 
-    def _passes(self, jobs: list[_Job], run: _Execution, size: int) -> Iterator[list[_Job]]:
-        """The accepted jobs, ``size`` at a time, each pass as soon as it is prepared."""
+    def _passes(
+        self, jobs: list[_Job], run: _Execution, size: int, whole_groups: bool = False
+    ) -> Iterator[list[_Job]]:
+        """The accepted jobs, ``size`` at a time (with ``whole_groups``, at least ``size``,
+        ending where an image group ends), each pass as soon as it is prepared."""
         pass_jobs: list[_Job] = []
-        for job in jobs:
+        for n, job in enumerate(jobs):
             if self._accept(job, run) is not None:
                 pass_jobs.append(job)
-            if len(pass_jobs) >= size:
+            at_boundary = (not whole_groups or n + 1 == len(jobs)
+                           or jobs[n + 1].image_group is not job.image_group)
+            if len(pass_jobs) >= size and at_boundary:
                 yield pass_jobs
                 pass_jobs = []
         if pass_jobs:
             yield pass_jobs
 
-    def _predict(self, jobs: list[_Job], run: _Execution) -> list[tuple[int, np.ndarray]]:
-        """(request, row) for each job the engine ran. At each forward-pass boundary the
+    def _predict(self, jobs: list[_Job], run: _Execution) -> list[tuple[_Job, np.ndarray]]:
+        """(job, row) for each job the engine ran. At each forward-pass boundary the
         engine asks which items still run (``keep``); an image the GPU image path finds
         unreadable inside the pass fails its request alone (``on_invalid``)."""
 
         def keep(indices: list[int]) -> list[int]:
-            for i in indices:
-                run.live(jobs[i].request)
-            return [i for i in indices if run.outcomes[jobs[i].request].error is None]
+            live = {n: run.live(n) for n in {jobs[i].request for i in indices}}  # once each
+            return [i for i in indices if live[jobs[i].request]]
 
         def on_invalid(position: int, error: InvalidInputError) -> None:
             job = jobs[position]
@@ -302,14 +315,14 @@ class ExecutionRunner:
             keep=keep,
             on_invalid=on_invalid,
         )
-        return [(job.request, row) for job, row in zip(jobs, probs, strict=True)]
+        return list(zip(jobs, probs, strict=True))
 
     @staticmethod
-    def _scatter(rows: list[tuple[int, np.ndarray]], outcomes: list[RequestOutcome]) -> None:
+    def _scatter(rows: list[tuple[_Job, np.ndarray]], outcomes: list[RequestOutcome]) -> None:
         """The rows of each request that has not ended, stacked in item order."""
         by_request: dict[int, list[np.ndarray]] = {}
-        for number, row in rows:
-            by_request.setdefault(number, []).append(row)
+        for job, row in sorted(rows, key=lambda r: (r[0].request, r[0].index)):
+            by_request.setdefault(job.request, []).append(row)
         for number, outcome in enumerate(outcomes):
             if outcome.error is not None:
                 continue
