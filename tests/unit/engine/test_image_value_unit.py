@@ -118,3 +118,16 @@ def test_a_value_that_is_no_image_gets_the_json_hint(value: bytes) -> None:
         "not an image; over HTTP/JSON send raw bytes with the binary extension, or a "
         "data:image/...;base64 URL"
     )
+
+
+def test_a_data_url_is_decoded_once_only() -> None:
+    """Its data must be the image file itself: a data URL (or base64) inside a data URL is
+    refused, so every later reading of the decoded bytes takes them as the file."""
+    png = TEST_IMAGES["tiny_50x40_png"].read_bytes()
+    inner = b"data:image/png;base64," + base64.b64encode(png)
+    assert image_bytes(inner, InputLimits()) == png
+    for payload in (inner, base64.b64encode(png)):
+        nested = b"data:image/png;base64," + base64.b64encode(payload)
+        with pytest.raises(InvalidInputError, match="data is not a JPEG, PNG"):
+            image_bytes(nested, InputLimits())
+    assert image_bytes(png, InputLimits()) is png  # a file is taken as it is, again and again

@@ -120,6 +120,10 @@ def _data_url(value: bytes, limits: InputLimits, input_name: str) -> bytes:
     decoded = _base64_payload(value[comma + 1 :], limits, input_name, "its data URL")
     if not decoded:
         raise InvalidInputError(input_name, "is a data URL with no data (0 bytes)")
+    if not _has_signature(decoded):  # one decoding only: its data must be the file itself
+        raise InvalidInputError(
+            input_name, "is a data URL whose data is not a JPEG, PNG, WebP, BMP or GIF file"
+        )
     return decoded
 
 
