@@ -41,6 +41,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -563,15 +564,22 @@ def step_image_path(
         exact.image_path = "gpu"  # the same engine, JPEGs kept encoded for the device
         on_device = predict_all(exact, [exact.prepare(i, h, p or None) for i, h, p in work], 16)
     answers = compare(reference, on_device)
-    used = exact.gpu_image_decoder
-    return {
+    decoders = [d for d in (decoder, exact.gpu_image_decoder) if d is not None]
+    fallbacks: Counter[str] = Counter()
+    for d in decoders:
+        fallbacks.update(d.take_fallbacks())
+    figures = {
         "images": rows,
         "answers": {k: answers[k] for k in ("pairs", "label_agreement", "max_prob_diff",
                                             "flips")},
-        "nvjpeg_decoded": decoder.decoded + (used.decoded if used else 0),
-        "decoder_off": decoder.off_reason or (used.off_reason if used else None),
-        "fallbacks": {**decoder.take_fallbacks(), **(used.take_fallbacks() if used else {})},
+        "nvjpeg_decoded": sum(d.decoded for d in decoders),
+        "decoder_off": next((d.off_reason for d in decoders if d.off_reason), None),
+        "fallbacks": dict(fallbacks),
     }
+    if device != "cpu" and (figures["decoder_off"] or not figures["nvjpeg_decoded"]):
+        step.status = "failed"  # CPU decoding must not pass for nvJPEG's figures
+        step.notes.append(f"nvJPEG did not run (decoder off: {figures['decoder_off']})")
+    return figures
 
 
 def step_prepare(sizes: Sizes, model_dir: Path, step: Step, budget: Budget) -> list[dict]:
@@ -726,7 +734,12 @@ def step_server(
         ]
         figures["memory"] = server_run.server_memory(server.pid)
         figures["nvidia_smi"] = nvidia_smi()
-        figures["image_path_fallbacks"] = fallback_counts(server.metrics_url)
+        figures["image_path_fallbacks"] = fallbacks = fallback_counts(server.metrics_url)
+        counted = fallbacks if isinstance(fallbacks, dict) else {}  # else: why not read
+        turned_off = {k: v for k, v in counted.items() if v and k != "bad_file"}
+        if image_path == "gpu" and sizes.server_kind == "KIND_GPU" and turned_off:
+            step.status = "failed"  # the figures above are the CPU route's, not nvJPEG's
+            step.notes.append(f"the GPU image decoder turned itself off: {turned_off}")
         if any(p.errors for p in points):
             step.status = "failed"
             step.notes.append("some requests failed (see levels' errors and notes)")

@@ -33,6 +33,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -175,12 +176,28 @@ def run_call(
     else:
         cmd = ["unshare", "--net", "--", "bash", "-c", f"ip link set lo up && {inner}"]
     started = time.monotonic()
+    process = subprocess.Popen(cmd, env=env, start_new_session=True)
     try:
-        code = subprocess.run(cmd, env=env, timeout=float(call["timeout_s"]),  # type: ignore[arg-type]
-                              check=False, start_new_session=True).returncode
-    except subprocess.TimeoutExpired:
+        code = process.wait(timeout=float(call["timeout_s"]))  # type: ignore[arg-type]
+    except subprocess.TimeoutExpired:  # as the device would: the whole call ends
+        stop_group(process)
         code = 124
     return code, time.monotonic() - started
+
+
+def stop_group(process: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """SIGTERM the call's whole process group (tritonserver, stubs, perf_analyzer, tee),
+    SIGKILL what is left after `grace_s`."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=grace_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _quote(text: str) -> str:

@@ -97,7 +97,9 @@ def parameters(config: Any) -> dict[str, str]:
 
 def make_model_repository(dest: Path, edits: ConfigEdits, source: Path = MODEL_REPOSITORY) -> Path:
     """A copy of `source` (the model repository) whose config.pbtxt carries `edits`."""
-    shutil.copytree(source, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(  # a weights/ link (make serve's) stays a link: no copy of the weights
+        source, dest, symlinks=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+    )
     path = dest / MODEL_NAME / "config.pbtxt"
     config = apply(load(path), edits)
     path.write_text(

@@ -676,3 +676,19 @@ def test_the_prometheus_reader_sums_by_label() -> None:
     assert len(samples) == 4
     assert prometheus.by_label(samples, "ofa_ve_image_path_fallbacks_total", "reason") == {
         "bad_file": 3.0, "no_nvjpeg": 0.0}
+
+
+def test_a_rehearsed_call_past_its_timeout_ends_with_its_whole_process_group(
+    tmp_path: Path,
+) -> None:
+    """124, as the device tool says, and no process of the call left behind."""
+    from ofa_ve_bench import gpu_rehearsal
+
+    marker = tmp_path / "child.pid"
+    call = {"timeout_s": 2, "command": f"sleep 300 & echo $! > {marker}; wait # --mode gpu"}
+    code, seconds = gpu_rehearsal.run_call(call, tmp_path, Path("/usr/bin"), tmp_path,
+                                           network=True)
+    assert code == 124 and seconds < 30
+    child = int(marker.read_text())
+    assert not Path(f"/proc/{child}").exists() or "zombie" in Path(
+        f"/proc/{child}/status").read_text()
