@@ -27,8 +27,10 @@ class Variable(NamedTuple):
 VARIABLES = (
     Variable(
         "OFA_VE_MODEL_DIR", "unset",
-        "a ModelScope model directory to serve, linked as the version folder's weights/ "
-        "(else the hub's real model, else a random-weight demo)",
+        "a ModelScope model directory to serve: `make serve` links it as a version folder's "
+        "weights/ where that folder has none of its own (else the hub's real model, else a "
+        "random-weight demo); set on tritonserver itself (the container), every version "
+        "loads it instead of its own",
     ),
     Variable("OFA_VE_MODEL_CACHE", "~/.cache/ofa-ve/modelscope", "where the hub's model is kept"),
     Variable("MODELSCOPE_ENDPOINT", "https://modelscope.cn", "the ModelScope hub to fetch from"),

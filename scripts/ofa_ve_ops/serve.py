@@ -42,6 +42,8 @@ from ofa_ve_ops.paths import CACHE_DIR_ENV, MODEL_NAME, MODEL_REPOSITORY, demo_c
 
 MODEL_DIR_ENV = "OFA_VE_MODEL_DIR"
 WEIGHTS_FOLDER = "weights"
+LINK_RECORD = ".weights-link"
+"""Beside a weights/ link this script made: its target (so a link of the operator's stays)."""
 
 DEMO_WARNING = """
 ==========================================================================
@@ -214,20 +216,27 @@ def version_folders(repository: Path) -> list[Path]:
 
 
 def needs_weights(version: Path) -> bool:
-    """Whether `version/weights` is this script's to (re)link: missing, or a link. A real
-    directory there is the operator's, served as it is."""
+    """Whether `version/weights` is this script's to (re)link: missing, or the link it made
+    itself (recorded in LINK_RECORD). A real directory there, or a link of the operator's,
+    is served as it is."""
     weights = version / WEIGHTS_FOLDER
-    return weights.is_symlink() or not weights.exists()
+    if not weights.is_symlink():
+        return not weights.exists()
+    record = version / LINK_RECORD
+    return record.is_file() and record.read_text().strip() == os.readlink(weights)
 
 
 def link_weights(version: Path, model_dir: Path) -> Path:
     """Point `version/weights` at `model_dir` (absolute), replacing an earlier link in one
-    atomic rename: a server reading the folder sees the old link or the new one."""
+    atomic rename (a server reading the folder sees the old link or the new one), and
+    record that the link is this script's."""
     weights = version / WEIGHTS_FOLDER
+    target = str(model_dir.resolve())
     staging = version / f".{WEIGHTS_FOLDER}.{os.getpid()}.tmp"
     staging.unlink(missing_ok=True)
-    staging.symlink_to(model_dir.resolve(), target_is_directory=True)
+    staging.symlink_to(target, target_is_directory=True)
     os.replace(staging, weights)
+    (version / LINK_RECORD).write_text(target + "\n")
     return weights
 
 

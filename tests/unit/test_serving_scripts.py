@@ -198,9 +198,13 @@ def test_serve_links_weights_atomically_and_refuses_what_is_no_repository(tmp_pa
     second.mkdir()
     assert needs_weights(version)
     assert link_weights(version, first).resolve() == first
-    assert needs_weights(version)  # a link is serve's to re-point
+    assert needs_weights(version)  # a link serve made is serve's to re-point
     assert link_weights(version, second).resolve() == second
-    assert sorted(p.name for p in version.iterdir() if "weights" in p.name) == ["weights"]
+    assert sorted(p.name for p in version.iterdir() if "weights" in p.name) == [
+        ".weights-link", "weights"]
+    (version / "weights").unlink()
+    (version / "weights").symlink_to(first)
+    assert not needs_weights(version)  # a link of the operator's stays
     (version / "weights").unlink()
     (version / "weights").mkdir()
     assert not needs_weights(version)  # a real directory is the operator's
