@@ -113,9 +113,10 @@ PARAMETERS: tuple[Parameter, ...] = (
     ),
     Parameter(
         "forward_batch_size", "auto_int", AUTO,
-        "Items per network forward pass. `auto`: 1 on CPU (fastest per item there), the "
-        "whole Triton batch on a GPU. Triton's own `max_batch_size` is the most items one "
-        "execution receives; this splits an execution into passes.",
+        "Items per network forward pass. `auto`: 1 on CPU (fastest per item there), no cap "
+        "on a GPU (the whole Triton batch, or its halves with `pipeline`). Triton's own "
+        "`max_batch_size` is the most items one execution receives; this splits an "
+        "execution into passes.",
     ),
     Parameter(
         "dtype", "choice", "float32",
@@ -161,8 +162,8 @@ PARAMETERS: tuple[Parameter, ...] = (
         "Overlap decoding with the forward pass inside one execution: while a pass runs, "
         "the next pass's images are decoded. An execution runs as passes of "
         "`forward_batch_size` items, or where there is none (GPU `auto`) as two halves once "
-        "it has 8 items or more. `auto`: on for GPU instances, off on CPU (where decoding "
-        "and the network share the same cores).",
+        "it holds 8 distinct images or more (an image's items stay in one pass). `auto`: on "
+        "for GPU instances, off on CPU (where decoding and the network share the same cores).",
         choices=("auto", "true", "false"),
     ),
     Parameter(
