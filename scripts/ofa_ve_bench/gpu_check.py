@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 
 from ofa_ve_bench import machine, workload
+from ofa_ve_bench.precision_agreement import compare, load_engine
 
 PROB_TOLERANCE = 1e-4
 """Largest |p_gpu - p_cpu| allowed in float32 (the check's pass criterion)."""
@@ -324,16 +325,6 @@ def write_checkpoint(out: Path) -> tuple[Path, str]:
     )
 
 
-def load_engine(model_dir: Path, device: str, dtype: str, forward_batch_size: int,
-                **params: str) -> Any:
-    from ofa_ve_bench.engine_runner import build_engine
-
-    engine, _ = build_engine(
-        model_dir, device, {"dtype": dtype, **params}, forward_batch_size=forward_batch_size
-    )
-    return engine
-
-
 def predict_all(
     engine: Any, prepared: Sequence[Any], batch_size: int, budget: Budget | None = None
 ) -> np.ndarray:
@@ -386,13 +377,6 @@ def _peak_mib(device: str) -> float | None:
 
 
 # --------------------------------------------------------------- engine steps
-
-
-def compare(reference: np.ndarray, other: np.ndarray) -> dict[str, object]:
-    """Label agreement and largest probability difference (precision_agreement's)."""
-    from ofa_ve_bench.precision_agreement import compare as _compare
-
-    return _compare(reference, other)
 
 
 def agreement_work(sizes: Sizes) -> list[workload.Item]:
