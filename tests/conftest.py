@@ -113,7 +113,7 @@ def demo_engine(demo_model_dir: Path) -> object:
 def modelscope_reference(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """A `ReferenceWorker`: ModelScope's code in a process of its own, started once
     (its imports cost about 9 s) for every reference job of the session."""
-    from ofa_ve_bench.reference.worker import ReferenceWorker
+    from ofa_ve_reference.worker import ReferenceWorker
 
     log = tmp_path_factory.mktemp("modelscope-reference") / "worker.log"
     with ReferenceWorker(log_path=log) as worker:

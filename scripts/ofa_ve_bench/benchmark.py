@@ -40,7 +40,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ofa_ve_bench import engine_runner, machine, model_config, results, server_run, workload
+from ofa_ve_data import workload
+
+from ofa_ve_bench import engine_runner, machine, model_config, results, server_run
 from ofa_ve_bench import perf_analyzer_sweep as sweep_mod
 from ofa_ve_bench.report import report
 

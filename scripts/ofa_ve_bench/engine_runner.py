@@ -15,11 +15,11 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ofa_ve_data.workload import Item
 from ofa_ve_engine.parameters import parse_assignments, read_parameters
 
 from ofa_ve_bench.machine import load_average
 from ofa_ve_bench.results import Throughput
-from ofa_ve_bench.workload import Item
 
 
 def validated_params(pairs: Sequence[str]) -> dict[str, str]:

@@ -48,8 +48,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from ofa_ve_data import workload
 
-from ofa_ve_bench import machine, workload
+from ofa_ve_bench import machine
 from ofa_ve_bench.precision_agreement import compare, load_engine
 
 PROB_TOLERANCE = 1e-4

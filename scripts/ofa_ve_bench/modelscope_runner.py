@@ -17,7 +17,7 @@ from ofa_ve_bench.results import Throughput
 
 def modelscope_pipeline(model_dir: Path, device: str) -> Any:
     """ModelScope's own pipeline; on GPUs built as build_pipeline does, on the GPU."""
-    from ofa_ve_bench.reference.modelscope_pipeline import build_pipeline, install_import_stubs
+    from ofa_ve_reference.modelscope_pipeline import build_pipeline, install_import_stubs
 
     if device == "cpu":
         return build_pipeline(model_dir)
@@ -33,7 +33,7 @@ class ModelScopeRunner:
     """ModelScope's pipeline, built once, called one item at a time from the image files."""
 
     def __init__(self, model_dir: Path, device: str, items: Sequence[tuple[Path, str, str]]):
-        from ofa_ve_bench.reference.modelscope_pipeline import (
+        from ofa_ve_reference.modelscope_pipeline import (
             offline_environment,
             preserved_global_rngs,
         )

@@ -9,7 +9,7 @@ Why: a CPU user could serve the network through Triton's OpenVINO or ONNX Runtim
 backend instead of our engine; issue 27 asks that the engine be at least as fast as
 the faster of them at each precision, with the same answers. So each is measured on
 the same machine, at the same time, on the same prepared items (distinct JPEGs, the
-load texts; ``ofa_ve_bench.workload``), one item per call (batch 1, as a CPU
+load texts; ``ofa_ve_data.workload``), one item per call (batch 1, as a CPU
 instance runs), with the same number of threads:
 
 - ours: ``engine.predict`` of one prepared item, the engine as it serves (``--param``
@@ -43,8 +43,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from ofa_ve_data import workload
 
-from ofa_ve_bench import machine, workload
+from ofa_ve_bench import machine
 
 PRECISIONS = ("float32", "bfloat16", "int8")
 RUNTIMES = ("ours", "onnxruntime", "openvino")

@@ -41,16 +41,16 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from ofa_ve_data import workload as _workload
+from ofa_ve_data.workload import IMAGES_DIR
 from ofa_ve_ops import triton_runtime
 from ofa_ve_ops.paths import MODEL_NAME
 
-from ofa_ve_bench import workload as _workload
 from ofa_ve_bench.machine import load_average
-from ofa_ve_bench.workload import IMAGES_DIR
 
 IMAGE_SUFFIXES = _workload.FORMATS
 TEXTS = _workload.LOAD_TEXTS
-"""Hypothesis, premise ("" = none): the workload's load texts (ofa_ve_bench.workload)."""
+"""Hypothesis, premise ("" = none): the workload's load texts (ofa_ve_data.workload)."""
 
 
 def bytes_value(data: bytes) -> dict[str, object]:
@@ -67,14 +67,14 @@ def workload_images(images_dir: Path = IMAGES_DIR, formats: str = "all") -> list
 def workload_items(
     images_dir: Path = IMAGES_DIR, formats: str = "all", steps: int = 0
 ) -> list[tuple[Path, str, str]]:
-    """(image path, hypothesis, premise) items: `ofa_ve_bench.workload.path_items`."""
+    """(image path, hypothesis, premise) items: `ofa_ve_data.workload.path_items`."""
     return _workload.path_items(steps, formats, images_dir)
 
 
 def workload(
     images_dir: Path = IMAGES_DIR, formats: str = "all", steps: int = 0
 ) -> list[tuple[bytes, str, str]]:
-    """(image bytes, hypothesis, premise) items: `ofa_ve_bench.workload.items`."""
+    """(image bytes, hypothesis, premise) items: `ofa_ve_data.workload.items`."""
     return _workload.items(steps, formats, images_dir=images_dir)
 
 

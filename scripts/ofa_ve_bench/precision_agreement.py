@@ -30,16 +30,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-
-from ofa_ve_bench import workload
-from ofa_ve_bench.workload import IMAGES_DIR
+from ofa_ve_data import workload
+from ofa_ve_data.workload import IMAGES_DIR
 
 DEFAULT_DTYPES = {"cpu": ("bfloat16",), "cuda": ("float16", "bfloat16")}
 
 
 def pairs(images_dir: Path = IMAGES_DIR) -> list[workload.Item]:
     """Every image with every hypothesis; every other pair also gets a premise
-    (`ofa_ve_bench.workload.agreement_items`)."""
+    (`ofa_ve_data.workload.agreement_items`)."""
     return workload.agreement_items("all", images_dir)
 
 

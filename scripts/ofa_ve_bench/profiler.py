@@ -255,9 +255,9 @@ def measure_split(model_dir: Path, dtype: str, passes: int, count: int | None = 
     """One engine in `dtype`: timed passes over the items, then one pass under the
     profiler and one in oneDNN's verbose mode."""
     import torch
+    from ofa_ve_data import workload
     from torch.profiler import ProfilerActivity, profile
 
-    from ofa_ve_bench import workload
     from ofa_ve_bench.engine_runner import build_engine, prepare_all
 
     engine = build_engine(model_dir, "cpu", {"dtype": dtype}, forward_batch_size=1)[0]

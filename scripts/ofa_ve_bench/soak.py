@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from ofa_ve_data import workload
 from ofa_ve_ops.paths import MODEL_NAME as MODEL
 from ofa_ve_ops.paths import SHM_REGION_PREFIX, STUB_NAME
 from ofa_ve_ops.procfs import (
@@ -47,8 +48,6 @@ from ofa_ve_ops.procfs import (
     socket_inodes,
     vm_kib,
 )
-
-from ofa_ve_bench import workload
 
 DEFAULT_IMAGES = workload.IMAGES_DIR
 MAX_BATCH_ITEMS = 32  # config.pbtxt max_batch_size

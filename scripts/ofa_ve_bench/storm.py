@@ -31,10 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from ofa_ve_data.workload import HYPOTHESES, IMAGES_DIR
 from ofa_ve_ops.paths import MODEL_NAME
 
 from ofa_ve_bench import machine
-from ofa_ve_bench.workload import HYPOTHESES, IMAGES_DIR
 
 MAX_REQUESTS = 2000
 MAX_ITEMS = 32

@@ -25,7 +25,7 @@ text length, and the graph carries them as constants covering ``--max-text-lengt
 tokens (default: the longest source ``prepare`` makes, max_src_length + BOS + EOS).
 
 The exported file is checked with ONNX Runtime against the engine on the test
-images (``ofa_ve_bench.workload``, in batches of a few items, so padding and the
+images (``ofa_ve_data.workload``, in batches of a few items, so padding and the
 dynamic axes are exercised); where a probability differs by more than ``--tolerance``
 (1e-4) the file is not written and the tool exits 1.
 
@@ -237,7 +237,7 @@ def check(
 
 def workload_items(engine: VisualEntailmentEngine) -> list[PreparedItem]:
     """Every test image with the load texts, prepared (the check's items)."""
-    from ofa_ve_bench import workload  # the one list of test images (dev tools)
+    from ofa_ve_data import workload  # the one list of test images (dev tools)
 
     return [engine.prepare(image, h, p or None) for image, h, p in workload.items()]
 

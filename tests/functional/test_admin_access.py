@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.grpc as tgrpc
-from ofa_ve_bench.workload import HYPOTHESES, TEST_IMAGES
+from ofa_ve_data.workload import HYPOTHESES, TEST_IMAGES
 from ofa_ve_ops import admin_access
 from ofa_ve_ops.paths import MODEL_NAME
 from ofa_ve_ops.server_process import TritonServer

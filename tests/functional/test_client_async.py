@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from ofa_ve_bench.workload import HYPOTHESES, TEST_IMAGES
 from ofa_ve_client import (
     AsyncVisualEntailmentClient,
     ClientClosedError,
@@ -15,6 +14,7 @@ from ofa_ve_client import (
     Prediction,
     VisualEntailmentClient,
 )
+from ofa_ve_data.workload import HYPOTHESES, TEST_IMAGES
 from PIL import Image
 
 NAMES = ("tiny_50x40_png", "bmp_120x80", "gray_256x256_png", "gif_2frames_96x64")

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from ofa_ve_bench.workload import HYPOTHESES, TEST_IMAGES
 from ofa_ve_client import (
     InvalidInputError,
     Item,
@@ -13,6 +12,7 @@ from ofa_ve_client import (
     VisualEntailmentClient,
     VisualEntailmentError,
 )
+from ofa_ve_data.workload import HYPOTHESES, TEST_IMAGES
 from support.waiting import settled
 
 IMAGES = [

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from ofa_ve_bench.workload import HYPOTHESES, TEST_IMAGES
 from ofa_ve_client import LABELS, VisualEntailmentClient
+from ofa_ve_data.workload import HYPOTHESES, TEST_IMAGES
 from support.waiting import settled
 
 CLI = Path(sys.executable).with_name("ofa-ve")  # the console script `pip install` made

@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from ofa_ve_bench.workload import HYPOTHESES, TEST_IMAGES
 from ofa_ve_client import LABELS, VisualEntailmentClient
 from ofa_ve_client.cli.evaluation import (
     NOT_UTF8,
@@ -29,6 +28,7 @@ from ofa_ve_client.cli.evaluation import (
     read_pairs,
     read_snli_ve_jsonl,
 )
+from ofa_ve_data.workload import HYPOTHESES, TEST_IMAGES
 
 CLI = Path(sys.executable).with_name("ofa-ve")
 PHOTOS = [

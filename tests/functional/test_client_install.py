@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from ofa_ve_bench.workload import TEST_IMAGES
+from ofa_ve_data.workload import TEST_IMAGES
 
 pytestmark = pytest.mark.slow  # a fresh virtualenv and a pip install
 

@@ -16,7 +16,6 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-from ofa_ve_bench.workload import AGREEMENT_HYPOTHESES, HYPOTHESES, TEST_IMAGES
 from ofa_ve_client import (
     ANSWERS,
     LABELS,
@@ -35,6 +34,7 @@ from ofa_ve_client.classification import (
     rank,
     softmax_log_entailment,
 )
+from ofa_ve_data.workload import AGREEMENT_HYPOTHESES, HYPOTHESES, TEST_IMAGES
 
 JPEG = TEST_IMAGES["landscape_640x480_jpeg"]
 PNG = TEST_IMAGES["tiny_50x40_png"]

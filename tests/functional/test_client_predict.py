@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from ofa_ve_bench.workload import TEST_IMAGES
 from ofa_ve_client import (
     ANSWERS,
     LABELS,
@@ -26,6 +25,7 @@ from ofa_ve_client import (
     Prediction,
     VisualEntailmentClient,
 )
+from ofa_ve_data.workload import TEST_IMAGES
 from PIL import Image
 
 JPEG = TEST_IMAGES["landscape_640x480_jpeg"]

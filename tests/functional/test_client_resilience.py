@@ -15,7 +15,6 @@ from collections.abc import Iterator
 
 import pytest
 import tritonclient.grpc as tgrpc
-from ofa_ve_bench.workload import HYPOTHESES, TEST_IMAGES
 from ofa_ve_client import (
     DeadlineExceededError,
     Item,
@@ -26,6 +25,7 @@ from ofa_ve_client import (
     VisualEntailmentClient,
 )
 from ofa_ve_client.retry import RETRYABLE_STATUSES
+from ofa_ve_data.workload import HYPOTHESES, TEST_IMAGES
 from ofa_ve_ops.server_process import TritonServer
 from support.waiting import settled
 

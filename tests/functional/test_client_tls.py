@@ -17,7 +17,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from ofa_ve_bench.workload import TEST_IMAGES
 from ofa_ve_client import (
     AuthenticationError,
     Prediction,
@@ -25,6 +24,7 @@ from ofa_ve_client import (
     ServerUnavailableError,
     VisualEntailmentClient,
 )
+from ofa_ve_data.workload import TEST_IMAGES
 from ofa_ve_ops.server_process import TritonServer
 from support.servers import running
 

@@ -36,10 +36,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.grpc as tgrpc
-from ofa_ve_bench import workload
 from ofa_ve_bench.soak import children as soak_children
 from ofa_ve_bench.soak import cmdline, process_state, stub_pids
-from ofa_ve_bench.workload import TEST_IMAGES
+from ofa_ve_data import workload
+from ofa_ve_data.workload import TEST_IMAGES
 from ofa_ve_ops.paths import MODEL_NAME as MODEL
 from ofa_ve_ops.paths import SHM_REGION_PREFIX
 from ofa_ve_ops.server_process import ServerStartError, TritonServer, free_ports

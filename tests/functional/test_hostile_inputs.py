@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as tgrpc
 from ofa_ve_bench.soak import stub_pids, vm_kib
-from ofa_ve_bench.workload import TEST_IMAGES
+from ofa_ve_data.workload import TEST_IMAGES
 from ofa_ve_engine.limits import InputLimits
 from PIL import Image
 from support.hostile import payloads

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from ofa_ve_bench.workload import TEST_IMAGES
+from ofa_ve_data.workload import TEST_IMAGES
 from ofa_ve_engine.image import NOT_AN_IMAGE
 from ofa_ve_ops.paths import MODEL_NAME
 from ofa_ve_ops.server_process import TritonServer

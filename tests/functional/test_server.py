@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from ofa_ve_bench.workload import HYPOTHESES, PREMISES, TEST_IMAGES
+from ofa_ve_data.workload import HYPOTHESES, PREMISES, TEST_IMAGES
 from ofa_ve_engine import ANSWERS, LABELS
 from ofa_ve_engine.demo_checkpoint import DEFAULT_SEED
 from ofa_ve_ops.paths import MODEL_NAME

@@ -30,9 +30,9 @@ from ofa_ve_bench import (
     soak,
     storm,
     wheelhouse,
-    workload,
 )
 from ofa_ve_bench.report import report
+from ofa_ve_data import workload
 from ofa_ve_engine.parameters import ParameterError
 from ofa_ve_ops import procfs
 from ofa_ve_ops.paths import CONFIG_PBTXT, MODEL_NAME, REPO_ROOT
@@ -594,7 +594,7 @@ def test_reference_worker_loop_answers_every_job_line() -> None:
     import io
     import json
 
-    from ofa_ve_bench.reference import worker
+    from ofa_ve_reference import worker
 
     jobs = io.StringIO('{"job": "no_such_job"}\n\nnot json\n')
     answers = io.StringIO()
@@ -612,7 +612,7 @@ def test_reference_worker_reports_a_failed_job_and_keeps_serving(tmp_path: Path)
     import os
     import signal
 
-    from ofa_ve_bench.reference.worker import ReferenceJobError, ReferenceWorker
+    from ofa_ve_reference.worker import ReferenceJobError, ReferenceWorker
     from support.waiting import wait_for
 
     with ReferenceWorker(log_path=tmp_path / "worker.log") as reference:
@@ -633,7 +633,7 @@ def test_reference_worker_reports_a_failed_job_and_keeps_serving(tmp_path: Path)
 def test_reference_worker_killed_when_a_job_outlasts_its_timeout(tmp_path: Path) -> None:
     """A job past its timeout raises TimeoutError and kills the worker (by PID), so no
     late answer is read as the next job's; the next call starts a fresh worker."""
-    from ofa_ve_bench.reference.worker import ReferenceJobError, ReferenceWorker
+    from ofa_ve_reference.worker import ReferenceJobError, ReferenceWorker
 
     with ReferenceWorker(log_path=tmp_path / "worker.log") as reference:
         with pytest.raises(ReferenceJobError, match="KeyError: 'no_such_job'"):

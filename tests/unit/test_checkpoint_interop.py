@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from ofa_ve_bench.reference.worker import ReferenceWorker
-from ofa_ve_bench.workload import TEST_IMAGES
+from ofa_ve_data.workload import TEST_IMAGES
 from ofa_ve_engine import ANSWER_TO_LABEL, LABELS, VisualEntailmentEngine
 from ofa_ve_engine.checkpoint import load_model
 from ofa_ve_engine.demo_checkpoint import write_demo_checkpoint
 from ofa_ve_engine.modeling import OFAModel
 from ofa_ve_engine.settings import OFAArchitecture
+from ofa_ve_reference.worker import ReferenceWorker
 
 pytestmark = [pytest.mark.reference, pytest.mark.slow]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from ofa_ve_bench.workload import HYPOTHESES, TEST_IMAGES
+from ofa_ve_data.workload import HYPOTHESES, TEST_IMAGES
 from ofa_ve_engine import OFAArchitecture, TaskSettings, VisualEntailmentEngine
 from ofa_ve_engine.demo_checkpoint import (
     ANSWER_FILE,

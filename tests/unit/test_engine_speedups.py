@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from ofa_ve_bench.workload import TEST_IMAGES
+from ofa_ve_data.workload import TEST_IMAGES
 from ofa_ve_engine import VisualEntailmentEngine
 from ofa_ve_engine.modeling import _clamp_half
 from ofa_ve_engine.onednn import Linear, choose_linear_backend

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pytest
 from google.protobuf import json_format, text_format
-from ofa_ve_bench.workload import HYPOTHESES, TEST_IMAGES
+from ofa_ve_data.workload import HYPOTHESES, TEST_IMAGES
 from tritonclient.grpc import model_config_pb2
 
 MODEL_FOLDER = Path(__file__).resolve().parents[2] / "model_repository" / "ofa_visual_entailment"

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ofa_ve_bench.reference.worker import ReferenceWorker
-from ofa_ve_bench.workload import EXIF_IMAGE, HYPOTHESES, LONG_HYPOTHESIS, PREMISES, TEST_IMAGES
+from ofa_ve_data.workload import EXIF_IMAGE, HYPOTHESES, LONG_HYPOTHESIS, PREMISES, TEST_IMAGES
 from ofa_ve_engine import ANSWER_TO_LABEL, LABELS, PreparedItem, VisualEntailmentEngine
+from ofa_ve_reference.worker import ReferenceWorker
 from support.hostile import payloads
 
 pytestmark = [pytest.mark.reference, pytest.mark.slow]

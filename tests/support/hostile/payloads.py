@@ -14,7 +14,7 @@ import struct
 import zlib
 
 import numpy as np
-from ofa_ve_bench.workload import TEST_IMAGES
+from ofa_ve_data.workload import TEST_IMAGES
 from PIL import Image
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

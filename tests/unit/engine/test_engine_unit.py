@@ -155,7 +155,7 @@ def test_gpu_image_path_keeps_jpegs_encoded_and_decodes_them_in_the_pass(
     travel encoded to the pass, other formats as pixels, and the answers stay close to the
     exact path's (the fidelity itself is in docs/benchmarks.md)."""
     pytest.importorskip("torchvision")
-    from ofa_ve_bench.workload import TEST_IMAGES
+    from ofa_ve_data.workload import TEST_IMAGES
 
     cpu_gpu = VisualEntailmentEngine(
         tiny_engine.settings, tiny_engine.tokenizer, tiny_engine.model, image_path="gpu"

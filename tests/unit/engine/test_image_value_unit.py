@@ -11,7 +11,7 @@ import base64
 
 import numpy as np
 import pytest
-from ofa_ve_bench.workload import TEST_IMAGES
+from ofa_ve_data.workload import TEST_IMAGES
 from ofa_ve_engine import InputLimits
 from ofa_ve_engine.errors import InvalidInputError
 from ofa_ve_engine.image import NOT_AN_IMAGE, image_bytes, load_pixels, open_checked

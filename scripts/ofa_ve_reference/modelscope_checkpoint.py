@@ -7,8 +7,8 @@ ModelScope's code with the same import placeholders as the pipeline reference;
 tests call it through `reference.worker.ReferenceWorker`, in a process of its own,
 so the test process stays clean.
 
-    python -m ofa_ve_bench.reference.modelscope_checkpoint write OUT_DIR [--seed N]
-    python -m ofa_ve_bench.reference.modelscope_checkpoint check MODEL_DIR      # prints JSON
+    python -m ofa_ve_reference.modelscope_checkpoint write OUT_DIR [--seed N]
+    python -m ofa_ve_reference.modelscope_checkpoint check MODEL_DIR      # prints JSON
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from ofa_ve_bench.reference.modelscope_pipeline import install_import_stubs
+from ofa_ve_reference.modelscope_pipeline import install_import_stubs
 
 
 def _modelscope_ofa() -> tuple[type, type]:
@@ -87,7 +87,7 @@ def loading_report(model_dir: Path) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ofa_ve_bench.reference.modelscope_checkpoint")
+    parser = argparse.ArgumentParser(prog="python -m ofa_ve_reference.modelscope_checkpoint")
     sub = parser.add_subparsers(dest="command", required=True)
     write = sub.add_parser("write", help="write a checkpoint from ModelScope's OFAModel")
     write.add_argument("out", type=Path)

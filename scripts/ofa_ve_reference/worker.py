@@ -33,9 +33,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from ofa_ve_bench.reference.modelscope_pipeline import Pair, image_path
+from ofa_ve_reference.modelscope_pipeline import Pair, image_path
 
-MODULE = "ofa_ve_bench.reference.worker"
+MODULE = "ofa_ve_reference.worker"
 
 
 class ReferenceJobError(RuntimeError):
@@ -43,7 +43,7 @@ class ReferenceJobError(RuntimeError):
 
 
 def _run_pipeline(model_dir: str, pairs: list[list[Any]], inputs_dir: str | None) -> Any:
-    from ofa_ve_bench.reference.modelscope_pipeline import run_reference
+    from ofa_ve_reference.modelscope_pipeline import run_reference
 
     if inputs_dir is not None:
         Path(inputs_dir).mkdir(parents=True, exist_ok=True)
@@ -51,13 +51,13 @@ def _run_pipeline(model_dir: str, pairs: list[list[Any]], inputs_dir: str | None
 
 
 def _write_checkpoint(out: str, seed: int) -> str:
-    from ofa_ve_bench.reference.modelscope_checkpoint import write_modelscope_checkpoint
+    from ofa_ve_reference.modelscope_checkpoint import write_modelscope_checkpoint
 
     return str(write_modelscope_checkpoint(Path(out), seed))
 
 
 def _loading_report(model_dir: str) -> Any:
-    from ofa_ve_bench.reference.modelscope_checkpoint import loading_report
+    from ofa_ve_reference.modelscope_checkpoint import loading_report
 
     return loading_report(Path(model_dir))
 

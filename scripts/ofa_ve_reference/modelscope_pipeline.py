@@ -18,7 +18,7 @@ import hook out of the test process.
 
 CLI (prints a JSON list, one `{"labels": ..., "scores": ...}` per pair):
 
-    python -m ofa_ve_bench.reference.modelscope_pipeline MODEL_DIR PAIRS.json [--dump-inputs DIR]
+    python -m ofa_ve_reference.modelscope_pipeline MODEL_DIR PAIRS.json [--dump-inputs DIR]
 
 PAIRS.json is a list of `{"image": PATH, "hypothesis": TEXT, "premise": TEXT|null}`
 objects (or `[PATH, HYPOTHESIS, PREMISE]` triples); relative image paths are
@@ -302,7 +302,7 @@ def _load_pairs(path: Path) -> list[Pair]:
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point: print ModelScope's outputs for the pairs as one JSON list."""
     parser = argparse.ArgumentParser(
-        prog="python -m ofa_ve_bench.reference.modelscope_pipeline",
+        prog="python -m ofa_ve_reference.modelscope_pipeline",
         description="Run ModelScope's own visual-entailment pipeline offline and print JSON.",
     )
     parser.add_argument("model_dir", type=Path, help="local ModelScope model directory")
