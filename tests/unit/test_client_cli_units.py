@@ -13,29 +13,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import ofa_ve_client as ove
 import pytest
-from ofa_ve_client import (
-    AsyncVisualEntailmentClient,
-    AuthenticationError,
-    CallAbortedError,
-    ClientClosedError,
-    DeadlineExceededError,
-    ImageFetchError,
-    InvalidInputError,
-    ModelNotFoundError,
-    ModelNotReadyError,
-    Prediction,
-    ProtocolError,
-    RequestCancelledError,
-    ResourceExhaustedError,
-    RetryPolicy,
-    ServerError,
-    ServerSideError,
-    ServerUnavailableError,
-    UnavailableError,
-    VisualEntailmentClient,
-    VisualEntailmentError,
-)
 from ofa_ve_client.classification import ZeroShotQuery, check_labels
 from ofa_ve_client.cli import commands, main
 from ofa_ve_client.cli.batch_io import peek_format, read_done, read_rows
@@ -44,7 +23,7 @@ from ofa_ve_client.errors import from_status
 from ofa_ve_client.items import encode_text
 from tritonclient.utils import InferenceServerException
 
-ANSWER = Prediction.from_outputs("entailment", "yes", [0.7, 0.2, 0.1])
+ANSWER = ove.Prediction.from_outputs("entailment", "yes", [0.7, 0.2, 0.1])
 
 
 def free_port() -> int:
@@ -82,30 +61,30 @@ class AsyncFakeChannel(FakeChannel):
         pass
 
 
-POLICY = RetryPolicy(max_attempts=3, initial_backoff=0.0, max_backoff=0.0)
+POLICY = ove.RetryPolicy(max_attempts=3, initial_backoff=0.0, max_backoff=0.0)
 
 
 def test_sync_client_retries_and_fails_over_through_the_base():
-    client = VisualEntailmentClient(["127.0.0.1:1", "127.0.0.1:2"], retry=POLICY, timeout=5)
+    client = ove.VisualEntailmentClient(["127.0.0.1:1", "127.0.0.1:2"], retry=POLICY, timeout=5)
     first, second = FakeChannel(failures=1), FakeChannel()
     client._clients = [first, second]
     assert client.max_batch_size() == 8 and client.max_batch_size() == 8  # read once
     assert (first.calls, second.calls) == (1, 1)  # the retry moved to the next URL
     client.close()
-    with pytest.raises(ClientClosedError):
+    with pytest.raises(ove.ClientClosedError):
         client.model_config()
 
 
 def test_async_client_runs_the_same_steps_awaited():
     async def scenario() -> tuple[int, int, int]:
-        client = AsyncVisualEntailmentClient(
+        client = ove.AsyncVisualEntailmentClient(
             ["127.0.0.1:1", "127.0.0.1:2"], retry=POLICY, timeout=5
         )
         first, second = AsyncFakeChannel(failures=1), AsyncFakeChannel()
         client._clients = [first, second]  # type: ignore[list-item]
         size = await client.max_batch_size()
         await client.close()
-        with pytest.raises(ClientClosedError):
+        with pytest.raises(ove.ClientClosedError):
             await client.model_config()
         return size, first.calls, second.calls
 
@@ -114,15 +93,15 @@ def test_async_client_runs_the_same_steps_awaited():
 
 def test_a_client_that_cannot_connect_says_so_in_both_forms():
     url = f"127.0.0.1:{free_port()}"
-    client = VisualEntailmentClient(url, retry=RetryPolicy.disabled(), timeout=5)
-    with client, pytest.raises(ServerUnavailableError):
+    client = ove.VisualEntailmentClient(url, retry=ove.RetryPolicy.disabled(), timeout=5)
+    with client, pytest.raises(ove.ServerUnavailableError):
         client.predict_batch([(b"x", "h")])
 
     async def scenario() -> None:
-        async with AsyncVisualEntailmentClient(
-            url, retry=RetryPolicy.disabled(), timeout=5
+        async with ove.AsyncVisualEntailmentClient(
+            url, retry=ove.RetryPolicy.disabled(), timeout=5
         ) as client:
-            with pytest.raises(ServerUnavailableError):
+            with pytest.raises(ove.ServerUnavailableError):
                 await client.predict_batch([(b"x", "h")])
 
     asyncio.run(scenario())
@@ -134,35 +113,44 @@ def test_a_client_that_cannot_connect_says_so_in_both_forms():
 @pytest.mark.parametrize(
     ("family", "members"),
     [
-        (InvalidInputError, (ImageFetchError,)),
-        (UnavailableError, (ServerUnavailableError, ModelNotReadyError, ResourceExhaustedError)),
-        (CallAbortedError, (DeadlineExceededError, RequestCancelledError, ClientClosedError)),
-        (ServerSideError, (ServerError, ModelNotFoundError, AuthenticationError, ProtocolError)),
+        (ove.InvalidInputError, (ove.ImageFetchError,)),
+        (
+            ove.UnavailableError,
+            (ove.ServerUnavailableError, ove.ModelNotReadyError, ove.ResourceExhaustedError),
+        ),
+        (
+            ove.CallAbortedError,
+            (ove.DeadlineExceededError, ove.RequestCancelledError, ove.ClientClosedError),
+        ),
+        (
+            ove.ServerSideError,
+            (ove.ServerError, ove.ModelNotFoundError, ove.AuthenticationError, ove.ProtocolError),
+        ),
     ],
 )
 def test_every_error_class_belongs_to_its_status_family(family, members):
-    assert issubclass(family, VisualEntailmentError)
+    assert issubclass(family, ove.VisualEntailmentError)
     for member in members:
         assert issubclass(member, family)
 
 
 def test_old_names_catch_exactly_what_they_caught():
     # Grouping added bases above the classes; no old name catches a new case.
-    assert not issubclass(ResourceExhaustedError, ServerUnavailableError)
-    assert not issubclass(AuthenticationError, ServerUnavailableError)
-    assert not issubclass(ModelNotFoundError, ServerError)
-    assert issubclass(DeadlineExceededError, TimeoutError)
-    assert issubclass(ServerUnavailableError, ConnectionError)
-    assert issubclass(InvalidInputError, ValueError)
+    assert not issubclass(ove.ResourceExhaustedError, ove.ServerUnavailableError)
+    assert not issubclass(ove.AuthenticationError, ove.ServerUnavailableError)
+    assert not issubclass(ove.ModelNotFoundError, ove.ServerError)
+    assert issubclass(ove.DeadlineExceededError, TimeoutError)
+    assert issubclass(ove.ServerUnavailableError, ConnectionError)
+    assert issubclass(ove.InvalidInputError, ValueError)
     by_status = {
-        "INVALID_ARGUMENT": InvalidInputError,
-        "UNAVAILABLE": UnavailableError,
-        "RESOURCE_EXHAUSTED": UnavailableError,
-        "DEADLINE_EXCEEDED": CallAbortedError,
-        "CANCELLED": CallAbortedError,
-        "INTERNAL": ServerSideError,
-        "NOT_FOUND": ServerSideError,
-        "UNAUTHENTICATED": ServerSideError,
+        "INVALID_ARGUMENT": ove.InvalidInputError,
+        "UNAVAILABLE": ove.UnavailableError,
+        "RESOURCE_EXHAUSTED": ove.UnavailableError,
+        "DEADLINE_EXCEEDED": ove.CallAbortedError,
+        "CANCELLED": ove.CallAbortedError,
+        "INTERNAL": ove.ServerSideError,
+        "NOT_FOUND": ove.ServerSideError,
+        "UNAUTHENTICATED": ove.ServerSideError,
     }
     for status, family in by_status.items():
         assert isinstance(from_status(status, "m"), family), status
@@ -243,7 +231,7 @@ class FakeClient:
     def max_batch_size(self) -> int:
         return 4
 
-    def predict_batch(self, items: Iterable[Any], **options: Any) -> list[Prediction]:
+    def predict_batch(self, items: Iterable[Any], **options: Any) -> list[ove.Prediction]:
         items = list(items)
         self.sent.extend(items)
         if options.get("progress") and items:
@@ -321,7 +309,7 @@ def test_stdin_format_is_told_by_its_first_line():
 
 @pytest.mark.parametrize("header", ["img,text", "image,text", "path,sentence,premise"])
 def test_an_unrecognised_csv_header_is_refused_naming_the_columns(header):
-    with pytest.raises(InvalidInputError) as error:
+    with pytest.raises(ove.InvalidInputError) as error:
         list(read_rows(io.StringIO(f"{header}\na.jpg,A cup.\n"), "csv"))
     message = str(error.value)
     assert repr(header) in message
@@ -342,7 +330,7 @@ def test_batch_and_the_sdk_word_a_missing_or_empty_input_alike():
             io.StringIO('{"image": "a.png", "hypothesis": "  "}\n{"image": "a.png"}\n'), "jsonl"
         )
     )
-    with pytest.raises(InvalidInputError) as empty:
+    with pytest.raises(ove.InvalidInputError) as empty:
         encode_text("  ", "HYPOTHESIS", required=True)
     assert rows[0].error.message == empty.value.message == "HYPOTHESIS: is empty"
     assert rows[0].error.input_name == "HYPOTHESIS"

@@ -16,6 +16,7 @@ import pytest
 import torch
 from ofa_ve_engine import CheckpointError, InputLimits, InvalidInputError, VisualEntailmentEngine
 from ofa_ve_engine.checkpoint import load_model
+from ofa_ve_engine.scoring import ScoringInput
 from ofa_ve_engine.tokenizer import OFATokenizer
 from support.synthetic_images import png
 
@@ -93,9 +94,9 @@ def test_teacher_forced_scoring_equals_one_pass(
     batch = engine.collate(items)
     with torch.inference_mode():
         encoded = engine.model.encoder(batch.input_ids, batch.images)
-        args = (engine.model, encoded, batch.decoder_prompts, batch.prompt_lengths)
-        general = engine.scorer.score_teacher_forced(*args)
-        one_pass = engine.scorer.score_one_pass(*args)
+        inputs = ScoringInput(encoded, batch.decoder_prompts, batch.prompt_lengths)
+        general = engine.scorer.score_teacher_forced(engine.model, inputs)
+        one_pass = engine.scorer.score_one_pass(engine.model, inputs)
     torch.testing.assert_close(general, one_pass, atol=1e-5, rtol=0)
 
 

@@ -31,6 +31,11 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     )
 
 
+def serve_dry_run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``serve --dry-run`` with ``args``: what it would link and run, nothing started."""
+    return run("-m", SERVE, "--dry-run", *args, env=env)
+
+
 def _ldd_missing(binary: Path, env: dict[str, str]) -> list[str]:
     out = subprocess.run(["ldd", str(binary)], env=env, capture_output=True, text=True).stdout
     return [line.strip() for line in out.splitlines() if "not found" in line]
@@ -145,7 +150,7 @@ def test_serve_takes_ports_address_and_model_dir_from_the_environment(tmp_path: 
         OFA_VE_METRICS_PORT="18082",
     )
     repo_args = ("--model-repository", str(repository))
-    out = run("-m", SERVE, "--dry-run", *repo_args, env=env)
+    out = serve_dry_run(*repo_args, env=env)
     assert out.returncode == 0, out.stderr
     weights = repository / MODEL_NAME / "1" / "weights"
     assert f"weights: {weights} -> {model_dir.resolve()}" in out.stdout
@@ -155,7 +160,7 @@ def test_serve_takes_ports_address_and_model_dir_from_the_environment(tmp_path: 
         assert flag in out.stdout
     assert out.stdout.count("-address=127.0.0.1") == 3
 
-    out = run("-m", SERVE, "--dry-run", *repo_args, env={**env, "OFA_VE_BIND_ADDRESS": "0.0.0.0"})
+    out = serve_dry_run(*repo_args, env={**env, "OFA_VE_BIND_ADDRESS": "0.0.0.0"})
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("-address=0.0.0.0") == 3
 
@@ -169,17 +174,14 @@ def test_serve_leaves_a_version_folder_with_weights_of_its_own_alone(
     missing = tmp_path / "nowhere"
     env = _env(OFA_VE_MODEL_DIR=str(missing))
     only_own = copy_repository(tmp_path / "own", {"1": tiny_model_dir})
-    out = run("-m", SERVE, "--dry-run", "--model-repository", str(only_own), env=env)
+    out = serve_dry_run("--model-repository", str(only_own), env=env)
     assert out.returncode == 0, out.stderr
     assert "version 1: its own weights" in out.stderr and "weights:" not in out.stdout
     assert "OFA_VE_MODEL_DIR not used" in out.stderr
 
     model_dir = tmp_path / "model"
     model_dir.mkdir()
-    out = run(
-        "-m",
-        SERVE,
-        "--dry-run",
+    out = serve_dry_run(
         "--model-repository",
         str(repository),
         env=_env(OFA_VE_MODEL_DIR=str(model_dir)),
@@ -201,7 +203,9 @@ def test_serve_links_weights_atomically_and_refuses_what_is_no_repository(tmp_pa
     assert needs_weights(version)  # a link serve made is serve's to re-point
     assert link_weights(version, second).resolve() == second
     assert sorted(p.name for p in version.iterdir() if "weights" in p.name) == [
-        ".weights-link", "weights"]
+        ".weights-link",
+        "weights",
+    ]
     (version / "weights").unlink()
     (version / "weights").symlink_to(first)
     assert not needs_weights(version)  # a link of the operator's stays
@@ -209,7 +213,7 @@ def test_serve_links_weights_atomically_and_refuses_what_is_no_repository(tmp_pa
     (version / "weights").mkdir()
     assert not needs_weights(version)  # a real directory is the operator's
 
-    out = run("-m", SERVE, "--dry-run", "--model-repository", str(tmp_path / "a"), env=_env())
+    out = serve_dry_run("--model-repository", str(tmp_path / "a"), env=_env())
     assert out.returncode != 0
     assert f"{tmp_path / 'a'} is not a model repository of {MODEL_NAME}" in out.stderr
 
@@ -217,19 +221,14 @@ def test_serve_links_weights_atomically_and_refuses_what_is_no_repository(tmp_pa
 def test_serve_refuses_a_missing_model_dir_and_a_bad_port(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere"
     repository = copy_repository(tmp_path / "repository", {"1": None})
-    out = run(
-        "-m",
-        SERVE,
-        "--dry-run",
+    out = serve_dry_run(
         "--model-repository",
         str(repository),
         env=_env(OFA_VE_MODEL_DIR=str(missing)),
     )
     assert out.returncode != 0
     assert str(missing) in out.stderr and "does not exist" in out.stderr
-    out = run(
-        "-m", SERVE, "--dry-run", env=_env(OFA_VE_MODEL_DIR=str(tmp_path), OFA_VE_GRPC_PORT="x")
-    )
+    out = serve_dry_run(env=_env(OFA_VE_MODEL_DIR=str(tmp_path), OFA_VE_GRPC_PORT="x"))
     assert out.returncode != 0 and "OFA_VE_GRPC_PORT" in out.stderr
 
 
@@ -299,11 +298,11 @@ def test_serve_closes_the_admin_apis_when_given_a_key(tmp_path: Path) -> None:
     from ofa_ve_ops import admin_access
 
     env = _env(OFA_VE_MODEL_DIR=str(tmp_path))
-    assert "restricted" not in run("-m", SERVE, "--dry-run", env=env).stdout
+    assert "restricted" not in serve_dry_run(env=env).stdout
     secret = "f" * 32
-    closed = run("-m", SERVE, "--dry-run", env={**env, "OFA_VE_ADMIN_KEY": secret})
+    closed = serve_dry_run(env={**env, "OFA_VE_ADMIN_KEY": secret})
     assert closed.returncode == 0, closed.stderr
     for flag in admin_access.restricted_flags(secret):
         assert flag in closed.stdout
-    bad = run("-m", SERVE, "--dry-run", env={**env, "OFA_VE_ADMIN_KEY": "short"})
+    bad = serve_dry_run(env={**env, "OFA_VE_ADMIN_KEY": "short"})
     assert bad.returncode != 0 and "admin key" in bad.stderr

@@ -101,6 +101,20 @@ def add_progress_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_command(
+    sub: Any,
+    name: str,
+    handler: Any,
+    common: argparse.ArgumentParser,
+    **texts: str,
+) -> argparse.ArgumentParser:
+    """A subcommand that runs ``handler``, with the common flags and its ``help`` and
+    ``description`` texts; the parser is kept on the parsed arguments for error messages."""
+    command = sub.add_parser(name, parents=[common], **texts)
+    command.set_defaults(handler=handler, subparser=command)
+    return command
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ofa-ve",
@@ -112,34 +126,38 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     common = _common_options(top_level=False)
 
-    predict = sub.add_parser(
+    predict = add_command(
+        sub,
         "predict",
-        parents=[common],
+        cmd_predict,
+        common,
         help="judge one image and hypothesis; prints one JSON object",
         description="Judge one item and print {label, answer, score, probs} as JSON.",
     )
-    predict.set_defaults(handler=cmd_predict, subparser=predict)
     predict.add_argument("image", help="image file path or http(s) URL")
     predict.add_argument("hypothesis", help="the sentence to judge")
     predict.add_argument("--premise", help="optional text premise")
 
-    many = sub.add_parser(
+    many = add_command(
+        sub,
         "many",
-        parents=[common],
+        cmd_many,
+        common,
         help="judge one image against several hypotheses; writes JSONL, one line each",
         description="The image is read once and the hypotheses are sent in as few requests "
         "as the model's max_batch_size allows. Each output line is {index, hypothesis} plus "
         "the prediction, or an `error` object for that hypothesis; the order is the "
         "command line's. Exit 1 if any hypothesis failed.",
     )
-    many.set_defaults(handler=cmd_many, subparser=many)
     many.add_argument("image", help="image file path or http(s) URL")
     many.add_argument("hypotheses", nargs="+", metavar="HYPOTHESIS", help="sentences to judge")
     many.add_argument("--premise", help="optional text premise, the same for every hypothesis")
 
-    classify = sub.add_parser(
+    classify = add_command(
+        sub,
         "classify",
-        parents=[common],
+        cmd_classify,
+        common,
         help="zero-shot classify an image among candidate labels",
         description="Each LABEL becomes a hypothesis through --template; the labels are "
         "ranked by entailment. Single-label (default): scores are a softmax over the labels "
@@ -147,7 +165,6 @@ def build_parser() -> argparse.ArgumentParser:
         "Prints 'SCORE LABEL' lines, best first, or with --json one object "
         '{"image", "labels", "scores", "hypotheses", "multi_label", "premise"}.',
     )
-    classify.set_defaults(handler=cmd_classify, subparser=classify)
     classify.add_argument("image", help="image file path or http(s) URL")
     classify.add_argument(
         "labels",
@@ -169,9 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--premise", help="optional text premise")
     classify.add_argument("--json", action="store_true", help="print one JSON object")
 
-    batch = sub.add_parser(
+    batch = add_command(
+        sub,
         "batch",
-        parents=[common],
+        cmd_batch,
+        common,
         help="judge every row of a JSONL or CSV file; writes JSONL",
         description="Rows have image, hypothesis and optional premise: JSONL keys, or CSV "
         "columns named by a header row (any order) or, without one, in that order. Other "
@@ -181,7 +200,6 @@ def build_parser() -> argparse.ArgumentParser:
         "the prediction or an `error` object; the order is the input order (with --resume, "
         "the kept lines first).",
     )
-    batch.set_defaults(handler=cmd_batch, subparser=batch)
     batch.add_argument("input", help="input .jsonl or .csv file, or - for stdin")
     batch.add_argument("--output", "-o", default="-", help="output .jsonl (default: stdout)")
     batch.add_argument(
@@ -210,9 +228,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_progress_flags(batch)
 
-    evaluate = sub.add_parser(
+    evaluate = add_command(
+        sub,
         "evaluate",
-        parents=[common],
+        cmd_evaluate,
+        common,
         help="accuracy on SNLI-VE (or any dataset in its formats) through the server",
         description="Sends every pair of an SNLI-VE file through the server and scores the "
         "answers against the gold labels: accuracy (percent), per-class precision, recall "
@@ -223,7 +243,6 @@ def build_parser() -> argparse.ArgumentParser:
         "goes to stdout (--json: the JSON summary instead); the summary is also written "
         "beside --out (or to --summary). Exit 1 if any pair failed.",
     )
-    evaluate.set_defaults(handler=cmd_evaluate, subparser=evaluate)
     evaluate.add_argument("data", metavar="JSONL_OR_TSV", help="the dataset file")
     evaluate.add_argument("--images", metavar="DIR", help="Flickr30k image folder (JSONL)")
     evaluate.add_argument("--format", choices=("jsonl", "tsv"), help="default: by suffix")
@@ -252,11 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print the JSON summary")
     add_progress_flags(evaluate)
 
-    health = sub.add_parser(
+    add_command(
+        sub,
         "health",
-        parents=[common],
+        cmd_health,
+        common,
         help="liveness, readiness and model readiness of each server (JSON)",
         description="Prints per-server health as JSON; exit 0 when the model is ready somewhere.",
     )
-    health.set_defaults(handler=cmd_health, subparser=health)
     return parser

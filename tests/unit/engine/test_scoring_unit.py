@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from ofa_ve_engine import VisualEntailmentEngine
-from ofa_ve_engine.scoring import AnswerScorer, AnswerTrie
+from ofa_ve_engine.scoring import AnswerScorer, AnswerTrie, ScoringInput
 
 
 @pytest.fixture(scope="module")
@@ -37,14 +37,15 @@ def test_single_token_detection() -> None:
     with pytest.raises(ValueError, match="at least one token"):
         _scorer([[5], []])
     with pytest.raises(ValueError, match="one distinct token"):
-        _scorer([[5, 6], [7]]).score_one_pass(None, None, None, None)  # type: ignore[arg-type]
+        _scorer([[5, 6], [7]]).score_one_pass(None, None)  # type: ignore[arg-type]
 
 
 @torch.inference_mode()
 def test_teacher_forced_equals_one_pass_for_single_tokens(encoded) -> None:
     scorer = _scorer([[9904], [117], [1978]])
-    general = scorer.score_teacher_forced(*encoded)
-    torch.testing.assert_close(general, scorer.score_one_pass(*encoded), atol=1e-5, rtol=0)
+    model, inputs = encoded[0], ScoringInput(*encoded[1:])
+    general = scorer.score_teacher_forced(model, inputs)
+    torch.testing.assert_close(general, scorer.score_one_pass(model, inputs), atol=1e-5, rtol=0)
     torch.testing.assert_close(general.sum(1), torch.ones(len(general)), atol=1e-6, rtol=0)
 
 
@@ -55,7 +56,7 @@ def test_forced_continuations_add_nothing(encoded) -> None:
     two_tokens = _scorer([[9904, 400], [117, 401], [1978, 402]])
     assert not two_tokens.single_token
     got = two_tokens.score(*encoded)  # takes the teacher-forced path
-    want = _scorer([[9904], [117], [1978]]).score_one_pass(*encoded)
+    want = _scorer([[9904], [117], [1978]]).score_one_pass(encoded[0], ScoringInput(*encoded[1:]))
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
 

@@ -379,7 +379,7 @@ def make_decisive(
     """
     from .engine import VisualEntailmentEngine
     from .modeling import OFAModel
-    from .scoring import AnswerScorer
+    from .scoring import AnswerScorer, ScoringInput
     from .settings import TaskSettings
     from .tokenizer import OFATokenizer
 
@@ -405,11 +405,8 @@ def make_decisive(
             encoded = model.encoder(
                 batch.input_ids, patch_embeds=embeds.expand(len(_CALIBRATION_SENTENCES), -1, -1, -1)
             )
-            states.append(
-                AnswerScorer.last_states(
-                    model, encoded, batch.decoder_prompts, batch.prompt_lengths
-                )
-            )
+            inputs = ScoringInput(encoded, batch.decoder_prompts, batch.prompt_lengths)
+            states.append(AnswerScorer.last_states(model, inputs))
     hidden = torch.cat(states).double()  # [images * sentences, D], image by image
     mean = hidden.mean(0)
     per_image = hidden.view(-1, len(_CALIBRATION_SENTENCES), hidden.shape[1])

@@ -298,13 +298,36 @@ class _OFALayer(nn.Module):
         hidden_states = self.activation_fn(self.fc1(hidden_states))
         return self.fc2(_apply(self.ffn_layer_norm, hidden_states))
 
+    def attention_sublayer(
+        self,
+        hidden_states: torch.Tensor,
+        norms: tuple[nn.Module, nn.Module | None],
+        attend: Callable[[torch.Tensor], torch.Tensor],
+    ) -> torch.Tensor:
+        """The residual sublayer around ``attend``: ``norms`` are its LayerNorm and
+        NormFormer's mid norm (None where the config has none)."""
+        layer_norm, mid_layer_norm = norms
+        return _residual(
+            hidden_states,
+            layer_norm,
+            self.normalize_before,
+            lambda h: _apply(mid_layer_norm, attend(h)),
+        )
+
+    def ffn_sublayer(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """The residual sublayer around ``feed_forward``."""
+        return _residual(
+            hidden_states, self.final_layer_norm, self.normalize_before, self.feed_forward
+        )
+
 
 class OFAEncoderLayer(_OFALayer):
     """Self-attention and FFN."""
 
     def __init__(self, arch: OFAArchitecture) -> None:
-        super().__init__(arch, arch.encoder_attention_heads, arch.encoder_ffn_dim,
-                         arch.encoder_normalize_before)
+        super().__init__(
+            arch, arch.encoder_attention_heads, arch.encoder_ffn_dim, arch.encoder_normalize_before
+        )
 
     def forward(
         self,
@@ -314,12 +337,12 @@ class OFAEncoderLayer(_OFALayer):
         patch_attention: PatchAttention | None = None,
     ) -> torch.Tensor:
         """[B, S, D] -> [B, S, D]; the arguments as in ``OFAAttention.forward``."""
-        pre = self.normalize_before
-        hidden_states = _residual(hidden_states, self.self_attn_layer_norm, pre, lambda h: _apply(
-            self.self_attn_mid_layer_norm, self.self_attn(h, h, attn_bias, lengths, patch_attention)
-        ))
-        hidden_states = _residual(hidden_states, self.final_layer_norm, pre,
-                                  self.feed_forward)
+        hidden_states = self.attention_sublayer(
+            hidden_states,
+            (self.self_attn_layer_norm, self.self_attn_mid_layer_norm),
+            lambda h: self.self_attn(h, h, attn_bias, lengths, patch_attention),
+        )
+        hidden_states = self.ffn_sublayer(hidden_states)
         return _clamp_half(hidden_states)
 
 
@@ -343,16 +366,17 @@ class OFADecoderLayer(_OFALayer):
         encoder_attn_bias: torch.Tensor,
     ) -> torch.Tensor:
         """[B, T, D] -> [B, T, D], attending to ``encoder_hidden_states`` [B, S, D]."""
-        pre = self.normalize_before
-        hidden_states = _residual(hidden_states, self.self_attn_layer_norm, pre, lambda h: _apply(
-            self.self_attn_mid_layer_norm, self.self_attn(h, h, self_attn_bias)
-        ))
-        hidden_states = _residual(hidden_states, self.cross_attn_layer_norm, pre, lambda h: _apply(
-            self.cross_attn_mid_layer_norm,
-            self.cross_attn(h, encoder_hidden_states, encoder_attn_bias),
-        ))
-        return _residual(hidden_states, self.final_layer_norm, pre,
-                         self.feed_forward)
+        hidden_states = self.attention_sublayer(
+            hidden_states,
+            (self.self_attn_layer_norm, self.self_attn_mid_layer_norm),
+            lambda h: self.self_attn(h, h, self_attn_bias),
+        )
+        hidden_states = self.attention_sublayer(
+            hidden_states,
+            (self.cross_attn_layer_norm, self.cross_attn_mid_layer_norm),
+            lambda h: self.cross_attn(h, encoder_hidden_states, encoder_attn_bias),
+        )
+        return self.ffn_sublayer(hidden_states)
 
 
 @dataclass
@@ -387,26 +411,40 @@ def _rel_tables(count: int, num_rel: int, heads: int) -> nn.ModuleList:
     return tables
 
 
-class OFAEncoder(nn.Module):
+class _OFAStack(nn.Module):
+    """What the encoder and the decoder hold alike: the architecture, the shared token
+    embedding and its scale, and their number of attention heads."""
+
+    def __init__(self, arch: OFAArchitecture, embed_tokens: nn.Embedding, heads: int) -> None:
+        super().__init__()
+        self.arch = arch
+        self.num_heads = heads
+        self.embed_scale = math.sqrt(arch.d_model) if arch.scale_embedding else 1.0
+        self.embed_tokens = embed_tokens
+
+    def _add_position_embeddings(self) -> None:
+        """Absolute positions of text tokens and of image patches, each with its LayerNorm,
+        and the scaling of the attention bias they make (created in checkpoint order)."""
+        arch, d = self.arch, self.arch.d_model
+        self.embed_positions = nn.Embedding(arch.max_position_embeddings + 2, d)
+        self.embed_image_positions = nn.Embedding(arch.image_bucket_size**2 + 1, d)
+        self.pos_ln = nn.LayerNorm(d)
+        self.image_pos_ln = nn.LayerNorm(d)
+        self.pos_scaling = float(d / self.num_heads * arch.attn_scale_factor) ** -0.5
+
+
+class OFAEncoder(_OFAStack):
     """Patch embeddings (stem, then projection) and text tokens through the encoder layers."""
 
     def __init__(self, arch: OFAArchitecture, embed_tokens: nn.Embedding) -> None:
-        super().__init__()
-        d, heads = arch.d_model, arch.encoder_attention_heads
-        self.arch = arch
-        self.num_heads = heads
-        self.embed_scale = math.sqrt(d) if arch.scale_embedding else 1.0
-        self.embed_tokens = embed_tokens
+        super().__init__(arch, embed_tokens, arch.encoder_attention_heads)
+        d, heads = arch.d_model, self.num_heads
         self.type_embedding = nn.Embedding(2, d) if arch.add_type_embedding else None
         self.embed_images = ResNet(arch.resnet_layers)
         """The stem. The attribute keeps the checkpoint's name; code says ``stem``."""
         self.image_proj = Linear(ResNet.out_channels, d)
         self.patch_layernorm_embedding = _layer_norm(d, arch.patch_layernorm_embedding)
-        self.embed_positions = nn.Embedding(arch.max_position_embeddings + 2, d)
-        self.embed_image_positions = nn.Embedding(arch.image_bucket_size**2 + 1, d)
-        self.pos_ln = nn.LayerNorm(d)
-        self.image_pos_ln = nn.LayerNorm(d)
-        self.pos_scaling = float(d / heads * arch.attn_scale_factor) ** -0.5
+        self._add_position_embeddings()
         self.pos_q_linear = Linear(d, d)
         self.pos_k_linear = Linear(d, d)
         self.layers = nn.ModuleList(OFAEncoderLayer(arch) for _ in range(arch.encoder_layers))
@@ -596,23 +634,15 @@ class OFAEncoder(nn.Module):
         return self._position_cache
 
 
-class OFADecoder(nn.Module):
+class OFADecoder(_OFAStack):
     """The decoder, returning hidden states (scoring projects only the answers' logits)."""
 
     def __init__(self, arch: OFAArchitecture, embed_tokens: nn.Embedding) -> None:
-        super().__init__()
-        d, heads = arch.d_model, arch.decoder_attention_heads
-        self.arch = arch
-        self.num_heads = heads
-        self.embed_scale = math.sqrt(d) if arch.scale_embedding else 1.0
-        self.embed_tokens = embed_tokens
+        super().__init__(arch, embed_tokens, arch.decoder_attention_heads)
+        d, heads = arch.d_model, self.num_heads
         self.layers = nn.ModuleList(OFADecoderLayer(arch) for _ in range(arch.decoder_layers))
         self.layernorm_embedding = _layer_norm(d, arch.layernorm_embedding)
-        self.embed_positions = nn.Embedding(arch.max_position_embeddings + 2, d)
-        self.embed_image_positions = nn.Embedding(arch.image_bucket_size**2 + 1, d)
-        self.pos_ln = nn.LayerNorm(d)
-        self.image_pos_ln = nn.LayerNorm(d)
-        self.pos_scaling = float(d / heads * arch.attn_scale_factor) ** -0.5
+        self._add_position_embeddings()
         self.self_pos_q_linear = Linear(d, d)
         self.self_pos_k_linear = Linear(d, d)
         self.cross_pos_q_linear = Linear(d, d)

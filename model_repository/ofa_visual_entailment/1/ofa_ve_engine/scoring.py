@@ -14,6 +14,7 @@ path (``score_one_pass``) when it applies and the general one
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 
@@ -39,6 +40,15 @@ class AnswerTrie:
                 return [self.eos_id]
             node = node[token]
         return list(node)
+
+
+class ScoringInput(NamedTuple):
+    """What answers are scored on: the encoder's output for a batch, the decoder prompts
+    ([B, T], right-padded) and their real lengths ([B])."""
+
+    encoder_out: EncoderOutput
+    prompts: torch.Tensor
+    prompt_lengths: torch.Tensor
 
 
 class AnswerScorer:
@@ -79,46 +89,30 @@ class AnswerScorer:
             prompts: [B, T] decoder prompts, right-padded.
             prompt_lengths: [B] their real lengths.
         """
+        inputs = ScoringInput(encoder_out, prompts, prompt_lengths)
         if self.single_token:
-            return self.score_one_pass(model, encoder_out, prompts, prompt_lengths)
-        return self.score_teacher_forced(model, encoder_out, prompts, prompt_lengths)
+            return self.score_one_pass(model, inputs)
+        return self.score_teacher_forced(model, inputs)
 
     @staticmethod
-    def last_states(
-        model: OFAModel,
-        encoder_out: EncoderOutput,
-        prompts: torch.Tensor,
-        prompt_lengths: torch.Tensor,
-    ) -> torch.Tensor:
-        """[B, D] decoder states at each item's last prompt position (where answers
-        start); the arguments as in ``score``."""
-        hidden_states = model.decoder(prompts, encoder_out)
-        rows = torch.arange(prompts.shape[0], device=prompts.device)
-        return hidden_states[rows, prompt_lengths - 1]
+    def last_states(model: OFAModel, inputs: ScoringInput) -> torch.Tensor:
+        """[B, D] decoder states at each item's last prompt position (where answers start)."""
+        hidden_states = model.decoder(inputs.prompts, inputs.encoder_out)
+        rows = torch.arange(inputs.prompts.shape[0], device=inputs.prompts.device)
+        return hidden_states[rows, inputs.prompt_lengths - 1]
 
-    def score_one_pass(
-        self,
-        model: OFAModel,
-        encoder_out: EncoderOutput,
-        prompts: torch.Tensor,
-        prompt_lengths: torch.Tensor,
-    ) -> torch.Tensor:
+    def score_one_pass(self, model: OFAModel, inputs: ScoringInput) -> torch.Tensor:
         """Softmax over the answers' logits at the last prompt position (single tokens only)."""
         if not self.single_token:
             raise ValueError("one-pass scoring needs every answer to be one distinct token")
-        last = self.last_states(model, encoder_out, prompts, prompt_lengths)  # [B, D]
+        last = self.last_states(model, inputs)  # [B, D]
         weight = model.decoder.output_projection.weight[self._first_ids.to(last.device)]
         logits = last @ weight.T  # [B, A]
         return torch.softmax(logits.float(), dim=-1)
 
-    def score_teacher_forced(
-        self,
-        model: OFAModel,
-        encoder_out: EncoderOutput,
-        prompts: torch.Tensor,
-        prompt_lengths: torch.Tensor,
-    ) -> torch.Tensor:
+    def score_teacher_forced(self, model: OFAModel, inputs: ScoringInput) -> torch.Tensor:
         """The reference's traverse scoring: every answer teacher-forced, trie-masked, summed."""
+        encoder_out, prompts, prompt_lengths = inputs
         device = prompts.device
         bsz, num_answers = prompts.shape[0], len(self.answer_ids)
         inputs: list[list[int]] = []
