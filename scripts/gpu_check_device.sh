@@ -1,18 +1,10 @@
 #!/usr/bin/env bash
-# The GPU check as one device call (docs/gpu-check.md); what the call runs, verbatim:
-#
-#   bash scripts/gpu_check_device.sh --mode gpu        (the rehearsal: --mode cpu)
-#
-# 1. Installs the carried wheels ($WHEELS, default .whl/server) into a fresh venv that
-#    also sees the machine's own packages. The machine's python3 is itself a venv, and
-#    `venv --system-site-packages` would see its *base* interpreter's packages, not torch:
-#    so a .pth file adds every site-packages folder of python3's sys.path after the venv's
-#    own (the carried numpy<2, tritonserver, simplejpeg come first). The Python-backend
-#    stub takes its packages from this venv too (it runs the Python first on PATH).
-# 2. Runs both parts of the check into $OUT (remaining arguments go to gpu_check), the
-#    console into $OUT/check.log. Without the wheels the engine part still runs on the
-#    machine's python3, and the summary says why the server part was skipped.
-# Exit status: gpu_check's (1 if a step failed).
+# The GPU check as one device call, run verbatim: `bash scripts/gpu_check_device.sh --mode gpu`
+# (the rehearsal: --mode cpu; docs/gpu-check.md). Installs the carried wheels ($WHEELS,
+# default .whl/server) into a fresh venv whose .pth adds python3's own site-packages after
+# its own (python3 is itself a venv, so --system-site-packages would miss torch), then runs
+# both parts into $OUT (remaining arguments go to gpu_check), the console in check.log.
+# Without the wheels the engine part still runs on python3. Exit status: gpu_check's.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 : "${OUT:?OUT must name the folder whose files come back}"

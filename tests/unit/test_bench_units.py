@@ -12,14 +12,11 @@ report renders them; the machine description names the CPU; the workload is one 
 from __future__ import annotations
 
 import inspect
-import io
-import json
 from pathlib import Path
 
 import pytest
 from ofa_ve_bench import (
     engine_runner,
-    gpu_check,
     machine,
     model_config,
     perf_analyzer_sweep,
@@ -29,13 +26,12 @@ from ofa_ve_bench import (
     server_run,
     soak,
     storm,
-    wheelhouse,
 )
 from ofa_ve_bench.report import report
 from ofa_ve_data import workload
 from ofa_ve_engine.parameters import ParameterError
 from ofa_ve_ops import procfs
-from ofa_ve_ops.paths import CONFIG_PBTXT, MODEL_NAME, REPO_ROOT
+from ofa_ve_ops.paths import CONFIG_PBTXT, MODEL_NAME
 
 pytest.importorskip("tritonclient.grpc.model_config_pb2")
 
@@ -367,122 +363,6 @@ def test_large_jpegs_are_camera_sized() -> None:
         assert img.format == "JPEG" and img.size == (800, 600)
 
 
-# --------------------------------------------------------------------- gpu check
-
-
-def test_gpu_check_budgets_and_a_summary_after_every_step(tmp_path: Path) -> None:
-    """Each step runs under its own budget (never more than the run has left), and the
-    summary on disk is rewritten after each step, so a call cut short still returns it."""
-    now = [0.0]
-    budget = gpu_check.Budget(100.0, clock=lambda: now[0])
-    written: list[list[str]] = []
-    summary = {"mode": "cpu", "part": "engine", "date": "today", "budget_s": 100.0,
-               "seconds": 1.0, "environment": {}, "steps": []}
-
-    def record(steps: list) -> None:
-        summary["steps"] = [s.__dict__ for s in steps]
-        gpu_check.write_summary(summary, tmp_path)
-        written.append([s["name"] for s in json.loads((tmp_path / "summary.json").read_text())
-                        ["steps"]])
-
-    check = gpu_check.Check(budget, record)
-    given: list[float] = []
-
-    def fine(step, own):
-        given.append(own.left())
-        now[0] += 30.0
-        return [{"x": 1.23456}]
-
-    check.run("fine", 40.0, fine)
-    check.run("broken", 40.0, lambda step, own: 1 / 0)
-    check.run("capped", 500.0, lambda step, own: given.append(own.left()))
-    now[0] = 99.0
-    check.run("late", 40.0, lambda step, own: None)
-    assert given == [40.0, 70.0]  # its own 40 s; then all that is left (70), not 500
-    assert [s.status for s in check.steps] == ["ok", "failed", "ok", "skipped"]
-    assert "ZeroDivisionError" in check.steps[1].notes[0]
-    assert written == [["fine"], ["fine", "broken"], ["fine", "broken", "capped"],
-                       ["fine", "broken", "capped", "late"]]
-    text = (tmp_path / "summary.md").read_text()
-    assert gpu_check.CPU_MODE_BANNER in text and "Unfinished" in text
-    assert "| 1.235 |" in text and "## late: skipped" in text
-    assert not list(tmp_path.glob(".*partial"))
-
-
-def test_tf32_off_restores_the_flags() -> None:
-    import torch
-
-    saved = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = True
-    try:
-        with gpu_check.tf32_off():
-            assert not torch.backends.cudnn.allow_tf32
-            assert not torch.backends.cuda.matmul.allow_tf32
-        assert torch.backends.cudnn.allow_tf32
-    finally:
-        torch.backends.cudnn.allow_tf32 = saved
-
-
-def test_distinct_jpegs_are_distinct_photos() -> None:
-    from PIL import Image
-
-    images = workload.distinct_jpegs(150)
-    assert len(set(images)) == 150
-    sizes = {Image.open(io.BytesIO(data)).size for data in images}
-    assert len(sizes) > 10 and all(min(size) >= 16 for size in sizes)
-    cameras = workload.camera_jpegs(3)
-    assert len(set(cameras)) == 3
-    assert Image.open(io.BytesIO(cameras[1])).size == (4032, 3024)
-
-
-def test_log_errors_pick_the_load_failure() -> None:
-    log = (
-        'I1 pb_stub.cc] "Failed to initialize Python stub: TypeError: bad\\n\\nAt:\\n  x"\n'
-        "I2 all fine\n"
-        "| ofa_visual_entailment | 1 | UNAVAILABLE: Internal: TypeError: bad |\n"
-    )
-    found = gpu_check.log_errors(log)
-    assert len(found) == 2 and "TypeError: bad" in found[0] and "At:" not in found[0]
-
-
-# -------------------------------------------------------------------- wheelhouse
-
-
-def test_the_device_call_fits_the_device_tool() -> None:
-    """One call, inside the tool's limits (10 minutes, 2000 characters), leaving a 15-minute
-    window room for the machine's start; the mode is said once, so a rehearsal can swap it."""
-    (call,) = wheelhouse.DEVICE_CALLS
-    assert call["timeout_s"] <= 540 and len(call["command"]) <= 2000
-    assert call["carry"] == [".whl/server"]
-    assert call["command"].count("--mode gpu") == 1
-    assert call["timeout_s"] >= gpu_check.DEFAULT_BUDGET_S + 60  # the install, the imports
-    assert sum(gpu_check.GPU_SIZES.step_budget_s.values()) <= gpu_check.DEFAULT_BUDGET_S
-    names = [w.requirement.split("==")[0] for w in wheelhouse.wheels()]
-    assert "simplejpeg" in names and "nvidia-pytriton" in names
-
-
-def test_wheelhouse_slims_and_recompresses(tmp_path: Path) -> None:
-    import zipfile
-
-    source = tmp_path / "src" / "demo-1.0-py3-none-any.whl"
-    source.parent.mkdir()
-    with zipfile.ZipFile(source, "w") as z:
-        z.writestr("demo/keep.py", "x = 1\n" * 100)
-        z.writestr("demo/python_backend_stubs/3.11/stub", b"\0" * 1000)
-        z.writestr(
-            "demo-1.0.dist-info/RECORD",
-            "demo/keep.py,,\ndemo/python_backend_stubs/3.11/stub,,\ndemo-1.0.dist-info/RECORD,,\n",
-        )
-    drop = wheelhouse.wheels("3.12")[0].drop
-    dest, dropped = wheelhouse.slim(source, tmp_path / "out", drop)
-    assert dropped == ["demo/python_backend_stubs/3.11/stub"]
-    with zipfile.ZipFile(dest) as z:
-        assert z.namelist() == ["demo/keep.py", "demo-1.0.dist-info/RECORD"]
-        assert all(i.compress_type == zipfile.ZIP_LZMA for i in z.infolist())
-        assert "3.11" not in z.read("demo-1.0.dist-info/RECORD").decode()
-    assert not any("3.12" in p for p in drop if "stubs" in p)
-
-
 def test_storm_verdicts_from_outcomes() -> None:
     """A refusal within `prompt` seconds is at once; later ones are requests that waited."""
     outcomes = [
@@ -648,47 +528,3 @@ def test_reference_worker_killed_when_a_job_outlasts_its_timeout(tmp_path: Path)
             reference.call("no_such_job", timeout_s=60)
         assert reference.pid not in (None, first)
     assert not (tmp_path / "never").exists()
-
-
-def test_the_gpu_check_page_shows_the_device_call_as_made() -> None:
-    """docs/gpu-check.md's call is `wheelhouse --calls-json`'s, character for character."""
-    text = (REPO_ROOT / "docs" / "gpu-check.md").read_text()
-    marker = "<!-- device calls: python -m ofa_ve_bench.wheelhouse --calls-json -->\n```json\n"
-    assert marker in text
-    shown = text.split(marker, 1)[1].split("```", 1)[0]
-    assert json.loads(shown) == wheelhouse.DEVICE_CALLS
-    assert shown == json.dumps(wheelhouse.DEVICE_CALLS, indent=2) + "\n"
-    (call,) = wheelhouse.DEVICE_CALLS
-    assert f'command="{call["command"]}"' in text and f"timeout_s={call['timeout_s']}" in text
-
-
-def test_the_prometheus_reader_sums_by_label() -> None:
-    from ofa_ve_ops import prometheus
-
-    text = (
-        "# HELP ofa_ve_image_path_fallbacks_total JPEGs ...\n"
-        'ofa_ve_image_path_fallbacks_total{instance="a",reason="bad_file"} 2\n'
-        'ofa_ve_image_path_fallbacks_total{instance="b",reason="bad_file"} 1\n'
-        'ofa_ve_image_path_fallbacks_total{instance="a",reason="no_nvjpeg"} 0\n'
-        "nv_inference_count 5\n"
-    )
-    samples = prometheus.parse(text)
-    assert len(samples) == 4
-    assert prometheus.by_label(samples, "ofa_ve_image_path_fallbacks_total", "reason") == {
-        "bad_file": 3.0, "no_nvjpeg": 0.0}
-
-
-def test_a_rehearsed_call_past_its_timeout_ends_with_its_whole_process_group(
-    tmp_path: Path,
-) -> None:
-    """124, as the device tool says, and no process of the call left behind."""
-    from ofa_ve_bench import gpu_rehearsal
-
-    marker = tmp_path / "child.pid"
-    call = {"timeout_s": 2, "command": f"sleep 300 & echo $! > {marker}; wait # --mode gpu"}
-    code, seconds = gpu_rehearsal.run_call(call, tmp_path, Path("/usr/bin"), tmp_path,
-                                           network=True)
-    assert code == 124 and seconds < 30
-    child = int(marker.read_text())
-    assert not Path(f"/proc/{child}").exists() or "zombie" in Path(
-        f"/proc/{child}/status").read_text()
