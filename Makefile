@@ -78,8 +78,7 @@ soak: setup
 
 bench: setup
 	dir="$$($(PYTHON) -m ofa_ve_ops.make_demo_checkpoint --quiet $(DEMO_ARGS))" && \
-	  $(PYTHON) -m ofa_ve_bench.benchmark --model-dir "$$dir" --out-dir .cache/bench \
-	  --plot .cache/bench/benchmark.png
+	  $(PYTHON) -m ofa_ve_bench.benchmark --model-dir "$$dir" --out-dir .cache/bench
 
 # Both parts of the GPU check; on a machine without a GPU, the CPU mode (small sizes,
 # "no GPU figures"). On the lent GPU machine it runs as one device call

@@ -1,9 +1,9 @@
-"""What a measurement ran on: CPU model, cores, torch, GPU, and how busy the machine was.
+"""What a measurement ran on: CPU, cores, torch, GPU, and how busy the machine was.
 
-Why: the machines these run on are shared and noisy, and a number without the
-machine and its load average beside it cannot be compared with anything. /proc is
-read through `ofa_ve_ops.procfs` only; `lscpu` answers where /proc/cpuinfo names
-no model (some Arm and virtual machines).
+Why: the machines these run on are shared and noisy, and a figure without the machine
+and its load average beside it cannot be compared with anything. /proc is read through
+`ofa_ve_ops.procfs`; the CPU's native reduced-precision features are the engine's own
+reading (`ofa_ve_engine.cpu_features`), the one that decides whether bfloat16 is native.
 """
 
 from __future__ import annotations
@@ -27,41 +27,12 @@ def load_average() -> float:
         return 0.0
 
 
-def cpu_model() -> str:
-    """The CPU model: /proc/cpuinfo's model name, else lscpu's, else the architecture."""
-    name = procfs.cpu_model()
-    if name:
-        return name
-    if shutil.which("lscpu"):
-        try:
-            out = subprocess.run(
-                ["lscpu"], capture_output=True, text=True, timeout=10, check=False
-            ).stdout
-        except (OSError, subprocess.SubprocessError):
-            out = ""
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def gpu_name(device: str = "cuda") -> str | None:
-    """The GPU's name as torch sees it, or None without a usable GPU (or without torch)."""
-    try:
-        import torch
-    except ImportError:
-        return None
-    if not device.startswith("cuda") or not torch.cuda.is_available():
-        return None
-    return torch.cuda.get_device_name(torch.device(device))
-
-
 @dataclass(frozen=True)
 class Machine:
-    """The machine a measurement ran on."""
-
     host: str
     cpu: str
+    cpu_features: tuple[str, ...]
+    """The CPU flags that give bfloat16 or float16 native kernels (AMX, AVX512-BF16...)."""
     cores: int
     torch: str
     torch_threads: int
@@ -70,34 +41,41 @@ class Machine:
     load_average: float
 
     def __str__(self) -> str:
-        text = (
-            f"{self.host}: {self.cpu}, {self.cores} cores, torch {self.torch}, torch threads "
-            f"{self.torch_threads}, device {self.device}"
+        features = f" ({', '.join(self.cpu_features)})" if self.cpu_features else ""
+        gpu = f" ({self.gpu})" if self.gpu else ""
+        return (
+            f"{self.host}: {self.cpu}{features}, {self.cores} cores, torch {self.torch}, "
+            f"torch threads {self.torch_threads}, device {self.device}{gpu}, "
+            f"load average {self.load_average:.1f}"
         )
-        if self.gpu:
-            text += f" ({self.gpu})"
-        return text + f", load average {self.load_average:.1f}"
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
 
 
 def describe(device: str = "cpu") -> Machine:
-    """The machine now: CPU model, cores, torch and its threads, the GPU for `device`."""
+    """The machine now: CPU model and features, cores, torch and its threads, the GPU."""
+    version, threads, features, gpu = "not installed", 0, (), None
     try:
         import torch
+        from ofa_ve_engine import cpu_features
 
         version, threads = torch.__version__, torch.get_num_threads()
+        fast = {flag for flags in cpu_features.FAST_FLAGS.values() for flag in flags}
+        features = tuple(sorted(cpu_features.cpu_flags() & fast))
+        if device.startswith("cuda") and torch.cuda.is_available():
+            gpu = torch.cuda.get_device_name(torch.device(device))
     except ImportError:
-        version, threads = "not installed", 0
+        pass
     return Machine(
         host=platform.node(),
-        cpu=cpu_model(),
+        cpu=procfs.cpu_model() or platform.processor() or platform.machine(),
+        cpu_features=features,
         cores=os.cpu_count() or 1,
         torch=version,
         torch_threads=threads,
         device=device,
-        gpu=gpu_name(device),
+        gpu=gpu,
         load_average=load_average(),
     )
 

@@ -1,12 +1,11 @@
-"""A benchmark's copy of the model repository, its config.pbtxt edited through protobuf.
+"""A copy of the model repository whose config.pbtxt carries a tool's edits, through protobuf.
 
-Why protobuf and not regexes: config.pbtxt is a `ModelConfig` message in text
-format. Parsing it with Triton's own schema (tritonclient's `model_config_pb2`)
-and writing it back means an edit can only produce a config Triton can parse, a
-field that is not there is added rather than silently missed, and a typo in a field
-name fails here instead of at the server's load. The copy loses the committed
-file's comments (it is a temporary file the server reads once); the values are
-the committed ones except where an edit says otherwise.
+Why protobuf and not regexes: config.pbtxt is a `ModelConfig` message in text format.
+Parsed with Triton's own schema (tritonclient's `model_config_pb2`) and written back, an
+edit can only produce a config Triton can parse, a missing field is added rather than
+silently missed, and a typo in a field name fails here, not at the server's load. The
+copy loses the committed file's comments; its values are the committed ones but for the
+edits.
 """
 
 from __future__ import annotations
@@ -19,24 +18,16 @@ from typing import Any
 
 from ofa_ve_ops.paths import CONFIG_PBTXT, MODEL_NAME, MODEL_REPOSITORY
 
-KINDS = ("KIND_AUTO", "KIND_CPU", "KIND_GPU")
-
-
-def _pb2() -> Any:
-    from tritonclient.grpc import model_config_pb2
-
-    return model_config_pb2
-
 
 def parse(text: str) -> Any:
     """A `ModelConfig` message from config.pbtxt text (ParseError names line and column)."""
     from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
 
-    return text_format.Parse(text, _pb2().ModelConfig())
+    return text_format.Parse(text, model_config_pb2.ModelConfig())
 
 
 def to_text(config: Any) -> str:
-    """The message as config.pbtxt text."""
     from google.protobuf import text_format
 
     return text_format.MessageToString(config)
@@ -48,7 +39,7 @@ def load(path: Path = CONFIG_PBTXT) -> Any:
 
 @dataclass(frozen=True)
 class ConfigEdits:
-    """What a benchmark changes in config.pbtxt; None / empty leaves a value as committed."""
+    """What a tool changes in config.pbtxt; None / empty leaves a value as committed."""
 
     max_batch_size: int | None = None
     instances: int | None = None
@@ -64,27 +55,25 @@ class ConfigEdits:
 
 
 def apply(config: Any, edits: ConfigEdits) -> Any:
-    """Apply `edits` to the `ModelConfig` message in place and return it."""
-    pb2 = _pb2()
+    """Apply `edits` to the `ModelConfig` message in place and return it (an unknown
+    instance kind is a ValueError naming it)."""
+    batching = config.dynamic_batching
     if edits.max_batch_size is not None:
         config.max_batch_size = edits.max_batch_size
-    if edits.instances is not None or edits.kind is not None:
-        if not config.instance_group:
-            config.instance_group.add()
-        for group in config.instance_group:
-            if edits.instances is not None:
-                group.count = edits.instances
-            if edits.kind is not None:
-                if edits.kind not in KINDS:
-                    raise ValueError(f"instance kind must be one of {KINDS}, got {edits.kind!r}")
-                group.kind = pb2.ModelInstanceGroup.Kind.Value(edits.kind)
+    if (edits.instances, edits.kind) != (None, None) and not config.instance_group:
+        config.instance_group.add()
+    for group in config.instance_group:
+        if edits.instances is not None:
+            group.count = edits.instances
+        if edits.kind is not None:
+            group.kind = group.Kind.Value(edits.kind)
     if edits.queue_delay_us is not None:
-        config.dynamic_batching.max_queue_delay_microseconds = edits.queue_delay_us
+        batching.max_queue_delay_microseconds = edits.queue_delay_us
     if edits.preferred_batch_sizes is not None:
-        del config.dynamic_batching.preferred_batch_size[:]
-        config.dynamic_batching.preferred_batch_size.extend(edits.preferred_batch_sizes)
+        del batching.preferred_batch_size[:]
+        batching.preferred_batch_size.extend(edits.preferred_batch_sizes)
     if edits.max_queue_size is not None:
-        config.dynamic_batching.default_queue_policy.max_queue_size = edits.max_queue_size
+        batching.default_queue_policy.max_queue_size = edits.max_queue_size
     for key, value in edits.parameters.items():
         config.parameters[key].string_value = value
     return config
@@ -111,6 +100,4 @@ def make_model_repository(dest: Path, edits: ConfigEdits, source: Path = MODEL_R
 
 def preferred_sizes(text: str | None) -> list[int] | None:
     """`--preferred 4,8` -> [4, 8]; None stays None (leave the committed sizes)."""
-    if text is None:
-        return None
-    return [int(part) for part in text.split(",") if part.strip()]
+    return None if text is None else [int(part) for part in text.split(",") if part.strip()]

@@ -1,31 +1,19 @@
 #!/usr/bin/env python3
 """The whole network side by side: the engine, ONNX Runtime and OpenVINO, in one run.
 
+Why: a CPU user could serve the network through Triton's OpenVINO or ONNX Runtime backend
+instead of our engine; issue 27 asks that the engine be at least as fast as the faster of
+them at each precision, with the same answers. So each runs on the same machine, at the
+same time, on the same prepared items (distinct JPEGs, the load texts), one item per call
+(as a CPU instance runs), with the same threads: ours is ``engine.predict`` as it serves
+(``--param``: config.pbtxt's parameters); the peers run the graph of
+``ofa_ve_ops.export_onnx``. Each row's answers are compared with ours in float32 (float32
+rows must be within 1e-4); the peers take turns round by round. The details, and what
+OpenVINO's bfloat16 and int8 are: docs/benchmarks.md.
+
     python -m ofa_ve_bench.peers --model-dir DIR [--seconds S] [--rounds R]
         [--precisions float32,bfloat16,int8] [--items N] [--threads N] [--onnx FILE]
         [--int8-ignore Gather[,Convolution]] [--param KEY=VALUE ...] [--out peers.json]
-
-Why: a CPU user could serve the network through Triton's OpenVINO or ONNX Runtime
-backend instead of our engine; issue 27 asks that the engine be at least as fast as
-the faster of them at each precision, with the same answers. So each is measured on
-the same machine, at the same time, on the same prepared items (distinct JPEGs, the
-load texts; ``ofa_ve_data.workload``), one item per call (batch 1, as a CPU
-instance runs), with the same number of threads:
-
-- ours: ``engine.predict`` of one prepared item, the engine as it serves (``--param``
-  takes config.pbtxt's parameters), in float32 and bfloat16;
-- ONNX Runtime (CPU provider) and OpenVINO (CPU) on the graph of
-  ``ofa_ve_ops.export_onnx`` (exported and checked here unless ``--onnx`` names one),
-  fed the same items through ``export_onnx.network_inputs``. OpenVINO's bfloat16 is
-  its inference-precision hint, where the CPU has bfloat16; its int8 is NNCF's
-  post-training quantisation of the graph (where nncf is installed), calibrated on
-  the workload's test images (not the measured items).
-
-Rows that cannot run here say why (ours has no int8 yet). Each row's probabilities
-over all items are compared with ours in float32: the largest difference and the
-share of equal labels (float32 rows must be within 1e-4). Time: the runtimes take
-turns for ``--rounds`` rounds of ``seconds / rounds`` each; ms per item is the median
-call. Prints a Markdown table with the machine (``machine.describe``) and writes JSON.
 """
 
 from __future__ import annotations
@@ -36,7 +24,6 @@ import logging
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,6 +33,7 @@ import numpy as np
 from ofa_ve_data import workload
 
 from ofa_ve_bench import machine
+from ofa_ve_bench.results import timed
 
 PRECISIONS = ("float32", "bfloat16", "int8")
 RUNTIMES = ("ours", "onnxruntime", "openvino")
@@ -105,15 +93,7 @@ def outputs_of(run: Run, items: Sequence[Any]) -> np.ndarray:
 def time_calls(run: Run, items: Sequence[Any], seconds: float, start: int = 0) -> list[float]:
     """Milliseconds of one-item calls through ``items`` (from ``start``), for ``seconds``
     (at least one call)."""
-    latencies: list[float] = []
-    began = time.perf_counter()
-    position = start
-    while not latencies or time.perf_counter() - began < seconds:
-        t0 = time.perf_counter()
-        run([items[position % len(items)]])
-        latencies.append((time.perf_counter() - t0) * 1000)
-        position += 1
-    return latencies
+    return timed("", 1, lambda n: run([items[(start + n) % len(items)]]), seconds).latencies_ms
 
 
 def side_by_side(
@@ -200,7 +180,7 @@ def ours(model_dir: Path, precision: str, params: dict[str, str]) -> tuple[Peer,
         cpu_features.check_cpu_dtype(dtype)
     except ValueError:
         note = "emulated: this CPU has no native bfloat16"
-    engine, _ = build_engine(model_dir, "cpu", params, dtype=dtype, forward_batch_size=1)
+    engine = build_engine(model_dir, "cpu", params, dtype=dtype, forward_batch_size=1)
     return Peer("ours", precision, engine.predict, note), engine
 
 
@@ -295,40 +275,31 @@ def versions() -> dict[str, str]:
     """The runtimes' versions (where installed)."""
     from importlib.metadata import PackageNotFoundError, version
 
-    out = {}
-    for name in ("torch", "onnxruntime", "openvino", "onnx", "numpy"):
+    def of(name: str) -> str:
         try:
-            out[name] = version(name)
+            return version(name)
         except PackageNotFoundError:
-            out[name] = "not installed"
-    return out
+            return "not installed"
+
+    return {name: of(name) for name in ("torch", "onnxruntime", "openvino", "onnx", "numpy")}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model-dir", type=Path, required=True, help="ModelScope model dir")
-    parser.add_argument("--seconds", type=float, default=30.0, help="timed seconds per peer")
-    parser.add_argument("--rounds", type=int, default=3, help="turns the peers take")
-    parser.add_argument(
-        "--precisions", default="float32,bfloat16", help=f"comma-separated, of {PRECISIONS}"
-    )
-    parser.add_argument("--items", type=int, default=12, help="distinct images (prepared)")
-    parser.add_argument("--threads", type=int, default=0, help="threads of each (0: torch's)")
-    parser.add_argument("--onnx", type=Path, help="an exported graph (default: export here)")
-    parser.add_argument(
-        "--param",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config.pbtxt parameter for our engine",
-    )
-    parser.add_argument(
-        "--int8-ignore",
-        default=",".join(DEFAULT_INT8_IGNORED),
+    add = parser.add_argument
+    add("--model-dir", type=Path, required=True, help="ModelScope model dir")
+    add("--seconds", type=float, default=30.0, help="timed seconds per peer")
+    add("--rounds", type=int, default=3, help="turns the peers take")
+    add("--precisions", default="float32,bfloat16", help=f"comma-separated, of {PRECISIONS}")
+    add("--items", type=int, default=12, help="distinct images (prepared)")
+    add("--threads", type=int, default=0, help="threads of each (0: torch's)")
+    add("--onnx", type=Path, help="an exported graph (default: export here)")
+    add("--param", action="append", default=[], metavar="KEY=VALUE",
+        help="config.pbtxt parameter for our engine")
+    add("--int8-ignore", default=",".join(DEFAULT_INT8_IGNORED),
         help="OpenVINO operation types NNCF leaves in float32 for int8, comma-separated "
-        "(e.g. Gather,Convolution: the transformer's matmuls alone)",
-    )
-    parser.add_argument("--out", type=Path, default=Path("peers.json"), help="JSON results")
+        "(e.g. Gather,Convolution: the transformer's matmuls alone)")
+    add("--out", type=Path, default=Path("peers.json"), help="JSON results")
     return parser
 
 
@@ -340,14 +311,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"peers: precisions are {PRECISIONS}, float32 among them", file=sys.stderr)
         return 2
     import torch
+    from ofa_ve_engine.parameters import parse_assignments
     from ofa_ve_ops import export_onnx
 
-    from ofa_ve_bench.engine_runner import prepare_all, validated_params
+    from ofa_ve_bench.engine_runner import prepare_all
 
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
-    params = validated_params(args.param)
+    params = parse_assignments(args.param)
     texts = workload.LOAD_TEXTS
     work = [
         (image, *texts[i % len(texts)])

@@ -1,22 +1,15 @@
 #!/usr/bin/env python3
 """How far float16 / bfloat16 inference moves the answers from float32.
 
-Why: half precision roughly doubles throughput on GPUs (and bfloat16 on CPUs with
-AVX512-BF16), but it is only worth it if the labels stay the same. This runs the
-same image/text pairs through the engine in float32 and in each reduced dtype, on
-each device, and reports label agreement and the largest probability
-difference. A disagreement on a pair whose float32 answer was a near-tie means
-little; one on a clear answer means a lot, so each flip is listed with its
-float32 margin (top probability minus the runner-up).
+Why: a reduced type is only worth its speed if the labels stay the same. This runs the
+same image/text pairs through the engine in float32 and in each reduced dtype, on each
+device (the float32 reference on the same device, TF32 off), and reports label agreement
+and the largest probability difference. A flip on a near-tie means little, one on a clear
+answer a lot, so each flip is listed with its float32 margin (top minus runner-up). A
+random-weight demo checkpoint's answers are mostly near-ties: run it on the real weights.
 
     .venv/bin/python -m ofa_ve_bench.precision_agreement --model-dir DIR \\
         [--devices cpu,cuda] [--dtypes bfloat16,float16] [--json OUT] [--min-agreement 0.995]
-
-Defaults: every available device; bfloat16 on CPU (float16 has no fast CPU
-kernels), float16 and bfloat16 on GPUs. The float32 reference runs on the same
-device with TF32 off, so the comparison isolates the dtype. With a random-weight
-demo checkpoint most answers are near-ties (probabilities around 1/3), so its
-agreement understates what the real model gives: run it on the real weights.
 """
 
 from __future__ import annotations
@@ -24,30 +17,24 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import platform
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from ofa_ve_data import workload
-from ofa_ve_data.workload import IMAGES_DIR
+
+from ofa_ve_bench import machine
 
 DEFAULT_DTYPES = {"cpu": ("bfloat16",), "cuda": ("float16", "bfloat16")}
-
-
-def pairs(images_dir: Path = IMAGES_DIR) -> list[workload.Item]:
-    """Every image with every hypothesis; every other pair also gets a premise
-    (`ofa_ve_data.workload.agreement_items`)."""
-    return workload.agreement_items("all", images_dir)
+"""float16 has no fast CPU kernels."""
 
 
 def load_engine(model_dir: Path, device: str, dtype: str, batch_size: int):
     """The engine in `dtype` on `device`, forward passes of up to `batch_size` items."""
     from ofa_ve_bench.engine_runner import build_engine
 
-    engine, _ = build_engine(model_dir, device, {"dtype": dtype}, forward_batch_size=batch_size)
-    return engine
+    return build_engine(model_dir, device, {"dtype": dtype}, forward_batch_size=batch_size)
 
 
 def run(engine, items: list, batch_size: int) -> np.ndarray:
@@ -85,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--devices", default="", help="comma-separated (default: all available)")
     parser.add_argument("--dtypes", default="", help="comma-separated (default: per device)")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--images", type=Path, default=IMAGES_DIR)
+    parser.add_argument("--images", type=Path, default=workload.IMAGES_DIR)
     parser.add_argument("--max-pairs", type=int, default=0, help="use the first N pairs only")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument(
@@ -98,11 +85,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     devices = [d for d in args.devices.split(",") if d] or (
         ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
     )
-    work = pairs(args.images)[: args.max_pairs or None]
+    # Every image with every hypothesis, every other pair with a premise.
+    work = workload.agreement_items("all", args.images)[: args.max_pairs or None]
     results = {
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": f"{platform.node()} {platform.processor() or platform.machine()}",
-        "torch": torch.__version__,
+        "machine": str(machine.describe(devices[-1])),
         "model_dir": str(args.model_dir),
         "comparisons": [],
     }
@@ -116,8 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         dtypes = [d for d in args.dtypes.split(",") if d] or list(DEFAULT_DTYPES[kind])
         engine = load_engine(args.model_dir, device, "float32", args.batch_size)
         items = [engine.prepare(image, h, prem or None) for image, h, prem in work]
-        reference = run(engine, items, args.batch_size)
-        fp32_by_device[device] = reference
+        reference = fp32_by_device[device] = run(engine, items, args.batch_size)
         weights = "demo (random)" if engine.is_demo else "real"
         print(f"{device}: float32 reference over {len(items)} pairs ({weights} weights)")
         del engine
@@ -136,16 +122,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"({row['pairs_with_margin_over_0.05']} pairs)",
                 flush=True,
             )
-    if len(fp32_by_device) > 1:
-        base, *others = fp32_by_device
-        for device in others:
-            row = {"device": f"{device} vs {base}", "dtype": "float32"}
-            row.update(compare(fp32_by_device[base], fp32_by_device[device]))
-            results["comparisons"].append(row)
-            print(
-                f"float32 {device} vs {base}: agreement {row['label_agreement']:.2%}, "
-                f"max |dp| {row['max_prob_diff']:.2e}"
-            )
+    base, *others = fp32_by_device
+    for device in others:
+        row = {"device": f"{device} vs {base}", "dtype": "float32"}
+        row.update(compare(fp32_by_device[base], fp32_by_device[device]))
+        results["comparisons"].append(row)
+        print(
+            f"float32 {device} vs {base}: agreement {row['label_agreement']:.2%}, "
+            f"max |dp| {row['max_prob_diff']:.2e}"
+        )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2))

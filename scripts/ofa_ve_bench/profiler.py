@@ -1,18 +1,13 @@
 """Where one engine item's time goes, and what this CPU's convolutions allow.
 
-Why: "the engine runs N items/s" says little until it is set against what the
-hardware allows. One item is about 38.5 GFLOP, 30 of them in the ResNet stem's
-convolutions. This tool measures two things, in one run:
-
-- the peak: the stem's 3x3 convolutions at its three stages' shapes (channels-last,
-  eager and with the weight prepacked for oneDNN; the best is the peak) and an
-  encoder-shaped linear layer, in float32 and bfloat16 (GFLOP/s);
-- with --model-dir, the split of one item's wall time (distinct JPEGs, batch 1, as
-  the CPU instance runs them): the oneDNN convolution primitives' own exec time
-  (oneDNN's verbose mode), torch.profiler's self time of the other operators by
-  kind, and the rest (Python, dispatch); then the kernels-only bound (items/s if
-  all but the convolution, linear and attention kernels were free) and the share
-  of the peak that the engine and that bound reach.
+Why: "the engine runs N items/s" says little until it is set against what the hardware
+allows; most of an item's arithmetic is the ResNet stem's convolutions. Two things, in one
+run: the peak (the stem's 3x3 convolutions at its three stages' shapes, eager and with the
+weight prepacked for oneDNN, and an encoder-shaped linear layer, per dtype, in GFLOP/s);
+and with --model-dir, the split of one item's wall time (distinct JPEGs, batch 1, as the
+CPU instance runs them) into the oneDNN convolution primitives' own exec time (oneDNN's
+verbose mode), torch.profiler's self time of the other operators by kind, and the rest;
+then the kernels-only bound and the share of the peak the engine and that bound reach.
 
     .venv/bin/python -m ofa_ve_bench.profiler [--model-dir DIR] [--dtypes float32,bfloat16]
         [--passes 3] [--peak-seconds 2] [--threads N] [--json out.json]
@@ -36,8 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from ofa_ve_bench import machine
+from ofa_ve_bench.results import timed
 
 GFLOP_PER_ITEM = 38.5
+"""Multiply-adds x 2 of one item at 480 px (docs/benchmarks.md)."""
 DTYPES = ("float32", "bfloat16")
 CONV_SHAPES = ((64, 120, 2), (128, 60, 2), (256, 30, 8))
 """(channels, side, batch) of the 3x3 convolutions of the peak: the stem's three stages,
@@ -67,18 +64,14 @@ _CONV_SHAPE = re.compile(
 
 
 def best_rate(step: Callable[[], object], flop: float, seconds: float) -> float:
-    """GFLOP/s of `step` (`flop` per call): the best timed window of at least 0.2 s
-    (and 3 calls) within `seconds`, after 3 warm-up calls (oneDNN caches its kernels)."""
+    """GFLOP/s of `step` (`flop` per call): the best timed window of at least 0.2 s (and 3
+    calls) within `seconds`, after 3 warm-up calls (oneDNN caches its kernels)."""
     for _ in range(3):
         step()
-    best = 0.0
-    end = time.perf_counter() + seconds
+    best, end = 0.0, time.perf_counter() + seconds
     while time.perf_counter() < end:
-        started, calls = time.perf_counter(), 0
-        while calls < 3 or time.perf_counter() - started < 0.2:
-            step()
-            calls += 1
-        best = max(best, flop * calls / (time.perf_counter() - started) / 1e9)
+        window = timed("", 1, lambda _: step(), 0.2, min_calls=3)
+        best = max(best, flop * window.items_per_s / 1e9)
     return best
 
 
@@ -212,15 +205,10 @@ def _captured_stdout() -> Iterator[list[str]]:
 
 @dataclass
 class Split:
-    """One dtype's item, per item (ms).
-
-    Args:
-        wall_ms: median over passes of the wall time, no profiler or verbose mode on.
-        profiled_wall_ms: the wall time of the pass under the profiler (what the
-            split adds up to).
-        conv_exec_ms: oneDNN's own exec time of the convolution primitives.
-        op_self_ms: torch.profiler's self time by kind.
-    """
+    """One dtype's item, ms per item: `wall_ms` the median pass with nothing watching,
+    `profiled_wall_ms` the pass under the profiler (what the split adds up to),
+    `conv_exec_ms` oneDNN's own exec time of the convolutions, `op_self_ms` the
+    profiler's self time by kind."""
 
     dtype: str
     items: int
@@ -260,23 +248,17 @@ def measure_split(model_dir: Path, dtype: str, passes: int, count: int | None = 
 
     from ofa_ve_bench.engine_runner import build_engine, prepare_all
 
-    engine = build_engine(model_dir, "cpu", {"dtype": dtype}, forward_batch_size=1)[0]
+    engine = build_engine(model_dir, "cpu", {"dtype": dtype}, forward_batch_size=1)
     items = workload.items(formats="jpeg", seed=0)[:count]
 
-    def one_pass() -> None:
+    def one_pass(_: int = 0) -> None:
         for item in items:
             engine.predict(prepare_all(engine, [item]))
 
     one_pass()  # warm-up: every text length and image once
-    walls = []
-    for _ in range(passes):
-        started = time.perf_counter()
-        one_pass()
-        walls.append((time.perf_counter() - started) * 1000 / len(items))
+    walls = [ms / len(items) for ms in timed("", 1, one_pass, 0, min_calls=passes).latencies_ms]
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        started = time.perf_counter()
-        one_pass()
-        profiled_ms = (time.perf_counter() - started) * 1000 / len(items)
+        profiled_ms = timed("", 1, one_pass, 0).latencies_ms[0] / len(items)
     by_kind: dict[str, float] = {}
     for event in prof.key_averages():
         if not event.key.startswith("ProfilerStep"):
@@ -301,27 +283,21 @@ def measure_split(model_dir: Path, dtype: str, passes: int, count: int | None = 
 def split_report(splits: Sequence[Split], peak: dict[str, float] | None) -> str:
     lines = []
     for s in splits:
-        lines.append(
+        bound = 1000 / s.kernel_ms if s.kernel_ms else 0.0
+        by_kind = s.op_self_ms.items()
+        rest = s.profiled_wall_ms - sum(s.op_self_ms.values())
+        lines += [
             f"{s.dtype}: {s.wall_ms:.1f} ms/item wall ({1000 / s.wall_ms:.2f} items/s), "
-            f"{s.items} distinct items, batch 1"
-        )
-        lines.append(
+            f"{s.items} distinct items, batch 1",
             f"  convolution primitives (oneDNN exec): {s.conv_exec_ms:.1f} ms, "
             f"{s.conv_gflop:.1f} GFLOP, {s.conv_gflops:.0f} GFLOP/s "
-            f"[{', '.join(s.conv_implementations)}]"
-        )
-        for kind, ms in s.op_self_ms.items():
-            lines.append(f"  {kind:<28} {ms:7.1f} ms (profiler self time)")
-        rest = s.profiled_wall_ms - sum(s.op_self_ms.values())
-        lines.append(
+            f"[{', '.join(s.conv_implementations)}]",
+            *(f"  {kind:<28} {ms:7.1f} ms (profiler self time)" for kind, ms in by_kind),
             f"  {'outside the operators':<28} {rest:7.1f} ms (the profiled pass's "
-            f"{s.profiled_wall_ms:.1f} ms minus the above)"
-        )
-        bound = 1000 / s.kernel_ms if s.kernel_ms else 0.0
-        lines.append(
+            f"{s.profiled_wall_ms:.1f} ms minus the above)",
             f"  kernels only (conv exec + linear + attention): {s.kernel_ms:.1f} ms "
-            f"-> at most {bound:.2f} items/s"
-        )
+            f"-> at most {bound:.2f} items/s",
+        ]
         if peak and s.dtype in peak:
             allows = peak[s.dtype] / GFLOP_PER_ITEM
             lines.append(
@@ -335,14 +311,13 @@ def split_report(splits: Sequence[Split], peak: dict[str, float] | None) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model-dir", type=Path, help="also split an item's time (the engine)")
-    parser.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated")
-    parser.add_argument("--passes", type=int, default=3, help="timed passes over the items")
-    parser.add_argument(
-        "--peak-seconds", type=float, default=2.0, help="per peak shape (0: no peak)"
-    )
-    parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
-    parser.add_argument("--json", type=Path, help="also write the figures here")
+    add = parser.add_argument
+    add("--model-dir", type=Path, help="also split an item's time (the engine)")
+    add("--dtypes", default="float32,bfloat16", help="comma-separated")
+    add("--passes", type=int, default=3, help="timed passes over the items")
+    add("--peak-seconds", type=float, default=2.0, help="per peak shape (0: no peak)")
+    add("--threads", type=int, help="torch threads (default: torch's)")
+    add("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     if not dtypes or any(d not in DTYPES for d in dtypes):

@@ -1,16 +1,20 @@
-"""Measurements and their arithmetic: per-call records, medians over rounds, ratios.
+"""The benchmark's figures: timed calls, medians over rounds, ratios within rounds, the report.
 
 Why ratios within rounds: on a shared machine absolute numbers drift from minute to
-minute, so (a), (b) and (c) are measured close together in each round and their
-ratios are taken inside the round, then summarised (median, min, max) over rounds.
-Pure functions on plain dicts: unit-tested on fixed numbers.
+minute, so (a) ModelScope, (b) the engine and (c) the server are measured close together
+in each round, their ratios taken inside the round, then summarised over rounds. All
+but `timed` are pure functions of plain dicts (unit-tested on fixed numbers; a saved
+results.json renders again).
 """
 
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+
+from ofa_ve_bench.machine import load_average
 
 RATIOS = (
     ("b/a", "engine", "modelscope"),
@@ -18,6 +22,9 @@ RATIOS = (
     ("c/b", "server", "engine"),
 )
 """Ratio name, numerator, denominator: (a) ModelScope, (b) engine, (c) server."""
+CALL_KEYS = ("items_per_s", "call_p50_ms", "call_p99_ms")
+SERVER_KEYS = ("throughput", "p50_ms", "p95_ms", "p99_ms", "server_queue_ms")
+SERVER_KEYS += ("server_compute_ms", "avg_batch")
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -62,71 +69,53 @@ class Throughput:
         return row
 
 
+def timed(
+    name: str, batch_size: int, call: Callable[[int], object], seconds: float, min_calls: int = 1
+) -> Throughput:
+    """`call(n)` for n = 0, 1, ... until `seconds` have passed and `min_calls` were made,
+    each call timed: the one timing loop of the benchmark, the profiler and the peers."""
+    result = Throughput(name, batch_size, 0, 0.0, load_before=load_average())
+    start = time.perf_counter()
+    while result.seconds < seconds or len(result.latencies_ms) < min_calls:
+        t0 = time.perf_counter()
+        call(len(result.latencies_ms))
+        result.latencies_ms.append((time.perf_counter() - t0) * 1000)
+        result.items += batch_size
+        result.seconds = time.perf_counter() - start
+    return result
+
+
 def ratio_summary(values: Sequence[float]) -> dict[str, float]:
     """Median, min and max of per-round ratios, rounded for the report."""
-    return {
-        "median": round(median(values), 3),
-        "min": round(min(values), 3),
-        "max": round(max(values), 3),
-    }
+    return {k: round(f(values), 3) for k, f in (("median", median), ("min", min), ("max", max))}
 
 
-def _engine_rows(rounds: list[dict], size: int) -> list[dict]:
-    return [e for r in rounds for e in r.get("engine", []) if e["batch_size"] == size]
-
-
-def aggregate(rounds: list[dict[str, object]]) -> dict[str, object]:
-    """Medians over rounds, and the ratios of each round (taken within the round)."""
+def aggregate(rounds: list[dict]) -> dict[str, object]:
+    """Medians over rounds, the best of (b) and (c), and the ratios of each round."""
     out: dict[str, object] = {"rounds": len(rounds)}
     ms = [r["modelscope"] for r in rounds if r.get("modelscope")]
     if ms:
-        out["modelscope"] = {
-            key: median([m[key] for m in ms])
-            for key in ("items_per_s", "call_p50_ms", "call_p99_ms")
-        }
-    sizes = sorted({e["batch_size"] for r in rounds for e in r.get("engine", [])})
-    engine = [
-        {
-            "batch_size": size,
-            **{
-                key: median([e[key] for e in _engine_rows(rounds, size)])
-                for key in ("items_per_s", "call_p50_ms", "call_p99_ms")
-            },
-        }
-        for size in sizes
-    ]
+        out["modelscope"] = {k: median([m[k] for m in ms]) for k in CALL_KEYS}
+    engine: dict[int, list[dict]] = {}
+    for e in (e for r in rounds for e in r.get("engine", [])):
+        engine.setdefault(e["batch_size"], []).append(e)
     if engine:
-        out["engine"] = engine
-        out["engine_best"] = max(engine, key=lambda e: e["items_per_s"])
-    levels = sorted(
-        {(p["mode"], p["level"]) for r in rounds for p in r.get("server", [])},
-        key=lambda k: (k[0] != "concurrency", k[1]),
-    )
-    server = []
-    for mode, level in levels:
-        pts = [
-            p
-            for r in rounds
-            for p in r.get("server", [])
-            if (p["mode"], p["level"]) == (mode, level)
+        out["engine"] = [
+            {"batch_size": size, **{k: median([e[k] for e in rows]) for k in CALL_KEYS}}
+            for size, rows in sorted(engine.items())
         ]
-        row: dict[str, object] = {"mode": mode, "level": level}
-        for key in (
-            "throughput",
-            "p50_ms",
-            "p95_ms",
-            "p99_ms",
-            "server_queue_ms",
-            "server_compute_infer_ms",
-            "avg_batch",
-        ):
-            row[key] = median([p[key] for p in pts])
-        row["p99_ms_worst"] = max(p["p99_ms"] for p in pts)
-        row["errors"] = sum(p["errors"] for p in pts)
-        server.append(row)
+        out["engine_best"] = max(out["engine"], key=lambda e: e["items_per_s"])
+    server: dict[tuple, list[dict]] = {}
+    for p in (p for r in rounds for p in r.get("server", [])):
+        server.setdefault((p["mode"] != "concurrency", p["level"], p["mode"]), []).append(p)
     if server:
-        out["server"] = server
-        ok = [p for p in server if p["mode"] == "concurrency" and not p["errors"]]
+        out["server"] = [
+            {"mode": mode, "level": level, **{k: median([p[k] for p in pts]) for k in SERVER_KEYS},
+             "p99_ms_worst": max(p["p99_ms"] for p in pts),
+             "errors": sum(p["errors"] for p in pts)}
+            for (_, level, mode), pts in sorted(server.items())
+        ]
+        ok = [p for p in out["server"] if p["mode"] == "concurrency" and not p["errors"]]
         out["server_best"] = max(ok, key=lambda p: p["throughput"], default=None)
 
     best_size = (out.get("engine_best") or {}).get("batch_size")
@@ -135,57 +124,81 @@ def aggregate(rounds: list[dict[str, object]]) -> dict[str, object]:
     for r in rounds:
         value = {
             "modelscope": (r.get("modelscope") or {}).get("items_per_s"),
-            "engine": next(
-                (e["items_per_s"] for e in r.get("engine", []) if e["batch_size"] == best_size),
-                None,
-            ),
-            "server": next(
-                (
-                    p["throughput"]
-                    for p in r.get("server", [])
-                    if p["mode"] == "concurrency" and p["level"] == best_level and not p["errors"]
-                ),
-                None,
-            ),
+            "engine": next((e["items_per_s"] for e in r.get("engine", [])
+                            if e["batch_size"] == best_size), None),
+            "server": next((p["throughput"] for p in r.get("server", [])
+                            if p["mode"] == "concurrency" and p["level"] == best_level
+                            and not p["errors"]), None),
         }
         for name, num, den in RATIOS:
             if value[num] and value[den]:
                 per_round[name].append(value[num] / value[den])
     out["ratios"] = {k: ratio_summary(v) for k, v in per_round.items() if v}
-    out["p50_implied"] = p50_implied(out)
     return out
 
 
-def p50_implied(agg: dict[str, object]) -> dict[str, object]:
-    """Items/s implied by median latencies: batch / p50 per call, concurrency / p50.
-
-    Why: on a shared machine other jobs come in bursts, and a burst during a timed
-    window drags that window's throughput down; the median latency over the calls of
-    all rounds shrugs such bursts off. (Little's law: in-flight / latency.)
-    """
-    ms = agg.get("modelscope")
-    a = 1000.0 / ms["call_p50_ms"] if ms and ms["call_p50_ms"] else None
-    engine = {
-        e["batch_size"]: e["batch_size"] * 1000.0 / e["call_p50_ms"]
-        for e in agg.get("engine", [])
-        if e["call_p50_ms"]
-    }
-    server = {
-        p["level"]: p["level"] * 1000.0 / p["p50_ms"]
-        for p in agg.get("server", [])
-        if p["mode"] == "concurrency" and p["p50_ms"] and not p["errors"]
-    }
-    b_size = max(engine, key=engine.get, default=None)
-    c_level = max(server, key=server.get, default=None)
-    b = engine.get(b_size)
-    c = server.get(c_level)
-    return {
-        "modelscope": a,
-        "engine": engine,
-        "engine_best_batch": b_size,
-        "server": server,
-        "server_best_concurrency": c_level,
-        "b/a": b / a if a and b else None,
-        "c/a": c / a if a and c else None,
-        "c/b": c / b if b and c else None,
-    }
+def report(results: dict[str, object]) -> str:
+    """Markdown: the three measurements, their ratios, latency, start-up and memory."""
+    agg = results["summary"]
+    ms, best, ratios = agg.get("modelscope"), agg.get("engine_best"), agg.get("ratios", {})
+    loads = ", ".join(f"{r['load_before']:.1f}" for r in results["rounds"])
+    lines = [
+        f"### {results['title']}",
+        "",
+        f"Medians of {agg['rounds']} rounds; each round measures (a), (b), (c) in turn. "
+        f"Load average at the start of each round: {loads}.",
+        "",
+        "| what | items/s | latency |",
+        "| --- | ---: | --- |",
+    ]
+    if ms:
+        lines.append(
+            f"| (a) ModelScope pipeline, 1 per call | {ms['items_per_s']:.2f} | per call p50 "
+            f"{ms['call_p50_ms']:.0f} ms, p99 {ms['call_p99_ms']:.0f} ms |"
+        )
+    for e in agg.get("engine", []):
+        mark = " (best)" if best and e["batch_size"] == best["batch_size"] else ""
+        lines.append(
+            f"| (b) engine, batch {e['batch_size']}{mark} | {e['items_per_s']:.2f} | per call "
+            f"p50 {e['call_p50_ms']:.0f} ms, p99 {e['call_p99_ms']:.0f} ms |"
+        )
+    for p in agg.get("server", []):
+        what = f"c={p['level']:g}" if p["mode"] == "concurrency" else f"{p['level']:g} req/s"
+        lines.append(
+            f"| (c) Triton, {what} | {p['throughput']:.2f} | p50 {p['p50_ms']:.0f} ms, p99 "
+            f"{p['p99_ms']:.0f} ms (worst round {p['p99_ms_worst']:.0f}), queue "
+            f"{p['server_queue_ms']:.0f} ms, compute {p['server_compute_ms']:.0f} ms, "
+            f"avg batch {p['avg_batch']:.1f}, errors {p['errors']} |"
+        )
+    lines += ["", "| ratio (within each round, then the median) | value |", "| --- | ---: |"]
+    for key, what in (("b/a", "engine best / ModelScope"), ("c/a", "server best / ModelScope"),
+                      ("c/b", "server best / engine best")):
+        r = ratios.get(key)
+        value = f"{r['median']:.2f}x (rounds: {r['min']:.2f}-{r['max']:.2f})" if r else "-"
+        lines.append(f"| ({key[0]})/({key[2]}) {what} | {value} |")
+    one = next((e for e in agg.get("engine", []) if e["batch_size"] == 1), None)
+    c1 = next((p for p in agg.get("server", []) if p["mode"] == "concurrency" and p["level"] == 1),
+              None)
+    if one and c1:
+        lines.append(
+            f"| p50 at c=1 minus one engine call (batch 1, p50) | "
+            f"{c1['p50_ms'] - one['call_p50_ms']:+.1f} ms |"
+        )
+    server = results.get("server")
+    if server:
+        mem = server["memory"]
+        procs = ", ".join(
+            f"{p['process']} {p['peak_rss_mib']:.0f} MiB"
+            + (f" (GPU {p['gpu_mib']} MiB)" if "gpu_mib" in p else "")
+            for p in mem["processes"]
+        )
+        lines += [
+            "",
+            f"- cold start to READY: {server['cold_start_to_ready_s']:.1f} s "
+            f"(load avg {server['load_before_start']:.1f})",
+            f"- peak RSS: {mem['peak_rss_total_mib']:.0f} MiB in all ({procs})",
+        ]
+    if results.get("engine_settings"):
+        lines.append(f"- engine settings: {results['engine_settings']}")
+    lines += [f"- machine: {results['machine']}", f"- command: `{results['command']}`"]
+    return "\n".join(lines)

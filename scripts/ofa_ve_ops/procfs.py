@@ -166,6 +166,12 @@ def socket_inodes(pid: int) -> set[int]:
     return inodes
 
 
+def listening_addresses(pid: int) -> list[tuple[str, int]]:
+    """Every (address, port) that process `pid` listens on."""
+    table = listening_sockets()
+    return sorted(table[i] for i in socket_inodes(pid) if i in table)
+
+
 def pids() -> list[int]:
     """Every process id in /proc."""
     return sorted(int(entry) for entry in os.listdir("/proc") if entry.isdigit())

@@ -36,12 +36,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.grpc as tgrpc
-from ofa_ve_bench.soak import children as soak_children
-from ofa_ve_bench.soak import cmdline, process_state, stub_pids
+from ofa_ve_bench.soak import stub_pids
 from ofa_ve_data import workload
 from ofa_ve_data.workload import TEST_IMAGES
 from ofa_ve_ops.paths import MODEL_NAME as MODEL
 from ofa_ve_ops.paths import SHM_REGION_PREFIX
+from ofa_ve_ops.procfs import children as proc_children
+from ofa_ve_ops.procfs import cmdline, process_state
 from ofa_ve_ops.server_process import ServerStartError, TritonServer, free_ports
 from support.prometheus import scrape
 from support.servers import running
@@ -259,7 +260,7 @@ class WatchedServer(TritonServer):
 
     @property
     def triton_pid(self) -> int:
-        children = [p for p in soak_children(self.pid) if "tritonserver" in " ".join(cmdline(p))]
+        children = [p for p in proc_children(self.pid) if "tritonserver" in " ".join(cmdline(p))]
         assert len(children) == 1, children
         return children[0]
 
@@ -376,7 +377,7 @@ def _regions_while_running(server: TritonServer) -> set[str]:
     regions: set[str] = set()
     deadline = time.monotonic() + 600  # a deadline for the wait, not a timing assertion
     while server.is_running():
-        for child in soak_children(server.pid):
+        for child in proc_children(server.pid):
             if "tritonserver" in " ".join(cmdline(child)):
                 regions.update(shm_region_of_pid(child))
         if time.monotonic() > deadline:

@@ -25,9 +25,10 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as tgrpc
-from ofa_ve_bench.soak import stub_pids, vm_kib
+from ofa_ve_bench.soak import stub_pids
 from ofa_ve_data.workload import TEST_IMAGES
 from ofa_ve_engine.limits import InputLimits
+from ofa_ve_ops.procfs import vm_kib
 from PIL import Image
 from support.hostile import payloads
 from support.prometheus import by_label, scrape

@@ -9,15 +9,17 @@ that a failing request is reported as an error rather than hidden.
 from __future__ import annotations
 
 import base64
+import csv
 import json
 import struct
 from pathlib import Path
 
 from ofa_ve_bench import perf_analyzer_sweep as sweep
+from ofa_ve_data import workload
 
 
 def test_input_data_holds_length_prefixed_real_inputs(tmp_path: Path) -> None:
-    items = sweep.workload(steps=4)
+    items = workload.items(4)
     path = sweep.write_input_data(items, tmp_path / "input.json")
     data = json.loads(path.read_text())["data"]
     assert len(data) == 4
@@ -40,7 +42,8 @@ def test_sweep_writes_rows_without_errors(triton_server, tmp_path: Path) -> None
         request_count=2,
         timeout_s=120,
     )
-    rows = sweep.read_csv(tmp_path / "sweep.csv")
+    with (tmp_path / "sweep.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
     assert [(r["mode"], float(r["level"])) for r in rows] == [
         ("concurrency", 1.0),
         ("concurrency", 2.0),

@@ -34,9 +34,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from ofa_ve_bench.soak import children, listening_addresses
 from ofa_ve_data.workload import TEST_IMAGES
 from ofa_ve_ops.paths import MODEL_NAME as MODEL
+from ofa_ve_ops.procfs import children, listening_addresses
 from ofa_ve_ops.server_process import TritonServer
 from PIL import Image, PngImagePlugin
 from support.hostile import payloads

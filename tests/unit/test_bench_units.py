@@ -1,35 +1,30 @@
 """Unit tests of the benchmark's parts (scripts/ofa_ve_bench): no server, no timing.
 
-Why: benchmark.py used to be one 775-line script whose config edits were regexes and
-whose arithmetic was only ever run at the end of a long measurement. Each part is
-now a module with a contract that is checked here on fixed inputs: the config copy
-round-trips through protobuf and applies exactly the edits asked for; `--param`
-values are checked by the model's own parameter table (errors name the parameter);
-medians, ratios and the implied throughputs are right on hand-made numbers; the
-report renders them; the machine description names the CPU; the workload is one list.
+Why: each part has a contract checked here on fixed inputs: the config copy round-trips
+through protobuf and applies exactly the edits asked for; the in-process engine gets the
+options a server instance gets; medians and ratios are right on hand-made numbers and the
+report renders them; the one timing loop stops when told; the machine description names
+the CPU; the workload is one list.
 """
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 
 import pytest
 from ofa_ve_bench import (
+    benchmark,
     engine_runner,
     machine,
     model_config,
-    perf_analyzer_sweep,
-    precision_agreement,
     profiler,
     results,
     server_run,
     soak,
     storm,
+    traffic,
 )
-from ofa_ve_bench.report import report
 from ofa_ve_data import workload
-from ofa_ve_engine.parameters import ParameterError
 from ofa_ve_ops import procfs
 from ofa_ve_ops.paths import CONFIG_PBTXT, MODEL_NAME
 
@@ -106,48 +101,37 @@ def test_preferred_sizes_parse() -> None:
 # ------------------------------------------------------------- engine parameters
 
 
-def test_param_validation_names_the_parameter() -> None:
-    with pytest.raises(ParameterError, match="forward_batch_size"):
-        engine_runner.validated_params(["forward_batch_size=zero"])
-    with pytest.raises(ParameterError, match="no_such_knob"):
-        engine_runner.validated_params(["no_such_knob=1"])
-    with pytest.raises(ParameterError, match="dtype"):
-        engine_runner.validated_params(["dtype=float8"])
-    assert engine_runner.validated_params(["dtype=bfloat16", "compile=false"]) == {
-        "dtype": "bfloat16",
-        "compile": "false",
-    }
+@pytest.mark.timeout(300)
+def test_the_engine_gets_the_options_a_server_instance_gets(tiny_model_dir) -> None:
+    """`--param` values go through the model's parameter table, as config.pbtxt's do."""
+    params = {"forward_batch_size": "3", "linear_backend": "aten", "dtype": "float32"}
+    engine = engine_runner.build_engine(tiny_model_dir, "cpu", params)
+    settings = engine_runner.engine_settings(engine)
+    assert settings["forward_batch_size"] == 3 and settings["linear_backend"] == "aten"
+    assert settings["dtype"] == "float32" and settings["device"] == "cpu"
+    bigger = engine_runner.build_engine(tiny_model_dir, "cpu", params, forward_batch_size=5)
+    assert bigger.forward_batch_size == 5  # an override wins
+    items = workload.items(3)
+    run = engine_runner.measure_engine(engine, items, batch_size=2, seconds=0.0)
+    assert run.batch_size == 2 and len(run.latencies_ms) == 2 and run.items == 4
 
 
-def test_engine_kwargs_follow_the_loader_signature() -> None:
-    import torch
-
-    def old_loader(model_dir, *, device=None, dtype=torch.float32, forward_batch_size=32):
-        raise AssertionError("not called")
-
-    kwargs, dropped = engine_runner.engine_kwargs(
-        {"dtype": "float16", "image_path": "gpu"}, old_loader
-    )
-    assert kwargs == {"dtype": torch.float16}  # auto forward_batch_size: the loader's default
-    assert "image_chunk_size" not in kwargs
-    assert "image_path" in dropped and "limits" in dropped
-
-    kwargs, _ = engine_runner.engine_kwargs({"forward_batch_size": "8"}, old_loader)
-    assert kwargs["forward_batch_size"] == 8
-
-    def new_loader(model_dir, *, device=None, forward_batch_size: int | None = 32, **rest):
-        raise AssertionError("not called")
-
-    kwargs, dropped = engine_runner.engine_kwargs({"image_path": "gpu"}, new_loader)
-    assert kwargs["forward_batch_size"] is None and kwargs["image_path"] == "gpu"
-    assert not dropped
+def test_the_benchmark_refuses_an_unknown_param(tmp_path: Path, capsys) -> None:
+    argv = ["--model-dir", str(tmp_path), "--out-dir", str(tmp_path / "out")]
+    with pytest.raises(SystemExit):
+        benchmark.main([*argv, "--param", "no_such_knob=1"])
+    assert "no_such_knob" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        benchmark.main([*argv, "--server-env", "NOVALUE"])
+    assert not (tmp_path / "out").exists()  # refused before anything ran
 
 
-def test_engine_kwargs_suit_this_checkouts_loader() -> None:
-    kwargs, dropped = engine_runner.engine_kwargs({"dtype": "float32"})
-    accepted = inspect.signature(engine_runner.loader()).parameters
-    assert set(kwargs) <= set(accepted)
-    assert not set(dropped) & set(accepted)
+def test_timed_stops_after_the_seconds_and_the_calls() -> None:
+    calls: list[int] = []
+    run = results.timed("x", 4, calls.append, seconds=0.0, min_calls=3)
+    assert calls == [0, 1, 2] and run.items == 12 and len(run.latencies_ms) == 3
+    run = results.timed("x", 1, lambda n: None, seconds=0.02)
+    assert run.seconds >= 0.02 and run.items == len(run.latencies_ms) >= 1
 
 
 # ------------------------------------------------------------------- aggregation
@@ -171,7 +155,7 @@ def _round(n: int, a: float, b1: float, b4: float, c1: float, c4: float) -> dict
             "p95_ms": 1.5 * 1000 * level / ips,
             "p99_ms": 2 * 1000 * level / ips,
             "server_queue_ms": 1.0,
-            "server_compute_infer_ms": 5.0,
+            "server_compute_ms": 5.0,
             "avg_batch": float(level),
             "errors": errors,
         }
@@ -220,16 +204,6 @@ def test_a_level_with_errors_is_never_the_best() -> None:
     assert agg["ratios"]["c/a"]["median"] == 1.5
 
 
-def test_p50_implied_throughput() -> None:
-    agg = results.aggregate(ROUNDS)
-    implied = agg["p50_implied"]
-    assert implied["modelscope"] == pytest.approx(1000 / agg["modelscope"]["call_p50_ms"])
-    assert implied["engine_best_batch"] == 4
-    assert implied["engine"][4] == pytest.approx(9.0)
-    assert implied["server"][4.0] == pytest.approx(15.0)
-    assert implied["c/b"] == pytest.approx(15.0 / 9.0)
-
-
 def test_throughput_and_percentiles() -> None:
     t = results.Throughput("engine", 2, items=10, seconds=4.0, latencies_ms=[5, 1, 3, 2, 4])
     assert t.items_per_s == 2.5
@@ -237,20 +211,7 @@ def test_throughput_and_percentiles() -> None:
     row = t.summary()
     assert row["calls"] == 5 and row["call_p50_ms"] == 3 and "latencies_ms" not in row
     assert results.percentile([], 50) == 0.0 and results.median([]) == 0.0
-    assert results.aggregate([]) == {
-        "rounds": 0,
-        "ratios": {},
-        "p50_implied": {
-            "modelscope": None,
-            "engine": {},
-            "engine_best_batch": None,
-            "server": {},
-            "server_best_concurrency": None,
-            "b/a": None,
-            "c/a": None,
-            "c/b": None,
-        },
-    }
+    assert results.aggregate([]) == {"rounds": 0, "ratios": {}}
 
 
 # ------------------------------------------------------------------------ report
@@ -263,8 +224,7 @@ def test_report_renders_measurements_and_ratios() -> None:
         "summary": results.aggregate(ROUNDS),
         "machine": "a machine",
         "command": "benchmark --x",
-        "engine_settings": {"dtype": "float32"},
-        "engine_options_dropped": ["image_path"],
+        "engine_settings": {"dtype": "float32", "image_chunk_size": 2},
         "server": {
             "cold_start_to_ready_s": 12.34,
             "load_before_start": 1.0,
@@ -277,7 +237,7 @@ def test_report_renders_measurements_and_ratios() -> None:
             },
         },
     }
-    text = report(out)
+    text = results.report(out)
     assert text.startswith("### unit test")
     assert "| (a) ModelScope pipeline, 1 per call | 3.00 |" in text
     assert "| (b) engine, batch 4 (best) | 9.00 |" in text
@@ -285,19 +245,23 @@ def test_report_renders_measurements_and_ratios() -> None:
     assert "3.00x (rounds: 2.50-4.00)" in text
     assert "cold start to READY: 12.3 s" in text
     assert "stub 1100 MiB (GPU 900 MiB)" in text
-    assert "image_path" in text and "a machine" in text
+    assert "| (c)/(b) server best / engine best | 1.67x (rounds: 1.50-2.00) |" in text
+    assert "image_chunk_size" in text and "a machine" in text
 
 
 # ----------------------------------------------------------------------- machine
 
 
 def test_machine_description_has_the_cpu_model() -> None:
+    from ofa_ve_engine import cpu_features
+
     facts = machine.describe("cpu")
-    assert facts.cpu and facts.cpu == machine.cpu_model()
-    assert facts.cores >= 1 and facts.gpu is None
+    assert facts.cpu and facts.cores >= 1 and facts.gpu is None
     assert facts.cpu in str(facts) and "cores" in str(facts)
     if procfs.cpu_model():
         assert facts.cpu == procfs.cpu_model()
+    assert set(facts.cpu_features) <= cpu_features.cpu_flags()
+    assert all(flag in str(facts) for flag in facts.cpu_features)
     assert machine.load_average() >= 0.0
     assert len(procfs.load_average()) == 3
 
@@ -341,16 +305,28 @@ def test_one_workload_feeds_every_tool() -> None:
     assert len(items) == 8
     assert all(isinstance(image, bytes) and image for image, _, _ in items)
     assert {bool(p) for _, _, p in items} == {True, False}
-    assert perf_analyzer_sweep.workload(steps=8) == items
-    assert perf_analyzer_sweep.TEXTS is workload.LOAD_TEXTS
     assert [p for p, _, _ in workload.path_items(3, "jpeg")] == workload.image_paths("jpeg")[:3]
     shuffled = workload.items(8, seed=1)
     assert sorted(shuffled) == sorted(items) and workload.items(8, seed=1) == shuffled
-    pairs = precision_agreement.pairs()
+    pairs = workload.agreement_items()
     assert len(pairs) == len(workload.image_paths()) * len(workload.AGREEMENT_HYPOTHESES)
     payloads = soak.load_payloads(workload.IMAGES_DIR)
     texts = {h for h, _ in workload.LOAD_TEXTS}
     assert {p.hypothesis.decode() for p in payloads if not p.hostile} <= texts
+
+
+def test_load_requests_carry_a_premise_only_where_one_is_given() -> None:
+    """soak and storm build requests one way (`traffic.inputs`): items along the batch
+    dimension, PREMISE absent unless an item has one (then empty for the others)."""
+    plain = traffic.inputs([traffic.Payload(b"jpeg", b"A cat.")] * 2)
+    assert [t.name() for t in plain] == ["IMAGE", "HYPOTHESIS"] and plain[0].shape() == [2, 1]
+    mixed = traffic.inputs(
+        [traffic.Payload(b"a", b"A cat."), traffic.Payload(b"b", b"A dog.", b"A park.")]
+    )
+    assert [t.name() for t in mixed] == ["IMAGE", "HYPOTHESIS", "PREMISE"]
+    for url in ("10.0.0.5:8001", "example.com:8001", "[2001:db8::1]:8001"):
+        with pytest.raises(ValueError, match="loopback only"):
+            traffic.check_loopback(url)
 
 
 def test_large_jpegs_are_camera_sized() -> None:
@@ -366,10 +342,10 @@ def test_large_jpegs_are_camera_sized() -> None:
 def test_storm_verdicts_from_outcomes() -> None:
     """A refusal within `prompt` seconds is at once; later ones are requests that waited."""
     outcomes = [
-        (0, 3.0, "answered", ""),
-        (1, 0.01, "UNAVAILABLE", "[request id: <id_unknown>] Exceeds maximum queue size"),
-        (2, 30.2, "UNAVAILABLE", "[request id: 7] Request timeout expired"),
-        (3, 5.0, "answered", ""),
+        (3.0, "answered", ""),
+        (0.01, "UNAVAILABLE", "[request id: <id_unknown>] Exceeds maximum queue size"),
+        (30.2, "UNAVAILABLE", "[request id: 7] Request timeout expired"),
+        (5.0, "answered", ""),
     ]
     summary = storm.summarize(outcomes, requests=5, prompt_s=2.0, probe_s=0.3)
     assert summary["missing"] == 1 and summary["answered"] == 2 and summary["refused"] == 2
@@ -379,7 +355,7 @@ def test_storm_verdicts_from_outcomes() -> None:
         "UNAVAILABLE: Exceeds maximum queue size": 1,
         "UNAVAILABLE: Request timeout expired": 1,
     }
-    with pytest.raises(SystemExit, match="loopback"):
+    with pytest.raises(ValueError, match="loopback only"):
         storm.storm("10.0.0.1:8001", requests=1, deadline_s=1, prompt_s=1)
     with pytest.raises(ValueError, match=r"items must be 1\.\.32"):
         storm.storm("127.0.0.1:8001", requests=1, deadline_s=1, prompt_s=1, items=33)
