@@ -137,6 +137,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "rounds": [],
     }
     blobs = workload.items(formats=args.formats)
+    sweep_options = {"concurrency": concurrency, "request_rates": rates, "formats": args.formats}
+    for key in ("measurement_ms", "stability", "max_trials", "request_count"):
+        sweep_options[key] = getattr(args, key)
 
     server = None
     if concurrency or rates:
@@ -176,18 +179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     round_["engine"].append(r.summary())
                     _say(f"round {n} (b) engine batch {size}: {r.items_per_s:.2f} items/s")
             if server is not None:
-                points = sweep_mod.sweep(
-                    url=server.grpc_url,
-                    out_dir=args.out_dir / f"sweep-{n}",
-                    concurrency=concurrency,
-                    request_rates=rates,
-                    formats=args.formats,
-                    measurement_ms=args.measurement_ms,
-                    stability=args.stability,
-                    max_trials=args.max_trials,
-                    request_count=args.request_count,
-                    timeout_s=args.level_timeout,
-                )
+                where = {"url": server.grpc_url, "out_dir": args.out_dir / f"sweep-{n}"}
+                points = sweep_mod.sweep(**where, **sweep_options, timeout_s=args.level_timeout)
                 round_["server"] = [asdict(p) for p in points]
             out["rounds"].append(round_)
         if server is not None:

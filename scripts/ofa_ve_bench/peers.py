@@ -306,9 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
-    unknown = sorted(set(precisions) - set(PRECISIONS))
-    if unknown or "float32" not in precisions:
-        print(f"peers: precisions are {PRECISIONS}, float32 among them", file=sys.stderr)
+    if set(precisions) - set(PRECISIONS) or "float32" not in precisions:
+        _say(f"precisions are {PRECISIONS}, float32 among them")
         return 2
     import torch
     from ofa_ve_engine.parameters import parse_assignments
@@ -321,32 +320,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     threads = torch.get_num_threads()
     params = parse_assignments(args.param)
     texts = workload.LOAD_TEXTS
-    work = [
-        (image, *texts[i % len(texts)])
-        for i, image in enumerate(workload.distinct_jpegs(args.items))
-    ]
+    jpegs = workload.distinct_jpegs(args.items)
+    work = [(image, *texts[i % len(texts)]) for i, image in enumerate(jpegs)]
     loaded = [ours(args.model_dir, p, params) for p in precisions]
     peers = [peer for peer, _ in loaded]
     engine = loaded[precisions.index("float32")][1]
     items = prepare_all(engine, work)
     pad_id = engine.tokenizer.pad_id
     with tempfile.TemporaryDirectory(prefix="ofa-ve-peers-") as tmp:
-        onnx_path = args.onnx
-        if onnx_path is None:
-            onnx_path = Path(tmp) / "ofa_ve.onnx"
+        onnx_path = args.onnx or Path(tmp) / "ofa_ve.onnx"
+        if args.onnx is None:
             _say("exporting the network and checking it with ONNX Runtime")
             try:
                 export_onnx.export_checked(args.model_dir, onnx_path, items=items)
             except export_onnx.ExportError as e:
-                print(f"peers: {e}", file=sys.stderr)
+                _say(str(e))
                 return 1
         calibration = []
         if "int8" in precisions:
             _say("int8: calibrating on the workload's test images")
-            calibration = [
-                export_onnx.network_inputs([item], pad_id)
-                for item in prepare_all(engine, workload.items())
-            ]
+            calibrating = prepare_all(engine, workload.items())
+            calibration = [export_onnx.network_inputs([item], pad_id) for item in calibrating]
         ignored = tuple(t for t in args.int8_ignore.split(",") if t)
         for precision in precisions:
             peers.append(onnxruntime_peer(onnx_path, precision, threads, pad_id))
@@ -360,24 +354,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = {
         "machine": described.to_dict(),
         "load_average_after": machine.load_average(),
-        "model_dir": str(args.model_dir),
-        "onnx": str(args.onnx) if args.onnx else "exported by this run",
+        "onnx": str(args.onnx or "exported by this run"),
         "threads": threads,
         "items": len(items),
         "seconds": args.seconds,
         "rounds": args.rounds,
-        "params": params,
         "int8_ignored": args.int8_ignore,
+        "model_dir": str(args.model_dir),
+        "params": params,
         "versions": versions(),
         "rows": [asdict(row) for row in rows],
     }
     machine.report(results, markdown(rows, str(described)), args.out)
     failed = [r for r in rows if r.within_tolerance is False]
-    for row in failed:
-        print(
-            f"peers: {row.runtime} float32 differs from ours by {row.max_prob_diff:.3g}",
-            file=sys.stderr,
-        )
+    for r in failed:
+        _say(f"{r.runtime} float32 differs from ours by {r.max_prob_diff:.3g}")
     return 1 if failed else 0
 
 

@@ -280,10 +280,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     add("--protocol", default="grpc", choices=["grpc", "http"])
     add("--stats-url", help="gRPC address for server statistics (default: --url; set for http)")
     add("--model", default=MODEL_NAME)
-    add("--concurrency", default="1,2,4,8", help="comma-separated levels")
-    add("--request-rate", default="", help="comma-separated requests/s")
+    add("--concurrency", default="1,2,4,8", type=lambda s: numbers(s, int), metavar="N,N,..")
+    add("--request-rate", dest="request_rates", default="", type=lambda s: numbers(s, float),
+        metavar="R,R,..", help="requests/s offered")
     add("--out-dir", type=Path, required=True)
-    add("--images", type=Path, default=IMAGES_DIR)
+    add("--images", dest="images_dir", type=Path, default=IMAGES_DIR, metavar="DIR")
     add("--formats", default="all", choices=sorted(workload.FORMATS))
     add("--steps", type=int, default=0, help="distinct requests (0: auto)")
     add("--measurement-ms", type=int, default=5000, help="perf_analyzer -p")
@@ -291,28 +292,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     add("--max-trials", type=int, default=6, help="perf_analyzer -r")
     add("--request-count", type=int, default=0, help="fixed requests per level (no windows)")
     add("--max-threads", type=int, default=16, help="for request-rate mode")
-    add("--timeout", type=float, default=600.0, help="seconds per level")
+    add("--timeout", dest="timeout_s", type=float, default=600.0, metavar="S", help="per level")
     args = parser.parse_args(argv)
     if args.protocol == "http" and not args.stats_url:
         parser.error("--protocol http needs --stats-url HOST:GRPC_PORT for the statistics")
-    points = sweep(
-        url=args.url,
-        out_dir=args.out_dir,
-        concurrency=numbers(args.concurrency, int),
-        request_rates=numbers(args.request_rate, float),
-        images_dir=args.images,
-        formats=args.formats,
-        steps=args.steps,
-        model=args.model,
-        protocol=args.protocol,
-        stats_url=args.stats_url,
-        measurement_ms=args.measurement_ms,
-        stability=args.stability,
-        max_trials=args.max_trials,
-        request_count=args.request_count,
-        max_threads=args.max_threads,
-        timeout_s=args.timeout,
-    )
+    points = sweep(**vars(args))
     print(f"\n{format_table(points)}\n\nCSV: {args.out_dir / 'sweep.csv'}")
     return 1 if any(p.errors for p in points) else 0
 

@@ -87,16 +87,13 @@ class SoakConfig:
     url: str = "127.0.0.1:8001"
     duration_s: float = 600.0
     concurrency: int = 8
-    warmup_s: float | None = None
-    """Memory is judged after this (default: a quarter of the duration)."""
+    warmup_s: float | None = None  # memory is judged after it (default: a quarter of the run)
     sample_interval_s: float = 5.0
     server_pid: int | None = None
     images_dir: Path = workload.IMAGES_DIR
     request_timeout_s: float = 120.0
-    max_rss_growth: float = 0.05
-    """Allowed RSS growth of each process after warm-up, as a fraction..."""
-    rss_slack_mib: float = 16.0
-    """...or this many MiB, whichever is larger (allocator noise on short runs)."""
+    max_rss_growth: float = 0.05  # a process's RSS may grow by this fraction after warm-up,
+    rss_slack_mib: float = 16.0  # or this many MiB, whichever is larger (short runs' noise)
     max_shm_growth_mib: float = 0.0
 
     def __post_init__(self) -> None:
@@ -270,26 +267,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add = parser.add_argument
     add("--url", default="127.0.0.1:8001", help="gRPC HOST:PORT (loopback only)")
-    add("--duration", type=float, default=600.0, help="seconds (default 600)")
+    add("--duration", dest="duration_s", type=float, default=600.0, metavar="S", help="(600)")
     add("--concurrency", type=int, default=8, help="requests in flight")
-    add("--warmup", type=float, help="seconds before memory is baselined")
-    add("--sample-interval", type=float, default=5.0, help="seconds")
+    add("--warmup", dest="warmup_s", type=float, metavar="S", help="before memory is baselined")
+    add("--sample-interval", dest="sample_interval_s", type=float, default=5.0, metavar="S")
     add("--server-pid", type=int, help="tritonserver PID (default: by port)")
-    add("--images", type=Path, default=workload.IMAGES_DIR, help="folder of images")
-    add("--max-rss-growth-pct", type=float, default=5.0)
+    add("--images", dest="images_dir", type=Path, default=workload.IMAGES_DIR, metavar="DIR")
+    add("--max-rss-growth-pct", dest="max_rss_growth", type=lambda pct: float(pct) / 100,
+        default="5", metavar="PCT")
     add("--json", type=Path, help="write the full report here")
-    args = parser.parse_args(argv)
+    args = vars(parser.parse_args(argv))
+    path = args.pop("json")
     try:
-        cfg = SoakConfig(
-            url=args.url,
-            duration_s=args.duration,
-            concurrency=args.concurrency,
-            warmup_s=args.warmup,
-            sample_interval_s=args.sample_interval,
-            server_pid=args.server_pid,
-            images_dir=args.images,
-            max_rss_growth=args.max_rss_growth_pct / 100,
-        )
+        cfg = SoakConfig(**args)
     except ValueError as e:
         parser.error(str(e))
     try:
@@ -300,8 +290,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     keys = ("requests", "ok", "expected_invalid", "errors", "throughput_rps", "latency_ms")
     keys += ("rss_growth", "shm_growth_mib")
     print(json.dumps({**{k: getattr(report, k) for k in keys}, "passed": report.passed}, indent=2))
-    if args.json:
-        args.json.write_text(report.to_json() + "\n")
+    if path:
+        path.write_text(report.to_json() + "\n")
     return 0 if report.passed else 1
 
 
