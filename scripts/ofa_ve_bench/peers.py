@@ -2,14 +2,11 @@
 """The whole network side by side: the engine, ONNX Runtime and OpenVINO, in one run.
 
 Why: a CPU user could serve the network through Triton's OpenVINO or ONNX Runtime backend
-instead of our engine; issue 27 asks that the engine be at least as fast as the faster of
-them at each precision, with the same answers. So each runs on the same machine, at the
-same time, on the same prepared items (distinct JPEGs, the load texts), one item per call
-(as a CPU instance runs), with the same threads: ours is ``engine.predict`` as it serves
-(``--param``: config.pbtxt's parameters); the peers run the graph of
-``ofa_ve_ops.export_onnx``. Each row's answers are compared with ours in float32 (float32
-rows must be within 1e-4); the peers take turns round by round. The details, and what
-OpenVINO's bfloat16 and int8 are: docs/benchmarks.md.
+instead; issue 27 asks that the engine be at least as fast as the faster of them at each
+precision, with the same answers. So all run on the same machine, at the same time, on the
+same prepared items, one item per call, with the same threads, taking turns round by round:
+ours as it serves (``--param``), the peers on ``ofa_ve_ops.export_onnx``'s graph; each
+row's answers against ours in float32 (docs/benchmarks.md: what each row is).
 
     python -m ofa_ve_bench.peers --model-dir DIR [--seconds S] [--rounds R]
         [--precisions float32,bfloat16,int8] [--items N] [--threads N] [--onnx FILE]
@@ -57,17 +54,16 @@ class Peer:
 
 @dataclass
 class Row:
-    """One peer's figures: speed, and its answers against ours in float32."""
+    """One peer's figures (None where not run): the median ms of a one-item call, and its
+    answers against ours in float32 (float32 rows: `within_tolerance`)."""
 
     runtime: str
     precision: str
     ms_per_item: float | None = None
-    """Median milliseconds of one call of one item; None where not run."""
     calls_timed: int = 0
     max_prob_diff: float | None = None
     label_agreement: float | None = None
     within_tolerance: bool | None = None
-    """float32 rows: whether ``max_prob_diff`` <= FLOAT32_TOLERANCE (None otherwise)."""
     note: str = ""
     latencies_ms: list[float] = field(default_factory=list, repr=False)
 
@@ -99,13 +95,9 @@ def time_calls(run: Run, items: Sequence[Any], seconds: float, start: int = 0) -
 def side_by_side(
     peers: Sequence[Peer], items: Sequence[Any], *, seconds: float, rounds: int = 3
 ) -> list[Row]:
-    """Each runnable peer's outputs over ``items`` and its time per call, compared with
-    the ours/float32 peer (which must be among them and runnable).
-
-    Each peer first runs one call (set-up), then every item once (its outputs); then
-    the peers take turns, ``rounds`` times, for ``seconds / rounds`` each, so that a
-    change of load on a shared machine falls on all of them.
-    """
+    """Each runnable peer's outputs over ``items`` (after one set-up call) against the
+    ours/float32 peer's, then its time per call: the peers take turns, ``rounds`` times,
+    ``seconds / rounds`` each, so that a change of load falls on all of them."""
     runnable = [p for p in peers if p.run is not None]
     keys = [(p.runtime, p.precision) for p in runnable]
     if REFERENCE not in keys:
@@ -116,10 +108,11 @@ def side_by_side(
         peer.run([items[0]])
         outputs[(peer.runtime, peer.precision)] = outputs_of(peer.run, items)
     latencies: dict[tuple[str, str], list[float]] = {key: [] for key in keys}
-    for r in range(max(1, rounds)):
-        _say(f"round {r + 1} of {max(1, rounds)}: {seconds / max(1, rounds):g} s each")
+    rounds = max(1, rounds)
+    for r in range(rounds):
+        _say(f"round {r + 1} of {rounds}: {seconds / rounds:g} s each")
         for peer, key in zip(runnable, keys, strict=True):
-            latencies[key] += time_calls(peer.run, items, seconds / max(1, rounds), start=r)
+            latencies[key] += time_calls(peer.run, items, seconds / rounds, start=r)
     reference = outputs[REFERENCE]
     rows = []
     for peer in peers:
@@ -136,10 +129,6 @@ def side_by_side(
     return rows
 
 
-def _cell(value: float | None, digits: str) -> str:
-    return "" if value is None else format(value, digits)
-
-
 def markdown(rows: Sequence[Row], machine_line: str) -> str:
     """The rows as a Markdown table, with the machine they ran on above it."""
     lines = [
@@ -150,13 +139,15 @@ def markdown(rows: Sequence[Row], machine_line: str) -> str:
         "| --- | --- | ---: | ---: | ---: | ---: | --- |",
     ]
     for row in rows:
-        diff = _cell(row.max_prob_diff, ".2g")
-        if row.within_tolerance is False:
-            diff += f" (over {FLOAT32_TOLERANCE:g})"
-        agreement = "" if row.label_agreement is None else f"{row.label_agreement:.1%}"
+        ms, diff, agreement = (
+            "" if x is None else format(x, f)
+            for x, f in ((row.ms_per_item, ".1f"), (row.max_prob_diff, ".2g"),
+                         (row.label_agreement, ".1%"))
+        )
+        diff += f" (over {FLOAT32_TOLERANCE:g})" if row.within_tolerance is False else ""
         lines.append(
-            f"| {row.runtime} | {row.precision} | {_cell(row.ms_per_item, '.1f')} "
-            f"| {row.calls_timed or ''} | {diff} | {agreement} | {row.note} |"
+            f"| {row.runtime} | {row.precision} | {ms} | {row.calls_timed or ''} | {diff} "
+            f"| {agreement} | {row.note} |"
         )
     return "\n".join(lines)
 
@@ -252,23 +243,14 @@ def openvino_peer(
             f"NNCF post-training, transformer mode, {len(calibration)} calibration items; "
             f"in float32: {', '.join(int8_ignored) or 'nothing'}"
         )
-    compiled = core.compile_model(
-        model,
-        "CPU",
-        {
-            "INFERENCE_PRECISION_HINT": hint,
-            "INFERENCE_NUM_THREADS": threads,
-            "PERFORMANCE_HINT": "LATENCY",
-        },
-    )
-    request = compiled.create_infer_request()
-    output = compiled.output(0)
-    return Peer(
-        "openvino",
-        precision,
-        lambda items: request.infer(network_inputs(items, pad_id))[output],
-        note,
-    )
+    config = {"INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": threads}
+    compiled = core.compile_model(model, "CPU", {**config, "PERFORMANCE_HINT": "LATENCY"})
+    request, output = compiled.create_infer_request(), compiled.output(0)
+
+    def run(items: Sequence[Any]) -> np.ndarray:
+        return request.infer(network_inputs(items, pad_id))[output]
+
+    return Peer("openvino", precision, run, note)
 
 
 def versions() -> dict[str, str]:

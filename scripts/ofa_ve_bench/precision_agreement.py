@@ -96,14 +96,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     # float32 means float32: no TF32 in the reference.
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    fp32_by_device: dict[str, np.ndarray] = {}
     failed = False
     for device in devices:
         kind = torch.device(device).type
         dtypes = [d for d in args.dtypes.split(",") if d] or list(DEFAULT_DTYPES[kind])
         engine = load_engine(args.model_dir, device, "float32", args.batch_size)
         items = [engine.prepare(image, h, prem or None) for image, h, prem in work]
-        reference = fp32_by_device[device] = run(engine, items, args.batch_size)
+        reference = run(engine, items, args.batch_size)
         weights = "demo (random)" if engine.is_demo else "real"
         print(f"{device}: float32 reference over {len(items)} pairs ({weights} weights)")
         del engine
@@ -122,15 +121,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"({row['pairs_with_margin_over_0.05']} pairs)",
                 flush=True,
             )
-    base, *others = fp32_by_device
-    for device in others:
-        row = {"device": f"{device} vs {base}", "dtype": "float32"}
-        row.update(compare(fp32_by_device[base], fp32_by_device[device]))
-        results["comparisons"].append(row)
-        print(
-            f"float32 {device} vs {base}: agreement {row['label_agreement']:.2%}, "
-            f"max |dp| {row['max_prob_diff']:.2e}"
-        )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2))

@@ -409,17 +409,17 @@ onednn_verbose,v1,graph,exec,cpu,partition,1,fused,op,data,lt,strict,dnnl,0.3
 
 def test_profiler_reads_onednn_verbose_exec_lines() -> None:
     prims = profiler.parse_verbose(VERBOSE_SAMPLE)
-    assert [(p.kind, p.ms) for p in prims] == [
+    assert [(p["kind"], p["ms"]) for p in prims] == [
         ("convolution", 7.25),
         ("convolution", 0.5),
         ("reorder", 0.01),
     ]
-    assert prims[0].implementation == "brg_conv_fwd:avx512_core"
+    assert prims[0]["implementation"] == "brg_conv_fwd:avx512_core"
     # 7x7 stride 2 from 3 to 64 channels at 240 px out: 2 * 3*64*49 * 240*240.
-    assert prims[0].gflop == pytest.approx(2 * 3 * 64 * 49 * 240 * 240 / 1e9)
+    assert prims[0]["gflop"] == pytest.approx(2 * 3 * 64 * 49 * 240 * 240 / 1e9)
     # Two groups: each output channel sees a half of the input channels.
-    assert prims[1].gflop == pytest.approx(2 * 2 * 32 * 256 * 900 / 1e9)
-    assert prims[2].gflop == 0.0
+    assert prims[1]["gflop"] == pytest.approx(2 * 2 * 32 * 256 * 900 / 1e9)
+    assert prims[2]["gflop"] == 0.0
 
 
 def test_profiler_kinds_of_operators() -> None:
@@ -436,13 +436,13 @@ def test_profiler_splits_a_real_engine_item(tiny_model_dir, capfd) -> None:
     verbose mode (their exec times and GFLOP), the profiler's kinds are filled, and the
     report says what bounds what (no figure is asserted)."""
     split = profiler.measure_split(tiny_model_dir, "float32", passes=1, count=2)
-    assert split.items == 2 and split.wall_ms > 0 and split.profiled_wall_ms > 0
-    assert split.conv_exec_ms > 0 and split.conv_gflop > 0 and split.conv_implementations
-    assert {"convolution", "linear", "attention"} <= set(split.op_self_ms)
+    assert split["items"] == 2 and split["wall_ms"] > 0 and split["profiled_wall_ms"] > 0
+    assert split["conv_exec_ms"] > 0 and split["conv_gflop"] > 0 and split["conv_implementations"]
+    assert {"convolution", "linear", "attention"} <= set(split["op_self_ms"])
     assert "onednn_verbose" not in capfd.readouterr().out  # captured, not printed
     text = profiler.split_report([split], {"float32": 100.0})
     assert "kernels only" in text and "of the peak" in text
-    assert split.to_dict()["kernel_bound_items_per_s"] > 0
+    assert split["kernel_bound_items_per_s"] > 0
 
 
 def test_reference_worker_loop_answers_every_job_line() -> None:
