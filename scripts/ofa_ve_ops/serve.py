@@ -329,9 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = triton_runtime.server_command(
         runtime,
         repository,
-        http_port=args.http_port,
-        grpc_port=args.grpc_port,
-        metrics_port=args.metrics_port,
+        ports=triton_runtime.Ports(args.http_port, args.grpc_port, args.metrics_port),
         address=args.address,
         exit_timeout_s=args.exit_timeout_secs,
         extra_args=args.tritonserver_args,

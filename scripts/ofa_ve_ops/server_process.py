@@ -176,9 +176,7 @@ class TritonServer:
         return triton_runtime.server_command(
             runtime,
             self.model_repository,
-            http_port=self.http_port,
-            grpc_port=self.grpc_port,
-            metrics_port=self.metrics_port,
+            ports=triton_runtime.Ports(self.http_port, self.grpc_port, self.metrics_port),
             exit_timeout_s=self.exit_timeout_s,
             model_control_mode=self.model_control_mode,
             load_models=self.load_models,

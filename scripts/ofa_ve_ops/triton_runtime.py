@@ -39,6 +39,7 @@ import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from ofa_ve_ops.cli_args import command_after_separator
 from ofa_ve_ops.paths import CACHE_DIR, MODEL_REPOSITORY, STUB_NAME
@@ -262,13 +263,22 @@ def server_env(
     return env
 
 
+class Ports(NamedTuple):
+    """tritonserver's three endpoints' ports (its defaults)."""
+
+    http: int = 8000
+    grpc: int = 8001
+    metrics: int = 8002
+
+
+DEFAULT_PORTS = Ports()
+
+
 def server_command(
     runtime: TritonRuntime,
     model_repository: Path,
     *,
-    http_port: int = 8000,
-    grpc_port: int = 8001,
-    metrics_port: int = 8002,
+    ports: Ports = DEFAULT_PORTS,
     address: str = "127.0.0.1",
     gpu: bool | None = None,
     exit_timeout_s: int = DEFAULT_EXIT_TIMEOUT_S,
@@ -293,11 +303,11 @@ def server_command(
         f"--backend-directory={runtime.backend_dir}",
         f"--cache-directory={runtime.cache_dir}",
         f"--http-address={address}",
-        f"--http-port={http_port}",
+        f"--http-port={ports.http}",
         f"--grpc-address={address}",
-        f"--grpc-port={grpc_port}",
+        f"--grpc-port={ports.grpc}",
         f"--metrics-address={address}",
-        f"--metrics-port={metrics_port}",
+        f"--metrics-port={ports.metrics}",
         "--strict-readiness=true",
         "--disable-auto-complete-config",
         f"--exit-timeout-secs={exit_timeout_s}",

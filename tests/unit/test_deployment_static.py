@@ -11,7 +11,6 @@ autoscaler scales on, and the commands in the docs.
 from __future__ import annotations
 
 import importlib.metadata
-import inspect
 import json
 import os
 import re
@@ -411,8 +410,7 @@ def test_final_stage_is_non_root_and_ships_the_model(dockerfile) -> None:
 def test_ports_agree_everywhere(dockerfile, compose, monkeypatch: pytest.MonkeyPatch) -> None:
     from ofa_ve_ops import serve, triton_runtime
 
-    defaults = inspect.signature(triton_runtime.server_command).parameters
-    code_ports = {name: defaults[f"{name}_port"].default for name in TRITON_PORTS}
+    code_ports = triton_runtime.Ports()._asdict()
     assert code_ports == TRITON_PORTS, "ofa_ve_ops.triton_runtime changed Triton's ports"
     for name in TRITON_PORTS:
         monkeypatch.delenv(f"OFA_VE_{name.upper()}_PORT", raising=False)

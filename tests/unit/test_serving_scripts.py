@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from ofa_ve_ops import triton_runtime
 from ofa_ve_ops.paths import MODEL_NAME
-from ofa_ve_ops.triton_runtime import GrpcTls, prepare_runtime, server_command, server_env
+from ofa_ve_ops.triton_runtime import GrpcTls, Ports, prepare_runtime, server_command, server_env
 from support.repositories import copy_repository
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -87,7 +87,7 @@ def test_env_prints_shell_exports() -> None:
 
 def test_server_command_flags(tmp_path: Path) -> None:
     runtime = prepare_runtime()
-    cpu = server_command(runtime, tmp_path, http_port=1, grpc_port=2, metrics_port=3, gpu=False)
+    cpu = server_command(runtime, tmp_path, ports=Ports(1, 2, 3), gpu=False)
     assert "--pinned-memory-pool-byte-size=0" in cpu
     for flag in (
         "--http-address=127.0.0.1",
