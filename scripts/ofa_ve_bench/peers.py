@@ -13,7 +13,8 @@ load texts; ``ofa_ve_bench.workload``), one item per call (batch 1, as a CPU
 instance runs), with the same number of threads:
 
 - ours: ``engine.predict`` of one prepared item, the engine as it serves (``--param``
-  takes config.pbtxt's parameters), in float32 and bfloat16;
+  takes config.pbtxt's parameters), in float32 and bfloat16, and int8 (``quantization
+  int8``: the int8 stem under a float32 network);
 - ONNX Runtime (CPU provider) and OpenVINO (CPU) on the graph of
   ``ofa_ve_ops.export_onnx`` (exported and checked here unless ``--onnx`` names one),
   fed the same items through ``export_onnx.network_inputs``. OpenVINO's bfloat16 is
@@ -21,7 +22,7 @@ instance runs), with the same number of threads:
   post-training quantisation of the graph (where nncf is installed), calibrated on
   the workload's test images (not the measured items).
 
-Rows that cannot run here say why (ours has no int8 yet). Each row's probabilities
+Rows that cannot run here say why. Each row's probabilities
 over all items are compared with ours in float32: the largest difference and the
 share of equal labels (float32 rows must be within 1e-4). Time: the runtimes take
 turns for ``--rounds`` rounds of ``seconds / rounds`` each; ms per item is the median
@@ -191,14 +192,21 @@ def ours(model_dir: Path, precision: str, params: dict[str, str]) -> tuple[Peer,
 
     from ofa_ve_bench.engine_runner import build_engine
 
-    if precision == "int8":
-        return Peer("ours", precision, None, "no int8 path yet (issue 27 item 3)"), None
-    dtype = getattr(torch, precision)
     note = ""
-    try:
-        cpu_features.check_cpu_dtype(dtype)
-    except ValueError:
-        note = "emulated: this CPU has no native bfloat16"
+    if precision == "int8":
+        params = {**params, "dtype": "float32", "quantization": "int8"}
+        dtype = torch.float32
+        note = "quantization int8: the ResNet stem in int8, the rest float32"
+        try:
+            cpu_features.check_cpu_int8()
+        except ValueError:
+            note += "; this CPU has no int8 dot-product instructions (served: refused)"
+    else:
+        dtype = getattr(torch, precision)
+        try:
+            cpu_features.check_cpu_dtype(dtype)
+        except ValueError:
+            note = "emulated: this CPU has no native bfloat16"
     engine, _ = build_engine(model_dir, "cpu", params, dtype=dtype, forward_batch_size=1)
     return Peer("ours", precision, engine.predict, note), engine
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""How far float16 / bfloat16 inference moves the answers from float32.
+"""How far float16 / bfloat16 / int8 inference moves the answers from float32.
 
 Why: half precision roughly doubles throughput on GPUs (and bfloat16 on CPUs with
 AVX512-BF16), but it is only worth it if the labels stay the same. This runs the
@@ -12,8 +12,9 @@ float32 margin (top probability minus the runner-up).
     .venv/bin/python -m ofa_ve_bench.precision_agreement --model-dir DIR \\
         [--devices cpu,cuda] [--dtypes bfloat16,float16] [--json OUT] [--min-agreement 0.995]
 
-Defaults: every available device; bfloat16 on CPU (float16 has no fast CPU
-kernels), float16 and bfloat16 on GPUs. The float32 reference runs on the same
+Defaults: every available device; bfloat16 and int8 on CPU (float16 has no fast
+CPU kernels; int8 is `quantization int8`: the int8 stem under a float32 network),
+float16 and bfloat16 on GPUs. The float32 reference runs on the same
 device with TF32 off, so the comparison isolates the dtype. With a random-weight
 demo checkpoint most answers are near-ties (probabilities around 1/3), so its
 agreement understates what the real model gives: run it on the real weights.
@@ -34,7 +35,9 @@ import numpy as np
 from ofa_ve_bench import workload
 from ofa_ve_bench.workload import IMAGES_DIR
 
-DEFAULT_DTYPES = {"cpu": ("bfloat16",), "cuda": ("float16", "bfloat16")}
+DEFAULT_DTYPES = {"cpu": ("bfloat16", "int8"), "cuda": ("float16", "bfloat16")}
+PRECISION_PARAMS = {"int8": {"dtype": "float32", "quantization": "int8"}}
+"""The config.pbtxt parameters of a precision that is not a dtype name."""
 
 
 def pairs(images_dir: Path = IMAGES_DIR) -> list[workload.Item]:
@@ -44,10 +47,12 @@ def pairs(images_dir: Path = IMAGES_DIR) -> list[workload.Item]:
 
 
 def load_engine(model_dir: Path, device: str, dtype: str, batch_size: int):
-    """The engine in `dtype` on `device`, forward passes of up to `batch_size` items."""
+    """The engine in `dtype` (or `int8`) on `device`, forward passes of up to `batch_size`
+    items."""
     from ofa_ve_bench.engine_runner import build_engine
 
-    engine, _ = build_engine(model_dir, device, {"dtype": dtype}, forward_batch_size=batch_size)
+    params = PRECISION_PARAMS.get(dtype, {"dtype": dtype})
+    engine, _ = build_engine(model_dir, device, params, forward_batch_size=batch_size)
     return engine
 
 
