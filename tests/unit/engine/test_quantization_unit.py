@@ -11,6 +11,7 @@ import torch
 from ofa_ve_bench.workload import TEST_IMAGES
 from ofa_ve_engine import VisualEntailmentEngine
 from ofa_ve_engine.cpu_features import INT8_FLAGS, cpu_flags
+from ofa_ve_engine.limits import InputLimits
 from ofa_ve_engine.quantization import (
     CALIBRATION_DIR,
     MIN_FEATURE_COSINE,
@@ -127,6 +128,18 @@ def test_the_loaded_engine_predicts_with_the_int8_stem(
     assert probs.shape == (len(tiny_items), 3) and np.isfinite(probs).all()
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(probs, tiny_engine.predict(tiny_items), atol=0.05)
+
+
+def test_input_limits_that_refuse_a_calibration_photo_fail_the_load(tiny_model_dir: Path) -> None:
+    with pytest.raises(ValueError, match="calibration photo is over this model's input limits"):
+        VisualEntailmentEngine.from_model_dir(
+            tiny_model_dir,
+            device="cpu",
+            linear_backend="aten",
+            quantization="int8",
+            check_cpu_dtype=False,
+            limits=InputLimits(max_image_pixels=10_000),
+        )
 
 
 def test_the_loader_refuses_before_loading(tiny_model_dir: Path) -> None:

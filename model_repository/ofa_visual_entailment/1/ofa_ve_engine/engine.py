@@ -321,7 +321,13 @@ class VisualEntailmentEngine:
     def _quantize_stem(self) -> None:
         """The stem in int8, calibrated on the shipped photos, prepared and normalised
         exactly as requests' images are (see quantization.py)."""
-        items = [self.prepare(photo, "calibration") for photo in calibration_photos()]
+        try:
+            items = [self.prepare(photo, "calibration") for photo in calibration_photos()]
+        except InvalidInputError as e:
+            raise ValueError(
+                f"quantization int8: a calibration photo is over this model's input limits "
+                f"({e}); raise max_image_bytes / max_image_pixels"
+            ) from e
         images = self.collate(items).images
         self.model.encoder.stem_runner = quantize_stem(self.model.encoder.stem, images)
 
