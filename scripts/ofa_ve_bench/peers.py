@@ -5,7 +5,8 @@ Why: a CPU user could serve the network through Triton's OpenVINO or ONNX Runtim
 instead; issue 27 asks that the engine be at least as fast as the faster of them at each
 precision, with the same answers. So all run on the same machine, at the same time, on the
 same prepared items, one item per call, with the same threads, taking turns round by round:
-ours as it serves (``--param``), the peers on ``ofa_ve_ops.export_onnx``'s graph; each
+ours as it serves (``--param``; int8 is ``quantization int8``), the peers on the graph of
+``ofa_ve_ops.export_onnx``; each
 row's answers against ours in float32 (docs/benchmarks.md: what each row is).
 
     python -m ofa_ve_bench.peers --model-dir DIR [--seconds S] [--rounds R]
@@ -163,14 +164,21 @@ def ours(model_dir: Path, precision: str, params: dict[str, str]) -> tuple[Peer,
 
     from ofa_ve_bench.engine_runner import build_engine
 
-    if precision == "int8":
-        return Peer("ours", precision, None, "no int8 path yet (issue 27 item 3)"), None
-    dtype = getattr(torch, precision)
     note = ""
-    try:
-        cpu_features.check_cpu_dtype(dtype)
-    except ValueError:
-        note = "emulated: this CPU has no native bfloat16"
+    if precision == "int8":
+        params = {**params, "dtype": "float32", "quantization": "int8"}
+        dtype = torch.float32
+        note = "quantization int8: the ResNet stem in int8, the rest float32"
+        try:
+            cpu_features.check_cpu_int8()
+        except ValueError:
+            note += "; this CPU has no int8 dot-product instructions (served: refused)"
+    else:
+        dtype = getattr(torch, precision)
+        try:
+            cpu_features.check_cpu_dtype(dtype)
+        except ValueError:
+            note = "emulated: this CPU has no native bfloat16"
     engine = build_engine(model_dir, "cpu", params, dtype=dtype, forward_batch_size=1)
     return Peer("ours", precision, engine.predict, note), engine
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""How far float16 / bfloat16 inference moves the answers from float32.
+"""How far float16 / bfloat16 / int8 inference moves the answers from float32.
 
 Why: a reduced type is only worth its speed if the labels stay the same. This runs the
 same image/text pairs through the engine in float32 and in each reduced dtype, on each
@@ -10,6 +10,9 @@ random-weight demo checkpoint's answers are mostly near-ties: run it on the real
 
     .venv/bin/python -m ofa_ve_bench.precision_agreement --model-dir DIR \\
         [--devices cpu,cuda] [--dtypes bfloat16,float16] [--json OUT] [--min-agreement 0.995]
+
+Defaults: bfloat16 and int8 on CPU (int8 is `quantization int8`: the int8 stem under a
+float32 network), float16 and bfloat16 on GPUs.
 """
 
 from __future__ import annotations
@@ -26,15 +29,19 @@ from ofa_ve_data import workload
 
 from ofa_ve_bench import machine
 
-DEFAULT_DTYPES = {"cpu": ("bfloat16",), "cuda": ("float16", "bfloat16")}
+DEFAULT_DTYPES = {"cpu": ("bfloat16", "int8"), "cuda": ("float16", "bfloat16")}
 """float16 has no fast CPU kernels."""
+PRECISION_PARAMS = {"int8": {"dtype": "float32", "quantization": "int8"}}
+"""The config.pbtxt parameters of a precision that is not a dtype name."""
 
 
 def load_engine(model_dir: Path, device: str, dtype: str, batch_size: int):
-    """The engine in `dtype` on `device`, forward passes of up to `batch_size` items."""
+    """The engine in `dtype` (or `int8`) on `device`, forward passes of up to `batch_size`
+    items."""
     from ofa_ve_bench.engine_runner import build_engine
 
-    return build_engine(model_dir, device, {"dtype": dtype}, forward_batch_size=batch_size)
+    params = PRECISION_PARAMS.get(dtype, {"dtype": dtype})
+    return build_engine(model_dir, device, params, forward_batch_size=batch_size)
 
 
 def run(engine, items: list, batch_size: int) -> np.ndarray:

@@ -20,6 +20,13 @@ as stated in scikit-image's `skimage/data/_fetchers.py`:
 Every output is resized and re-encoded here (kept under 150 KB each). Usage:
 
     python tests/data/make_images.py [--wheel scikit_image-0.26.0-....whl]
+    python tests/data/make_images.py --calibration [--wheel ...]
+
+`--calibration` writes instead the photos that `quantization int8` calibrates on,
+inside the model repository (`ofa_ve_engine/calibration/`, whose README gives their
+sources and licences): other photos of the same data set than the test images, so
+that agreement measured on the test images is measured on photos calibration did
+not see.
 
 Without --wheel it runs `pip download --no-deps scikit-image==0.26.0` into a
 temporary folder (needs PyPI). The committed images are the reference; this
@@ -40,6 +47,22 @@ from PIL import Image, ImageOps
 
 SKIMAGE_VERSION = "0.26.0"
 OUT_DIR = Path(__file__).resolve().parent / "images"
+CALIBRATION_DIR = (
+    Path(__file__).resolve().parents[2]
+    / "model_repository/ofa_visual_entailment/1/ofa_ve_engine/calibration"
+)
+CALIBRATION_SOURCES = (
+    "hubble_deep_field.jpg",
+    "retina.jpg",
+    "ihc.png",
+    "clock_motion.png",
+    "brick.png",
+    "gravel.png",
+)
+"""scikit-image sample photos none of the test images comes from (licences in the
+calibration folder's README)."""
+CALIBRATION_SIDE = 480
+"""Longest side of a calibration photo: the model's patch size (it resizes to 480x480)."""
 MAX_BYTES = 150 * 1024
 EXIF_ORIENTATION = 0x0112
 
@@ -160,14 +183,34 @@ def make_images(wheel_path: Path, out_dir: Path = OUT_DIR) -> dict[str, Path]:
     return written
 
 
+def make_calibration_photos(wheel_path: Path, out_dir: Path = CALIBRATION_DIR) -> dict[str, Path]:
+    """The calibration photos: each source as an RGB JPEG, longest side 480 px."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    with zipfile.ZipFile(wheel_path) as wheel:
+        for source in CALIBRATION_SOURCES:
+            image = _load(wheel, source).convert("RGB")
+            image.thumbnail((CALIBRATION_SIDE, CALIBRATION_SIDE), Image.Resampling.LANCZOS)
+            path = out_dir / (Path(source).stem + ".jpg")
+            image.save(path, quality=85)
+            written[path.name] = path
+    return written
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--wheel", type=Path, help="a downloaded scikit-image wheel")
-    parser.add_argument("--out", type=Path, default=OUT_DIR, help=f"default {OUT_DIR}")
+    parser.add_argument("--out", type=Path, help=f"default {OUT_DIR} (or {CALIBRATION_DIR})")
+    parser.add_argument(
+        "--calibration", action="store_true", help="write the int8 calibration photos instead"
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         wheel = args.wheel or _download_wheel(Path(tmp))
-        written = make_images(wheel, args.out)
+        if args.calibration:
+            written = make_calibration_photos(wheel, args.out or CALIBRATION_DIR)
+        else:
+            written = make_images(wheel, args.out or OUT_DIR)
     for name, path in sorted(written.items()):
         with Image.open(path) as im:
             print(

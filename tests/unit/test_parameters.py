@@ -53,6 +53,8 @@ def test_typed_values_and_auto() -> None:
     assert params.limits == InputLimits(max_text_bytes=100)
     options = params.engine_options()
     assert options["forward_batch_size"] == 4 and str(options["dtype"]) == "torch.bfloat16"
+    assert options["quantization"] == "none"
+    assert read_parameters({"quantization": "int8"}).engine_options()["quantization"] == "int8"
 
 
 @pytest.mark.parametrize(
@@ -65,6 +67,7 @@ def test_typed_values_and_auto() -> None:
         ("warmup_batch_sizes", "1,x", "'warmup_batch_sizes' must be an integer, got 'x'"),
         ("max_image_bytes", "-5", "'max_image_bytes' must be >= 1"),
         ("image_path", "turbo", "'image_path' must be one of"),
+        ("quantization", "int4", "'quantization' must be one of"),
         ("engine_batch_size", "1", "'engine_batch_size' is not a parameter of this model"),
     ],
 )

@@ -132,8 +132,9 @@ class TritonPythonModel:
         _log("info", f"{self.instance}: loaded {weights} weights from {model_dir.resolve()} on "
              f"{engine.device} ({params.dtype}, forward batch {forward}, image chunk {chunk}, "
              f"image path {params.image_path}, linear backend {engine.linear_backend}, stem "
-             f"{engine.stem_backend}, torch threads {torch.get_num_threads()}, preprocess threads "
-             f"{workers}, {self.runner.describe()})")
+             f"{engine.stem_backend}, quantization {engine.describe_quantization()}, torch "
+             f"threads {torch.get_num_threads()}, preprocess threads {workers}, "
+             f"{self.runner.describe()})")
         if engine.is_demo:  # one log call per line: Triton escapes newlines inside one
             for line in DEMO_BANNER.format(path=model_dir.resolve()).strip().splitlines():
                 _log("warn", line)

@@ -1,4 +1,4 @@
-"""cpu_features: a reduced dtype on a CPU only where native kernels exist."""
+"""cpu_features: a reduced dtype (or int8) on a CPU only where native kernels exist."""
 
 from __future__ import annotations
 
@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 from ofa_ve_engine import VisualEntailmentEngine
-from ofa_ve_engine.cpu_features import FAST_FLAGS, check_cpu_dtype, cpu_flags
+from ofa_ve_engine.cpu_features import (
+    FAST_FLAGS,
+    INT8_FLAGS,
+    check_cpu_dtype,
+    check_cpu_int8,
+    cpu_flags,
+)
 
 
 def test_flags_are_read_from_cpuinfo(tmp_path: Path) -> None:
@@ -38,6 +44,25 @@ def test_reduced_types_need_native_kernels(dtype, flags, ok) -> None:
         with pytest.raises(ValueError, match="emulated, slower than float32") as info:
             check_cpu_dtype(dtype, flags)
         assert all(flag in str(info.value) for flag in FAST_FLAGS[dtype])
+
+
+@pytest.mark.parametrize(
+    ("flags", "ok"),
+    [
+        (frozenset({"avx512f", "avx512_vnni"}), True),  # e.g. Cascade Lake, Zen 4
+        (frozenset({"avx2", "avx_vnni"}), True),  # e.g. Alder Lake
+        (frozenset({"amx_int8", "amx_tile"}), True),  # Sapphire Rapids
+        (frozenset({"avx2", "avx512f", "avx512_bf16"}), False),
+        (frozenset(), False),  # /proc/cpuinfo unreadable: refused, not guessed
+    ],
+)
+def test_int8_needs_a_dot_product_instruction(flags: frozenset[str], ok: bool) -> None:
+    if ok:
+        check_cpu_int8(flags)
+    else:
+        with pytest.raises(ValueError, match=r"quantization int8 .* without fast int8") as info:
+            check_cpu_int8(flags)
+        assert all(flag in str(info.value) for flag in INT8_FLAGS)
 
 
 def test_the_loader_applies_the_rule_of_this_cpu(tiny_model_dir: Path) -> None:

@@ -39,6 +39,7 @@ from .limits import InputLimits
 from .modeling import OFAModel
 from .onednn import Linear, choose_linear_backend
 from .onednn_stem import OneDNNStem, choose_stem_backend
+from .quantization import Int8Stem, calibration_photos, check_quantization, quantize_stem
 from .resnet import fold_batchnorm
 from .scoring import AnswerScorer
 from .settings import TaskSettings
@@ -221,6 +222,7 @@ class VisualEntailmentEngine:
         compile: bool = False,
         linear_backend: str = "auto",
         stem_backend: str = "auto",
+        quantization: str = "none",
         image_path: str = "exact",
         stem_cache_items: int = 0,
         check_cpu_dtype: bool = True,
@@ -235,11 +237,14 @@ class VisualEntailmentEngine:
             device: None: a GPU if there is one, else the CPU.
             dtype: a reduced dtype the CPU has no native kernels for is refused
                 (ValueError, ``cpu_features.py``) unless ``check_cpu_dtype`` is off
-                (measurement tools).
+                (measurement tools); so is int8 on a CPU without int8 kernels.
             compile: compile the stem with inductor for every batch size it will see
                 (seconds; a C++ compiler on CPU; ``compilation.py``).
             linear_backend, stem_backend: ``auto``, ``onednn`` or ``aten``: what runs
                 the linear layers (``onednn.py``) and the stem (``onednn_stem.py``).
+            quantization: ``none`` or ``int8`` (the stem in int8, calibrated here on the
+                shipped photos: ``quantization.py``; CPU and float32 only, ValueError
+                elsewhere, before loading).
             The others: as in the constructor.
         """
         model_dir = Path(model_dir)
@@ -251,17 +256,20 @@ class VisualEntailmentEngine:
         resolved = resolve_device(device)
         if check_cpu_dtype and resolved.type == "cpu":
             cpu_features.check_cpu_dtype(dtype)  # before seconds of loading
+        check_quantization(  # before seconds of loading too
+            quantization, resolved, dtype, compile=compile, check_cpu=check_cpu_dtype
+        )
         model = load_model(model_dir)
         fold_batchnorm(model.encoder.stem)
         model = model.to(device=resolved, dtype=dtype).eval().requires_grad_(False)
         model.encoder.stem.to(memory_format=torch.channels_last)
         choose_linear_backend(model, resolved, dtype, linear_backend)
-        model.encoder.stem_runner = choose_stem_backend(  # compile replaces it below
+        model.encoder.stem_runner = choose_stem_backend(  # compile or int8 replace it below
             model.encoder.stem,
             resolved,
             dtype,
             settings.patch_image_size,
-            "aten" if compile else stem_backend,
+            "aten" if compile or quantization != "none" else stem_backend,
         )
         engine = cls(
             settings,
@@ -277,6 +285,8 @@ class VisualEntailmentEngine:
         )
         if compile:  # last: a bad checkpoint fails before seconds of compilation
             engine._compile_stem()
+        if quantization == "int8":
+            engine._quantize_stem()
         return engine
 
     @staticmethod
@@ -308,6 +318,19 @@ class VisualEntailmentEngine:
             dynamic=False if fixed else None,
         )
 
+    def _quantize_stem(self) -> None:
+        """The stem in int8, calibrated on the shipped photos, prepared and normalised
+        exactly as requests' images are (see quantization.py)."""
+        try:
+            items = [self.prepare(photo, "calibration") for photo in calibration_photos()]
+        except InvalidInputError as e:
+            raise ValueError(
+                f"quantization int8: a calibration photo is over this model's input limits "
+                f"({e}); raise max_image_bytes / max_image_pixels"
+            ) from e
+        images = self.collate(items).images
+        self.model.encoder.stem_runner = quantize_stem(self.model.encoder.stem, images)
+
     @property
     def is_demo(self) -> bool:
         """True for random-weight demo checkpoints (``model.demo`` in configuration.json)."""
@@ -322,11 +345,24 @@ class VisualEntailmentEngine:
     @property
     def stem_backend(self) -> str:
         """What runs the ResNet stem: ``onednn`` (fused convolutions, ``onednn_stem.py``),
-        ``inductor`` (``compile=True``) or ``aten`` (the eager modules)."""
+        ``int8`` (``quantization.py``), ``inductor`` (``compile=True``) or ``aten`` (the
+        eager modules)."""
         runner = self.model.encoder.stem_runner
         if runner is None:
             return "aten"
+        if isinstance(runner, Int8Stem):
+            return "int8"
         return "onednn" if isinstance(runner, OneDNNStem) else "inductor"
+
+    @property
+    def quantization(self) -> str:
+        """``int8`` where the stem runs in int8 (``quantization="int8"``), else ``none``."""
+        return "int8" if isinstance(self.model.encoder.stem_runner, Int8Stem) else "none"
+
+    def describe_quantization(self) -> str:
+        """``none``, or what runs in int8 and how it was checked (the start-up log)."""
+        runner = self.model.encoder.stem_runner
+        return runner.describe() if isinstance(runner, Int8Stem) else "none"
 
     @property
     def compiled(self) -> bool:

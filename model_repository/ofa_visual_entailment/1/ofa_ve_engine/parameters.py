@@ -32,6 +32,7 @@ DTYPE_NAMES = ("float32", "float16", "bfloat16")
 LINEAR_BACKENDS = ("auto", "onednn", "aten")
 STEM_BACKENDS = ("auto", "onednn", "aten")
 IMAGE_PATHS = ("exact", "fast", "gpu")
+QUANTIZATIONS = ("none", "int8")
 
 
 class ParameterError(ValueError):
@@ -146,8 +147,18 @@ PARAMETERS: tuple[Parameter, ...] = (
         "What runs the ResNet stem on CPU (float32, bfloat16): `onednn` fuses each "
         "convolution with its ReLU and residual add (oneDNN, weights reordered once at "
         "load); `aten` runs the eager modules; `auto` is `onednn` where it runs and agrees "
-        "with `aten` at load. `compile` overrides it.",
+        "with `aten` at load. `compile` and `quantization` `int8` override it.",
         choices=STEM_BACKENDS,
+    ),
+    Parameter(
+        "quantization", "choice", "none",
+        "`int8`: the ResNet stem's convolutions run in int8 on CPU (oneDNN; calibrated at "
+        "load on the photos shipped in `ofa_ve_engine/calibration/`), the rest in float32. "
+        "Opt-in: loads only with `dtype` `float32`, on a CPU instance whose CPU has "
+        "int8 dot-product instructions (`avx512_vnni`, `avx_vnni` or `amx_int8`), without "
+        "`compile`; elsewhere the model refuses to load with a message that says why. "
+        "Confirm it on the real weights with `ofa-ve evaluate` first (int8 on CPU, below).",
+        choices=QUANTIZATIONS,
     ),
     Parameter(
         "image_path", "choice", "exact",
@@ -215,6 +226,7 @@ class ModelParameters:
     compile: bool = False
     linear_backend: str = AUTO
     stem_backend: str = AUTO
+    quantization: str = "none"
     image_path: str = "exact"
     pipeline: str = AUTO
     stem_cache_items: int = 0
@@ -235,6 +247,7 @@ class ModelParameters:
             "compile": self.compile,
             "linear_backend": self.linear_backend,
             "stem_backend": self.stem_backend,
+            "quantization": self.quantization,
             "image_path": self.image_path,
             "stem_cache_items": self.stem_cache_items,
         }
