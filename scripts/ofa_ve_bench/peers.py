@@ -6,8 +6,8 @@ instead; issue 27 asks that the engine be at least as fast as the faster of them
 precision, with the same answers. So all run on the same machine, at the same time, on the
 same prepared items, one item per call, with the same threads, taking turns round by round:
 ours as it serves (``--param``; int8 is ``quantization int8``), the peers on the graph of
-``ofa_ve_ops.export_onnx``; each
-row's answers against ours in float32 (docs/benchmarks.md: what each row is).
+``ofa_ve_ops.export_onnx``; each row's answers against ours in float32 (docs/benchmarks.md:
+what each row is).
 
     python -m ofa_ve_bench.peers --model-dir DIR [--seconds S] [--rounds R]
         [--precisions float32,bfloat16,int8] [--items N] [--threads N] [--onnx FILE]

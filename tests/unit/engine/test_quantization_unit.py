@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from ofa_ve_bench.workload import TEST_IMAGES
+from ofa_ve_data.workload import TEST_IMAGES
 from ofa_ve_engine import VisualEntailmentEngine
 from ofa_ve_engine.cpu_features import INT8_FLAGS, cpu_flags
 from ofa_ve_engine.limits import InputLimits
