@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from ofa_ve_engine import CheckpointError, InvalidInputError, VisualEntailmentEngine
+from ofa_ve_engine.engine import auto_forward_batch_size
 from ofa_ve_engine.modeling import OFAModel
 from support.engine_tiny import png
 
@@ -169,3 +170,21 @@ def test_gpu_image_path_keeps_jpegs_encoded_and_decodes_them_in_the_pass(
     assert items[1].pixels is not None and items[1].encoded is None
     exact = [tiny_engine.prepare(jpeg, "a person."), tiny_engine.prepare(small_png, "a cup.")]
     np.testing.assert_allclose(cpu_gpu.predict(items), tiny_engine.predict(exact), atol=2e-2)
+
+
+@pytest.mark.parametrize(
+    ("device", "dtype", "quantization", "flags", "expected"),
+    [
+        ("cuda", torch.float16, "none", {"amx_bf16"}, None),
+        ("cpu", torch.float32, "none", {"amx_bf16", "amx_int8"}, 1),
+        ("cpu", torch.bfloat16, "none", {"amx_bf16"}, 4),
+        ("cpu", torch.bfloat16, "none", {"avx512_bf16"}, 1),  # no AMX: not measured, one at a time
+        ("cpu", torch.float32, "int8", {"amx_int8"}, 4),
+        ("cpu", torch.float32, "int8", {"avx512_vnni"}, 1),
+    ],
+)
+def test_auto_forward_batch_size_follows_the_device_type_and_amx(
+    device: str, dtype: torch.dtype, quantization: str, flags: set[str], expected: int | None
+) -> None:
+    got = auto_forward_batch_size(torch.device(device), dtype, quantization, frozenset(flags))
+    assert got == expected

@@ -55,6 +55,27 @@ DEFAULT_FORWARD_BATCH_SIZE = 32
 AUTO_CPU_FORWARD_BATCH_SIZE = 1
 """``forward_batch_size=None`` on CPU: one item per pass is the least CPU per item
 (the stem's activations fall out of cache as the pass grows; docs/benchmarks.md)."""
+AUTO_AMX_FORWARD_BATCH_SIZE = 4
+"""``forward_batch_size=None`` on a CPU whose AMX tiles run the network's reduced type
+(bfloat16, or the int8 stem): a pass of a few items beats one at a time there
+(docs/benchmarks.md)."""
+
+
+def auto_forward_batch_size(
+    device: torch.device,
+    dtype: torch.dtype,
+    quantization: str = "none",
+    flags: frozenset[str] | None = None,
+) -> int | None:
+    """What ``forward_batch_size=None`` means: no cap on a GPU; on CPU 1, or
+    ``AUTO_AMX_FORWARD_BATCH_SIZE`` where AMX runs bfloat16 or the int8 stem (``flags``:
+    the CPU's, for tests)."""
+    if device.type != "cpu":
+        return None
+    kind = "int8" if quantization == "int8" else "bf16" if dtype == torch.bfloat16 else None
+    if kind is not None and cpu_features.has_amx(kind, flags):
+        return AUTO_AMX_FORWARD_BATCH_SIZE
+    return AUTO_CPU_FORWARD_BATCH_SIZE
 COMPILE_MAX_FIXED_SIZES = 8
 """Largest image chunk compiled as fixed shapes (one graph per size); beyond, dynamic."""
 
@@ -144,8 +165,8 @@ class VisualEntailmentEngine:
             model: on its device, in its dtype, in eval mode; the engine takes its
                 ``device`` and ``dtype`` from it.
             limits: per-item input limits (default ``InputLimits()``).
-            forward_batch_size: most items per forward pass; None: 1 on CPU, no cap
-                on a GPU (every ``predict`` call one pass).
+            forward_batch_size: most items per forward pass; None: see
+                ``auto_forward_batch_size`` (no cap on a GPU: every ``predict`` call one pass).
             image_chunk_size: most images per stem run within a pass; None: 2 on CPU
                 (its activations fall out of cache as the chunk grows), the whole
                 pass on a GPU.
@@ -181,8 +202,9 @@ class VisualEntailmentEngine:
         self.device: torch.device = weight.device
         self.dtype: torch.dtype = weight.dtype
         self.limits = limits or InputLimits()
-        if forward_batch_size is None and self.device.type == "cpu":
-            forward_batch_size = AUTO_CPU_FORWARD_BATCH_SIZE
+        self._auto_forward_batch_size = forward_batch_size is None
+        if forward_batch_size is None:
+            forward_batch_size = auto_forward_batch_size(self.device, self.dtype)
         self.forward_batch_size = forward_batch_size
         """At most this many items per forward pass; None: each predict call is one pass."""
         self.channels_last = channels_last
@@ -330,6 +352,8 @@ class VisualEntailmentEngine:
             ) from e
         images = self.collate(items).images
         self.model.encoder.stem_runner = quantize_stem(self.model.encoder.stem, images)
+        if self._auto_forward_batch_size:
+            self.forward_batch_size = auto_forward_batch_size(self.device, self.dtype, "int8")
 
     @property
     def is_demo(self) -> bool:

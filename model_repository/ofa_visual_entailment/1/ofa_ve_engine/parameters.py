@@ -114,8 +114,10 @@ PARAMETERS: tuple[Parameter, ...] = (
     ),
     Parameter(
         "forward_batch_size", "auto_int", AUTO,
-        "Items per network forward pass. `auto`: 1 on CPU (fastest per item there), no cap "
-        "on a GPU (the whole Triton batch, or its halves with `pipeline`). Triton's own "
+        "Items per network forward pass. `auto`: 1 on CPU (fastest per item there), 4 on a "
+        "CPU with AMX for `dtype` `bfloat16` or `quantization` `int8` (AMX runs a few items "
+        "at a time faster), no cap on a GPU (the whole Triton batch, or its halves with "
+        "`pipeline`). Triton's own "
         "`max_batch_size` is the most items one execution receives; this splits an "
         "execution into passes.",
     ),
