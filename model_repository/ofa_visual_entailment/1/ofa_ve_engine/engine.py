@@ -60,6 +60,12 @@ AUTO_AMX_FORWARD_BATCH_SIZE = 4
 (bfloat16, or the int8 stem): a pass of a few items beats one at a time there
 (docs/benchmarks.md)."""
 
+COMPILE_MAX_FIXED_SIZES = 8
+"""Largest image chunk compiled as fixed shapes (one graph per size); beyond, dynamic."""
+
+IMAGE_PATHS = ("exact", "fast", "gpu")
+"""How ``prepare`` turns image bytes into pixels (config parameter ``image_path``)."""
+
 
 def auto_forward_batch_size(
     device: torch.device,
@@ -76,11 +82,7 @@ def auto_forward_batch_size(
     if kind is not None and cpu_features.has_amx(kind, flags):
         return AUTO_AMX_FORWARD_BATCH_SIZE
     return AUTO_CPU_FORWARD_BATCH_SIZE
-COMPILE_MAX_FIXED_SIZES = 8
-"""Largest image chunk compiled as fixed shapes (one graph per size); beyond, dynamic."""
 
-IMAGE_PATHS = ("exact", "fast", "gpu")
-"""How ``prepare`` turns image bytes into pixels (config parameter ``image_path``)."""
 
 HYPOTHESIS = "HYPOTHESIS"
 PREMISE = "PREMISE"
@@ -203,6 +205,7 @@ class VisualEntailmentEngine:
         self.dtype: torch.dtype = weight.dtype
         self.limits = limits or InputLimits()
         self._auto_forward_batch_size = forward_batch_size is None
+        """Whether the size is ``auto``'s, to be chosen again if the stem becomes int8."""
         if forward_batch_size is None:
             forward_batch_size = auto_forward_batch_size(self.device, self.dtype)
         self.forward_batch_size = forward_batch_size
