@@ -44,10 +44,13 @@ ServerFactory = Callable[..., TritonServer]
 
 
 @pytest.fixture(scope="session")
-def server_factory(model_repository: Path, demo_model_dir: Path) -> Iterator[ServerFactory]:
+def server_factory(
+    model_repository: Path, demo_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerFactory]:
     """`server_factory(cls=TritonServer, model_repository=..., model_dir=..., **kwargs)`:
     a new, not yet started server; by default on the committed repository and the
-    demo checkpoint. Whatever the test does, each is killed when the session ends
+    demo checkpoint, its log under pytest's temporary folder (kept for the last few
+    runs, then removed). Whatever the test does, each is killed when the session ends
     (by PID, with its shared memory: `support.servers.running` says why not stopped)."""
     built: list[TritonServer] = []
 
@@ -57,6 +60,7 @@ def server_factory(model_repository: Path, demo_model_dir: Path) -> Iterator[Ser
         model_dir: Path = demo_model_dir,
         **kwargs: object,
     ) -> TritonServer:
+        kwargs.setdefault("log_dir", tmp_path_factory.mktemp("tritonserver"))
         server = cls(model_repository, model_dir, **kwargs)
         built.append(server)
         return server

@@ -585,7 +585,7 @@ def test_two_versions_each_answer_with_their_own_weights(
         config_suffix="\nversion_policy: { all {} }\n",
     )
     monkeypatch.delenv("OFA_VE_MODEL_DIR", raising=False)
-    server = TritonServer(repository)
+    server = TritonServer(repository, log_dir=tmp_path / "log")
     assert server.model_dir is None and "OFA_VE_MODEL_DIR" not in server.environment()
     with running(server), grpcclient.InferenceServerClient(server.grpc_url) as client:
         assert client.is_model_ready(MODEL_NAME, "1") and client.is_model_ready(MODEL_NAME, "2")
