@@ -33,11 +33,12 @@ from ofa_ve_data import workload
 from ofa_ve_engine.parameters import parse_assignments
 
 from ofa_ve_bench import engine_runner, machine, model_config, results, server_run
-from ofa_ve_bench import perf_analyzer_sweep as sweep_mod
+from ofa_ve_bench.perf_analyzer_sweep import sweep
+from ofa_ve_bench.results import listed
 
 
-def _say(message: str) -> None:
-    print(f"[{dt.datetime.now():%H:%M:%S}] {message}", flush=True)
+def say(message: str) -> None:
+    machine.say("benchmark", message)
 
 
 def parse_env(pairs: Sequence[str]) -> dict[str, str]:
@@ -108,9 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    numbers = sweep_mod.numbers
-    concurrency, rates = numbers(args.concurrency, int), numbers(args.request_rate, float)
-    sizes = numbers(args.engine_batch_sizes, int)
+    concurrency, rates = listed(args.concurrency, int), listed(args.request_rate, float)
+    sizes = listed(args.engine_batch_sizes, int)
     try:
         params = parse_assignments([f"dtype={args.dtype}", *args.param])
         server_env = parse_env(args.server_env)
@@ -137,50 +137,48 @@ def main(argv: Sequence[str] | None = None) -> int:
         "rounds": [],
     }
     blobs = workload.items(formats=args.formats)
-    sweep_options = {"concurrency": concurrency, "request_rates": rates, "formats": args.formats}
+    sweep_options = {"concurrency": concurrency, "request_rates": rates, "formats": args.formats,
+                     "timeout_s": args.level_timeout}
     for key in ("measurement_ms", "stability", "max_trials", "request_count"):
         sweep_options[key] = getattr(args, key)
 
-    server = None
+    server = reference = engine = None
     if concurrency or rates:
-        _say("(c) starting the Triton server (cold start) ...")
+        say("(c) starting the Triton server (cold start) ...")
         edits = model_config.ConfigEdits(
             max_batch_size=args.max_batch_size,
             instances=args.instances,
             queue_delay_us=args.queue_delay_us,
-            preferred_batch_sizes=model_config.preferred_sizes(args.preferred),
+            preferred_batch_sizes=None if args.preferred is None else listed(args.preferred, int),
             parameters=params,
         )
         server = server_run.start_server(model_dir, args.out_dir / "server-log", edits, server_env)
-        _say(f"server READY after {server.ready_after_s:.1f} s ({server.grpc_url})")
+        say(f"server READY after {server.ready_after_s:.1f} s ({server.grpc_url})")
     try:
-        reference = engine = None
         if args.modelscope_seconds > 0:
-            _say("(a) building ModelScope's pipeline ...")
+            say("(a) building ModelScope's pipeline ...")
             paths = workload.path_items(formats=args.formats)
             reference = modelscope_call(model_dir, args.device, paths)
         if sizes:
-            _say("(b) building the engine ...")
+            say("(b) building the engine ...")
             # At least the largest batch per forward pass: (b) measures whole batches.
             auto = params.get("forward_batch_size", "auto") == "auto"
             forward = {"forward_batch_size": max(sizes)} if auto else {}
             engine = engine_runner.build_engine(model_dir, args.device, params, **forward)
             out["engine_settings"] = engine_runner.engine_settings(engine)
         for n in range(1, args.rounds + 1):
-            round_: dict = {"round": n, "load_before": machine.load_average()}
+            round_: dict = {"round": n, "load_before": machine.load_average(), "engine": []}
             if reference is not None:
                 r = results.timed("modelscope_pipeline", 1, reference, args.modelscope_seconds, 3)
                 round_["modelscope"] = r.summary()
-                _say(f"round {n} (a) ModelScope: {r.items_per_s:.2f} items/s")
-            if engine is not None:
-                round_["engine"] = []
-                for size in sizes:
-                    r = engine_runner.measure_engine(engine, blobs, size, args.engine_seconds)
-                    round_["engine"].append(r.summary())
-                    _say(f"round {n} (b) engine batch {size}: {r.items_per_s:.2f} items/s")
+                say(f"round {n} (a) ModelScope: {r.items_per_s:.2f} items/s")
+            for size in sizes if engine is not None else ():
+                r = engine_runner.measure_engine(engine, blobs, size, args.engine_seconds)
+                round_["engine"].append(r.summary())
+                say(f"round {n} (b) engine batch {size}: {r.items_per_s:.2f} items/s")
             if server is not None:
-                where = {"url": server.grpc_url, "out_dir": args.out_dir / f"sweep-{n}"}
-                points = sweep_mod.sweep(**where, **sweep_options, timeout_s=args.level_timeout)
+                points = sweep(url=server.grpc_url, out_dir=args.out_dir / f"sweep-{n}",
+                               **sweep_options)
                 round_["server"] = [asdict(p) for p in points]
             out["rounds"].append(round_)
         if server is not None:

@@ -13,11 +13,8 @@ from __future__ import annotations
 import argparse
 import atexit
 import concurrent.futures
-import contextlib
 import datetime as dt
 import functools
-import importlib
-import importlib.metadata
 import importlib.util
 import json
 import shutil
@@ -26,7 +23,7 @@ import tempfile
 import time
 import traceback
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,8 +31,15 @@ from typing import Any
 import numpy as np
 from ofa_ve_data import workload
 
-from ofa_ve_bench import machine
-from ofa_ve_bench.precision_agreement import compare, load_engine
+from ofa_ve_bench import machine, results
+from ofa_ve_bench.engine_runner import (
+    agreement,
+    answers,
+    load_engine,
+    predict_all,
+    prepare_all,
+    tf32_off,
+)
 
 PROB_TOLERANCE = 1e-4  # largest |p_gpu - p_cpu| the first step allows in float32
 CPU_MODE_BANNER = "CPU mode: no GPU figures (small sizes; this checks the code path only)"
@@ -121,6 +125,16 @@ class Step:
         self.notes += notes
 
 
+@dataclass(frozen=True)
+class Run:
+    """What every step is given besides its own record and budget."""
+
+    model_dir: Path
+    device: str
+    sizes: Sizes
+    out: Path
+
+
 class Check:
     """Runs steps under the run's budget, each under its own, and rewrites the summary in
     `out` after each one: a failure is a finding, never the end of the check."""
@@ -136,54 +150,33 @@ class Check:
         self.summary.update(steps=[s.__dict__ for s in self.steps],
                             failed=[s.name for s in self.steps if s.status == "failed"],
                             seconds=round(self.budget.clock() - self.started, 1))
-        write_summary(self.summary, self.out)
+        texts = summary_markdown(self.summary), json.dumps(self.summary, indent=2, default=str)
+        for name, text in zip(("summary.md", "summary.json"), texts, strict=True):
+            partial = self.out / f".{name}.partial"  # never a half-written summary, even if cut
+            partial.write_text(text + "\n")
+            partial.replace(self.out / name)
 
     def run(self, name: str, seconds: float, fn: Callable[[Step, Budget], Any],
             min_s: float = 5.0) -> None:
-        budget = self.budget.sub(seconds)
+        budget, started = self.budget.sub(seconds), time.monotonic()
         step = Step(name, budget_s=round(budget.left(), 1))
-        started = time.monotonic()
         if budget.left() < min_s:
             step.status = "skipped"
             step.notes.append(f"time budget spent ({self.budget.left():.0f} s left of the run)")
         else:
-            _say(f"{name} (budget {budget.left():.0f} s) ...")
+            say(f"{name} (budget {budget.left():.0f} s) ...")
             try:
                 step.figures = fn(step, budget)
             except Exception as exc:
                 step.fail(f"{type(exc).__name__}: {exc}"[:600],
                           traceback.format_exc(limit=3)[-800:])
             step.seconds = round(time.monotonic() - started, 1)
-        _say(f"{name}: {step.status} in {step.seconds:.1f} s")
+        say(f"{name}: {step.status} in {step.seconds:.1f} s")
         self.add(step)
 
 
-@dataclass(frozen=True)
-class Run:
-    """What every step is given besides its own record and budget."""
-
-    model_dir: Path
-    device: str
-    sizes: Sizes
-    out: Path
-
-
-def _say(message: str) -> None:
-    print(f"[gpu-check {dt.datetime.now():%H:%M:%S}] {message}", flush=True)
-
-
-def version(name: str, imported: bool = True) -> str:
-    """`name`'s version as this Python imports it (and from where), or as installed."""
-    try:
-        if not imported:
-            return importlib.metadata.version(name)
-        module = importlib.import_module(name)
-    except importlib.metadata.PackageNotFoundError:
-        return "missing"
-    except Exception as exc:  # missing, or broken against this numpy/torch
-        return f"not importable ({type(exc).__name__}: {exc})"[:200]
-    found = getattr(module, "__version__", None) or version(name, imported=False)
-    return f"{found} ({Path(getattr(module, '__file__', '') or '?').parent})"
+def say(message: str) -> None:
+    machine.say("gpu-check", message)
 
 
 def environment(device: str) -> dict[str, object]:
@@ -196,8 +189,8 @@ def environment(device: str) -> dict[str, object]:
         "machine": str(machine.describe(device)),
         "python": f"{sys.version.split()[0]} ({sys.executable}, prefix {sys.prefix})",
         "cuda": torch.version.cuda,
-        "imported": {name: version(name) for name in imported},
-        "packages": {name: version(name, imported=False)
+        "imported": {name: machine.version(name) for name in imported},
+        "packages": {name: machine.version(name, imported=False)
                      for name in ("nvidia-pytriton", "tritonclient", "protobuf", "grpcio")},
         "exact_jpeg_decoder": "simplejpeg (libjpeg-turbo)" if jpeg.simplejpeg is not None
         else "Pillow (simplejpeg is not importable)",
@@ -205,38 +198,14 @@ def environment(device: str) -> dict[str, object]:
     }
 
 
-@contextlib.contextmanager
-def tf32_off() -> Iterator[None]:
-    """TF32 off for matmuls and convolutions (fp32 as the CPU computes it), then restored."""
-    import torch
-
-    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
-
-
-def timed(call: Callable[[int], int], sizes: Sizes, device: str = "cpu") -> dict:
-    """Items/s of `call(i)`, which returns how many items call i did: warm-up calls first
-    (kernels, threads, caches), then calls until both `seconds` and `min_calls` are reached.
-    Every step's rate comes from here."""
-    import torch
-
-    sync = torch.cuda.synchronize if device.startswith("cuda") else lambda: None
-    for i in range(sizes.warmup_calls):
-        call(i)
-    sync()
-    items = calls = 0
-    started = time.perf_counter()
-    while calls < sizes.min_calls or time.perf_counter() - started < sizes.seconds:
-        items += call(sizes.warmup_calls + calls)
-        calls += 1
-    sync()
-    elapsed = time.perf_counter() - started
-    return {"items_per_s": round(items / elapsed, 2),
-            "ms_per_call": round(1000 * elapsed / calls, 3), "calls": calls}
+def rate(call: Callable[[int], object], items: int, sizes: Sizes) -> dict[str, float]:
+    """Items/s of `call(i)`, `items` a call, through `results.timed` at the run's sizes:
+    warm-up calls, then calls until both `seconds` and `min_calls` are reached. Every
+    step's rate comes from here."""
+    run = results.timed("", items, call, sizes.seconds, sizes.min_calls, sizes.warmup_calls)
+    calls = len(run.latencies_ms)
+    return {"items_per_s": round(run.items_per_s, 2),
+            "ms_per_call": round(1000 * run.seconds / calls, 3), "calls": calls}
 
 
 # --------------------------------------------------------------- engine steps
@@ -252,35 +221,17 @@ def agreement_work(sizes: Sizes) -> list[workload.Item]:
         for i in range(min(sizes.agreement_pairs, len(pairs)))]
 
 
-def predict_all(engine: Any, prepared: Sequence[Any], budget: Budget | None = None) -> np.ndarray:
-    """Probabilities in batches of 16; fewer rows where `budget` ran out."""
-    rows = []
-    for start in range(0, len(prepared), 16):
-        if budget is not None and rows and budget.left() < 2:
-            break
-        rows.append(engine.predict(prepared[start : start + 16]))
-    return np.concatenate(rows)
-
-
-def answers(run: Run, device: str, dtype: str, prepared: Sequence[Any] | None = None,
-            budget: Budget | None = None) -> tuple[Sequence[Any], np.ndarray]:
-    """The agreement pairs (prepared here unless given) and an engine's answers; the engine
-    is dropped after, so one model is in memory at a time."""
-    engine = load_engine(run.model_dir, device, dtype, 16)
-    prepared = prepared or [engine.prepare(*item) for item in agreement_work(run.sizes)]
-    return prepared, predict_all(engine, prepared, budget)
-
-
 def step_equal(run: Run, step: Step, budget: Budget) -> dict:
     """fp32 on the GPU against fp32 on the CPU, TF32 off: the same answers."""
     if run.device == "cpu":
         step.notes.append("CPU mode: the CPU against itself (this rehearses the code path)")
     with tf32_off():
-        prepared, on_gpu = answers(run, run.device, "float32")
-        _, on_cpu = answers(run, "cpu", "float32", prepared, budget)  # the slow side
+        prepared, on_gpu = answers(run.model_dir, run.device, "float32", agreement_work(run.sizes))
+        _, on_cpu = answers(run.model_dir, "cpu", "float32", (), prepared=prepared,  # the slow side
+                            more=lambda: budget.left() >= 2)
     if len(on_cpu) < len(prepared):
         step.notes.append(f"budget: {len(on_cpu)} of {len(prepared)} pairs compared")
-    row = compare(on_cpu, on_gpu[: len(on_cpu)])
+    row = results.compare(on_cpu, on_gpu[: len(on_cpu)])
     row.update(math_flags="TF32 off (restored after)", tolerance=PROB_TOLERANCE,
                labels_identical=row["flips"] == 0,
                within_tolerance=row["max_prob_diff"] <= PROB_TOLERANCE)
@@ -292,17 +243,19 @@ def step_equal(run: Run, step: Step, budget: Budget) -> dict:
 
 def step_precision(run: Run, step: Step, budget: Budget) -> list[dict]:
     """Each reduced dtype against float32 (TF32 off) on the same device."""
-    with tf32_off():
-        prepared, reference = answers(run, run.device, "float32")
     step.notes.append("float32 reference with TF32 off (restored after)")
-    rows = []
-    for dtype in (d for d in run.sizes.dtypes if d != "float32"):
-        if budget.left() < 5:
-            step.notes.append(f"budget: stopped before {dtype}")
-            break
-        other = answers(run, run.device, dtype, prepared)[1]
-        rows.append({"device": run.device, "dtype": dtype, **compare(reference, other)})
+    dtypes = [d for d in run.sizes.dtypes if d != "float32"]
+    rows = list(agreement(run.model_dir, run.device, dtypes, agreement_work(run.sizes),
+                          more=lambda: budget.left() >= 5))
+    if len(rows) < len(dtypes):
+        step.notes.append(f"budget: stopped before {dtypes[len(rows)]}")
     return rows
+
+
+def distinct_work(count: int) -> list[workload.Item]:
+    """`count` distinct JPEGs, each with the next of the load texts."""
+    texts, jpegs = workload.LOAD_TEXTS, workload.distinct_jpegs(count)
+    return [(image, *texts[i % len(texts)]) for i, image in enumerate(jpegs)]
 
 
 def step_network(run: Run, step: Step, budget: Budget) -> list[dict]:
@@ -316,22 +269,23 @@ def step_network(run: Run, step: Step, budget: Budget) -> list[dict]:
     step.notes.append(f"{largest} distinct JPEGs; math flags: TF32 matmul "
                       f"{torch.backends.cuda.matmul.allow_tf32}, TF32 cuDNN "
                       f"{torch.backends.cudnn.allow_tf32}")
-    texts, rows, prepared = workload.LOAD_TEXTS, [], []
+    rows: list[dict] = []
+    prepared: list[Any] = []
     for dtype in sizes.dtypes:
         if cuda:
             cuda.empty_cache()
             cuda.reset_peak_memory_stats()
         engine = load_engine(run.model_dir, run.device, dtype, largest)
-        prepared = prepared or [  # pixels and tokens do not depend on the dtype
-            engine.prepare(image, *texts[i % len(texts)])
-            for i, image in enumerate(workload.distinct_jpegs(largest))]
+        # pixels and tokens do not depend on the dtype
+        prepared = prepared or prepare_all(engine, distinct_work(largest))
         for batch in sizes.batch_sizes:
             if budget.left() < 5:
                 step.notes.append(f"budget: stopped before {dtype} batch {batch}")
                 break
-            rate = timed(lambda _, e=engine, items=prepared[:batch]: len(e.predict(items)),
-                         sizes, run.device)
-            rows.append({"dtype": dtype, "batch_size": batch, "distinct_images": batch, **rate})
+            figures = rate(lambda _, e=engine, items=prepared[:batch]: e.predict(items), batch,
+                           sizes)
+            rows.append({"dtype": dtype, "batch_size": batch, "distinct_images": batch,
+                         **figures})
         if cuda:
             rows.append({"dtype": dtype,
                          "peak_gpu_memory_mib": round(cuda.max_memory_allocated() / 2**20, 1)})
@@ -350,9 +304,9 @@ def step_shared(run: Run, step: Step, budget: Budget) -> list[dict]:
     hypotheses = [*workload.AGREEMENT_HYPOTHESES, *(h for h, _ in workload.LOAD_TEXTS)]
     items = [engine.prepare(image, f"{hypotheses[i % len(hypotheses)]} ({i})")
              for i in range(largest)]
-    rate = timed(lambda _: len(engine.predict(items)), run.sizes, run.device)
     return [{"dtype": dtype, "batch_size": largest, "distinct_images": 1,
-             "images": "one image, a distinct hypothesis per item", **rate}]
+             "images": "one image, a distinct hypothesis per item",
+             **rate(lambda _: engine.predict(items), largest, run.sizes)}]
 
 
 def step_image_path(run: Run, step: Step, budget: Budget) -> dict:
@@ -380,17 +334,16 @@ def step_image_path(run: Run, step: Step, budget: Budget) -> dict:
                      "mean_pixel_diff": round(float(diff.mean()), 4)})
     work = [item for item in agreement_work(run.sizes) if item[0][:2] == b"\xff\xd8"]  # JPEGs
     with tf32_off():
-        exact = predict_all(engine, [engine.prepare(*item) for item in work])
+        exact = predict_all(engine.predict, prepare_all(engine, work), 16)
         engine.image_path = "gpu"  # the same engine, its JPEGs kept encoded for the device
-        agreement = compare(exact, predict_all(engine, [engine.prepare(*it) for it in work]))
+        agreed = results.compare(exact, predict_all(engine.predict, prepare_all(engine, work), 16))
     decoders = [d for d in (decoder, engine.gpu_image_decoder) if d is not None]
     fallbacks: Counter[str] = Counter()
     for d in decoders:
         fallbacks.update(d.take_fallbacks())
     figures = {
         "images": rows,
-        "answers": {k: agreement[k] for k in ("pairs", "label_agreement", "max_prob_diff",
-                                              "flips")},
+        "answers": {k: agreed[k] for k in ("pairs", "label_agreement", "max_prob_diff", "flips")},
         "nvjpeg_decoded": sum(d.decoded for d in decoders),
         "decoder_off": next((d.off_reason for d in decoders if d.off_reason), None),
         "fallbacks": dict(fallbacks),
@@ -415,19 +368,19 @@ def step_prepare(run: Run, step: Step, budget: Budget) -> list[dict]:
                 return rows
             per_call = 4 * threads  # a few items a thread: no call ends on one straggler
             with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-                rate = timed(functools.partial(_prepare_call, pool, engine, images, per_call),
-                             run.sizes)
+                figures = rate(functools.partial(_prepare_call, pool, engine, images, per_call),
+                               per_call, run.sizes)
             rows.append({"images": label, "threads": threads,
-                         "distinct_images": min(len(images), rate["calls"] * per_call), **rate})
+                         "distinct_images": min(len(images), figures["calls"] * per_call),
+                         **figures})
     return rows
 
 
-def _prepare_call(pool: Any, engine: Any, images: list[bytes], n: int, i: int) -> int:
+def _prepare_call(pool: Any, engine: Any, images: list[bytes], n: int, i: int) -> None:
     """Call i of the prepare step: its `n` images, the next in turn, through `pool`."""
     hypothesis, premise = workload.LOAD_TEXTS[1]
     picks = [images[j % len(images)] for j in range(i * n, (i + 1) * n)]
     list(pool.map(lambda image: engine.prepare(image, hypothesis, premise), picks))
-    return n
 
 
 # --------------------------------------------------------------- server steps
@@ -496,12 +449,9 @@ def step_server(run: Run, step: Step, budget: Budget, image_path: str) -> dict:
         if on_gpu and not any(" on cuda" in line for line in figures["instance"]):
             step.fail("the model instance does not say it runs on a GPU (see instance)")
         distinct = figures["distinct_images"] = max(sizes.concurrency)  # one item a request
-        texts = workload.LOAD_TEXTS
         points = sweep(
             url=server.grpc_url, out_dir=log_dir / "sweep", concurrency=sizes.concurrency,
-            items=[(image, *texts[i % len(texts)])
-                   for i, image in enumerate(workload.distinct_jpegs(distinct))],
-            measurement_ms=2000, stability=25, max_trials=3,
+            items=distinct_work(distinct), measurement_ms=2000, stability=25, max_trials=3,
             request_count=sizes.perf_request_count,
             timeout_s=max(15.0, budget.left() / len(sizes.concurrency) - 5))
         figures["levels"] = [
@@ -572,9 +522,8 @@ def figures_markdown(figures: Any) -> list[str]:
     if _is_rows(figures):
         columns = [c for c in dict.fromkeys(k for row in figures for k in row)
                    if not any(isinstance(row.get(c), list) for row in figures)]
-        return ["", "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns),
-                *("| " + " | ".join(_cell(row.get(c, "")) for c in columns) + " |"
-                  for row in figures), ""]
+        cells = ([_cell(row.get(c, "")) for c in columns] for row in figures)
+        return ["", *results.markdown_table(columns, cells), ""]
     lines = []
     for key, value in figures.items() if isinstance(figures, dict) else ():
         if _is_rows(value) or (isinstance(value, dict) and any(map(_is_rows, value.values()))):
@@ -601,14 +550,6 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         lines += [f"- {note.strip()}" for note in step.get("notes") or [] if note.strip()]
         lines += figures_markdown(step.get("figures"))
     return "\n".join(line for i, line in enumerate(lines) if line or lines[i - 1]).strip()
-
-
-def write_summary(summary: dict[str, Any], out: Path) -> None:
-    for name, content in (("summary.md", summary_markdown(summary) + "\n"),
-                          ("summary.json", json.dumps(summary, indent=2, default=str) + "\n")):
-        partial = out / f".{name}.partial"  # never a half-written summary, even if cut
-        partial.write_text(content)
-        partial.replace(out / name)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

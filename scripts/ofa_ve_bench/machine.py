@@ -8,11 +8,15 @@ reading (`ofa_ve_engine.cpu_features`), the one that decides whether bfloat16 is
 
 from __future__ import annotations
 
+import datetime as dt
+import importlib
+import importlib.metadata
 import json
 import os
 import platform
 import shutil
 import subprocess
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -80,6 +84,20 @@ def describe(device: str = "cpu") -> Machine:
     )
 
 
+def version(name: str, imported: bool = True) -> str:
+    """`name`'s version as this Python imports it (and from where), or as installed."""
+    try:
+        if not imported:
+            return importlib.metadata.version(name)
+        module = importlib.import_module(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+    except Exception as exc:  # missing, or broken against this numpy/torch
+        return f"not importable ({type(exc).__name__}: {exc})"[:200]
+    found = getattr(module, "__version__", None) or version(name, imported=False)
+    return f"{found} ({Path(getattr(module, '__file__', '') or '?').parent})"
+
+
 def nvidia_smi_csv(*query: str) -> str | None:
     """nvidia-smi's CSV answer (no header, no units) to ``query`` flags, e.g.
     ``--query-gpu=name``; None where there is no nvidia-smi or it fails."""
@@ -102,3 +120,8 @@ def report(results: object, text: str, path: Path | None) -> None:
     print(text)
     if path is not None:
         path.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def say(tool: str, message: str) -> None:
+    """A tool's progress line, timed, on stderr (stdout is for its results)."""
+    print(f"[{tool} {dt.datetime.now():%H:%M:%S}] {message}", file=sys.stderr, flush=True)

@@ -22,7 +22,7 @@ import logging
 import statistics
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,16 +31,14 @@ import numpy as np
 from ofa_ve_data import workload
 
 from ofa_ve_bench import machine
-from ofa_ve_bench.results import timed
+from ofa_ve_bench.engine_runner import Predict, load_engine, predict_all, prepare_all
+from ofa_ve_bench.results import compare, listed, markdown_table, timed
 
 PRECISIONS = ("float32", "bfloat16", "int8")
 RUNTIMES = ("ours", "onnxruntime", "openvino")
 REFERENCE = ("ours", "float32")
 FLOAT32_TOLERANCE = 1e-4
 """Largest probability difference to ours in float32 that a float32 peer may show."""
-
-Run = Callable[[Sequence[Any]], np.ndarray]
-"""``run(items) -> [len(items), 3]`` probabilities in LABELS order."""
 
 
 @dataclass
@@ -49,7 +47,7 @@ class Peer:
 
     runtime: str
     precision: str
-    run: Run | None
+    run: Predict | None
     note: str = ""
 
 
@@ -69,52 +67,31 @@ class Row:
     latencies_ms: list[float] = field(default_factory=list, repr=False)
 
 
-def _say(message: str) -> None:
-    print(f"peers: {message}", file=sys.stderr, flush=True)
-
-
-def compare(reference: np.ndarray, probs: np.ndarray) -> tuple[float, float]:
-    """Largest absolute probability difference and the share of equal labels."""
-    if reference.shape != probs.shape:
-        raise ValueError(f"shapes differ: {reference.shape} and {probs.shape}")
-    diff = float(np.abs(reference.astype(np.float64) - probs).max())
-    agreement = float((reference.argmax(1) == probs.argmax(1)).mean())
-    return diff, agreement
-
-
-def outputs_of(run: Run, items: Sequence[Any]) -> np.ndarray:
-    """[N, 3]: ``run`` over every item, one item per call."""
-    return np.concatenate([np.asarray(run([item]), dtype=np.float32) for item in items])
-
-
-def time_calls(run: Run, items: Sequence[Any], seconds: float, start: int = 0) -> list[float]:
-    """Milliseconds of one-item calls through ``items`` (from ``start``), for ``seconds``
-    (at least one call)."""
-    return timed("", 1, lambda n: run([items[(start + n) % len(items)]]), seconds).latencies_ms
+def say(message: str) -> None:
+    machine.say("peers", message)
 
 
 def side_by_side(
     peers: Sequence[Peer], items: Sequence[Any], *, seconds: float, rounds: int = 3
 ) -> list[Row]:
-    """Each runnable peer's outputs over ``items`` (after one set-up call) against the
-    ours/float32 peer's, then its time per call: the peers take turns, ``rounds`` times,
-    ``seconds / rounds`` each, so that a change of load falls on all of them."""
-    runnable = [p for p in peers if p.run is not None]
-    keys = [(p.runtime, p.precision) for p in runnable]
-    if REFERENCE not in keys:
+    """Each runnable peer's outputs over ``items``, one item per call (after one set-up
+    call), against the ours/float32 peer's, then its time per call: the peers take turns,
+    ``rounds`` times, ``seconds / rounds`` each, so that a change of load falls on all."""
+    runnable = {(p.runtime, p.precision): p.run for p in peers if p.run is not None}
+    if REFERENCE not in runnable:
         raise ValueError("the ours/float32 peer is the reference and must run")
     outputs: dict[tuple[str, str], np.ndarray] = {}
-    for peer in runnable:
-        _say(f"{peer.runtime} {peer.precision}: every item once")
-        peer.run([items[0]])
-        outputs[(peer.runtime, peer.precision)] = outputs_of(peer.run, items)
-    latencies: dict[tuple[str, str], list[float]] = {key: [] for key in keys}
+    for key, run in runnable.items():
+        say(f"{' '.join(key)}: every item once")
+        run([items[0]])
+        outputs[key] = predict_all(run, items, 1)
+    latencies: dict[tuple[str, str], list[float]] = {key: [] for key in runnable}
     rounds = max(1, rounds)
     for r in range(rounds):
-        _say(f"round {r + 1} of {rounds}: {seconds / rounds:g} s each")
-        for peer, key in zip(runnable, keys, strict=True):
-            latencies[key] += time_calls(peer.run, items, seconds / rounds, start=r)
-    reference = outputs[REFERENCE]
+        say(f"round {r + 1} of {rounds}: {seconds / rounds:g} s each")
+        for key, run in runnable.items():
+            one = lambda n, run=run, r=r: run([items[(r + n) % len(items)]])  # noqa: E731
+            latencies[key] += timed("", 1, one, seconds / rounds).latencies_ms
     rows = []
     for peer in peers:
         row = Row(peer.runtime, peer.precision, note=peer.note)
@@ -123,7 +100,9 @@ def side_by_side(
             row.latencies_ms = latencies[key]
             row.calls_timed = len(row.latencies_ms)
             row.ms_per_item = statistics.median(row.latencies_ms)
-            row.max_prob_diff, row.label_agreement = compare(reference, outputs[key])
+            figures = compare(outputs[REFERENCE], outputs[key])
+            row.max_prob_diff, row.label_agreement = (
+                figures["max_prob_diff"], figures["label_agreement"])
             if peer.precision == "float32":
                 row.within_tolerance = row.max_prob_diff <= FLOAT32_TOLERANCE
         rows.append(row)
@@ -132,13 +111,7 @@ def side_by_side(
 
 def markdown(rows: Sequence[Row], machine_line: str) -> str:
     """The rows as a Markdown table, with the machine they ran on above it."""
-    lines = [
-        f"Machine: {machine_line}",
-        "",
-        "| runtime | precision | ms per item | calls | largest prob. diff vs ours float32 "
-        "| labels equal | note |",
-        "| --- | --- | ---: | ---: | ---: | ---: | --- |",
-    ]
+    cells = []
     for row in rows:
         ms, diff, agreement = (
             "" if x is None else format(x, f)
@@ -146,40 +119,32 @@ def markdown(rows: Sequence[Row], machine_line: str) -> str:
                          (row.label_agreement, ".1%"))
         )
         diff += f" (over {FLOAT32_TOLERANCE:g})" if row.within_tolerance is False else ""
-        lines.append(
-            f"| {row.runtime} | {row.precision} | {ms} | {row.calls_timed or ''} | {diff} "
-            f"| {agreement} | {row.note} |"
-        )
-    return "\n".join(lines)
+        cells.append((row.runtime, row.precision, ms, row.calls_timed or "", diff, agreement,
+                      row.note))
+    columns = ("runtime", "precision", "ms per item:", "calls:",
+               "largest prob. diff vs ours float32:", "labels equal:", "note")
+    return "\n".join([f"Machine: {machine_line}", "", *markdown_table(columns, cells)])
 
 
 # ------------------------------------------------------------------ the runtimes
 
 
 def ours(model_dir: Path, precision: str, params: dict[str, str]) -> tuple[Peer, Any]:
-    """The engine as it serves, one item per forward pass, and the engine (None where
-    not run)."""
+    """The engine as it serves, one item per forward pass, and the engine."""
     import torch
     from ofa_ve_engine import cpu_features
 
-    from ofa_ve_bench.engine_runner import build_engine
-
     note = ""
-    if precision == "int8":
-        params = {**params, "dtype": "float32", "quantization": "int8"}
-        dtype = torch.float32
-        note = "quantization int8: the ResNet stem in int8, the rest float32"
-        try:
+    try:
+        if precision == "int8":
+            note = "quantization int8: the ResNet stem in int8, the rest float32"
             cpu_features.check_cpu_int8()
-        except ValueError:
-            note += "; this CPU has no int8 dot-product instructions (served: refused)"
-    else:
-        dtype = getattr(torch, precision)
-        try:
-            cpu_features.check_cpu_dtype(dtype)
-        except ValueError:
-            note = "emulated: this CPU has no native bfloat16"
-    engine = build_engine(model_dir, "cpu", params, dtype=dtype, forward_batch_size=1)
+        else:
+            cpu_features.check_cpu_dtype(getattr(torch, precision))
+    except ValueError:
+        note += ("; this CPU has no int8 dot-product instructions (served: refused)" if note
+                 else "emulated: this CPU has no native bfloat16")
+    engine = load_engine(model_dir, "cpu", precision, 1, params)
     return Peer("ours", precision, engine.predict, note), engine
 
 
@@ -261,19 +226,6 @@ def openvino_peer(
     return Peer("openvino", precision, run, note)
 
 
-def versions() -> dict[str, str]:
-    """The runtimes' versions (where installed)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    def of(name: str) -> str:
-        try:
-            return version(name)
-        except PackageNotFoundError:
-            return "not installed"
-
-    return {name: of(name) for name in ("torch", "onnxruntime", "openvino", "onnx", "numpy")}
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add = parser.add_argument
@@ -295,15 +247,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    precisions = listed(args.precisions)
     if set(precisions) - set(PRECISIONS) or "float32" not in precisions:
-        _say(f"precisions are {PRECISIONS}, float32 among them")
+        say(f"precisions are {PRECISIONS}, float32 among them")
         return 2
     import torch
     from ofa_ve_engine.parameters import parse_assignments
     from ofa_ve_ops import export_onnx
-
-    from ofa_ve_bench.engine_runner import prepare_all
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -320,18 +270,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="ofa-ve-peers-") as tmp:
         onnx_path = args.onnx or Path(tmp) / "ofa_ve.onnx"
         if args.onnx is None:
-            _say("exporting the network and checking it with ONNX Runtime")
+            say("exporting the network and checking it with ONNX Runtime")
             try:
                 export_onnx.export_checked(args.model_dir, onnx_path, items=items)
             except export_onnx.ExportError as e:
-                _say(str(e))
+                say(str(e))
                 return 1
         calibration = []
         if "int8" in precisions:
-            _say("int8: calibrating on the workload's test images")
+            say("int8: calibrating on the workload's test images")
             calibrating = prepare_all(engine, workload.items())
             calibration = [export_onnx.network_inputs([item], pad_id) for item in calibrating]
-        ignored = tuple(t for t in args.int8_ignore.split(",") if t)
+        ignored = listed(args.int8_ignore)
         for precision in precisions:
             peers.append(onnxruntime_peer(onnx_path, precision, threads, pad_id))
             peers.append(
@@ -352,13 +302,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "int8_ignored": args.int8_ignore,
         "model_dir": str(args.model_dir),
         "params": params,
-        "versions": versions(),
+        "versions": {name: machine.version(name, imported=False)
+                     for name in ("torch", "onnxruntime", "openvino", "onnx", "numpy")},
         "rows": [asdict(row) for row in rows],
     }
     machine.report(results, markdown(rows, str(described)), args.out)
     failed = [r for r in rows if r.within_tolerance is False]
     for r in failed:
-        _say(f"{r.runtime} float32 differs from ours by {r.max_prob_diff:.3g}")
+        say(f"{r.runtime} float32 differs from ours by {r.max_prob_diff:.3g}")
     return 1 if failed else 0
 
 

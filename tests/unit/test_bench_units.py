@@ -130,6 +130,9 @@ def test_timed_stops_after_the_seconds_and_the_calls() -> None:
     calls: list[int] = []
     run = results.timed("x", 4, calls.append, seconds=0.0, min_calls=3)
     assert calls == [0, 1, 2] and run.items == 12 and len(run.latencies_ms) == 3
+    calls.clear()
+    run = results.timed("x", 2, calls.append, seconds=0.0, min_calls=2, warmup=3)
+    assert calls == [0, 1, 2, 3, 4] and run.items == 4 and len(run.latencies_ms) == 2
     run = results.timed("x", 1, lambda n: None, seconds=0.02)
     assert run.seconds >= 0.02 and run.items == len(run.latencies_ms) >= 1
 

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
-from ofa_ve_bench import gpu_check, gpu_rehearsal, wheelhouse
+from ofa_ve_bench import engine_runner, gpu_check, gpu_rehearsal, wheelhouse
 from ofa_ve_data import workload
 from ofa_ve_ops.paths import REPO_ROOT
 
@@ -75,13 +75,14 @@ def test_any_steps_figures_render_as_tables_and_lines() -> None:
     assert gpu_check.figures_markdown(None) == []
 
 
-def test_timed_counts_the_items_of_every_timed_call() -> None:
+def test_rate_counts_the_items_of_every_timed_call() -> None:
+    """Every step's rate comes from `results.timed`: warm-up calls first, untimed."""
     sizes = gpu_check.CPU_SIZES
     seen: list[int] = []
-    rate = gpu_check.timed(lambda i: seen.append(i) or 3, sizes)
+    rate = gpu_check.rate(seen.append, 3, sizes)
     assert seen[: sizes.warmup_calls + 1] == list(range(sizes.warmup_calls + 1))
     assert rate["calls"] == len(seen) - sizes.warmup_calls >= sizes.min_calls
-    assert rate["items_per_s"] > 0
+    assert rate["items_per_s"] > 0 and rate["ms_per_call"] > 0
 
 
 def test_tf32_off_restores_the_flags() -> None:
@@ -90,7 +91,7 @@ def test_tf32_off_restores_the_flags() -> None:
     saved = torch.backends.cudnn.allow_tf32
     torch.backends.cudnn.allow_tf32 = True
     try:
-        with gpu_check.tf32_off():
+        with engine_runner.tf32_off():
             assert not torch.backends.cudnn.allow_tf32
             assert not torch.backends.cuda.matmul.allow_tf32
         assert torch.backends.cudnn.allow_tf32
