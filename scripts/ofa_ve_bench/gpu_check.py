@@ -94,21 +94,6 @@ CPU_SIZES = Sizes(
 )
 
 
-class Budget:
-    """A deadline: steps ask what is left and stop (or are skipped) when nothing is."""
-
-    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.clock = clock
-        self.deadline = clock() + seconds
-
-    def left(self) -> float:
-        return max(0.0, self.deadline - self.clock())
-
-    def sub(self, seconds: float) -> Budget:
-        """A step's own budget: `seconds`, or what is left of this one if less."""
-        return Budget(min(seconds, self.left()), self.clock)
-
-
 @dataclass
 class Step:
     """One step's outcome: ok, skipped or failed, with its figures and notes."""
@@ -125,48 +110,59 @@ class Step:
         self.notes += notes
 
 
-@dataclass(frozen=True)
-class Run:
-    """What every step is given besides its own record and budget."""
-
-    model_dir: Path
-    device: str
-    sizes: Sizes
-    out: Path
-
-
 class Check:
-    """Runs steps under the run's budget, each under its own, and rewrites the summary in
-    `out` after each one: a failure is a finding, never the end of the check."""
+    """One run of the check: what every step is given (the model, device, sizes and `out`),
+    the run's budget and each step's own within it, and the summary, rewritten in `out`
+    after each step: a failure is a finding, never the end of the check."""
 
-    def __init__(self, budget: Budget, summary: dict[str, Any], out: Path) -> None:
-        self.budget, self.summary, self.out = budget, summary, out
-        self.steps: list[Step] = []
-        self.started = budget.clock()
+    def __init__(self, model_dir: Path | None, device: str, sizes: Sizes, out: Path,
+                 seconds: float, summary: dict[str, Any],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.model_dir, self.device, self.sizes, self.out = model_dir, device, sizes, out
+        self.summary, self.clock, self.steps = summary, clock, list[Step]()
+        self.started = clock()
+        self.deadline = self.step_deadline = self.started + seconds
         self.add()
+
+    def left(self, of_run: bool = False) -> float:
+        """Seconds left of the running step's budget (`of_run`: of the whole run's)."""
+        deadline = self.deadline if of_run else min(self.deadline, self.step_deadline)
+        return max(0.0, deadline - self.clock())
 
     def add(self, *steps: Step) -> None:
         self.steps += steps
         self.summary.update(steps=[s.__dict__ for s in self.steps],
                             failed=[s.name for s in self.steps if s.status == "failed"],
-                            seconds=round(self.budget.clock() - self.started, 1))
+                            seconds=round(self.clock() - self.started, 1))
         texts = summary_markdown(self.summary), json.dumps(self.summary, indent=2, default=str)
         for name, text in zip(("summary.md", "summary.json"), texts, strict=True):
             partial = self.out / f".{name}.partial"  # never a half-written summary, even if cut
             partial.write_text(text + "\n")
             partial.replace(self.out / name)
 
-    def run(self, name: str, seconds: float, fn: Callable[[Step, Budget], Any],
+    def rate(self, call: Callable[[int], object], items: int) -> dict[str, float]:
+        """Items/s of `call(i)`, `items` a call, through `results.timed` at the run's sizes:
+        warm-up calls, then calls until both `seconds` and `min_calls` are reached. Every
+        step's rate comes from here."""
+        sizes = self.sizes
+        run = results.timed("", items, call, sizes.seconds, sizes.min_calls, sizes.warmup_calls)
+        calls = len(run.latencies_ms)
+        return {"items_per_s": round(run.items_per_s, 2),
+                "ms_per_call": round(1000 * run.seconds / calls, 3), "calls": calls}
+
+    def run(self, name: str, seconds: float, fn: Callable[[Check, Step], Any],
             min_s: float = 5.0) -> None:
-        budget, started = self.budget.sub(seconds), time.monotonic()
-        step = Step(name, budget_s=round(budget.left(), 1))
-        if budget.left() < min_s:
+        """`fn(self, step)` under a budget of `seconds`, or of what is left of the run if
+        less; skipped when that is under `min_s`."""
+        self.step_deadline, started = self.clock() + seconds, time.monotonic()
+        step = Step(name, budget_s=round(self.left(), 1))
+        if self.left() < min_s:
             step.status = "skipped"
-            step.notes.append(f"time budget spent ({self.budget.left():.0f} s left of the run)")
+            step.notes.append(f"time budget spent ({self.left(of_run=True):.0f} s left of the run)")
         else:
-            say(f"{name} (budget {budget.left():.0f} s) ...")
+            say(f"{name} (budget {self.left():.0f} s) ...")
             try:
-                step.figures = fn(step, budget)
+                step.figures = fn(self, step)
             except Exception as exc:
                 step.fail(f"{type(exc).__name__}: {exc}"[:600],
                           traceback.format_exc(limit=3)[-800:])
@@ -198,16 +194,6 @@ def environment(device: str) -> dict[str, object]:
     }
 
 
-def rate(call: Callable[[int], object], items: int, sizes: Sizes) -> dict[str, float]:
-    """Items/s of `call(i)`, `items` a call, through `results.timed` at the run's sizes:
-    warm-up calls, then calls until both `seconds` and `min_calls` are reached. Every
-    step's rate comes from here."""
-    run = results.timed("", items, call, sizes.seconds, sizes.min_calls, sizes.warmup_calls)
-    calls = len(run.latencies_ms)
-    return {"items_per_s": round(run.items_per_s, 2),
-            "ms_per_call": round(1000 * run.seconds / calls, 3), "calls": calls}
-
-
 # --------------------------------------------------------------- engine steps
 
 
@@ -221,14 +207,15 @@ def agreement_work(sizes: Sizes) -> list[workload.Item]:
         for i in range(min(sizes.agreement_pairs, len(pairs)))]
 
 
-def step_equal(run: Run, step: Step, budget: Budget) -> dict:
+def step_equal(check: Check, step: Step) -> dict:
     """fp32 on the GPU against fp32 on the CPU, TF32 off: the same answers."""
-    if run.device == "cpu":
+    if check.device == "cpu":
         step.notes.append("CPU mode: the CPU against itself (this rehearses the code path)")
+    work = agreement_work(check.sizes)
     with tf32_off():
-        prepared, on_gpu = answers(run.model_dir, run.device, "float32", agreement_work(run.sizes))
-        _, on_cpu = answers(run.model_dir, "cpu", "float32", (), prepared=prepared,  # the slow side
-                            more=lambda: budget.left() >= 2)
+        prepared, on_gpu = answers(check.model_dir, check.device, "float32", work)
+        _, on_cpu = answers(check.model_dir, "cpu", "float32", work, prepared=prepared,
+                            more=lambda: check.left() >= 2)  # the slow side
     if len(on_cpu) < len(prepared):
         step.notes.append(f"budget: {len(on_cpu)} of {len(prepared)} pairs compared")
     row = results.compare(on_cpu, on_gpu[: len(on_cpu)])
@@ -241,12 +228,12 @@ def step_equal(run: Run, step: Step, budget: Budget) -> dict:
     return row
 
 
-def step_precision(run: Run, step: Step, budget: Budget) -> list[dict]:
+def step_precision(check: Check, step: Step) -> list[dict]:
     """Each reduced dtype against float32 (TF32 off) on the same device."""
     step.notes.append("float32 reference with TF32 off (restored after)")
-    dtypes = [d for d in run.sizes.dtypes if d != "float32"]
-    rows = list(agreement(run.model_dir, run.device, dtypes, agreement_work(run.sizes),
-                          more=lambda: budget.left() >= 5))
+    dtypes = [d for d in check.sizes.dtypes if d != "float32"]
+    rows = list(agreement(check.model_dir, check.device, dtypes, agreement_work(check.sizes),
+                          more=lambda: check.left() >= 5))
     if len(rows) < len(dtypes):
         step.notes.append(f"budget: stopped before {dtypes[len(rows)]}")
     return rows
@@ -258,68 +245,65 @@ def distinct_work(count: int) -> list[workload.Item]:
     return [(image, *texts[i % len(texts)]) for i, image in enumerate(jpegs)]
 
 
-def step_network(run: Run, step: Step, budget: Budget) -> list[dict]:
+def step_network(check: Check, step: Step) -> list[dict]:
     """`predict` (collate, copy, forward) per dtype and batch, every item a distinct image
     (the stem runs once per distinct image), torch's default math flags (the serving
     setting); peak GPU memory per dtype."""
     import torch
 
-    sizes, largest = run.sizes, max(run.sizes.batch_sizes)
-    cuda = torch.cuda if run.device.startswith("cuda") else None
+    largest, cuda = max(check.sizes.batch_sizes), check.device.startswith("cuda")
     step.notes.append(f"{largest} distinct JPEGs; math flags: TF32 matmul "
                       f"{torch.backends.cuda.matmul.allow_tf32}, TF32 cuDNN "
                       f"{torch.backends.cudnn.allow_tf32}")
     rows: list[dict] = []
-    prepared: list[Any] = []
-    for dtype in sizes.dtypes:
+    prepared: list[Any] = []  # pixels and tokens do not depend on the dtype
+    for dtype in check.sizes.dtypes:
         if cuda:
-            cuda.empty_cache()
-            cuda.reset_peak_memory_stats()
-        engine = load_engine(run.model_dir, run.device, dtype, largest)
-        # pixels and tokens do not depend on the dtype
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        engine = load_engine(check.model_dir, check.device, dtype, largest)
         prepared = prepared or prepare_all(engine, distinct_work(largest))
-        for batch in sizes.batch_sizes:
-            if budget.left() < 5:
+        for batch in check.sizes.batch_sizes:
+            if check.left() < 5:
                 step.notes.append(f"budget: stopped before {dtype} batch {batch}")
                 break
-            figures = rate(lambda _, e=engine, items=prepared[:batch]: e.predict(items), batch,
-                           sizes)
+            call = lambda _, e=engine, items=prepared[:batch]: e.predict(items)  # noqa: E731
             rows.append({"dtype": dtype, "batch_size": batch, "distinct_images": batch,
-                         **figures})
+                         **check.rate(call, batch)})
         if cuda:
-            rows.append({"dtype": dtype,
-                         "peak_gpu_memory_mib": round(cuda.max_memory_allocated() / 2**20, 1)})
+            peak = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+            rows.append({"dtype": dtype, "peak_gpu_memory_mib": peak})
         del engine
-        if budget.left() < 5:
+        if check.left() < 5:
             break
     return rows
 
 
-def step_shared(run: Run, step: Step, budget: Budget) -> list[dict]:
+def step_shared(check: Check, step: Step) -> list[dict]:
     """Many hypotheses about one image: the batch shares one stem pass. Its own figure,
     labelled one distinct image, never a network throughput."""
-    largest, dtype = max(run.sizes.batch_sizes), run.sizes.server_dtype
-    engine = load_engine(run.model_dir, run.device, dtype, largest)
+    largest, dtype = max(check.sizes.batch_sizes), check.sizes.server_dtype
+    engine = load_engine(check.model_dir, check.device, dtype, largest)
     (image,) = workload.distinct_jpegs(1)
     hypotheses = [*workload.AGREEMENT_HYPOTHESES, *(h for h, _ in workload.LOAD_TEXTS)]
     items = [engine.prepare(image, f"{hypotheses[i % len(hypotheses)]} ({i})")
              for i in range(largest)]
     return [{"dtype": dtype, "batch_size": largest, "distinct_images": 1,
              "images": "one image, a distinct hypothesis per item",
-             **rate(lambda _: engine.predict(items), largest, run.sizes)}]
+             **check.rate(lambda _: engine.predict(items), largest)}]
 
 
-def step_image_path(run: Run, step: Step, budget: Budget) -> dict:
+def step_image_path(check: Check, step: Step) -> dict:
     """nvJPEG + device resize against the exact CPU route on the test JPEGs: pixels, then
     answers. On a GPU it fails where nvJPEG did not run: CPU decoding must not pass for it."""
     from ofa_ve_engine.gpu_image import GpuImageDecoder, device_eligible
     from ofa_ve_engine.image import load_pixels
 
-    engine = load_engine(run.model_dir, run.device, "float32", 16)
+    engine = load_engine(check.model_dir, check.device, "float32", 16)
     size, limits = engine.settings.patch_image_size, engine.limits
-    if run.device == "cpu":
+    if check.device == "cpu":
         step.notes.append("CPU mode: torchvision's CPU decoder stands in for nvJPEG")
-    decoder, rows = GpuImageDecoder(size, limits, run.device), []
+    decoder, rows = GpuImageDecoder(size, limits, check.device), []
     for path in workload.image_paths("jpeg"):
         data = path.read_bytes()
         row = {"image": path.name,
@@ -332,7 +316,7 @@ def step_image_path(run: Run, step: Step, budget: Budget) -> dict:
                       - load_pixels(data, size, limits).astype(np.int16))
         rows.append({**row, "max_pixel_diff": int(diff.max()),
                      "mean_pixel_diff": round(float(diff.mean()), 4)})
-    work = [item for item in agreement_work(run.sizes) if item[0][:2] == b"\xff\xd8"]  # JPEGs
+    work = [item for item in agreement_work(check.sizes) if item[0][:2] == b"\xff\xd8"]  # JPEGs
     with tf32_off():
         exact = predict_all(engine.predict, prepare_all(engine, work), 16)
         engine.image_path = "gpu"  # the same engine, its JPEGs kept encoded for the device
@@ -348,28 +332,28 @@ def step_image_path(run: Run, step: Step, budget: Budget) -> dict:
         "decoder_off": next((d.off_reason for d in decoders if d.off_reason), None),
         "fallbacks": dict(fallbacks),
     }
-    if run.device != "cpu" and (figures["decoder_off"] or not figures["nvjpeg_decoded"]):
+    if check.device != "cpu" and (figures["decoder_off"] or not figures["nvjpeg_decoded"]):
         step.fail(f"nvJPEG did not run (decoder off: {figures['decoder_off']})")
     return figures
 
 
-def step_prepare(run: Run, step: Step, budget: Budget) -> list[dict]:
+def step_prepare(check: Check, step: Step) -> list[dict]:
     """`prepare()` (decode, resize, tokenise) at 1..N threads on distinct JPEGs, photo-sized
     and camera-sized."""
-    engine = load_engine(run.model_dir, "cpu", "float32", 1)
-    most = max(run.sizes.threads)
+    engine = load_engine(check.model_dir, "cpu", "float32", 1)
+    most = max(check.sizes.threads)
     sets = {"photo-sized JPEGs": workload.distinct_jpegs(max(most, 64)),
             "camera JPEGs (1920x1080, 4032x3024)": workload.camera_jpegs(most)}
     rows = []
     for label, images in sets.items():
-        for threads in run.sizes.threads:
-            if budget.left() < 3:
+        for threads in check.sizes.threads:
+            if check.left() < 3:
                 step.notes.append(f"budget: stopped before {label} at {threads} threads")
                 return rows
             per_call = 4 * threads  # a few items a thread: no call ends on one straggler
             with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-                figures = rate(functools.partial(_prepare_call, pool, engine, images, per_call),
-                               per_call, run.sizes)
+                figures = check.rate(
+                    functools.partial(_prepare_call, pool, engine, images, per_call), per_call)
             rows.append({"images": label, "threads": threads,
                          "distinct_images": min(len(images), figures["calls"] * per_call),
                          **figures})
@@ -414,7 +398,7 @@ def server_prerequisites() -> list[str]:
     return missing
 
 
-def step_server(run: Run, step: Step, budget: Budget, image_path: str) -> dict:
+def step_server(check: Check, step: Step, image_path: str) -> dict:
     """A real tritonserver with `image_path`, perf_analyzer at each concurrency, every
     request one item of its own distinct JPEG. On a GPU its instances are KIND_GPU: a
     Triton that sees no GPU refuses to load instead of measuring the CPU."""
@@ -424,7 +408,7 @@ def step_server(run: Run, step: Step, budget: Budget, image_path: str) -> dict:
     from ofa_ve_bench import model_config, server_run
     from ofa_ve_bench.perf_analyzer_sweep import sweep
 
-    sizes, on_gpu, batch = run.sizes, run.device != "cpu", run.sizes.server_max_batch
+    sizes, on_gpu, batch = check.sizes, check.device != "cpu", check.sizes.server_max_batch
     edits = model_config.ConfigEdits(
         max_batch_size=batch, kind="KIND_GPU" if on_gpu else None, queue_delay_us=2000,
         preferred_batch_sizes=sorted({max(1, batch // 4), max(1, batch // 2), batch}),
@@ -432,11 +416,11 @@ def step_server(run: Run, step: Step, budget: Budget, image_path: str) -> dict:
                     "warmup_batch_sizes": f"1,{batch}"})
     log_dir = Path(tempfile.mkdtemp(prefix=f"gpu-check-server-{image_path}-"))
     atexit.register(shutil.rmtree, log_dir, ignore_errors=True)  # its log is copied to out
-    copy_log = functools.partial(_copy_log, log_dir, run.out / f"server-{image_path}.log")
+    copy_log = functools.partial(_copy_log, log_dir, check.out / f"server-{image_path}.log")
     figures: dict[str, Any] = {"image_path": image_path, "dtype": sizes.server_dtype}
     try:
-        server = server_run.start_server(run.model_dir, log_dir, edits,
-                                         ready_timeout_s=max(10.0, budget.left() * 0.6))
+        server = server_run.start_server(check.model_dir, log_dir, edits,
+                                         ready_timeout_s=max(10.0, check.left() * 0.6))
     except (ServerStartError, RuntimeError) as exc:
         step.fail(f"the server did not become ready with image_path={image_path}:",
                   *(log_errors(str(exc)) or [str(exc)[-600:]]))
@@ -453,7 +437,7 @@ def step_server(run: Run, step: Step, budget: Budget, image_path: str) -> dict:
             url=server.grpc_url, out_dir=log_dir / "sweep", concurrency=sizes.concurrency,
             items=distinct_work(distinct), measurement_ms=2000, stability=25, max_trials=3,
             request_count=sizes.perf_request_count,
-            timeout_s=max(15.0, budget.left() / len(sizes.concurrency) - 5))
+            timeout_s=max(15.0, check.left() / len(sizes.concurrency) - 5))
         figures["levels"] = [
             {"concurrency": int(p.level), "distinct_images": distinct,
              "throughput": round(p.throughput, 2), "p50_ms": round(p.p50_ms, 2),
@@ -497,7 +481,7 @@ def _copy_log(log_dir: Path, dest: Path, limit: int = 200_000) -> None:
         dest.write_bytes((log_dir / "tritonserver.log").read_bytes()[-limit:])
 
 
-STEPS: dict[str, Callable[[Run, Step, Budget], Any]] = {
+STEPS: dict[str, Callable[[Check, Step], Any]] = {
     "equal": step_equal, "precision": step_precision, "network": step_network,
     "shared": step_shared, "image_path": step_image_path, "prepare": step_prepare,
     "server_exact": functools.partial(step_server, image_path="exact"),
@@ -576,26 +560,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         "budget_s": args.budget, "sizes": sizes.__dict__, "environment": environment(device),
         "finished": False, **({"banner": CPU_MODE_BANNER} if mode == "cpu" else {}),
     }
-    check = Check(Budget(args.budget), summary, args.out)
-    model_dir = args.model_dir
-    if model_dir is None:  # decisive: clear answers, so a flip means something
+    check = Check(args.model_dir, device, sizes, args.out, args.budget, summary)
+    if args.model_dir is None:  # decisive: clear answers, so a flip means something
         from ofa_ve_engine.demo_checkpoint import write_demo_checkpoint
 
         scratch = Path(tempfile.mkdtemp(prefix="gpu-check-"))
         atexit.register(shutil.rmtree, scratch, ignore_errors=True)
-        model_dir, summary["weights"] = (write_demo_checkpoint(scratch / "m", decisive=True),
-                                         "decisive demo checkpoint")
-    else:
-        summary["weights"] = f"given model directory {model_dir}"
-    run, missing = Run(model_dir, device, sizes, args.out), None
+        check.model_dir = write_demo_checkpoint(scratch / "m", decisive=True)
+    summary["weights"] = (f"given model directory {args.model_dir}" if args.model_dir
+                          else "decisive demo checkpoint")
+    missing = None
     for key in PARTS[args.part]:
         if key in SERVER_STEPS and missing is None:  # asked late: may fail, not stop the rest
             missing = server_prerequisites()
             if missing:
                 check.add(Step("tritonserver + perf_analyzer", "skipped", notes=missing))
         if not (key in SERVER_STEPS and missing):
-            check.run(STEP_NAMES[key], sizes.step_budget_s[key], functools.partial(
-                STEPS[key], run), min_s=20.0 if key in SERVER_STEPS else 5.0)
+            check.run(STEP_NAMES[key], sizes.step_budget_s[key], STEPS[key],
+                      min_s=20.0 if key in SERVER_STEPS else 5.0)
     summary["finished"] = True
     check.add()
     print("\n" + summary_markdown(summary), flush=True)

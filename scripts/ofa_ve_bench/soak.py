@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -26,8 +27,8 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ofa_ve_data import workload
 from ofa_ve_ops import procfs
@@ -39,8 +40,9 @@ from ofa_ve_bench.traffic import Payload, check_loopback, send
 
 MAX_BATCH_ITEMS = 32  # config.pbtxt max_batch_size
 REQUEST_TIMEOUT_S = 120.0
-RSS_SLACK_MIB = 16.0  # a process's RSS may grow by --max-rss-growth-pct or this, the larger
-"""(short runs' noise); the /dev/shm regions may not grow at all."""
+RSS_SLACK_MIB = 16.0
+"""A process's RSS may grow by `--max-rss-growth-pct` or by this, whichever is larger (short
+runs' noise); the stubs' /dev/shm regions may not grow at all."""
 
 
 def stub_pids(server_pid: int) -> list[int]:
@@ -74,93 +76,56 @@ def load_payloads(images_dir: Path, seed: int = 0) -> list[Payload]:
     return valid
 
 
-@dataclass
-class Sample:
-    """RSS (KiB) of tritonserver and each stub, and bytes the stubs' /dev/shm regions hold
-    (touched pages), `t_s` into the run."""
-
-    t_s: float
-    requests: int
-    rss_kib: dict[int, int]
-    shm_bytes: int
-
-    @classmethod
-    def take(cls, server_pid: int, t_s: float, requests: int) -> Sample:
-        rss, shm = {}, 0
-        for pid in [server_pid, *stub_pids(server_pid)]:
-            try:
-                rss[pid] = procfs.vm_kib(pid, "VmRSS")
-            except (FileNotFoundError, ProcessLookupError, KeyError):
-                continue
-        for stub in serving_stubs(server_pid).values():
-            try:
-                shm += os.stat(f"/dev/shm/{stub.shm_region}").st_blocks * 512
-            except FileNotFoundError:
-                continue
-        return cls(round(t_s, 2), requests, rss, shm)
+def sample(server_pid: int, t_s: float, requests: int) -> dict[str, Any]:
+    """RSS (KiB) of tritonserver and each stub, and the bytes the stubs' /dev/shm regions
+    hold (touched pages), `t_s` into the run."""
+    rss, shm = {}, 0
+    for pid in [server_pid, *stub_pids(server_pid)]:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError, KeyError):
+            rss[pid] = procfs.vm_kib(pid, "VmRSS")
+    for stub in serving_stubs(server_pid).values():
+        with contextlib.suppress(FileNotFoundError):
+            shm += os.stat(f"/dev/shm/{stub.shm_region}").st_blocks * 512
+    return {"t_s": round(t_s, 2), "requests": requests, "rss_kib": rss, "shm_bytes": shm}
 
 
-@dataclass
-class SoakReport:
-    config: dict
-    server_pid: int
-    stub_pids: list[int]
-    requests: int = 0
-    ok: int = 0
-    expected_invalid: int = 0
-    errors: int = 0
-    error_messages: dict[str, int] = field(default_factory=dict)
-    latency_ms: dict[str, float] = field(default_factory=dict)
-    throughput_rps: float = 0.0
-    samples: list[Sample] = field(default_factory=list)
-    rss_growth: dict[str, dict[str, float]] = field(default_factory=dict)
-    shm_growth_mib: float = 0.0
-    failures: list[str] = field(default_factory=list)
-
-    @property
-    def passed(self) -> bool:
-        return not self.failures
-
-    def judge(self, warmup_s: float, max_rss_growth: float) -> None:
-        """Medians of the first and the last third of the samples after warm-up: a leak moves
-        the whole distribution; one large batch's activations only move the peak."""
-        if self.errors:
-            self.failures.append(f"{self.errors} unexpected errors: {self.error_messages}")
-        if self.ok == 0:
-            self.failures.append("no request succeeded")
-        after = [s for s in self.samples if s.t_s >= warmup_s]
-        if len(after) < 2:
-            self.failures.append("too few samples after warm-up to judge memory")
-            return
-        third = max(1, len(after) // 3)
-        head, tail = after[:third], after[-third:]
-        for pid in after[0].rss_kib:
-            if any(pid not in s.rss_kib for s in tail):
-                self.failures.append(f"process {pid} disappeared during the soak")
-                continue
-            role = "tritonserver" if pid == self.server_pid else f"stub {pid}"
-            base = statistics.median(s.rss_kib[pid] for s in head if pid in s.rss_kib)
-            end = statistics.median(s.rss_kib[pid] for s in tail)
-            growth = self.rss_growth[role] = {
-                "after_warmup_mib": round(base / 1024, 1),
-                "at_end_mib": round(end / 1024, 1),
-                "peak_mib": round(max(s.rss_kib.get(pid, 0) for s in after) / 1024, 1),
-                "growth_mib": round((end - base) / 1024, 1),
-                "growth_pct": round(100.0 * (end - base) / base, 2),
-            }
-            allowed_kib = max(max_rss_growth * base, RSS_SLACK_MIB * 1024)
-            if end - base > allowed_kib:
-                self.failures.append(
-                    f"{role} RSS grew {growth['growth_mib']} MiB ({growth['growth_pct']}%) "
-                    f"after warm-up, over the allowed {allowed_kib / 1024:.1f} MiB"
-                )
-        self.shm_growth_mib = round((after[-1].shm_bytes - after[0].shm_bytes) / 2**20, 1)
-        if self.shm_growth_mib > 0:
-            self.failures.append(f"/dev/shm regions grew {self.shm_growth_mib} MiB after warm-up")
+def judge_memory(samples: list[dict], server_pid: int, warmup_s: float, max_growth: float
+                 ) -> tuple[dict[str, dict[str, float]], float, list[str]]:
+    """Each process's RSS growth, the /dev/shm growth (MiB) and the failures: medians of the
+    first and the last third of the samples after warm-up (a leak moves the whole
+    distribution; one large batch's activations only move the peak)."""
+    after = [s for s in samples if s["t_s"] >= warmup_s]
+    if len(after) < 2:
+        return {}, 0.0, ["too few samples after warm-up to judge memory"]
+    third = max(1, len(after) // 3)
+    head, tail = after[:third], after[-third:]
+    growth, failures = {}, []
+    for pid in after[0]["rss_kib"]:
+        if any(pid not in s["rss_kib"] for s in tail):
+            failures.append(f"process {pid} disappeared during the soak")
+            continue
+        role = "tritonserver" if pid == server_pid else f"stub {pid}"
+        base, end = (statistics.median(s["rss_kib"][pid] for s in part if pid in s["rss_kib"])
+                     for part in (head, tail))
+        row = growth[role] = {
+            "after_warmup_mib": round(base / 1024, 1),
+            "at_end_mib": round(end / 1024, 1),
+            "peak_mib": round(max(s["rss_kib"].get(pid, 0) for s in after) / 1024, 1),
+            "growth_mib": round((end - base) / 1024, 1),
+            "growth_pct": round(100.0 * (end - base) / base, 2),
+        }
+        allowed_kib = max(max_growth * base, RSS_SLACK_MIB * 1024)
+        if end - base > allowed_kib:
+            failures.append(f"{role} RSS grew {row['growth_mib']} MiB ({row['growth_pct']}%) "
+                            f"after warm-up, over the allowed {allowed_kib / 1024:.1f} MiB")
+    shm = round((after[-1]["shm_bytes"] - after[0]["shm_bytes"]) / 2**20, 1)
+    if shm > 0:
+        failures.append(f"/dev/shm regions grew {shm} MiB after warm-up")
+    return growth, shm, failures
 
 
-async def run_soak(args: argparse.Namespace, log: Callable[[str], None] = print) -> SoakReport:
-    """Run one bounded soak (`main`'s arguments) and judge it; never raises for
+async def run_soak(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict:
+    """Run one bounded soak (`main`'s arguments) and judge it: the report; never raises for
     server-side failures."""
     import tritonclient.grpc.aio as aio
 
@@ -169,11 +134,11 @@ async def run_soak(args: argparse.Namespace, log: Callable[[str], None] = print)
     if server_pid is None:
         raise RuntimeError(f"no process of this user listens on port {port}; pass --server-pid")
     payloads = load_payloads(args.images_dir)
-    config = {k: str(v) for k, v in vars(args).items()}
-    report = SoakReport(config, server_pid, stub_pids(server_pid))
-    latencies: list[float] = []
+    counts: Counter[str] = Counter()
     errors: Counter[str] = Counter()
-    sent = iter(range(10**12))
+    latencies: list[float] = []
+    samples: list[dict] = []
+    stubs = stub_pids(server_pid)
 
     async with aio.InferenceServerClient(args.url) as client:
         if not await client.is_model_ready(MODEL_NAME):
@@ -187,15 +152,15 @@ async def run_soak(args: argparse.Namespace, log: Callable[[str], None] = print)
 
         async def worker() -> None:
             while time.monotonic() < deadline:
-                payload = payloads[next(sent) % len(payloads)]
-                report.requests += 1
+                payload = payloads[counts["requests"] % len(payloads)]
+                counts["requests"] += 1
                 seconds, outcome, message, result = await send(
                     client, [payload], REQUEST_TIMEOUT_S
                 )
                 probs = result.as_numpy("PROBS") if result is not None else None
                 if payload.hostile:
                     if outcome == "INVALID_ARGUMENT":
-                        report.expected_invalid += 1
+                        counts["expected_invalid"] += 1
                     else:
                         errors[f"a hostile request was {outcome}: {message}"[:200]] += 1
                 elif outcome != "answered":
@@ -203,18 +168,18 @@ async def run_soak(args: argparse.Namespace, log: Callable[[str], None] = print)
                 elif probs is None or probs.shape != (1, 3) or abs(float(probs.sum()) - 1) > 1e-3:
                     errors[f"malformed PROBS {probs!r}"[:200]] += 1
                 else:
-                    report.ok += 1
+                    counts["ok"] += 1
                     latencies.append(seconds)
 
         async def sampler() -> None:
             while True:
-                sample = Sample.take(server_pid, time.monotonic() - started, report.requests)
-                report.samples.append(sample)
-                rss = ", ".join(f"{pid}={kib / 1024:.0f}MiB" for pid, kib in sample.rss_kib.items())
+                now = sample(server_pid, time.monotonic() - started, counts["requests"])
+                samples.append(now)
+                rss = ", ".join(f"{pid}={kib / 1024:.0f}MiB" for pid, kib in now["rss_kib"].items())
                 log(
-                    f"soak: t={sample.t_s:6.1f}s requests={sample.requests} ok={report.ok} "
+                    f"soak: t={now['t_s']:6.1f}s requests={now['requests']} ok={counts['ok']} "
                     f"errors={sum(errors.values())} rss[{rss}] "
-                    f"shm={sample.shm_bytes / 2**20:.0f}MiB"
+                    f"shm={now['shm_bytes'] / 2**20:.0f}MiB"
                 )
                 if time.monotonic() >= deadline:
                     return
@@ -223,16 +188,30 @@ async def run_soak(args: argparse.Namespace, log: Callable[[str], None] = print)
         sampling = asyncio.create_task(sampler())
         await asyncio.gather(*(worker() for _ in range(args.concurrency)))
         await sampling
-        report.samples.append(Sample.take(server_pid, time.monotonic() - started, report.requests))
+        samples.append(sample(server_pid, time.monotonic() - started, counts["requests"]))
 
-    report.errors = sum(errors.values())
-    report.error_messages = dict(errors.most_common(10))
-    report.throughput_rps = round(report.ok / (time.monotonic() - started), 2)
-    if latencies:
-        quantiles = (("p50", 50), ("p95", 95), ("p99", 99), ("max", 100))
-        report.latency_ms = {k: round(1000 * percentile(latencies, q), 1) for k, q in quantiles}
-    report.judge(args.warmup_s, args.max_rss_growth)
-    log(f"soak: {'PASSED' if report.passed else 'FAILED'} {'; '.join(report.failures)}")
+    quantiles = (("p50", 50), ("p95", 95), ("p99", 99), ("max", 100)) if latencies else ()
+    messages = dict(errors.most_common(10))
+    failures = [f"{sum(errors.values())} unexpected errors: {messages}"] if errors else []
+    failures += [] if counts["ok"] else ["no request succeeded"]
+    growth, shm, memory = judge_memory(samples, server_pid, args.warmup_s, args.max_rss_growth)
+    failures += memory
+    report = {
+        "config": {k: str(v) for k, v in vars(args).items()},
+        "server_pid": server_pid,
+        "stub_pids": stubs,
+        **{k: counts[k] for k in ("requests", "ok", "expected_invalid")},
+        "errors": sum(errors.values()),
+        "error_messages": messages,
+        "latency_ms": {k: round(1000 * percentile(latencies, q), 1) for k, q in quantiles},
+        "throughput_rps": round(counts["ok"] / (time.monotonic() - started), 2),
+        "samples": samples,
+        "rss_growth": growth,
+        "shm_growth_mib": shm,
+        "failures": failures,
+        "passed": not failures,
+    }
+    log(f"soak: {'PASSED' if report['passed'] else 'FAILED'} {'; '.join(failures)}")
     return report
 
 
@@ -261,19 +240,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("duration, concurrency and sample interval must be positive")
     if not 0 <= args.warmup_s < args.duration_s:
         parser.error("warm-up must be shorter than the duration")
-    path = args.json
     try:
         report = asyncio.run(run_soak(args))
     except RuntimeError as e:
         print(f"soak: {e}", file=sys.stderr)
         return 1
     keys = ("requests", "ok", "expected_invalid", "errors", "throughput_rps", "latency_ms")
-    keys += ("rss_growth", "shm_growth_mib")
-    print(json.dumps({**{k: getattr(report, k) for k in keys}, "passed": report.passed}, indent=2))
-    if path:
-        path.write_text(json.dumps({**asdict(report), "passed": report.passed}, indent=2,
-                                   default=str) + "\n")
-    return 0 if report.passed else 1
+    keys += ("rss_growth", "shm_growth_mib", "passed")
+    print(json.dumps({k: report[k] for k in keys}, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    return 0 if report["passed"] else 1
 
 
 if __name__ == "__main__":
