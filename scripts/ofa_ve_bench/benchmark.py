@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import json
 import platform
 import sys
@@ -36,9 +37,7 @@ from ofa_ve_bench import engine_runner, machine, model_config, results, server_r
 from ofa_ve_bench.perf_analyzer_sweep import sweep
 from ofa_ve_bench.results import listed
 
-
-def say(message: str) -> None:
-    machine.say("benchmark", message)
+say = functools.partial(machine.say, "benchmark")
 
 
 def parse_env(pairs: Sequence[str]) -> dict[str, str]:
@@ -53,20 +52,12 @@ def parse_env(pairs: Sequence[str]) -> dict[str, str]:
 
 
 def modelscope_call(model_dir: Path, device: str, paths: Sequence[tuple]) -> Callable[[int], None]:
-    """(a): ModelScope's pipeline, built once (on GPUs as build_pipeline does, on the GPU);
-    calling it with n runs the n-th item of `paths` (image path, hypothesis, premise)."""
+    """(a): ModelScope's pipeline, built once on `device`; calling it with n runs the n-th
+    item of `paths` (image path, hypothesis, premise)."""
     from ofa_ve_reference import modelscope_pipeline as reference
 
     with reference.preserved_global_rngs(), reference.offline_environment():
-        if device == "cpu":
-            pipe = reference.build_pipeline(model_dir)
-        else:
-            reference.install_import_stubs()
-            from modelscope.pipelines import pipeline
-            from modelscope.utils.constant import Tasks
-
-            gpu = device.replace("cuda", "gpu")
-            pipe = pipeline(Tasks.visual_entailment, model=str(model_dir.resolve()), device=gpu)
+        pipe = reference.build_pipeline(model_dir, device)
 
     def call(n: int) -> None:
         path, hypothesis, premise = paths[n % len(paths)]

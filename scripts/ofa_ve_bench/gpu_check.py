@@ -119,7 +119,8 @@ class Check:
                  seconds: float, summary: dict[str, Any],
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.model_dir, self.device, self.sizes, self.out = model_dir, device, sizes, out
-        self.summary, self.clock, self.steps = summary, clock, list[Step]()
+        self.summary, self.clock = summary, clock
+        self.steps: list[Step] = []
         self.started = clock()
         self.deadline = self.step_deadline = self.started + seconds
         self.add()
@@ -171,8 +172,7 @@ class Check:
         self.add(step)
 
 
-def say(message: str) -> None:
-    machine.say("gpu-check", message)
+say = functools.partial(machine.say, "gpu-check")
 
 
 def environment(device: str) -> dict[str, object]:
@@ -438,11 +438,9 @@ def step_server(check: Check, step: Step, image_path: str) -> dict:
             items=distinct_work(distinct), measurement_ms=2000, stability=25, max_trials=3,
             request_count=sizes.perf_request_count,
             timeout_s=max(15.0, check.left() / len(sizes.concurrency) - 5))
-        figures["levels"] = [
-            {"concurrency": int(p.level), "distinct_images": distinct,
-             "throughput": round(p.throughput, 2), "p50_ms": round(p.p50_ms, 2),
-             "p99_ms": round(p.p99_ms, 2), "avg_batch": p.avg_batch, "errors": p.errors,
-             "note": p.note} for p in points]
+        kept = ("throughput", "p50_ms", "p99_ms", "avg_batch", "errors", "note")
+        figures["levels"] = [{"concurrency": int(p.level), "distinct_images": distinct,
+                              **{k: getattr(p, k) for k in kept}} for p in points]
         figures["memory"] = server_run.server_memory(server.pid)
         try:
             fallbacks: Any = prometheus.by_label(prometheus.scrape(server.metrics_url, timeout=5),

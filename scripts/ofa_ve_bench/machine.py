@@ -59,29 +59,21 @@ class Machine:
 
 def describe(device: str = "cpu") -> Machine:
     """The machine now: CPU model and features, cores, torch and its threads, the GPU."""
-    version, threads, features, gpu = "not installed", 0, (), None
+    torch_version, threads, features, gpu = "not installed", 0, (), None
     try:
         import torch
         from ofa_ve_engine import cpu_features
 
-        version, threads = torch.__version__, torch.get_num_threads()
+        torch_version, threads = torch.__version__, torch.get_num_threads()
         fast = {flag for flags in cpu_features.FAST_FLAGS.values() for flag in flags}
         features = tuple(sorted(cpu_features.cpu_flags() & fast))
         if device.startswith("cuda") and torch.cuda.is_available():
             gpu = torch.cuda.get_device_name(torch.device(device))
     except ImportError:
         pass
-    return Machine(
-        host=platform.node(),
-        cpu=procfs.cpu_model() or platform.processor() or platform.machine(),
-        cpu_features=features,
-        cores=os.cpu_count() or 1,
-        torch=version,
-        torch_threads=threads,
-        device=device,
-        gpu=gpu,
-        load_average=load_average(),
-    )
+    cpu = procfs.cpu_model() or platform.processor() or platform.machine()
+    return Machine(platform.node(), cpu, features, os.cpu_count() or 1, torch_version, threads,
+                   device, gpu, load_average())
 
 
 def version(name: str, imported: bool = True) -> str:
@@ -104,13 +96,8 @@ def nvidia_smi_csv(*query: str) -> str | None:
     if not shutil.which("nvidia-smi"):
         return None
     try:
-        return subprocess.run(
-            ["nvidia-smi", *query, "--format=csv,noheader,nounits"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-            check=True,
-        ).stdout
+        return subprocess.run(["nvidia-smi", *query, "--format=csv,noheader,nounits"],
+                              capture_output=True, text=True, timeout=20, check=True).stdout
     except (OSError, subprocess.SubprocessError):
         return None
 

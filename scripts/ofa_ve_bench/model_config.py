@@ -96,8 +96,3 @@ def make_model_repository(dest: Path, edits: ConfigEdits, source: Path = MODEL_R
         + to_text(config)
     )
     return dest
-
-
-def preferred_sizes(text: str | None) -> list[int] | None:
-    """`--preferred 4,8` -> [4, 8]; None stays None (leave the committed sizes)."""
-    return None if text is None else [int(part) for part in text.split(",") if part.strip()]

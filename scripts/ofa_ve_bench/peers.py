@@ -17,7 +17,7 @@ what each row is).
 from __future__ import annotations
 
 import argparse
-import itertools
+import functools
 import logging
 import statistics
 import sys
@@ -35,7 +35,6 @@ from ofa_ve_bench.engine_runner import Predict, load_engine, predict_all, prepar
 from ofa_ve_bench.results import compare, listed, markdown_table, timed
 
 PRECISIONS = ("float32", "bfloat16", "int8")
-RUNTIMES = ("ours", "onnxruntime", "openvino")
 REFERENCE = ("ours", "float32")
 FLOAT32_TOLERANCE = 1e-4
 """Largest probability difference to ours in float32 that a float32 peer may show."""
@@ -67,8 +66,7 @@ class Row:
     latencies_ms: list[float] = field(default_factory=list, repr=False)
 
 
-def say(message: str) -> None:
-    machine.say("peers", message)
+say = functools.partial(machine.say, "peers")
 
 
 def side_by_side(
@@ -151,18 +149,14 @@ def ours(model_dir: Path, precision: str, params: dict[str, str]) -> tuple[Peer,
 def onnxruntime_peer(onnx_path: Path, precision: str, threads: int, pad_id: int) -> Peer:
     """ONNX Runtime's CPU provider on the exported graph (float32 only)."""
     if precision != "float32":
-        note = (
-            "not run: no bfloat16 inference mode in ONNX Runtime's x86 CPU provider"
-            if precision == "bfloat16"
-            else "not run yet: needs onnxruntime.quantization"
-        )
-        return Peer("onnxruntime", precision, None, note)
+        return Peer("onnxruntime", precision, None, "not run yet: needs onnxruntime.quantization"
+                    if precision == "int8" else
+                    "not run: no bfloat16 inference mode in ONNX Runtime's x86 CPU provider")
     from ofa_ve_ops.export_onnx import network_inputs, ort_session
 
     session = ort_session(onnx_path, threads)
-    return Peer(
-        "onnxruntime", precision, lambda items: session.run(None, network_inputs(items, pad_id))[0]
-    )
+    return Peer("onnxruntime", precision,
+                lambda items: session.run(None, network_inputs(items, pad_id))[0])
 
 
 OPENVINO_PRECISION = {"float32": "f32", "bfloat16": "bf16"}
@@ -251,6 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if set(precisions) - set(PRECISIONS) or "float32" not in precisions:
         say(f"precisions are {PRECISIONS}, float32 among them")
         return 2
+    precisions = sorted(set(precisions), key=PRECISIONS.index)  # float32 first
     import torch
     from ofa_ve_engine.parameters import parse_assignments
     from ofa_ve_ops import export_onnx
@@ -260,11 +255,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     threads = torch.get_num_threads()
     params = parse_assignments(args.param)
     texts = workload.LOAD_TEXTS
-    jpegs = workload.distinct_jpegs(args.items)
-    work = [(image, *texts[i % len(texts)]) for i, image in enumerate(jpegs)]
-    loaded = [ours(args.model_dir, p, params) for p in precisions]
-    peers = [peer for peer, _ in loaded]
-    engine = loaded[precisions.index("float32")][1]
+    work = [(image, *texts[i % len(texts)]) for i, image in
+            enumerate(workload.distinct_jpegs(args.items))]
+    ours_peers = [ours(args.model_dir, p, params) for p in precisions]
+    engine = ours_peers[0][1]  # float32's: it prepares the items for every peer
     items = prepare_all(engine, work)
     pad_id = engine.tokenizer.pad_id
     with tempfile.TemporaryDirectory(prefix="ofa-ve-peers-") as tmp:
@@ -281,14 +275,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             say("int8: calibrating on the workload's test images")
             calibrating = prepare_all(engine, workload.items())
             calibration = [export_onnx.network_inputs([item], pad_id) for item in calibrating]
-        ignored = listed(args.int8_ignore)
-        for precision in precisions:
-            peers.append(onnxruntime_peer(onnx_path, precision, threads, pad_id))
-            peers.append(
-                openvino_peer(onnx_path, precision, threads, pad_id, calibration, ignored)
-            )
-        order = {(r, p): i for i, (p, r) in enumerate(itertools.product(PRECISIONS, RUNTIMES))}
-        peers.sort(key=lambda peer: order[(peer.runtime, peer.precision)])
+        peers = []
+        for (peer, _), precision in zip(ours_peers, precisions, strict=True):
+            peers += [peer, onnxruntime_peer(onnx_path, precision, threads, pad_id),
+                      openvino_peer(onnx_path, precision, threads, pad_id, calibration,
+                                    listed(args.int8_ignore))]
         described = machine.describe("cpu")
         rows = side_by_side(peers, items, seconds=args.seconds, rounds=args.rounds)
     results = {

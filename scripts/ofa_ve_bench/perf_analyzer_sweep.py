@@ -137,23 +137,11 @@ def find_perf_analyzer(env: dict[str, str] | None = None) -> str:
     raise FileNotFoundError("perf_analyzer not found (install tritonclient[grpc]==2.51.0)")
 
 
-def run_point(
-    *,
-    url: str,
-    input_data: Path,
-    mode: str,
-    level: float,
-    work_dir: Path,
-    model: str = MODEL_NAME,
-    protocol: str = "grpc",
-    measurement_ms: int = 5000,
-    stability: int = 25,
-    max_trials: int = 6,
-    request_count: int = 0,
-    max_threads: int = 16,
-    timeout_s: float = 600.0,
-    stats_url: str | None = None,
-) -> SweepPoint:
+def run_point(*, url: str, input_data: Path, mode: str, level: float, work_dir: Path,
+              model: str = MODEL_NAME, protocol: str = "grpc", measurement_ms: int = 5000,
+              stability: int = 25, max_trials: int = 6, request_count: int = 0,
+              max_threads: int = 16, timeout_s: float = 600.0, stats_url: str | None = None,
+              ) -> SweepPoint:
     """One perf_analyzer run at one load level, bracketed by the server's counters
     (read at ``stats_url``, a gRPC address; ``url`` when the load goes over gRPC)."""
     env = triton_runtime.server_env(triton_runtime.prepare_runtime())
@@ -175,9 +163,8 @@ def run_point(
     load_before, before = load_average(), server_counters(stats_url or url, model)
     started = time.monotonic()
     try:
-        proc = subprocess.run(
-            cmd, env=env, capture_output=True, text=True, timeout=timeout_s, check=False
-        )
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s,
+                              check=False)
         output, code = proc.stdout + proc.stderr, proc.returncode
     except subprocess.TimeoutExpired as exc:  # run() has killed it
         output, code = f"{exc.stdout or ''}{exc.stderr or ''}", -1
@@ -215,18 +202,11 @@ def format_table(points: Sequence[SweepPoint]) -> str:
     return "\n".join(markdown_table(columns, rows) + (["", *notes] if notes else []))
 
 
-def sweep(
-    *,
-    url: str,
-    out_dir: Path,
-    concurrency: Sequence[int] = (),
-    request_rates: Sequence[float] = (),
-    images_dir: Path = IMAGES_DIR,
-    formats: str = "all",
-    steps: int = 0,
-    items: Sequence[tuple[bytes, str, str]] | None = None,
-    **point_options: Any,
-) -> list[SweepPoint]:
+def sweep(*, url: str, out_dir: Path, concurrency: Sequence[int] = (),
+          request_rates: Sequence[float] = (), images_dir: Path = IMAGES_DIR,
+          formats: str = "all", steps: int = 0,
+          items: Sequence[tuple[bytes, str, str]] | None = None, **point_options: Any,
+          ) -> list[SweepPoint]:
     """Every concurrency level, then every request rate (``point_options`` go to
     `run_point`); writes sweep.csv and sweep.md. ``items`` (image bytes, hypothesis,
     premise) replace the test images of ``formats``."""

@@ -20,15 +20,12 @@ import numpy as np
 
 from ofa_ve_bench.machine import load_average
 
-RATIOS = (
-    ("b/a", "engine", "modelscope"),
-    ("c/a", "server", "modelscope"),
-    ("c/b", "server", "engine"),
-)
+RATIOS = (("b/a", "engine", "modelscope"), ("c/a", "server", "modelscope"),
+          ("c/b", "server", "engine"))
 """Ratio name, numerator, denominator: (a) ModelScope, (b) engine, (c) server."""
 CALL_KEYS = ("items_per_s", "call_p50_ms", "call_p99_ms")
-SERVER_KEYS = ("throughput", "p50_ms", "p95_ms", "p99_ms", "server_queue_ms")
-SERVER_KEYS += ("server_compute_ms", "avg_batch")
+SERVER_KEYS = ("throughput", "p50_ms", "p95_ms", "p99_ms", "server_queue_ms", "server_compute_ms",
+               "avg_batch")
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -64,23 +61,13 @@ class Throughput:
 
     def summary(self) -> dict[str, object]:
         row = {k: v for k, v in asdict(self).items() if k != "latencies_ms"}
-        row.update(
-            items_per_s=round(self.items_per_s, 3),
-            call_p50_ms=round(self.percentile(50), 1),
-            call_p99_ms=round(self.percentile(99), 1),
-            calls=len(self.latencies_ms),
-        )
-        return row
+        return {**row, "items_per_s": round(self.items_per_s, 3),
+                "call_p50_ms": round(self.percentile(50), 1),
+                "call_p99_ms": round(self.percentile(99), 1), "calls": len(self.latencies_ms)}
 
 
-def timed(
-    name: str,
-    batch_size: int,
-    call: Callable[[int], object],
-    seconds: float,
-    min_calls: int = 1,
-    warmup: int = 0,
-) -> Throughput:
+def timed(name: str, batch_size: int, call: Callable[[int], object], seconds: float,
+          min_calls: int = 1, warmup: int = 0) -> Throughput:
     """`call(n)` for n = 0, 1, ...: the first `warmup` calls untimed (kernels, threads,
     caches), then timed calls until `seconds` have passed and `min_calls` were made, each
     of `batch_size` items: the one timing loop of every tool."""

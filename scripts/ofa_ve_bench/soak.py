@@ -35,6 +35,7 @@ from ofa_ve_ops import procfs
 from ofa_ve_ops.paths import MODEL_NAME
 from ofa_ve_ops.stub_watchdog import serving_stubs
 
+from ofa_ve_bench import machine
 from ofa_ve_bench.results import percentile
 from ofa_ve_bench.traffic import Payload, check_loopback, send
 
@@ -171,23 +172,17 @@ async def run_soak(args: argparse.Namespace, log: Callable[[str], None] = print)
                     counts["ok"] += 1
                     latencies.append(seconds)
 
-        async def sampler() -> None:
-            while True:
-                now = sample(server_pid, time.monotonic() - started, counts["requests"])
-                samples.append(now)
-                rss = ", ".join(f"{pid}={kib / 1024:.0f}MiB" for pid, kib in now["rss_kib"].items())
-                log(
-                    f"soak: t={now['t_s']:6.1f}s requests={now['requests']} ok={counts['ok']} "
-                    f"errors={sum(errors.values())} rss[{rss}] "
-                    f"shm={now['shm_bytes'] / 2**20:.0f}MiB"
-                )
-                if time.monotonic() >= deadline:
-                    return
-                await asyncio.sleep(min(args.sample_interval_s, deadline - time.monotonic()))
-
-        sampling = asyncio.create_task(sampler())
-        await asyncio.gather(*(worker() for _ in range(args.concurrency)))
-        await sampling
+        workers = asyncio.gather(*(worker() for _ in range(args.concurrency)))
+        while True:  # a sample every interval, and one at the end
+            now = sample(server_pid, time.monotonic() - started, counts["requests"])
+            samples.append(now)
+            rss = ", ".join(f"{pid}={kib / 1024:.0f}MiB" for pid, kib in now["rss_kib"].items())
+            log(f"soak: t={now['t_s']:6.1f}s requests={now['requests']} ok={counts['ok']} "
+                f"errors={sum(errors.values())} rss[{rss}] shm={now['shm_bytes'] / 2**20:.0f}MiB")
+            if time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(min(args.sample_interval_s, deadline - time.monotonic()))
+        await workers
         samples.append(sample(server_pid, time.monotonic() - started, counts["requests"]))
 
     quantiles = (("p50", 50), ("p95", 95), ("p99", 99), ("max", 100)) if latencies else ()
@@ -247,9 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     keys = ("requests", "ok", "expected_invalid", "errors", "throughput_rps", "latency_ms")
     keys += ("rss_growth", "shm_growth_mib", "passed")
-    print(json.dumps({k: report[k] for k in keys}, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    machine.report(report, json.dumps({k: report[k] for k in keys}, indent=2), args.json)
     return 0 if report["passed"] else 1
 
 

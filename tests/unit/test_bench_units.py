@@ -93,9 +93,9 @@ def test_config_refuses_an_unknown_kind() -> None:
         model_config.apply(model_config.load(), model_config.ConfigEdits(kind="KIND_TPU"))
 
 
-def test_preferred_sizes_parse() -> None:
-    assert model_config.preferred_sizes("4, 8,") == [4, 8]
-    assert model_config.preferred_sizes(None) is None
+def test_comma_separated_options_parse() -> None:
+    assert results.listed("4, 8,", int) == [4, 8] and results.listed("") == []
+    assert results.listed(" float32,int8 ") == ["float32", "int8"]
 
 
 # ------------------------------------------------------------- engine parameters
