@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import functools
-import json
 import platform
 import sys
 from collections.abc import Callable, Sequence
@@ -128,21 +127,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "rounds": [],
     }
     blobs = workload.items(formats=args.formats)
-    sweep_options = {"concurrency": concurrency, "request_rates": rates, "formats": args.formats,
-                     "timeout_s": args.level_timeout}
-    for key in ("measurement_ms", "stability", "max_trials", "request_count"):
-        sweep_options[key] = getattr(args, key)
+    sweep_options = {k: getattr(args, k) for k in ("measurement_ms", "stability", "max_trials",
+                                                    "request_count", "formats")}
+    sweep_options.update(concurrency=concurrency, request_rates=rates, timeout_s=args.level_timeout)
 
     server = reference = engine = None
     if concurrency or rates:
         say("(c) starting the Triton server (cold start) ...")
+        preferred = None if args.preferred is None else listed(args.preferred, int)
         edits = model_config.ConfigEdits(
-            max_batch_size=args.max_batch_size,
-            instances=args.instances,
-            queue_delay_us=args.queue_delay_us,
-            preferred_batch_sizes=None if args.preferred is None else listed(args.preferred, int),
-            parameters=params,
-        )
+            max_batch_size=args.max_batch_size, instances=args.instances,
+            queue_delay_us=args.queue_delay_us, preferred_batch_sizes=preferred, parameters=params)
         server = server_run.start_server(model_dir, args.out_dir / "server-log", edits, server_env)
         say(f"server READY after {server.ready_after_s:.1f} s ({server.grpc_url})")
     try:
@@ -163,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 r = results.timed("modelscope_pipeline", 1, reference, args.modelscope_seconds, 3)
                 round_["modelscope"] = r.summary()
                 say(f"round {n} (a) ModelScope: {r.items_per_s:.2f} items/s")
-            for size in sizes if engine is not None else ():
+            for size in sizes:  # (b), built where there are sizes
                 r = engine_runner.measure_engine(engine, blobs, size, args.engine_seconds)
                 round_["engine"].append(r.summary())
                 say(f"round {n} (b) engine batch {size}: {r.items_per_s:.2f} items/s")
@@ -180,9 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     out["summary"] = results.aggregate(out["rounds"])
     text = results.report(out)
-    (args.out_dir / "results.json").write_text(json.dumps(out, indent=2))
     (args.out_dir / "benchmark.md").write_text(text + "\n")
-    print("\n" + text)
+    machine.report(out, "\n" + text, args.out_dir / "results.json")
     return 0
 
 
