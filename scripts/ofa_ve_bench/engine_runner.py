@@ -24,13 +24,8 @@ PRECISION_PARAMS = {"int8": {"dtype": "float32", "quantization": "int8"}}
 """The config.pbtxt parameters of a precision that is not a dtype name."""
 Predict = Callable[[Sequence[Any]], np.ndarray]
 """``predict(items) -> [len(items), 3]`` probabilities in LABELS order."""
-More = Callable[[], bool]
-"""Asked between calls: whether there is time for more."""
-
-
-def always() -> bool:
-    return True
-
+More = Callable[[], bool] | None
+"""Asked between calls (None: always yes): whether there is time for more."""
 
 def build_engine(model_dir: Path, device: str, params: Mapping[str, str], **overrides: Any) -> Any:
     """An engine loaded with `params` (config.pbtxt strings, checked) plus `overrides`.
@@ -68,19 +63,19 @@ def prepare_all(engine: Any, items: Sequence[Item]) -> list[Any]:
 
 
 def predict_all(predict: Predict, items: Sequence[Any], batch_size: int,
-                more: More = always) -> np.ndarray:
+                more: More = None) -> np.ndarray:
     """[N, 3]: `predict` over `items`, `batch_size` items a call; fewer rows once `more()`
     is false (one call at least)."""
     rows: list[np.ndarray] = []
     for start in range(0, len(items), batch_size):
-        if rows and not more():
+        if rows and more and not more():
             break
         rows.append(np.asarray(predict(items[start : start + batch_size]), dtype=np.float32))
     return np.concatenate(rows)
 
 
 def answers(model_dir: Path, device: str, precision: str, work: Sequence[Item],
-            more: More = always, prepared: list[Any] | None = None,
+            more: More = None, prepared: list[Any] | None = None,
             batch_size: int = 16) -> tuple[list[Any], np.ndarray]:
     """The prepared items (`work` prepared here unless `prepared` is given) and an engine's
     answers to them; the engine is dropped after, so one model is in memory at a time."""
@@ -103,13 +98,13 @@ def tf32_off() -> Iterator[None]:
 
 
 def agreement(model_dir: Path, device: str, precisions: Sequence[str], work: Sequence[Item],
-              more: More = always, batch_size: int = 16) -> Iterator[dict[str, object]]:
+              more: More = None, batch_size: int = 16) -> Iterator[dict[str, object]]:
     """Each of `precisions` against float32 (TF32 off) on `device` over `work`: a
     `results.compare` row each, while `more()` holds."""
     with tf32_off():
         prepared, reference = answers(model_dir, device, "float32", work, batch_size=batch_size)
     for precision in precisions:
-        if not more():
+        if more and not more():
             return
         other = answers(model_dir, device, precision, work, prepared=prepared,
                         batch_size=batch_size)[1]

@@ -32,14 +32,7 @@ import numpy as np
 from ofa_ve_data import workload
 
 from ofa_ve_bench import machine, results
-from ofa_ve_bench.engine_runner import (
-    agreement,
-    answers,
-    load_engine,
-    predict_all,
-    prepare_all,
-    tf32_off,
-)
+from ofa_ve_bench.engine_runner import agreement, answers, load_engine, prepare_all, tf32_off
 
 PROB_TOLERANCE = 1e-4  # largest |p_gpu - p_cpu| the first step allows in float32
 CPU_MODE_BANNER = "CPU mode: no GPU figures (small sizes; this checks the code path only)"
@@ -318,9 +311,9 @@ def step_image_path(check: Check, step: Step) -> dict:
                      "mean_pixel_diff": round(float(diff.mean()), 4)})
     work = [item for item in agreement_work(check.sizes) if item[0][:2] == b"\xff\xd8"]  # JPEGs
     with tf32_off():
-        exact = predict_all(engine.predict, prepare_all(engine, work), 16)
+        exact = engine.predict(prepare_all(engine, work))
         engine.image_path = "gpu"  # the same engine, its JPEGs kept encoded for the device
-        agreed = results.compare(exact, predict_all(engine.predict, prepare_all(engine, work), 16))
+        agreed = results.compare(exact, engine.predict(prepare_all(engine, work)))
     decoders = [d for d in (decoder, engine.gpu_image_decoder) if d is not None]
     fallbacks: Counter[str] = Counter()
     for d in decoders:

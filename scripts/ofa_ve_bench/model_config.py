@@ -79,11 +79,6 @@ def apply(config: Any, edits: ConfigEdits) -> Any:
     return config
 
 
-def parameters(config: Any) -> dict[str, str]:
-    """The message's `parameters` as name -> string value."""
-    return {key: value.string_value for key, value in config.parameters.items()}
-
-
 def make_model_repository(dest: Path, edits: ConfigEdits, source: Path = MODEL_REPOSITORY) -> Path:
     """A copy of `source` (the model repository) whose config.pbtxt carries `edits`."""
     shutil.copytree(  # a weights/ link (make serve's) stays a link: no copy of the weights

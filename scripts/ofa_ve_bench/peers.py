@@ -168,14 +168,9 @@ DEFAULT_INT8_IGNORED = ("Gather",)
 fails on the token embedding's Gather otherwise)."""
 
 
-def openvino_peer(
-    onnx_path: Path,
-    precision: str,
-    threads: int,
-    pad_id: int,
-    calibration: Sequence[dict[str, np.ndarray]] = (),
-    int8_ignored: Sequence[str] = DEFAULT_INT8_IGNORED,
-) -> Peer:
+def openvino_peer(onnx_path: Path, precision: str, threads: int, pad_id: int,
+                  calibration: Sequence[dict[str, np.ndarray]] = (),
+                  int8_ignored: Sequence[str] = DEFAULT_INT8_IGNORED) -> Peer:
     """OpenVINO's CPU plugin on the exported graph, in latency mode; bfloat16 through
     its inference-precision hint where the CPU has bfloat16; int8 through NNCF's
     post-training quantisation (transformer mode, ``int8_ignored`` operation types left
@@ -183,13 +178,10 @@ def openvino_peer(
     import openvino as ov
     from ofa_ve_ops.export_onnx import network_inputs
 
-    core = ov.Core()
+    core, note = ov.Core(), ""
     model: Any = str(onnx_path)
-    hint = OPENVINO_PRECISION.get(precision, "f32")
-    note = ""
-    if precision == "bfloat16" and "BF16" not in core.get_property(
-        "CPU", "OPTIMIZATION_CAPABILITIES"
-    ):
+    capabilities = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    if precision == "bfloat16" and "BF16" not in capabilities:
         return Peer("openvino", precision, None, "not run: this CPU has no bfloat16")
     if precision == "int8":
         try:
@@ -199,19 +191,15 @@ def openvino_peer(
         if not calibration:
             return Peer("openvino", precision, None, "not run: no calibration items")
         nncf.set_log_level(logging.ERROR)
-        model = nncf.quantize(
-            core.read_model(str(onnx_path)),
-            nncf.Dataset(list(calibration)),
-            model_type=nncf.ModelType.TRANSFORMER,
-            subset_size=len(calibration),
-            ignored_scope=nncf.IgnoredScope(types=list(int8_ignored)) if int8_ignored else None,
-        )
-        note = (
-            f"NNCF post-training, transformer mode, {len(calibration)} calibration items; "
-            f"in float32: {', '.join(int8_ignored) or 'nothing'}"
-        )
-    config = {"INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": threads}
-    compiled = core.compile_model(model, "CPU", {**config, "PERFORMANCE_HINT": "LATENCY"})
+        ignored = nncf.IgnoredScope(types=list(int8_ignored)) if int8_ignored else None
+        model = nncf.quantize(core.read_model(str(onnx_path)), nncf.Dataset(list(calibration)),
+                              model_type=nncf.ModelType.TRANSFORMER,
+                              subset_size=len(calibration), ignored_scope=ignored)
+        note = (f"NNCF post-training, transformer mode, {len(calibration)} calibration items; "
+                f"in float32: {', '.join(int8_ignored) or 'nothing'}")
+    config = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISION.get(precision, "f32"),
+              "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+    compiled = core.compile_model(model, "CPU", config)
     request, output = compiled.create_infer_request(), compiled.output(0)
 
     def run(items: Sequence[Any]) -> np.ndarray:

@@ -187,17 +187,13 @@ def report(results: dict[str, object]) -> str:
     engine, server = agg.get("engine", []), agg.get("server", [])
     loads = ", ".join(f"{r['load_before']:.1f}" for r in results["rounds"])
 
-    def per_call(row: dict) -> str:
-        return f"per call p50 {row['call_p50_ms']:.0f} ms, p99 {row['call_p99_ms']:.0f} ms"
-
-    rows = []
-    if ms:
-        rows.append(("(a) ModelScope pipeline, 1 per call", f"{ms['items_per_s']:.2f}",
-                     per_call(ms)))
-    for e in engine:
-        mark = " (best)" if best and e["batch_size"] == best["batch_size"] else ""
-        rows.append((f"(b) engine, batch {e['batch_size']}{mark}", f"{e['items_per_s']:.2f}",
-                     per_call(e)))
+    calls = [("(a) ModelScope pipeline, 1 per call", ms)] if ms else []
+    calls += [(f"(b) engine, batch {e['batch_size']}"
+               + (" (best)" if best and e["batch_size"] == best["batch_size"] else ""), e)
+              for e in engine]
+    rows = [(what, f"{r['items_per_s']:.2f}",
+             f"per call p50 {r['call_p50_ms']:.0f} ms, p99 {r['call_p99_ms']:.0f} ms")
+            for what, r in calls]
     for p in server:
         rows.append((
             f"(c) Triton, {load_name(p['mode'], p['level'])}", f"{p['throughput']:.2f}",

@@ -34,13 +34,18 @@ pytest.importorskip("tritonclient.grpc.model_config_pb2")
 # ------------------------------------------------------------------ model_config
 
 
+def _parameters(config) -> dict[str, str]:
+    """A `ModelConfig` message's `parameters` as name -> string value."""
+    return {key: value.string_value for key, value in config.parameters.items()}
+
+
 def test_config_round_trip_preserves_the_committed_config() -> None:
     committed = model_config.load(CONFIG_PBTXT)
     again = model_config.parse(model_config.to_text(committed))
     assert again == committed
     assert committed.name == MODEL_NAME
     assert committed.max_batch_size == 32
-    assert "dtype" in model_config.parameters(committed)
+    assert "dtype" in _parameters(committed)
 
 
 def test_config_edits_apply_and_leave_the_rest(tmp_path: Path) -> None:
@@ -61,10 +66,10 @@ def test_config_edits_apply_and_leave_the_rest(tmp_path: Path) -> None:
     assert edited.instance_group[0].Kind.Name(kind) == "KIND_CPU"
     assert edited.dynamic_batching.max_queue_delay_microseconds == 1500
     assert list(edited.dynamic_batching.preferred_batch_size) == [16, 64]
-    params = model_config.parameters(edited)
+    params = _parameters(edited)
     assert params["dtype"] == "float16" and params["image_path"] == "gpu"
     # Everything not edited is as committed.
-    before = model_config.parameters(committed)
+    before = _parameters(committed)
     assert {k: v for k, v in params.items() if k not in ("dtype", "image_path")} == {
         k: v for k, v in before.items() if k not in ("dtype", "image_path")
     }
