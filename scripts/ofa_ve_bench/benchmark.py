@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
+import functools
 import platform
 import sys
 from collections.abc import Callable, Sequence
@@ -33,11 +33,10 @@ from ofa_ve_data import workload
 from ofa_ve_engine.parameters import parse_assignments
 
 from ofa_ve_bench import engine_runner, machine, model_config, results, server_run
-from ofa_ve_bench import perf_analyzer_sweep as sweep_mod
+from ofa_ve_bench.perf_analyzer_sweep import sweep
+from ofa_ve_bench.results import listed
 
-
-def _say(message: str) -> None:
-    print(f"[{dt.datetime.now():%H:%M:%S}] {message}", flush=True)
+say = functools.partial(machine.say, "benchmark")
 
 
 def parse_env(pairs: Sequence[str]) -> dict[str, str]:
@@ -52,20 +51,12 @@ def parse_env(pairs: Sequence[str]) -> dict[str, str]:
 
 
 def modelscope_call(model_dir: Path, device: str, paths: Sequence[tuple]) -> Callable[[int], None]:
-    """(a): ModelScope's pipeline, built once (on GPUs as build_pipeline does, on the GPU);
-    calling it with n runs the n-th item of `paths` (image path, hypothesis, premise)."""
+    """(a): ModelScope's pipeline, built once on `device`; calling it with n runs the n-th
+    item of `paths` (image path, hypothesis, premise)."""
     from ofa_ve_reference import modelscope_pipeline as reference
 
     with reference.preserved_global_rngs(), reference.offline_environment():
-        if device == "cpu":
-            pipe = reference.build_pipeline(model_dir)
-        else:
-            reference.install_import_stubs()
-            from modelscope.pipelines import pipeline
-            from modelscope.utils.constant import Tasks
-
-            gpu = device.replace("cuda", "gpu")
-            pipe = pipeline(Tasks.visual_entailment, model=str(model_dir.resolve()), device=gpu)
+        pipe = reference.build_pipeline(model_dir, device)
 
     def call(n: int) -> None:
         path, hypothesis, premise = paths[n % len(paths)]
@@ -108,9 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    numbers = sweep_mod.numbers
-    concurrency, rates = numbers(args.concurrency, int), numbers(args.request_rate, float)
-    sizes = numbers(args.engine_batch_sizes, int)
+    concurrency, rates = listed(args.concurrency, int), listed(args.request_rate, float)
+    sizes = listed(args.engine_batch_sizes, int)
     try:
         params = parse_assignments([f"dtype={args.dtype}", *args.param])
         server_env = parse_env(args.server_env)
@@ -137,50 +127,44 @@ def main(argv: Sequence[str] | None = None) -> int:
         "rounds": [],
     }
     blobs = workload.items(formats=args.formats)
-    sweep_options = {"concurrency": concurrency, "request_rates": rates, "formats": args.formats}
-    for key in ("measurement_ms", "stability", "max_trials", "request_count"):
-        sweep_options[key] = getattr(args, key)
+    sweep_options = {k: getattr(args, k) for k in ("measurement_ms", "stability", "max_trials",
+                                                    "request_count", "formats")}
+    sweep_options.update(concurrency=concurrency, request_rates=rates, timeout_s=args.level_timeout)
 
-    server = None
+    server = reference = engine = None
     if concurrency or rates:
-        _say("(c) starting the Triton server (cold start) ...")
+        say("(c) starting the Triton server (cold start) ...")
+        preferred = None if args.preferred is None else listed(args.preferred, int)
         edits = model_config.ConfigEdits(
-            max_batch_size=args.max_batch_size,
-            instances=args.instances,
-            queue_delay_us=args.queue_delay_us,
-            preferred_batch_sizes=model_config.preferred_sizes(args.preferred),
-            parameters=params,
-        )
+            max_batch_size=args.max_batch_size, instances=args.instances,
+            queue_delay_us=args.queue_delay_us, preferred_batch_sizes=preferred, parameters=params)
         server = server_run.start_server(model_dir, args.out_dir / "server-log", edits, server_env)
-        _say(f"server READY after {server.ready_after_s:.1f} s ({server.grpc_url})")
+        say(f"server READY after {server.ready_after_s:.1f} s ({server.grpc_url})")
     try:
-        reference = engine = None
         if args.modelscope_seconds > 0:
-            _say("(a) building ModelScope's pipeline ...")
+            say("(a) building ModelScope's pipeline ...")
             paths = workload.path_items(formats=args.formats)
             reference = modelscope_call(model_dir, args.device, paths)
         if sizes:
-            _say("(b) building the engine ...")
+            say("(b) building the engine ...")
             # At least the largest batch per forward pass: (b) measures whole batches.
             auto = params.get("forward_batch_size", "auto") == "auto"
             forward = {"forward_batch_size": max(sizes)} if auto else {}
             engine = engine_runner.build_engine(model_dir, args.device, params, **forward)
             out["engine_settings"] = engine_runner.engine_settings(engine)
         for n in range(1, args.rounds + 1):
-            round_: dict = {"round": n, "load_before": machine.load_average()}
+            round_: dict = {"round": n, "load_before": machine.load_average(), "engine": []}
             if reference is not None:
                 r = results.timed("modelscope_pipeline", 1, reference, args.modelscope_seconds, 3)
                 round_["modelscope"] = r.summary()
-                _say(f"round {n} (a) ModelScope: {r.items_per_s:.2f} items/s")
-            if engine is not None:
-                round_["engine"] = []
-                for size in sizes:
-                    r = engine_runner.measure_engine(engine, blobs, size, args.engine_seconds)
-                    round_["engine"].append(r.summary())
-                    _say(f"round {n} (b) engine batch {size}: {r.items_per_s:.2f} items/s")
+                say(f"round {n} (a) ModelScope: {r.items_per_s:.2f} items/s")
+            for size in sizes:  # (b), built where there are sizes
+                r = engine_runner.measure_engine(engine, blobs, size, args.engine_seconds)
+                round_["engine"].append(r.summary())
+                say(f"round {n} (b) engine batch {size}: {r.items_per_s:.2f} items/s")
             if server is not None:
-                where = {"url": server.grpc_url, "out_dir": args.out_dir / f"sweep-{n}"}
-                points = sweep_mod.sweep(**where, **sweep_options, timeout_s=args.level_timeout)
+                points = sweep(url=server.grpc_url, out_dir=args.out_dir / f"sweep-{n}",
+                               **sweep_options)
                 round_["server"] = [asdict(p) for p in points]
             out["rounds"].append(round_)
         if server is not None:
@@ -191,9 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     out["summary"] = results.aggregate(out["rounds"])
     text = results.report(out)
-    (args.out_dir / "results.json").write_text(json.dumps(out, indent=2))
     (args.out_dir / "benchmark.md").write_text(text + "\n")
-    print("\n" + text)
+    machine.report(out, "\n" + text, args.out_dir / "results.json")
     return 0
 
 

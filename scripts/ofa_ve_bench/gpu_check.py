@@ -13,11 +13,8 @@ from __future__ import annotations
 import argparse
 import atexit
 import concurrent.futures
-import contextlib
 import datetime as dt
 import functools
-import importlib
-import importlib.metadata
 import importlib.util
 import json
 import shutil
@@ -26,7 +23,7 @@ import tempfile
 import time
 import traceback
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,8 +31,8 @@ from typing import Any
 import numpy as np
 from ofa_ve_data import workload
 
-from ofa_ve_bench import machine
-from ofa_ve_bench.precision_agreement import compare, load_engine
+from ofa_ve_bench import machine, results
+from ofa_ve_bench.engine_runner import agreement, answers, load_engine, prepare_all, tf32_off
 
 PROB_TOLERANCE = 1e-4  # largest |p_gpu - p_cpu| the first step allows in float32
 CPU_MODE_BANNER = "CPU mode: no GPU figures (small sizes; this checks the code path only)"
@@ -90,21 +87,6 @@ CPU_SIZES = Sizes(
 )
 
 
-class Budget:
-    """A deadline: steps ask what is left and stop (or are skipped) when nothing is."""
-
-    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.clock = clock
-        self.deadline = clock() + seconds
-
-    def left(self) -> float:
-        return max(0.0, self.deadline - self.clock())
-
-    def sub(self, seconds: float) -> Budget:
-        """A step's own budget: `seconds`, or what is left of this one if less."""
-        return Budget(min(seconds, self.left()), self.clock)
-
-
 @dataclass
 class Step:
     """One step's outcome: ok, skipped or failed, with its figures and notes."""
@@ -122,68 +104,68 @@ class Step:
 
 
 class Check:
-    """Runs steps under the run's budget, each under its own, and rewrites the summary in
-    `out` after each one: a failure is a finding, never the end of the check."""
+    """One run of the check: what every step is given (the model, device, sizes and `out`),
+    the run's budget and each step's own within it, and the summary, rewritten in `out`
+    after each step: a failure is a finding, never the end of the check."""
 
-    def __init__(self, budget: Budget, summary: dict[str, Any], out: Path) -> None:
-        self.budget, self.summary, self.out = budget, summary, out
+    def __init__(self, model_dir: Path | None, device: str, sizes: Sizes, out: Path,
+                 seconds: float, summary: dict[str, Any],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.model_dir, self.device, self.sizes, self.out = model_dir, device, sizes, out
+        self.summary, self.clock = summary, clock
         self.steps: list[Step] = []
-        self.started = budget.clock()
+        self.started = clock()
+        self.deadline = self.step_deadline = self.started + seconds
         self.add()
+
+    def left(self, of_run: bool = False) -> float:
+        """Seconds left of the running step's budget (`of_run`: of the whole run's)."""
+        deadline = self.deadline if of_run else min(self.deadline, self.step_deadline)
+        return max(0.0, deadline - self.clock())
 
     def add(self, *steps: Step) -> None:
         self.steps += steps
         self.summary.update(steps=[s.__dict__ for s in self.steps],
                             failed=[s.name for s in self.steps if s.status == "failed"],
-                            seconds=round(self.budget.clock() - self.started, 1))
-        write_summary(self.summary, self.out)
+                            seconds=round(self.clock() - self.started, 1))
+        texts = summary_markdown(self.summary), json.dumps(self.summary, indent=2, default=str)
+        for name, text in zip(("summary.md", "summary.json"), texts, strict=True):
+            partial = self.out / f".{name}.partial"  # never a half-written summary, even if cut
+            partial.write_text(text + "\n")
+            partial.replace(self.out / name)
 
-    def run(self, name: str, seconds: float, fn: Callable[[Step, Budget], Any],
+    def rate(self, call: Callable[[int], object], items: int) -> dict[str, float]:
+        """Items/s of `call(i)`, `items` a call, through `results.timed` at the run's sizes:
+        warm-up calls, then calls until both `seconds` and `min_calls` are reached. Every
+        step's rate comes from here."""
+        sizes = self.sizes
+        run = results.timed("", items, call, sizes.seconds, sizes.min_calls, sizes.warmup_calls)
+        calls = len(run.latencies_ms)
+        return {"items_per_s": round(run.items_per_s, 2),
+                "ms_per_call": round(1000 * run.seconds / calls, 3), "calls": calls}
+
+    def run(self, name: str, seconds: float, fn: Callable[[Check, Step], Any],
             min_s: float = 5.0) -> None:
-        budget = self.budget.sub(seconds)
-        step = Step(name, budget_s=round(budget.left(), 1))
-        started = time.monotonic()
-        if budget.left() < min_s:
+        """`fn(self, step)` under a budget of `seconds`, or of what is left of the run if
+        less; skipped when that is under `min_s`."""
+        self.step_deadline, started = self.clock() + seconds, time.monotonic()
+        step = Step(name, budget_s=round(self.left(), 1))
+        if self.left() < min_s:
             step.status = "skipped"
-            step.notes.append(f"time budget spent ({self.budget.left():.0f} s left of the run)")
+            step.notes.append(f"time budget spent ({self.left(of_run=True):.0f} s left of the run)")
         else:
-            _say(f"{name} (budget {budget.left():.0f} s) ...")
+            say(f"{name} (budget {self.left():.0f} s) ...")
             try:
-                step.figures = fn(step, budget)
+                step.figures = fn(self, step)
             except Exception as exc:
                 step.fail(f"{type(exc).__name__}: {exc}"[:600],
                           traceback.format_exc(limit=3)[-800:])
             step.seconds = round(time.monotonic() - started, 1)
-        _say(f"{name}: {step.status} in {step.seconds:.1f} s")
+        say(f"{name}: {step.status} in {step.seconds:.1f} s")
         self.add(step)
 
 
-@dataclass(frozen=True)
-class Run:
-    """What every step is given besides its own record and budget."""
-
-    model_dir: Path
-    device: str
-    sizes: Sizes
-    out: Path
-
-
-def _say(message: str) -> None:
-    print(f"[gpu-check {dt.datetime.now():%H:%M:%S}] {message}", flush=True)
-
-
-def version(name: str, imported: bool = True) -> str:
-    """`name`'s version as this Python imports it (and from where), or as installed."""
-    try:
-        if not imported:
-            return importlib.metadata.version(name)
-        module = importlib.import_module(name)
-    except importlib.metadata.PackageNotFoundError:
-        return "missing"
-    except Exception as exc:  # missing, or broken against this numpy/torch
-        return f"not importable ({type(exc).__name__}: {exc})"[:200]
-    found = getattr(module, "__version__", None) or version(name, imported=False)
-    return f"{found} ({Path(getattr(module, '__file__', '') or '?').parent})"
+say = functools.partial(machine.say, "gpu-check")
 
 
 def environment(device: str) -> dict[str, object]:
@@ -196,47 +178,13 @@ def environment(device: str) -> dict[str, object]:
         "machine": str(machine.describe(device)),
         "python": f"{sys.version.split()[0]} ({sys.executable}, prefix {sys.prefix})",
         "cuda": torch.version.cuda,
-        "imported": {name: version(name) for name in imported},
-        "packages": {name: version(name, imported=False)
+        "imported": {name: machine.version(name) for name in imported},
+        "packages": {name: machine.version(name, imported=False)
                      for name in ("nvidia-pytriton", "tritonclient", "protobuf", "grpcio")},
         "exact_jpeg_decoder": "simplejpeg (libjpeg-turbo)" if jpeg.simplejpeg is not None
         else "Pillow (simplejpeg is not importable)",
         "nvidia_smi (name, driver, MiB used, MiB total)": (gpu or "").strip() or None,
     }
-
-
-@contextlib.contextmanager
-def tf32_off() -> Iterator[None]:
-    """TF32 off for matmuls and convolutions (fp32 as the CPU computes it), then restored."""
-    import torch
-
-    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
-
-
-def timed(call: Callable[[int], int], sizes: Sizes, device: str = "cpu") -> dict:
-    """Items/s of `call(i)`, which returns how many items call i did: warm-up calls first
-    (kernels, threads, caches), then calls until both `seconds` and `min_calls` are reached.
-    Every step's rate comes from here."""
-    import torch
-
-    sync = torch.cuda.synchronize if device.startswith("cuda") else lambda: None
-    for i in range(sizes.warmup_calls):
-        call(i)
-    sync()
-    items = calls = 0
-    started = time.perf_counter()
-    while calls < sizes.min_calls or time.perf_counter() - started < sizes.seconds:
-        items += call(sizes.warmup_calls + calls)
-        calls += 1
-    sync()
-    elapsed = time.perf_counter() - started
-    return {"items_per_s": round(items / elapsed, 2),
-            "ms_per_call": round(1000 * elapsed / calls, 3), "calls": calls}
 
 
 # --------------------------------------------------------------- engine steps
@@ -252,35 +200,18 @@ def agreement_work(sizes: Sizes) -> list[workload.Item]:
         for i in range(min(sizes.agreement_pairs, len(pairs)))]
 
 
-def predict_all(engine: Any, prepared: Sequence[Any], budget: Budget | None = None) -> np.ndarray:
-    """Probabilities in batches of 16; fewer rows where `budget` ran out."""
-    rows = []
-    for start in range(0, len(prepared), 16):
-        if budget is not None and rows and budget.left() < 2:
-            break
-        rows.append(engine.predict(prepared[start : start + 16]))
-    return np.concatenate(rows)
-
-
-def answers(run: Run, device: str, dtype: str, prepared: Sequence[Any] | None = None,
-            budget: Budget | None = None) -> tuple[Sequence[Any], np.ndarray]:
-    """The agreement pairs (prepared here unless given) and an engine's answers; the engine
-    is dropped after, so one model is in memory at a time."""
-    engine = load_engine(run.model_dir, device, dtype, 16)
-    prepared = prepared or [engine.prepare(*item) for item in agreement_work(run.sizes)]
-    return prepared, predict_all(engine, prepared, budget)
-
-
-def step_equal(run: Run, step: Step, budget: Budget) -> dict:
+def step_equal(check: Check, step: Step) -> dict:
     """fp32 on the GPU against fp32 on the CPU, TF32 off: the same answers."""
-    if run.device == "cpu":
+    if check.device == "cpu":
         step.notes.append("CPU mode: the CPU against itself (this rehearses the code path)")
+    work = agreement_work(check.sizes)
     with tf32_off():
-        prepared, on_gpu = answers(run, run.device, "float32")
-        _, on_cpu = answers(run, "cpu", "float32", prepared, budget)  # the slow side
+        prepared, on_gpu = answers(check.model_dir, check.device, "float32", work)
+        _, on_cpu = answers(check.model_dir, "cpu", "float32", work, prepared=prepared,
+                            more=lambda: check.left() >= 2)  # the slow side
     if len(on_cpu) < len(prepared):
         step.notes.append(f"budget: {len(on_cpu)} of {len(prepared)} pairs compared")
-    row = compare(on_cpu, on_gpu[: len(on_cpu)])
+    row = results.compare(on_cpu, on_gpu[: len(on_cpu)])
     row.update(math_flags="TF32 off (restored after)", tolerance=PROB_TOLERANCE,
                labels_identical=row["flips"] == 0,
                within_tolerance=row["max_prob_diff"] <= PROB_TOLERANCE)
@@ -290,82 +221,82 @@ def step_equal(run: Run, step: Step, budget: Budget) -> dict:
     return row
 
 
-def step_precision(run: Run, step: Step, budget: Budget) -> list[dict]:
+def step_precision(check: Check, step: Step) -> list[dict]:
     """Each reduced dtype against float32 (TF32 off) on the same device."""
-    with tf32_off():
-        prepared, reference = answers(run, run.device, "float32")
     step.notes.append("float32 reference with TF32 off (restored after)")
-    rows = []
-    for dtype in (d for d in run.sizes.dtypes if d != "float32"):
-        if budget.left() < 5:
-            step.notes.append(f"budget: stopped before {dtype}")
-            break
-        other = answers(run, run.device, dtype, prepared)[1]
-        rows.append({"device": run.device, "dtype": dtype, **compare(reference, other)})
+    dtypes = [d for d in check.sizes.dtypes if d != "float32"]
+    rows = list(agreement(check.model_dir, check.device, dtypes, agreement_work(check.sizes),
+                          more=lambda: check.left() >= 5))
+    if len(rows) < len(dtypes):
+        step.notes.append(f"budget: stopped before {dtypes[len(rows)]}")
     return rows
 
 
-def step_network(run: Run, step: Step, budget: Budget) -> list[dict]:
+def distinct_work(count: int) -> list[workload.Item]:
+    """`count` distinct JPEGs, each with the next of the load texts."""
+    texts, jpegs = workload.LOAD_TEXTS, workload.distinct_jpegs(count)
+    return [(image, *texts[i % len(texts)]) for i, image in enumerate(jpegs)]
+
+
+def step_network(check: Check, step: Step) -> list[dict]:
     """`predict` (collate, copy, forward) per dtype and batch, every item a distinct image
     (the stem runs once per distinct image), torch's default math flags (the serving
     setting); peak GPU memory per dtype."""
     import torch
 
-    sizes, largest = run.sizes, max(run.sizes.batch_sizes)
-    cuda = torch.cuda if run.device.startswith("cuda") else None
+    largest, cuda = max(check.sizes.batch_sizes), check.device.startswith("cuda")
     step.notes.append(f"{largest} distinct JPEGs; math flags: TF32 matmul "
                       f"{torch.backends.cuda.matmul.allow_tf32}, TF32 cuDNN "
                       f"{torch.backends.cudnn.allow_tf32}")
-    texts, rows, prepared = workload.LOAD_TEXTS, [], []
-    for dtype in sizes.dtypes:
+    rows: list[dict] = []
+    prepared: list[Any] = []  # pixels and tokens do not depend on the dtype
+    for dtype in check.sizes.dtypes:
         if cuda:
-            cuda.empty_cache()
-            cuda.reset_peak_memory_stats()
-        engine = load_engine(run.model_dir, run.device, dtype, largest)
-        prepared = prepared or [  # pixels and tokens do not depend on the dtype
-            engine.prepare(image, *texts[i % len(texts)])
-            for i, image in enumerate(workload.distinct_jpegs(largest))]
-        for batch in sizes.batch_sizes:
-            if budget.left() < 5:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        engine = load_engine(check.model_dir, check.device, dtype, largest)
+        prepared = prepared or prepare_all(engine, distinct_work(largest))
+        for batch in check.sizes.batch_sizes:
+            if check.left() < 5:
                 step.notes.append(f"budget: stopped before {dtype} batch {batch}")
                 break
-            rate = timed(lambda _, e=engine, items=prepared[:batch]: len(e.predict(items)),
-                         sizes, run.device)
-            rows.append({"dtype": dtype, "batch_size": batch, "distinct_images": batch, **rate})
+            call = lambda _, e=engine, items=prepared[:batch]: e.predict(items)  # noqa: E731
+            rows.append({"dtype": dtype, "batch_size": batch, "distinct_images": batch,
+                         **check.rate(call, batch)})
         if cuda:
-            rows.append({"dtype": dtype,
-                         "peak_gpu_memory_mib": round(cuda.max_memory_allocated() / 2**20, 1)})
+            peak = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+            rows.append({"dtype": dtype, "peak_gpu_memory_mib": peak})
         del engine
-        if budget.left() < 5:
+        if check.left() < 5:
             break
     return rows
 
 
-def step_shared(run: Run, step: Step, budget: Budget) -> list[dict]:
+def step_shared(check: Check, step: Step) -> list[dict]:
     """Many hypotheses about one image: the batch shares one stem pass. Its own figure,
     labelled one distinct image, never a network throughput."""
-    largest, dtype = max(run.sizes.batch_sizes), run.sizes.server_dtype
-    engine = load_engine(run.model_dir, run.device, dtype, largest)
+    largest, dtype = max(check.sizes.batch_sizes), check.sizes.server_dtype
+    engine = load_engine(check.model_dir, check.device, dtype, largest)
     (image,) = workload.distinct_jpegs(1)
     hypotheses = [*workload.AGREEMENT_HYPOTHESES, *(h for h, _ in workload.LOAD_TEXTS)]
     items = [engine.prepare(image, f"{hypotheses[i % len(hypotheses)]} ({i})")
              for i in range(largest)]
-    rate = timed(lambda _: len(engine.predict(items)), run.sizes, run.device)
     return [{"dtype": dtype, "batch_size": largest, "distinct_images": 1,
-             "images": "one image, a distinct hypothesis per item", **rate}]
+             "images": "one image, a distinct hypothesis per item",
+             **check.rate(lambda _: engine.predict(items), largest)}]
 
 
-def step_image_path(run: Run, step: Step, budget: Budget) -> dict:
+def step_image_path(check: Check, step: Step) -> dict:
     """nvJPEG + device resize against the exact CPU route on the test JPEGs: pixels, then
     answers. On a GPU it fails where nvJPEG did not run: CPU decoding must not pass for it."""
     from ofa_ve_engine.gpu_image import GpuImageDecoder, device_eligible
     from ofa_ve_engine.image import load_pixels
 
-    engine = load_engine(run.model_dir, run.device, "float32", 16)
+    engine = load_engine(check.model_dir, check.device, "float32", 16)
     size, limits = engine.settings.patch_image_size, engine.limits
-    if run.device == "cpu":
+    if check.device == "cpu":
         step.notes.append("CPU mode: torchvision's CPU decoder stands in for nvJPEG")
-    decoder, rows = GpuImageDecoder(size, limits, run.device), []
+    decoder, rows = GpuImageDecoder(size, limits, check.device), []
     for path in workload.image_paths("jpeg"):
         data = path.read_bytes()
         row = {"image": path.name,
@@ -378,56 +309,55 @@ def step_image_path(run: Run, step: Step, budget: Budget) -> dict:
                       - load_pixels(data, size, limits).astype(np.int16))
         rows.append({**row, "max_pixel_diff": int(diff.max()),
                      "mean_pixel_diff": round(float(diff.mean()), 4)})
-    work = [item for item in agreement_work(run.sizes) if item[0][:2] == b"\xff\xd8"]  # JPEGs
+    work = [item for item in agreement_work(check.sizes) if item[0][:2] == b"\xff\xd8"]  # JPEGs
     with tf32_off():
-        exact = predict_all(engine, [engine.prepare(*item) for item in work])
+        exact = engine.predict(prepare_all(engine, work))
         engine.image_path = "gpu"  # the same engine, its JPEGs kept encoded for the device
-        agreement = compare(exact, predict_all(engine, [engine.prepare(*it) for it in work]))
+        agreed = results.compare(exact, engine.predict(prepare_all(engine, work)))
     decoders = [d for d in (decoder, engine.gpu_image_decoder) if d is not None]
     fallbacks: Counter[str] = Counter()
     for d in decoders:
         fallbacks.update(d.take_fallbacks())
     figures = {
         "images": rows,
-        "answers": {k: agreement[k] for k in ("pairs", "label_agreement", "max_prob_diff",
-                                              "flips")},
+        "answers": {k: agreed[k] for k in ("pairs", "label_agreement", "max_prob_diff", "flips")},
         "nvjpeg_decoded": sum(d.decoded for d in decoders),
         "decoder_off": next((d.off_reason for d in decoders if d.off_reason), None),
         "fallbacks": dict(fallbacks),
     }
-    if run.device != "cpu" and (figures["decoder_off"] or not figures["nvjpeg_decoded"]):
+    if check.device != "cpu" and (figures["decoder_off"] or not figures["nvjpeg_decoded"]):
         step.fail(f"nvJPEG did not run (decoder off: {figures['decoder_off']})")
     return figures
 
 
-def step_prepare(run: Run, step: Step, budget: Budget) -> list[dict]:
+def step_prepare(check: Check, step: Step) -> list[dict]:
     """`prepare()` (decode, resize, tokenise) at 1..N threads on distinct JPEGs, photo-sized
     and camera-sized."""
-    engine = load_engine(run.model_dir, "cpu", "float32", 1)
-    most = max(run.sizes.threads)
+    engine = load_engine(check.model_dir, "cpu", "float32", 1)
+    most = max(check.sizes.threads)
     sets = {"photo-sized JPEGs": workload.distinct_jpegs(max(most, 64)),
             "camera JPEGs (1920x1080, 4032x3024)": workload.camera_jpegs(most)}
     rows = []
     for label, images in sets.items():
-        for threads in run.sizes.threads:
-            if budget.left() < 3:
+        for threads in check.sizes.threads:
+            if check.left() < 3:
                 step.notes.append(f"budget: stopped before {label} at {threads} threads")
                 return rows
             per_call = 4 * threads  # a few items a thread: no call ends on one straggler
             with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-                rate = timed(functools.partial(_prepare_call, pool, engine, images, per_call),
-                             run.sizes)
+                figures = check.rate(
+                    functools.partial(_prepare_call, pool, engine, images, per_call), per_call)
             rows.append({"images": label, "threads": threads,
-                         "distinct_images": min(len(images), rate["calls"] * per_call), **rate})
+                         "distinct_images": min(len(images), figures["calls"] * per_call),
+                         **figures})
     return rows
 
 
-def _prepare_call(pool: Any, engine: Any, images: list[bytes], n: int, i: int) -> int:
+def _prepare_call(pool: Any, engine: Any, images: list[bytes], n: int, i: int) -> None:
     """Call i of the prepare step: its `n` images, the next in turn, through `pool`."""
     hypothesis, premise = workload.LOAD_TEXTS[1]
     picks = [images[j % len(images)] for j in range(i * n, (i + 1) * n)]
     list(pool.map(lambda image: engine.prepare(image, hypothesis, premise), picks))
-    return n
 
 
 # --------------------------------------------------------------- server steps
@@ -461,7 +391,7 @@ def server_prerequisites() -> list[str]:
     return missing
 
 
-def step_server(run: Run, step: Step, budget: Budget, image_path: str) -> dict:
+def step_server(check: Check, step: Step, image_path: str) -> dict:
     """A real tritonserver with `image_path`, perf_analyzer at each concurrency, every
     request one item of its own distinct JPEG. On a GPU its instances are KIND_GPU: a
     Triton that sees no GPU refuses to load instead of measuring the CPU."""
@@ -471,7 +401,7 @@ def step_server(run: Run, step: Step, budget: Budget, image_path: str) -> dict:
     from ofa_ve_bench import model_config, server_run
     from ofa_ve_bench.perf_analyzer_sweep import sweep
 
-    sizes, on_gpu, batch = run.sizes, run.device != "cpu", run.sizes.server_max_batch
+    sizes, on_gpu, batch = check.sizes, check.device != "cpu", check.sizes.server_max_batch
     edits = model_config.ConfigEdits(
         max_batch_size=batch, kind="KIND_GPU" if on_gpu else None, queue_delay_us=2000,
         preferred_batch_sizes=sorted({max(1, batch // 4), max(1, batch // 2), batch}),
@@ -479,11 +409,11 @@ def step_server(run: Run, step: Step, budget: Budget, image_path: str) -> dict:
                     "warmup_batch_sizes": f"1,{batch}"})
     log_dir = Path(tempfile.mkdtemp(prefix=f"gpu-check-server-{image_path}-"))
     atexit.register(shutil.rmtree, log_dir, ignore_errors=True)  # its log is copied to out
-    copy_log = functools.partial(_copy_log, log_dir, run.out / f"server-{image_path}.log")
+    copy_log = functools.partial(_copy_log, log_dir, check.out / f"server-{image_path}.log")
     figures: dict[str, Any] = {"image_path": image_path, "dtype": sizes.server_dtype}
     try:
-        server = server_run.start_server(run.model_dir, log_dir, edits,
-                                         ready_timeout_s=max(10.0, budget.left() * 0.6))
+        server = server_run.start_server(check.model_dir, log_dir, edits,
+                                         ready_timeout_s=max(10.0, check.left() * 0.6))
     except (ServerStartError, RuntimeError) as exc:
         step.fail(f"the server did not become ready with image_path={image_path}:",
                   *(log_errors(str(exc)) or [str(exc)[-600:]]))
@@ -496,19 +426,14 @@ def step_server(run: Run, step: Step, budget: Budget, image_path: str) -> dict:
         if on_gpu and not any(" on cuda" in line for line in figures["instance"]):
             step.fail("the model instance does not say it runs on a GPU (see instance)")
         distinct = figures["distinct_images"] = max(sizes.concurrency)  # one item a request
-        texts = workload.LOAD_TEXTS
         points = sweep(
             url=server.grpc_url, out_dir=log_dir / "sweep", concurrency=sizes.concurrency,
-            items=[(image, *texts[i % len(texts)])
-                   for i, image in enumerate(workload.distinct_jpegs(distinct))],
-            measurement_ms=2000, stability=25, max_trials=3,
+            items=distinct_work(distinct), measurement_ms=2000, stability=25, max_trials=3,
             request_count=sizes.perf_request_count,
-            timeout_s=max(15.0, budget.left() / len(sizes.concurrency) - 5))
-        figures["levels"] = [
-            {"concurrency": int(p.level), "distinct_images": distinct,
-             "throughput": round(p.throughput, 2), "p50_ms": round(p.p50_ms, 2),
-             "p99_ms": round(p.p99_ms, 2), "avg_batch": p.avg_batch, "errors": p.errors,
-             "note": p.note} for p in points]
+            timeout_s=max(15.0, check.left() / len(sizes.concurrency) - 5))
+        kept = ("throughput", "p50_ms", "p99_ms", "avg_batch", "errors", "note")
+        figures["levels"] = [{"concurrency": int(p.level), "distinct_images": distinct,
+                              **{k: getattr(p, k) for k in kept}} for p in points]
         figures["memory"] = server_run.server_memory(server.pid)
         try:
             fallbacks: Any = prometheus.by_label(prometheus.scrape(server.metrics_url, timeout=5),
@@ -547,7 +472,7 @@ def _copy_log(log_dir: Path, dest: Path, limit: int = 200_000) -> None:
         dest.write_bytes((log_dir / "tritonserver.log").read_bytes()[-limit:])
 
 
-STEPS: dict[str, Callable[[Run, Step, Budget], Any]] = {
+STEPS: dict[str, Callable[[Check, Step], Any]] = {
     "equal": step_equal, "precision": step_precision, "network": step_network,
     "shared": step_shared, "image_path": step_image_path, "prepare": step_prepare,
     "server_exact": functools.partial(step_server, image_path="exact"),
@@ -572,9 +497,8 @@ def figures_markdown(figures: Any) -> list[str]:
     if _is_rows(figures):
         columns = [c for c in dict.fromkeys(k for row in figures for k in row)
                    if not any(isinstance(row.get(c), list) for row in figures)]
-        return ["", "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns),
-                *("| " + " | ".join(_cell(row.get(c, "")) for c in columns) + " |"
-                  for row in figures), ""]
+        cells = ([_cell(row.get(c, "")) for c in columns] for row in figures)
+        return ["", *results.markdown_table(columns, cells), ""]
     lines = []
     for key, value in figures.items() if isinstance(figures, dict) else ():
         if _is_rows(value) or (isinstance(value, dict) and any(map(_is_rows, value.values()))):
@@ -603,14 +527,6 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     return "\n".join(line for i, line in enumerate(lines) if line or lines[i - 1]).strip()
 
 
-def write_summary(summary: dict[str, Any], out: Path) -> None:
-    for name, content in (("summary.md", summary_markdown(summary) + "\n"),
-                          ("summary.json", json.dumps(summary, indent=2, default=str) + "\n")):
-        partial = out / f".{name}.partial"  # never a half-written summary, even if cut
-        partial.write_text(content)
-        partial.replace(out / name)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the check's `--part` into `--out`; exit status 1 if a step failed."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -635,26 +551,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         "budget_s": args.budget, "sizes": sizes.__dict__, "environment": environment(device),
         "finished": False, **({"banner": CPU_MODE_BANNER} if mode == "cpu" else {}),
     }
-    check = Check(Budget(args.budget), summary, args.out)
-    model_dir = args.model_dir
-    if model_dir is None:  # decisive: clear answers, so a flip means something
+    check = Check(args.model_dir, device, sizes, args.out, args.budget, summary)
+    if args.model_dir is None:  # decisive: clear answers, so a flip means something
         from ofa_ve_engine.demo_checkpoint import write_demo_checkpoint
 
         scratch = Path(tempfile.mkdtemp(prefix="gpu-check-"))
         atexit.register(shutil.rmtree, scratch, ignore_errors=True)
-        model_dir, summary["weights"] = (write_demo_checkpoint(scratch / "m", decisive=True),
-                                         "decisive demo checkpoint")
-    else:
-        summary["weights"] = f"given model directory {model_dir}"
-    run, missing = Run(model_dir, device, sizes, args.out), None
+        check.model_dir = write_demo_checkpoint(scratch / "m", decisive=True)
+    summary["weights"] = (f"given model directory {args.model_dir}" if args.model_dir
+                          else "decisive demo checkpoint")
+    missing = None
     for key in PARTS[args.part]:
         if key in SERVER_STEPS and missing is None:  # asked late: may fail, not stop the rest
             missing = server_prerequisites()
             if missing:
                 check.add(Step("tritonserver + perf_analyzer", "skipped", notes=missing))
         if not (key in SERVER_STEPS and missing):
-            check.run(STEP_NAMES[key], sizes.step_budget_s[key], functools.partial(
-                STEPS[key], run), min_s=20.0 if key in SERVER_STEPS else 5.0)
+            check.run(STEP_NAMES[key], sizes.step_budget_s[key], STEPS[key],
+                      min_s=20.0 if key in SERVER_STEPS else 5.0)
     summary["finished"] = True
     check.add()
     print("\n" + summary_markdown(summary), flush=True)

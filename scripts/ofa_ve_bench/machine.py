@@ -8,11 +8,15 @@ reading (`ofa_ve_engine.cpu_features`), the one that decides whether bfloat16 is
 
 from __future__ import annotations
 
+import datetime as dt
+import importlib
+import importlib.metadata
 import json
 import os
 import platform
 import shutil
 import subprocess
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -55,29 +59,35 @@ class Machine:
 
 def describe(device: str = "cpu") -> Machine:
     """The machine now: CPU model and features, cores, torch and its threads, the GPU."""
-    version, threads, features, gpu = "not installed", 0, (), None
+    torch_version, threads, features, gpu = "not installed", 0, (), None
     try:
         import torch
         from ofa_ve_engine import cpu_features
 
-        version, threads = torch.__version__, torch.get_num_threads()
+        torch_version, threads = torch.__version__, torch.get_num_threads()
         fast = {flag for flags in cpu_features.FAST_FLAGS.values() for flag in flags}
         features = tuple(sorted(cpu_features.cpu_flags() & fast))
         if device.startswith("cuda") and torch.cuda.is_available():
             gpu = torch.cuda.get_device_name(torch.device(device))
     except ImportError:
         pass
-    return Machine(
-        host=platform.node(),
-        cpu=procfs.cpu_model() or platform.processor() or platform.machine(),
-        cpu_features=features,
-        cores=os.cpu_count() or 1,
-        torch=version,
-        torch_threads=threads,
-        device=device,
-        gpu=gpu,
-        load_average=load_average(),
-    )
+    cpu = procfs.cpu_model() or platform.processor() or platform.machine()
+    return Machine(platform.node(), cpu, features, os.cpu_count() or 1, torch_version, threads,
+                   device, gpu, load_average())
+
+
+def version(name: str, imported: bool = True) -> str:
+    """`name`'s version as this Python imports it (and from where), or as installed."""
+    try:
+        if not imported:
+            return importlib.metadata.version(name)
+        module = importlib.import_module(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+    except Exception as exc:  # missing, or broken against this numpy/torch
+        return f"not importable ({type(exc).__name__}: {exc})"[:200]
+    found = getattr(module, "__version__", None) or version(name, imported=False)
+    return f"{found} ({Path(getattr(module, '__file__', '') or '?').parent})"
 
 
 def nvidia_smi_csv(*query: str) -> str | None:
@@ -86,13 +96,8 @@ def nvidia_smi_csv(*query: str) -> str | None:
     if not shutil.which("nvidia-smi"):
         return None
     try:
-        return subprocess.run(
-            ["nvidia-smi", *query, "--format=csv,noheader,nounits"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-            check=True,
-        ).stdout
+        return subprocess.run(["nvidia-smi", *query, "--format=csv,noheader,nounits"],
+                              capture_output=True, text=True, timeout=20, check=True).stdout
     except (OSError, subprocess.SubprocessError):
         return None
 
@@ -102,3 +107,8 @@ def report(results: object, text: str, path: Path | None) -> None:
     print(text)
     if path is not None:
         path.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def say(tool: str, message: str) -> None:
+    """A tool's progress line, timed, on stderr (stdout is for its results)."""
+    print(f"[{tool} {dt.datetime.now():%H:%M:%S}] {message}", file=sys.stderr, flush=True)

@@ -79,11 +79,6 @@ def apply(config: Any, edits: ConfigEdits) -> Any:
     return config
 
 
-def parameters(config: Any) -> dict[str, str]:
-    """The message's `parameters` as name -> string value."""
-    return {key: value.string_value for key, value in config.parameters.items()}
-
-
 def make_model_repository(dest: Path, edits: ConfigEdits, source: Path = MODEL_REPOSITORY) -> Path:
     """A copy of `source` (the model repository) whose config.pbtxt carries `edits`."""
     shutil.copytree(  # a weights/ link (make serve's) stays a link: no copy of the weights
@@ -96,8 +91,3 @@ def make_model_repository(dest: Path, edits: ConfigEdits, source: Path = MODEL_R
         + to_text(config)
     )
     return dest
-
-
-def preferred_sizes(text: str | None) -> list[int] | None:
-    """`--preferred 4,8` -> [4, 8]; None stays None (leave the committed sizes)."""
-    return None if text is None else [int(part) for part in text.split(",") if part.strip()]

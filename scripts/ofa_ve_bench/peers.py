@@ -17,12 +17,12 @@ what each row is).
 from __future__ import annotations
 
 import argparse
-import itertools
+import functools
 import logging
 import statistics
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,16 +31,13 @@ import numpy as np
 from ofa_ve_data import workload
 
 from ofa_ve_bench import machine
-from ofa_ve_bench.results import timed
+from ofa_ve_bench.engine_runner import Predict, load_engine, predict_all, prepare_all
+from ofa_ve_bench.results import compare, listed, markdown_table, timed
 
 PRECISIONS = ("float32", "bfloat16", "int8")
-RUNTIMES = ("ours", "onnxruntime", "openvino")
 REFERENCE = ("ours", "float32")
 FLOAT32_TOLERANCE = 1e-4
 """Largest probability difference to ours in float32 that a float32 peer may show."""
-
-Run = Callable[[Sequence[Any]], np.ndarray]
-"""``run(items) -> [len(items), 3]`` probabilities in LABELS order."""
 
 
 @dataclass
@@ -49,7 +46,7 @@ class Peer:
 
     runtime: str
     precision: str
-    run: Run | None
+    run: Predict | None
     note: str = ""
 
 
@@ -69,52 +66,30 @@ class Row:
     latencies_ms: list[float] = field(default_factory=list, repr=False)
 
 
-def _say(message: str) -> None:
-    print(f"peers: {message}", file=sys.stderr, flush=True)
-
-
-def compare(reference: np.ndarray, probs: np.ndarray) -> tuple[float, float]:
-    """Largest absolute probability difference and the share of equal labels."""
-    if reference.shape != probs.shape:
-        raise ValueError(f"shapes differ: {reference.shape} and {probs.shape}")
-    diff = float(np.abs(reference.astype(np.float64) - probs).max())
-    agreement = float((reference.argmax(1) == probs.argmax(1)).mean())
-    return diff, agreement
-
-
-def outputs_of(run: Run, items: Sequence[Any]) -> np.ndarray:
-    """[N, 3]: ``run`` over every item, one item per call."""
-    return np.concatenate([np.asarray(run([item]), dtype=np.float32) for item in items])
-
-
-def time_calls(run: Run, items: Sequence[Any], seconds: float, start: int = 0) -> list[float]:
-    """Milliseconds of one-item calls through ``items`` (from ``start``), for ``seconds``
-    (at least one call)."""
-    return timed("", 1, lambda n: run([items[(start + n) % len(items)]]), seconds).latencies_ms
+say = functools.partial(machine.say, "peers")
 
 
 def side_by_side(
     peers: Sequence[Peer], items: Sequence[Any], *, seconds: float, rounds: int = 3
 ) -> list[Row]:
-    """Each runnable peer's outputs over ``items`` (after one set-up call) against the
-    ours/float32 peer's, then its time per call: the peers take turns, ``rounds`` times,
-    ``seconds / rounds`` each, so that a change of load falls on all of them."""
-    runnable = [p for p in peers if p.run is not None]
-    keys = [(p.runtime, p.precision) for p in runnable]
-    if REFERENCE not in keys:
+    """Each runnable peer's outputs over ``items``, one item per call (after one set-up
+    call), against the ours/float32 peer's, then its time per call: the peers take turns,
+    ``rounds`` times, ``seconds / rounds`` each, so that a change of load falls on all."""
+    runnable = {(p.runtime, p.precision): p.run for p in peers if p.run is not None}
+    if REFERENCE not in runnable:
         raise ValueError("the ours/float32 peer is the reference and must run")
     outputs: dict[tuple[str, str], np.ndarray] = {}
-    for peer in runnable:
-        _say(f"{peer.runtime} {peer.precision}: every item once")
-        peer.run([items[0]])
-        outputs[(peer.runtime, peer.precision)] = outputs_of(peer.run, items)
-    latencies: dict[tuple[str, str], list[float]] = {key: [] for key in keys}
+    for key, run in runnable.items():
+        say(f"{' '.join(key)}: every item once")
+        run([items[0]])
+        outputs[key] = predict_all(run, items, 1)
+    latencies: dict[tuple[str, str], list[float]] = {key: [] for key in runnable}
     rounds = max(1, rounds)
     for r in range(rounds):
-        _say(f"round {r + 1} of {rounds}: {seconds / rounds:g} s each")
-        for peer, key in zip(runnable, keys, strict=True):
-            latencies[key] += time_calls(peer.run, items, seconds / rounds, start=r)
-    reference = outputs[REFERENCE]
+        say(f"round {r + 1} of {rounds}: {seconds / rounds:g} s each")
+        for key, run in runnable.items():
+            one = lambda n, run=run, r=r: run([items[(r + n) % len(items)]])  # noqa: E731
+            latencies[key] += timed("", 1, one, seconds / rounds).latencies_ms
     rows = []
     for peer in peers:
         row = Row(peer.runtime, peer.precision, note=peer.note)
@@ -123,7 +98,9 @@ def side_by_side(
             row.latencies_ms = latencies[key]
             row.calls_timed = len(row.latencies_ms)
             row.ms_per_item = statistics.median(row.latencies_ms)
-            row.max_prob_diff, row.label_agreement = compare(reference, outputs[key])
+            figures = compare(outputs[REFERENCE], outputs[key])
+            row.max_prob_diff, row.label_agreement = (
+                figures["max_prob_diff"], figures["label_agreement"])
             if peer.precision == "float32":
                 row.within_tolerance = row.max_prob_diff <= FLOAT32_TOLERANCE
         rows.append(row)
@@ -132,13 +109,7 @@ def side_by_side(
 
 def markdown(rows: Sequence[Row], machine_line: str) -> str:
     """The rows as a Markdown table, with the machine they ran on above it."""
-    lines = [
-        f"Machine: {machine_line}",
-        "",
-        "| runtime | precision | ms per item | calls | largest prob. diff vs ours float32 "
-        "| labels equal | note |",
-        "| --- | --- | ---: | ---: | ---: | ---: | --- |",
-    ]
+    cells = []
     for row in rows:
         ms, diff, agreement = (
             "" if x is None else format(x, f)
@@ -146,58 +117,46 @@ def markdown(rows: Sequence[Row], machine_line: str) -> str:
                          (row.label_agreement, ".1%"))
         )
         diff += f" (over {FLOAT32_TOLERANCE:g})" if row.within_tolerance is False else ""
-        lines.append(
-            f"| {row.runtime} | {row.precision} | {ms} | {row.calls_timed or ''} | {diff} "
-            f"| {agreement} | {row.note} |"
-        )
-    return "\n".join(lines)
+        cells.append((row.runtime, row.precision, ms, row.calls_timed or "", diff, agreement,
+                      row.note))
+    columns = ("runtime", "precision", "ms per item:", "calls:",
+               "largest prob. diff vs ours float32:", "labels equal:", "note")
+    return "\n".join([f"Machine: {machine_line}", "", *markdown_table(columns, cells)])
 
 
 # ------------------------------------------------------------------ the runtimes
 
 
 def ours(model_dir: Path, precision: str, params: dict[str, str]) -> tuple[Peer, Any]:
-    """The engine as it serves, one item per forward pass, and the engine (None where
-    not run)."""
+    """The engine as it serves, one item per forward pass, and the engine."""
     import torch
     from ofa_ve_engine import cpu_features
 
-    from ofa_ve_bench.engine_runner import build_engine
-
     note = ""
-    if precision == "int8":
-        params = {**params, "dtype": "float32", "quantization": "int8"}
-        dtype = torch.float32
-        note = "quantization int8: the ResNet stem in int8, the rest float32"
-        try:
+    try:
+        if precision == "int8":
+            note = "quantization int8: the ResNet stem in int8, the rest float32"
             cpu_features.check_cpu_int8()
-        except ValueError:
-            note += "; this CPU has no int8 dot-product instructions (served: refused)"
-    else:
-        dtype = getattr(torch, precision)
-        try:
-            cpu_features.check_cpu_dtype(dtype)
-        except ValueError:
-            note = "emulated: this CPU has no native bfloat16"
-    engine = build_engine(model_dir, "cpu", params, dtype=dtype, forward_batch_size=1)
+        else:
+            cpu_features.check_cpu_dtype(getattr(torch, precision))
+    except ValueError:
+        note += ("; this CPU has no int8 dot-product instructions (served: refused)" if note
+                 else "emulated: this CPU has no native bfloat16")
+    engine = load_engine(model_dir, "cpu", precision, 1, params)
     return Peer("ours", precision, engine.predict, note), engine
 
 
 def onnxruntime_peer(onnx_path: Path, precision: str, threads: int, pad_id: int) -> Peer:
     """ONNX Runtime's CPU provider on the exported graph (float32 only)."""
     if precision != "float32":
-        note = (
-            "not run: no bfloat16 inference mode in ONNX Runtime's x86 CPU provider"
-            if precision == "bfloat16"
-            else "not run yet: needs onnxruntime.quantization"
-        )
-        return Peer("onnxruntime", precision, None, note)
+        return Peer("onnxruntime", precision, None, "not run yet: needs onnxruntime.quantization"
+                    if precision == "int8" else
+                    "not run: no bfloat16 inference mode in ONNX Runtime's x86 CPU provider")
     from ofa_ve_ops.export_onnx import network_inputs, ort_session
 
     session = ort_session(onnx_path, threads)
-    return Peer(
-        "onnxruntime", precision, lambda items: session.run(None, network_inputs(items, pad_id))[0]
-    )
+    return Peer("onnxruntime", precision,
+                lambda items: session.run(None, network_inputs(items, pad_id))[0])
 
 
 OPENVINO_PRECISION = {"float32": "f32", "bfloat16": "bf16"}
@@ -209,14 +168,9 @@ DEFAULT_INT8_IGNORED = ("Gather",)
 fails on the token embedding's Gather otherwise)."""
 
 
-def openvino_peer(
-    onnx_path: Path,
-    precision: str,
-    threads: int,
-    pad_id: int,
-    calibration: Sequence[dict[str, np.ndarray]] = (),
-    int8_ignored: Sequence[str] = DEFAULT_INT8_IGNORED,
-) -> Peer:
+def openvino_peer(onnx_path: Path, precision: str, threads: int, pad_id: int,
+                  calibration: Sequence[dict[str, np.ndarray]] = (),
+                  int8_ignored: Sequence[str] = DEFAULT_INT8_IGNORED) -> Peer:
     """OpenVINO's CPU plugin on the exported graph, in latency mode; bfloat16 through
     its inference-precision hint where the CPU has bfloat16; int8 through NNCF's
     post-training quantisation (transformer mode, ``int8_ignored`` operation types left
@@ -224,13 +178,10 @@ def openvino_peer(
     import openvino as ov
     from ofa_ve_ops.export_onnx import network_inputs
 
-    core = ov.Core()
+    core, note = ov.Core(), ""
     model: Any = str(onnx_path)
-    hint = OPENVINO_PRECISION.get(precision, "f32")
-    note = ""
-    if precision == "bfloat16" and "BF16" not in core.get_property(
-        "CPU", "OPTIMIZATION_CAPABILITIES"
-    ):
+    capabilities = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    if precision == "bfloat16" and "BF16" not in capabilities:
         return Peer("openvino", precision, None, "not run: this CPU has no bfloat16")
     if precision == "int8":
         try:
@@ -240,38 +191,21 @@ def openvino_peer(
         if not calibration:
             return Peer("openvino", precision, None, "not run: no calibration items")
         nncf.set_log_level(logging.ERROR)
-        model = nncf.quantize(
-            core.read_model(str(onnx_path)),
-            nncf.Dataset(list(calibration)),
-            model_type=nncf.ModelType.TRANSFORMER,
-            subset_size=len(calibration),
-            ignored_scope=nncf.IgnoredScope(types=list(int8_ignored)) if int8_ignored else None,
-        )
-        note = (
-            f"NNCF post-training, transformer mode, {len(calibration)} calibration items; "
-            f"in float32: {', '.join(int8_ignored) or 'nothing'}"
-        )
-    config = {"INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": threads}
-    compiled = core.compile_model(model, "CPU", {**config, "PERFORMANCE_HINT": "LATENCY"})
+        ignored = nncf.IgnoredScope(types=list(int8_ignored)) if int8_ignored else None
+        model = nncf.quantize(core.read_model(str(onnx_path)), nncf.Dataset(list(calibration)),
+                              model_type=nncf.ModelType.TRANSFORMER,
+                              subset_size=len(calibration), ignored_scope=ignored)
+        note = (f"NNCF post-training, transformer mode, {len(calibration)} calibration items; "
+                f"in float32: {', '.join(int8_ignored) or 'nothing'}")
+    config = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISION.get(precision, "f32"),
+              "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+    compiled = core.compile_model(model, "CPU", config)
     request, output = compiled.create_infer_request(), compiled.output(0)
 
     def run(items: Sequence[Any]) -> np.ndarray:
         return request.infer(network_inputs(items, pad_id))[output]
 
     return Peer("openvino", precision, run, note)
-
-
-def versions() -> dict[str, str]:
-    """The runtimes' versions (where installed)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    def of(name: str) -> str:
-        try:
-            return version(name)
-        except PackageNotFoundError:
-            return "not installed"
-
-    return {name: of(name) for name in ("torch", "onnxruntime", "openvino", "onnx", "numpy")}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -295,50 +229,45 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    precisions = listed(args.precisions)
     if set(precisions) - set(PRECISIONS) or "float32" not in precisions:
-        _say(f"precisions are {PRECISIONS}, float32 among them")
+        say(f"precisions are {PRECISIONS}, float32 among them")
         return 2
+    precisions = sorted(set(precisions), key=PRECISIONS.index)  # float32 first
     import torch
     from ofa_ve_engine.parameters import parse_assignments
     from ofa_ve_ops import export_onnx
-
-    from ofa_ve_bench.engine_runner import prepare_all
 
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
     params = parse_assignments(args.param)
     texts = workload.LOAD_TEXTS
-    jpegs = workload.distinct_jpegs(args.items)
-    work = [(image, *texts[i % len(texts)]) for i, image in enumerate(jpegs)]
-    loaded = [ours(args.model_dir, p, params) for p in precisions]
-    peers = [peer for peer, _ in loaded]
-    engine = loaded[precisions.index("float32")][1]
+    work = [(image, *texts[i % len(texts)]) for i, image in
+            enumerate(workload.distinct_jpegs(args.items))]
+    ours_peers = [ours(args.model_dir, p, params) for p in precisions]
+    engine = ours_peers[0][1]  # float32's: it prepares the items for every peer
     items = prepare_all(engine, work)
     pad_id = engine.tokenizer.pad_id
     with tempfile.TemporaryDirectory(prefix="ofa-ve-peers-") as tmp:
         onnx_path = args.onnx or Path(tmp) / "ofa_ve.onnx"
         if args.onnx is None:
-            _say("exporting the network and checking it with ONNX Runtime")
+            say("exporting the network and checking it with ONNX Runtime")
             try:
                 export_onnx.export_checked(args.model_dir, onnx_path, items=items)
             except export_onnx.ExportError as e:
-                _say(str(e))
+                say(str(e))
                 return 1
         calibration = []
         if "int8" in precisions:
-            _say("int8: calibrating on the workload's test images")
+            say("int8: calibrating on the workload's test images")
             calibrating = prepare_all(engine, workload.items())
             calibration = [export_onnx.network_inputs([item], pad_id) for item in calibrating]
-        ignored = tuple(t for t in args.int8_ignore.split(",") if t)
-        for precision in precisions:
-            peers.append(onnxruntime_peer(onnx_path, precision, threads, pad_id))
-            peers.append(
-                openvino_peer(onnx_path, precision, threads, pad_id, calibration, ignored)
-            )
-        order = {(r, p): i for i, (p, r) in enumerate(itertools.product(PRECISIONS, RUNTIMES))}
-        peers.sort(key=lambda peer: order[(peer.runtime, peer.precision)])
+        peers = []
+        for (peer, _), precision in zip(ours_peers, precisions, strict=True):
+            peers += [peer, onnxruntime_peer(onnx_path, precision, threads, pad_id),
+                      openvino_peer(onnx_path, precision, threads, pad_id, calibration,
+                                    listed(args.int8_ignore))]
         described = machine.describe("cpu")
         rows = side_by_side(peers, items, seconds=args.seconds, rounds=args.rounds)
     results = {
@@ -352,13 +281,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "int8_ignored": args.int8_ignore,
         "model_dir": str(args.model_dir),
         "params": params,
-        "versions": versions(),
+        "versions": {name: machine.version(name, imported=False)
+                     for name in ("torch", "onnxruntime", "openvino", "onnx", "numpy")},
         "rows": [asdict(row) for row in rows],
     }
     machine.report(results, markdown(rows, str(described)), args.out)
     failed = [r for r in rows if r.within_tolerance is False]
     for r in failed:
-        _say(f"{r.runtime} float32 differs from ours by {r.max_prob_diff:.3g}")
+        say(f"{r.runtime} float32 differs from ours by {r.max_prob_diff:.3g}")
     return 1 if failed else 0
 
 

@@ -30,6 +30,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 from ofa_ve_data import workload
 from ofa_ve_data.workload import IMAGES_DIR
@@ -37,6 +38,7 @@ from ofa_ve_ops import triton_runtime
 from ofa_ve_ops.paths import MODEL_NAME
 
 from ofa_ve_bench.machine import load_average
+from ofa_ve_bench.results import listed, load_name, markdown_table
 
 
 def bytes_value(data: bytes) -> dict[str, object]:
@@ -135,109 +137,76 @@ def find_perf_analyzer(env: dict[str, str] | None = None) -> str:
     raise FileNotFoundError("perf_analyzer not found (install tritonclient[grpc]==2.51.0)")
 
 
-def run_point(
-    *,
-    url: str,
-    input_data: Path,
-    mode: str,
-    level: float,
-    work_dir: Path,
-    model: str = MODEL_NAME,
-    protocol: str = "grpc",
-    measurement_ms: int = 5000,
-    stability: int = 25,
-    max_trials: int = 6,
-    request_count: int = 0,
-    max_threads: int = 16,
-    timeout_s: float = 600.0,
-    stats_url: str | None = None,
-) -> SweepPoint:
+def run_point(*, url: str, input_data: Path, mode: str, level: float, work_dir: Path,
+              model: str = MODEL_NAME, protocol: str = "grpc", measurement_ms: int = 5000,
+              stability: int = 25, max_trials: int = 6, request_count: int = 0,
+              max_threads: int = 16, timeout_s: float = 600.0, stats_url: str | None = None,
+              ) -> SweepPoint:
     """One perf_analyzer run at one load level, bracketed by the server's counters
     (read at ``stats_url``, a gRPC address; ``url`` when the load goes over gRPC)."""
     env = triton_runtime.server_env(triton_runtime.prepare_runtime())
-    csv_path = work_dir / f"pa_{mode}_{level:g}.csv"
+    name = f"pa_{mode}_{level:g}"
+    csv_path = work_dir / f"{name}.csv"
     csv_path.unlink(missing_ok=True)
-    cmd = [find_perf_analyzer(env), "-m", model, "-u", url, "-i", protocol]
-    cmd += ["--input-data", str(input_data), "-f", str(csv_path), "--verbose-csv"]
+    cmd = [find_perf_analyzer(env), "-m", model, "-u", url, "-i", protocol,
+           "--input-data", str(input_data), "-f", str(csv_path), "--verbose-csv"]
     if mode == "concurrency":
         cmd += ["--concurrency-range", f"{level:g}:{level:g}"]
     else:  # constant spacing: exactly `level` requests/s are offered
-        cmd += ["--request-rate-range", f"{level:g}:{level:g}", "--request-distribution"]
-        cmd += ["constant", "--max-threads", str(max_threads)]
+        cmd += ["--request-rate-range", f"{level:g}:{level:g}", "--request-distribution",
+                "constant", "--max-threads", str(max_threads)]
         request_count = request_count and max(request_count, math.ceil(level))  # its minimum
     if request_count:
         cmd += ["--request-count", str(request_count)]
     else:
         cmd += ["-p", str(measurement_ms), "-s", str(stability), "-r", str(max_trials)]
-    stats_url = stats_url or url
-    load_before = load_average()
-    before = server_counters(stats_url, model)
+    load_before, before = load_average(), server_counters(stats_url or url, model)
     started = time.monotonic()
     try:
-        proc = subprocess.run(
-            cmd, env=env, capture_output=True, text=True, timeout=timeout_s, check=False
-        )
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s,
+                              check=False)
         output, code = proc.stdout + proc.stderr, proc.returncode
     except subprocess.TimeoutExpired as exc:  # run() has killed it
         output, code = f"{exc.stdout or ''}{exc.stderr or ''}", -1
     seconds = time.monotonic() - started
-    after = server_counters(stats_url, model)
-    (work_dir / f"pa_{mode}_{level:g}.log").write_text(" ".join(cmd) + "\n\n" + str(output))
-
+    after = server_counters(stats_url or url, model)
+    (work_dir / f"{name}.log").write_text(" ".join(cmd) + "\n\n" + output)
     delta = {key: after[key] - before[key] for key in after}
-    point: dict[str, object] = {
-        "mode": mode,
-        "level": level,
-        "server_requests": delta["success"],
-        "errors": delta["fail"],
-        "avg_batch": round(delta["inferences"] / delta["executions"], 2)
-        if delta["executions"]
-        else 0.0,
-        "seconds": round(seconds, 1),
-        "load_before": round(load_before, 2),
-    }
+    note = ""
     try:
         if code != 0:
             raise ValueError(f"perf_analyzer exited with {code}")
         measured = parse_perf_csv(csv_path.read_text())
     except (OSError, ValueError, KeyError) as exc:
-        last = [line for line in str(output).splitlines() if line.strip()][-3:]
+        last = [line for line in output.splitlines() if line.strip()][-3:]
         measured = dict.fromkeys(["throughput", *CSV_COLUMNS], 0.0)
-        point["errors"] = int(point["errors"]) + 1
-        point["note"] = f"{exc}: {' | '.join(last)}"[:300]
-    return SweepPoint(**{**measured, **point})
+        note = f"{exc}: {' | '.join(last)}"[:300]
+    executions = delta["executions"]
+    return SweepPoint(
+        mode=mode, level=level, **measured, server_requests=delta["success"],
+        errors=delta["fail"] + bool(note),
+        avg_batch=round(delta["inferences"] / executions, 2) if executions else 0.0,
+        seconds=round(seconds, 1), load_before=round(load_before, 2), note=note,
+    )
 
 
 def format_table(points: Sequence[SweepPoint]) -> str:
     """A Markdown table: throughput, latency percentiles, where the time went."""
-    lines = [
-        "| load | infer/s | p50 ms | p95 ms | p99 ms | queue ms | compute ms "
-        "| avg batch | requests | errors | load avg |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for p in points:
-        what = f"c={p.level:g}" if p.mode == "concurrency" else f"{p.level:g} req/s"
-        lines.append(
-            f"| {what} | {p.throughput:.2f} | {p.p50_ms:.1f} | {p.p95_ms:.1f} | {p.p99_ms:.1f} "
-            f"| {p.server_queue_ms:.1f} | {p.server_compute_ms:.1f} | {p.avg_batch:.2f} "
-            f"| {p.server_requests} | {p.errors} | {p.load_before:.1f} |"
-        )
+    columns = ("load", "infer/s:", "p50 ms:", "p95 ms:", "p99 ms:", "queue ms:", "compute ms:",
+               "avg batch:", "requests:", "errors:", "load avg:")
+    rows = [(load_name(p.mode, p.level), f"{p.throughput:.2f}", f"{p.p50_ms:.1f}",
+             f"{p.p95_ms:.1f}", f"{p.p99_ms:.1f}", f"{p.server_queue_ms:.1f}",
+             f"{p.server_compute_ms:.1f}", f"{p.avg_batch:.2f}", p.server_requests, p.errors,
+             f"{p.load_before:.1f}") for p in points]
     notes = [f"- {p.mode} {p.level:g}: {p.note}" for p in points if p.note]
-    return "\n".join(lines + (["", *notes] if notes else []))
+    return "\n".join(markdown_table(columns, rows) + (["", *notes] if notes else []))
 
 
-def sweep(
-    *,
-    url: str,
-    out_dir: Path,
-    concurrency: Sequence[int] = (),
-    request_rates: Sequence[float] = (),
-    images_dir: Path = IMAGES_DIR,
-    formats: str = "all",
-    steps: int = 0,
-    items: Sequence[tuple[bytes, str, str]] | None = None,
-    **point_options: object,
-) -> list[SweepPoint]:
+def sweep(*, url: str, out_dir: Path, concurrency: Sequence[int] = (),
+          request_rates: Sequence[float] = (), images_dir: Path = IMAGES_DIR,
+          formats: str = "all", steps: int = 0,
+          items: Sequence[tuple[bytes, str, str]] | None = None, **point_options: Any,
+          ) -> list[SweepPoint]:
     """Every concurrency level, then every request rate (``point_options`` go to
     `run_point`); writes sweep.csv and sweep.md. ``items`` (image bytes, hypothesis,
     premise) replace the test images of ``formats``."""
@@ -249,8 +218,8 @@ def sweep(
     plan += [("request_rate", float(r)) for r in request_rates]
     points = []
     for mode, level in plan:
-        where = {"url": url, "input_data": input_data, "work_dir": out_dir}
-        p = run_point(mode=mode, level=level, **where, **point_options)  # type: ignore[arg-type]
+        p = run_point(url=url, input_data=input_data, work_dir=out_dir, mode=mode, level=level,
+                      **point_options)
         points.append(p)
         print(
             f"{mode} {level:g}: {p.throughput:.2f} infer/s, p50 {p.p50_ms:.1f} ms, p99 "
@@ -261,16 +230,10 @@ def sweep(
     with (out_dir / "sweep.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=[f.name for f in fields(SweepPoint)])
         writer.writeheader()
-        for p in points:
-            row = asdict(p)
-            writer.writerow({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()})
+        writer.writerows({k: round(v, 3) if isinstance(v, float) else v
+                          for k, v in asdict(p).items()} for p in points)
     (out_dir / "sweep.md").write_text(format_table(points) + "\n")
     return points
-
-
-def numbers(text: str, kind: type) -> list:
-    """`"1,2,4"` -> [1, 2, 4] of `kind` (empty parts skipped)."""
-    return [kind(part) for part in text.split(",") if part.strip()]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -280,8 +243,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     add("--protocol", default="grpc", choices=["grpc", "http"])
     add("--stats-url", help="gRPC address for server statistics (default: --url; set for http)")
     add("--model", default=MODEL_NAME)
-    add("--concurrency", default="1,2,4,8", type=lambda s: numbers(s, int), metavar="N,N,..")
-    add("--request-rate", dest="request_rates", default="", type=lambda s: numbers(s, float),
+    add("--concurrency", default="1,2,4,8", type=lambda s: listed(s, int), metavar="N,N,..")
+    add("--request-rate", dest="request_rates", default="", type=lambda s: listed(s, float),
         metavar="R,R,..", help="requests/s offered")
     add("--out-dir", type=Path, required=True)
     add("--images", dest="images_dir", type=Path, default=IMAGES_DIR, metavar="DIR")

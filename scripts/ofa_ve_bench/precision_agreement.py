@@ -24,53 +24,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 from ofa_ve_data import workload
 
 from ofa_ve_bench import machine
+from ofa_ve_bench.engine_runner import agreement
+from ofa_ve_bench.results import listed
 
 DEFAULT_DTYPES = {"cpu": ("bfloat16", "int8"), "cuda": ("float16", "bfloat16")}
 """float16 has no fast CPU kernels."""
-PRECISION_PARAMS = {"int8": {"dtype": "float32", "quantization": "int8"}}
-"""The config.pbtxt parameters of a precision that is not a dtype name."""
-
-
-def load_engine(model_dir: Path, device: str, dtype: str, batch_size: int):
-    """The engine in `dtype` (or `int8`) on `device`, forward passes of up to `batch_size`
-    items."""
-    from ofa_ve_bench.engine_runner import build_engine
-
-    params = PRECISION_PARAMS.get(dtype, {"dtype": dtype})
-    return build_engine(model_dir, device, params, forward_batch_size=batch_size)
-
-
-def run(engine, items: list, batch_size: int) -> np.ndarray:
-    return np.concatenate(
-        [engine.predict(items[i : i + batch_size]) for i in range(0, len(items), batch_size)]
-    )
-
-
-def compare(reference: np.ndarray, other: np.ndarray) -> dict[str, object]:
-    """Label agreement and probability differences of ``other`` against ``reference``."""
-    ref_labels, labels = reference.argmax(1), other.argmax(1)
-    ordered = np.sort(reference, axis=1)
-    margins = ordered[:, -1] - ordered[:, -2]
-    diff = np.abs(reference - other).max(axis=1)
-    flips = np.flatnonzero(ref_labels != labels)
-    clear = margins > 0.05
-    return {
-        "pairs": len(reference),
-        "label_agreement": round(float((ref_labels == labels).mean()), 5),
-        "max_prob_diff": float(diff.max()),
-        "mean_prob_diff": float(diff.mean()),
-        "flips": len(flips),
-        "flip_margins_fp32": [round(float(margins[i]), 5) for i in flips],
-        "pairs_with_margin_over_0.05": int(clear.sum()),
-        "agreement_margin_over_0.05": (
-            round(float((ref_labels[clear] == labels[clear]).mean()), 5) if clear.any() else None
-        ),
-        "median_fp32_margin": round(float(np.median(margins)), 5),
-    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -88,40 +49,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import torch
+    from ofa_ve_engine.settings import TaskSettings
 
-    devices = [d for d in args.devices.split(",") if d] or (
-        ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
-    )
+    devices = listed(args.devices) or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     # Every image with every hypothesis, every other pair with a premise.
     work = workload.agreement_items("all", args.images)[: args.max_pairs or None]
+    weights = "demo (random)" if TaskSettings.from_model_dir(args.model_dir).demo else "real"
     results = {
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": str(machine.describe(devices[-1])),
         "model_dir": str(args.model_dir),
         "comparisons": [],
     }
-    # float32 means float32: no TF32 in the reference.
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
     failed = False
     for device in devices:
-        kind = torch.device(device).type
-        dtypes = [d for d in args.dtypes.split(",") if d] or list(DEFAULT_DTYPES[kind])
-        engine = load_engine(args.model_dir, device, "float32", args.batch_size)
-        items = [engine.prepare(image, h, prem or None) for image, h, prem in work]
-        reference = run(engine, items, args.batch_size)
-        weights = "demo (random)" if engine.is_demo else "real"
-        print(f"{device}: float32 reference over {len(items)} pairs ({weights} weights)")
-        del engine
-        for name in dtypes:
-            engine = load_engine(args.model_dir, device, name, args.batch_size)
-            row = {"device": device, "dtype": name, "weights": weights}
-            row.update(compare(reference, run(engine, items, args.batch_size)))
-            del engine
-            results["comparisons"].append(row)
+        dtypes = listed(args.dtypes) or DEFAULT_DTYPES[torch.device(device).type]
+        print(f"{device}: against float32 over {len(work)} pairs ({weights} weights)")
+        for row in agreement(args.model_dir, device, dtypes, work, batch_size=args.batch_size):
+            results["comparisons"].append({**row, "weights": weights})
             failed |= row["label_agreement"] < args.min_agreement
             print(
-                f"  {name}: label agreement {row['label_agreement']:.2%} "
+                f"  {row['dtype']}: label agreement {row['label_agreement']:.2%} "
                 f"({row['flips']} flips of {row['pairs']}; fp32 margins of the flips "
                 f"{row['flip_margins_fp32'][:8]}), max |dp| {row['max_prob_diff']:.2e}, "
                 f"agreement where fp32 margin > 0.05: {row['agreement_margin_over_0.05']} "

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ofa_ve_bench import machine
-from ofa_ve_bench.results import timed
+from ofa_ve_bench.results import listed, timed
 
 GFLOP_PER_ITEM = 38.5  # multiply-adds x 2 of one item at 480 px (docs/benchmarks.md)
 DTYPES = ("float32", "bfloat16")
@@ -54,13 +54,11 @@ _CONV_SHAPE = re.compile(
 
 def best_rate(step: Callable[[], object], flop: float, seconds: float) -> float:
     """GFLOP/s of `step` (`flop` per call): the best timed window of at least 0.2 s (and 3
-    calls) within `seconds`, after 3 warm-up calls (oneDNN caches its kernels)."""
-    for _ in range(3):
-        step()
-    best, end = 0.0, time.perf_counter() + seconds
+    calls) within `seconds`, the first after 3 warm-up calls (oneDNN caches its kernels)."""
+    best, end, warmup = 0.0, time.perf_counter() + seconds, 3
     while time.perf_counter() < end:
-        window = timed("", 1, lambda _: step(), 0.2, min_calls=3)
-        best = max(best, flop * window.items_per_s / 1e9)
+        window = timed("", 1, lambda _: step(), 0.2, min_calls=3, warmup=warmup)
+        best, warmup = max(best, flop * window.items_per_s / 1e9), 0
     return best
 
 
@@ -89,8 +87,8 @@ def measure_peak(seconds: float, dtypes: Sequence[str] = DTYPES) -> dict[str, di
                     )
                 flop = 2.0 * batch * channels * channels * 9 * size * size
                 for how, step in steps.items():
-                    rate = best_rate(step, flop, seconds)
-                    rates[f"conv3x3_{channels}ch_{size}px_b{batch}_{how}"] = rate
+                    key = f"conv3x3_{channels}ch_{size}px_b{batch}_{how}"
+                    rates[key] = best_rate(step, flop, seconds)
             linear = torch.nn.Linear(256, 1024).to(dtype=dtype).eval()
             step = functools.partial(linear, torch.randn(930, 256, dtype=dtype))
             rates["linear_930x256x1024"] = best_rate(step, 2.0 * 930 * 256 * 1024, seconds)
@@ -109,8 +107,8 @@ def peak_report(rates: dict[str, dict[str, float]]) -> str:
     for shape in rates[dtypes[0]]:
         lines.append(f"{shape:<32}" + "".join(f"{rates[d][shape]:>12.0f}" for d in dtypes))
     allows = ", ".join(f"{d} {peak[d] / GFLOP_PER_ITEM:.1f}" for d in dtypes)
-    lines.append(f"items/s the best convolution rate allows at {GFLOP_PER_ITEM} GFLOP/item: ")
-    lines[-1] += allows
+    lines.append(f"items/s the best convolution rate allows at {GFLOP_PER_ITEM} GFLOP/item: "
+                 + allows)
     return "\n".join(lines)
 
 
@@ -174,9 +172,9 @@ def measure_split(model_dir: Path, dtype: str, passes: int, count: int | None = 
     from ofa_ve_data import workload
     from torch.profiler import ProfilerActivity, profile
 
-    from ofa_ve_bench.engine_runner import build_engine, prepare_all
+    from ofa_ve_bench.engine_runner import load_engine, prepare_all
 
-    engine = build_engine(model_dir, "cpu", {"dtype": dtype}, forward_batch_size=1)
+    engine = load_engine(model_dir, "cpu", dtype, 1)
     items = workload.items(formats="jpeg", seed=0)[:count]
 
     def one_pass() -> float:
@@ -251,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add("--threads", type=int, help="torch threads (default: torch's)")
     add("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
-    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    dtypes = listed(args.dtypes)
     if not dtypes or any(d not in DTYPES for d in dtypes):
         parser.error(f"--dtypes: each one of {', '.join(DTYPES)}")
     if args.model_dir is None and args.peak_seconds <= 0:

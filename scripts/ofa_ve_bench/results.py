@@ -1,9 +1,10 @@
-"""The benchmark's figures: timed calls, medians over rounds, ratios within rounds, the report.
+"""The tools' figures: the one timing loop, answers against a reference, Markdown tables,
+and the benchmark's medians over rounds, ratios within rounds and report.
 
 Why ratios within rounds: on a shared machine absolute numbers drift from minute to
 minute, so (a) ModelScope, (b) the engine and (c) the server are measured close together
 in each round, their ratios taken inside the round, then summarised over rounds. All
-but `timed` are pure functions of plain dicts (unit-tested on fixed numbers; a saved
+but `timed` are pure functions of plain values (unit-tested on fixed numbers; a saved
 results.json renders again).
 """
 
@@ -11,20 +12,20 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
 
 from ofa_ve_bench.machine import load_average
 
-RATIOS = (
-    ("b/a", "engine", "modelscope"),
-    ("c/a", "server", "modelscope"),
-    ("c/b", "server", "engine"),
-)
+RATIOS = (("b/a", "engine", "modelscope"), ("c/a", "server", "modelscope"),
+          ("c/b", "server", "engine"))
 """Ratio name, numerator, denominator: (a) ModelScope, (b) engine, (c) server."""
 CALL_KEYS = ("items_per_s", "call_p50_ms", "call_p99_ms")
-SERVER_KEYS = ("throughput", "p50_ms", "p95_ms", "p99_ms", "server_queue_ms")
-SERVER_KEYS += ("server_compute_ms", "avg_batch")
+SERVER_KEYS = ("throughput", "p50_ms", "p95_ms", "p99_ms", "server_queue_ms", "server_compute_ms",
+               "avg_batch")
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -60,29 +61,66 @@ class Throughput:
 
     def summary(self) -> dict[str, object]:
         row = {k: v for k, v in asdict(self).items() if k != "latencies_ms"}
-        row.update(
-            items_per_s=round(self.items_per_s, 3),
-            call_p50_ms=round(self.percentile(50), 1),
-            call_p99_ms=round(self.percentile(99), 1),
-            calls=len(self.latencies_ms),
-        )
-        return row
+        return {**row, "items_per_s": round(self.items_per_s, 3),
+                "call_p50_ms": round(self.percentile(50), 1),
+                "call_p99_ms": round(self.percentile(99), 1), "calls": len(self.latencies_ms)}
 
 
-def timed(
-    name: str, batch_size: int, call: Callable[[int], object], seconds: float, min_calls: int = 1
-) -> Throughput:
-    """`call(n)` for n = 0, 1, ... until `seconds` have passed and `min_calls` were made,
-    each call timed: the one timing loop of the benchmark, the profiler and the peers."""
+def timed(name: str, batch_size: int, call: Callable[[int], object], seconds: float,
+          min_calls: int = 1, warmup: int = 0) -> Throughput:
+    """`call(n)` for n = 0, 1, ...: the first `warmup` calls untimed (kernels, threads,
+    caches), then timed calls until `seconds` have passed and `min_calls` were made, each
+    of `batch_size` items: the one timing loop of every tool."""
+    for n in range(warmup):
+        call(n)
     result = Throughput(name, batch_size, 0, 0.0, load_before=load_average())
     start = time.perf_counter()
     while result.seconds < seconds or len(result.latencies_ms) < min_calls:
         t0 = time.perf_counter()
-        call(len(result.latencies_ms))
+        call(warmup + len(result.latencies_ms))
         result.latencies_ms.append((time.perf_counter() - t0) * 1000)
         result.items += batch_size
         result.seconds = time.perf_counter() - start
     return result
+
+
+def compare(reference: np.ndarray, other: np.ndarray) -> dict[str, object]:
+    """Label agreement and probability differences of `other` against `reference` ([N, 3]
+    each); each flip with its reference margin (top minus runner-up): a flip on a near-tie
+    means little, one on a clear answer a lot."""
+    if reference.shape != other.shape:
+        raise ValueError(f"shapes differ: {reference.shape} and {other.shape}")
+    ref_labels, labels = reference.argmax(1), other.argmax(1)
+    ordered = np.sort(reference, axis=1)
+    margins = ordered[:, -1] - ordered[:, -2]
+    diff = np.abs(reference.astype(np.float64) - other).max(axis=1)
+    flips = np.flatnonzero(ref_labels != labels)
+    clear = margins > 0.05
+    return {
+        "pairs": len(reference),
+        "label_agreement": round(float((ref_labels == labels).mean()), 5),
+        "max_prob_diff": float(diff.max()),
+        "mean_prob_diff": float(diff.mean()),
+        "flips": len(flips),
+        "flip_margins_fp32": [round(float(margins[i]), 5) for i in flips],
+        "pairs_with_margin_over_0.05": int(clear.sum()),
+        "agreement_margin_over_0.05": (
+            round(float((ref_labels[clear] == labels[clear]).mean()), 5) if clear.any() else None
+        ),
+        "median_fp32_margin": round(float(np.median(margins)), 5),
+    }
+
+
+def listed(text: str, kind: Callable[[str], Any] = str) -> list[Any]:
+    """A comma-separated option: `"1, 2,4"` -> [1, 2, 4] of `kind` (empty parts skipped)."""
+    return [kind(part.strip()) for part in text.split(",") if part.strip()]
+
+
+def markdown_table(columns: Sequence[str], rows: Iterable[Sequence[object]]) -> list[str]:
+    """A Markdown table's lines; a column named with a trailing ":" is right-aligned."""
+    head = [c.rstrip(":") for c in columns]
+    rule = ["---:" if c.endswith(":") else "---" for c in columns]
+    return ["| " + " | ".join(map(str, row)) + " |" for row in (head, rule, *rows)]
 
 
 def ratio_summary(values: Sequence[float]) -> dict[str, float]:
@@ -137,56 +175,56 @@ def aggregate(rounds: list[dict]) -> dict[str, object]:
     return out
 
 
+def load_name(mode: str, level: float) -> str:
+    """A sweep level as the tables name it: `c=4` (concurrency) or `2 req/s` (request rate)."""
+    return f"c={level:g}" if mode == "concurrency" else f"{level:g} req/s"
+
+
 def report(results: dict[str, object]) -> str:
     """Markdown: the three measurements, their ratios, latency, start-up and memory."""
     agg = results["summary"]
     ms, best, ratios = agg.get("modelscope"), agg.get("engine_best"), agg.get("ratios", {})
+    engine, server = agg.get("engine", []), agg.get("server", [])
     loads = ", ".join(f"{r['load_before']:.1f}" for r in results["rounds"])
+
+    calls = [("(a) ModelScope pipeline, 1 per call", ms)] if ms else []
+    calls += [(f"(b) engine, batch {e['batch_size']}"
+               + (" (best)" if best and e["batch_size"] == best["batch_size"] else ""), e)
+              for e in engine]
+    rows = [(what, f"{r['items_per_s']:.2f}",
+             f"per call p50 {r['call_p50_ms']:.0f} ms, p99 {r['call_p99_ms']:.0f} ms")
+            for what, r in calls]
+    for p in server:
+        rows.append((
+            f"(c) Triton, {load_name(p['mode'], p['level'])}", f"{p['throughput']:.2f}",
+            f"p50 {p['p50_ms']:.0f} ms, p99 {p['p99_ms']:.0f} ms (worst round "
+            f"{p['p99_ms_worst']:.0f}), queue {p['server_queue_ms']:.0f} ms, compute "
+            f"{p['server_compute_ms']:.0f} ms, avg batch {p['avg_batch']:.1f}, errors "
+            f"{p['errors']}"))
+    ratio_rows = []
+    for key, what in (("b/a", "engine best / ModelScope"), ("c/a", "server best / ModelScope"),
+                      ("c/b", "server best / engine best")):
+        r = ratios.get(key)
+        value = f"{r['median']:.2f}x (rounds: {r['min']:.2f}-{r['max']:.2f})" if r else "-"
+        ratio_rows.append((f"({key[0]})/({key[2]}) {what}", value))
+    one = next((e for e in engine if e["batch_size"] == 1), None)
+    c1 = next((p for p in server if p["mode"] == "concurrency" and p["level"] == 1), None)
+    if one and c1:
+        ratio_rows.append(("p50 at c=1 minus one engine call (batch 1, p50)",
+                           f"{c1['p50_ms'] - one['call_p50_ms']:+.1f} ms"))
     lines = [
         f"### {results['title']}",
         "",
         f"Medians of {agg['rounds']} rounds; each round measures (a), (b), (c) in turn. "
         f"Load average at the start of each round: {loads}.",
         "",
-        "| what | items/s | latency |",
-        "| --- | ---: | --- |",
+        *markdown_table(("what", "items/s:", "latency"), rows),
+        "",
+        *markdown_table(("ratio (within each round, then the median)", "value:"), ratio_rows),
     ]
-    if ms:
-        lines.append(
-            f"| (a) ModelScope pipeline, 1 per call | {ms['items_per_s']:.2f} | per call p50 "
-            f"{ms['call_p50_ms']:.0f} ms, p99 {ms['call_p99_ms']:.0f} ms |"
-        )
-    for e in agg.get("engine", []):
-        mark = " (best)" if best and e["batch_size"] == best["batch_size"] else ""
-        lines.append(
-            f"| (b) engine, batch {e['batch_size']}{mark} | {e['items_per_s']:.2f} | per call "
-            f"p50 {e['call_p50_ms']:.0f} ms, p99 {e['call_p99_ms']:.0f} ms |"
-        )
-    for p in agg.get("server", []):
-        what = f"c={p['level']:g}" if p["mode"] == "concurrency" else f"{p['level']:g} req/s"
-        lines.append(
-            f"| (c) Triton, {what} | {p['throughput']:.2f} | p50 {p['p50_ms']:.0f} ms, p99 "
-            f"{p['p99_ms']:.0f} ms (worst round {p['p99_ms_worst']:.0f}), queue "
-            f"{p['server_queue_ms']:.0f} ms, compute {p['server_compute_ms']:.0f} ms, "
-            f"avg batch {p['avg_batch']:.1f}, errors {p['errors']} |"
-        )
-    lines += ["", "| ratio (within each round, then the median) | value |", "| --- | ---: |"]
-    for key, what in (("b/a", "engine best / ModelScope"), ("c/a", "server best / ModelScope"),
-                      ("c/b", "server best / engine best")):
-        r = ratios.get(key)
-        value = f"{r['median']:.2f}x (rounds: {r['min']:.2f}-{r['max']:.2f})" if r else "-"
-        lines.append(f"| ({key[0]})/({key[2]}) {what} | {value} |")
-    one = next((e for e in agg.get("engine", []) if e["batch_size"] == 1), None)
-    c1 = next((p for p in agg.get("server", []) if p["mode"] == "concurrency" and p["level"] == 1),
-              None)
-    if one and c1:
-        lines.append(
-            f"| p50 at c=1 minus one engine call (batch 1, p50) | "
-            f"{c1['p50_ms'] - one['call_p50_ms']:+.1f} ms |"
-        )
-    server = results.get("server")
-    if server:
-        mem = server["memory"]
+    facts = results.get("server")
+    if facts:
+        mem = facts["memory"]
         procs = ", ".join(
             f"{p['process']} {p['peak_rss_mib']:.0f} MiB"
             + (f" (GPU {p['gpu_mib']} MiB)" if "gpu_mib" in p else "")
@@ -194,8 +232,8 @@ def report(results: dict[str, object]) -> str:
         )
         lines += [
             "",
-            f"- cold start to READY: {server['cold_start_to_ready_s']:.1f} s "
-            f"(load avg {server['load_before_start']:.1f})",
+            f"- cold start to READY: {facts['cold_start_to_ready_s']:.1f} s "
+            f"(load avg {facts['load_before_start']:.1f})",
             f"- peak RSS: {mem['peak_rss_total_mib']:.0f} MiB in all ({procs})",
         ]
     if results.get("engine_settings"):

@@ -54,14 +54,9 @@ def server_memory(server_pid: int) -> dict[str, object]:
     return {"processes": processes, "peak_rss_total_mib": total}
 
 
-def start_server(
-    model_dir: Path,
-    log_dir: Path,
-    edits: model_config.ConfigEdits,
-    env: Mapping[str, str] | None = None,
-    ready_timeout_s: float | None = None,
-    model_repository: Path | None = None,
-) -> Any:
+def start_server(model_dir: Path, log_dir: Path, edits: model_config.ConfigEdits,
+                 env: Mapping[str, str] | None = None, ready_timeout_s: float | None = None,
+                 model_repository: Path | None = None) -> Any:
     """A READY tritonserver on a copy of the repository with `edits` (the caller stops it).
 
     The server object also carries `config_text` (what it ran) and `load_before_start`.

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -25,19 +26,24 @@ import statistics
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from ofa_ve_data import workload
 from ofa_ve_ops import procfs
 from ofa_ve_ops.paths import MODEL_NAME
 from ofa_ve_ops.stub_watchdog import serving_stubs
 
+from ofa_ve_bench import machine
 from ofa_ve_bench.results import percentile
 from ofa_ve_bench.traffic import Payload, check_loopback, send
 
 MAX_BATCH_ITEMS = 32  # config.pbtxt max_batch_size
+REQUEST_TIMEOUT_S = 120.0
+RSS_SLACK_MIB = 16.0
+"""A process's RSS may grow by `--max-rss-growth-pct` or by this, whichever is larger (short
+runs' noise); the stubs' /dev/shm regions may not grow at all."""
 
 
 def stub_pids(server_pid: int) -> list[int]:
@@ -49,17 +55,6 @@ def pid_listening_on(port: int) -> int | None:
     """The process listening on TCP `port`, if this user can see it."""
     inodes = {i for i, (_, p) in procfs.listening_sockets().items() if p == port}
     return next((pid for pid in procfs.pids() if procfs.socket_inodes(pid) & inodes), None)
-
-
-def shm_bytes(server_pid: int) -> int:
-    """Bytes held (touched pages) by the /dev/shm regions of the server's stubs."""
-    held = 0
-    for stub in serving_stubs(server_pid).values():
-        try:
-            held += os.stat(f"/dev/shm/{stub.shm_region}").st_blocks * 512
-        except FileNotFoundError:
-            continue
-    return held
 
 
 def load_payloads(images_dir: Path, seed: int = 0) -> list[Payload]:
@@ -82,147 +77,91 @@ def load_payloads(images_dir: Path, seed: int = 0) -> list[Payload]:
     return valid
 
 
-@dataclass
-class SoakConfig:
-    url: str = "127.0.0.1:8001"
-    duration_s: float = 600.0
-    concurrency: int = 8
-    warmup_s: float | None = None  # memory is judged after it (default: a quarter of the run)
-    sample_interval_s: float = 5.0
-    server_pid: int | None = None
-    images_dir: Path = workload.IMAGES_DIR
-    request_timeout_s: float = 120.0
-    max_rss_growth: float = 0.05  # a process's RSS may grow by this fraction after warm-up,
-    rss_slack_mib: float = 16.0  # or this many MiB, whichever is larger (short runs' noise)
-    max_shm_growth_mib: float = 0.0
-
-    def __post_init__(self) -> None:
-        check_loopback(self.url)
-        if self.duration_s <= 0 or self.concurrency < 1 or self.sample_interval_s <= 0:
-            raise ValueError("duration, concurrency and sample interval must be positive")
-        if self.warmup_s is None:
-            self.warmup_s = 0.25 * self.duration_s
-        if not 0 <= self.warmup_s < self.duration_s:
-            raise ValueError("warm-up must be shorter than the duration")
-
-
-@dataclass
-class Sample:
-    t_s: float
-    requests: int
-    rss_kib: dict[int, int]
-    shm_bytes: int
-
-
-@dataclass
-class SoakReport:
-    config: dict
-    server_pid: int
-    stub_pids: list[int]
-    requests: int = 0
-    ok: int = 0
-    expected_invalid: int = 0
-    errors: int = 0
-    error_messages: dict[str, int] = field(default_factory=dict)
-    latency_ms: dict[str, float] = field(default_factory=dict)
-    throughput_rps: float = 0.0
-    samples: list[Sample] = field(default_factory=list)
-    rss_growth: dict[str, dict[str, float]] = field(default_factory=dict)
-    shm_growth_mib: float = 0.0
-    failures: list[str] = field(default_factory=list)
-
-    @property
-    def passed(self) -> bool:
-        return not self.failures
-
-    def to_json(self) -> str:
-        return json.dumps({**asdict(self), "passed": self.passed}, indent=2, default=str)
-
-
-def _sample(server_pid: int, started: float, requests: int) -> Sample:
-    rss = {}
+def sample(server_pid: int, t_s: float, requests: int) -> dict[str, Any]:
+    """RSS (KiB) of tritonserver and each stub, and the bytes the stubs' /dev/shm regions
+    hold (touched pages), `t_s` into the run."""
+    rss, shm = {}, 0
     for pid in [server_pid, *stub_pids(server_pid)]:
-        try:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError, KeyError):
             rss[pid] = procfs.vm_kib(pid, "VmRSS")
-        except (FileNotFoundError, ProcessLookupError, KeyError):
-            continue
-    return Sample(round(time.monotonic() - started, 2), requests, rss, shm_bytes(server_pid))
+    for stub in serving_stubs(server_pid).values():
+        with contextlib.suppress(FileNotFoundError):
+            shm += os.stat(f"/dev/shm/{stub.shm_region}").st_blocks * 512
+    return {"t_s": round(t_s, 2), "requests": requests, "rss_kib": rss, "shm_bytes": shm}
 
 
-def _judge(report: SoakReport, cfg: SoakConfig) -> None:
-    """Medians of the first and the last third of the samples after warm-up: a leak moves
-    the whole distribution; one large batch's activations only move the peak."""
-    if report.errors:
-        report.failures.append(f"{report.errors} unexpected errors: {report.error_messages}")
-    if report.ok == 0:
-        report.failures.append("no request succeeded")
-    after = [s for s in report.samples if s.t_s >= cfg.warmup_s]
+def judge_memory(samples: list[dict], server_pid: int, warmup_s: float, max_growth: float
+                 ) -> tuple[dict[str, dict[str, float]], float, list[str]]:
+    """Each process's RSS growth, the /dev/shm growth (MiB) and the failures: medians of the
+    first and the last third of the samples after warm-up (a leak moves the whole
+    distribution; one large batch's activations only move the peak)."""
+    after = [s for s in samples if s["t_s"] >= warmup_s]
     if len(after) < 2:
-        report.failures.append("too few samples after warm-up to judge memory")
-        return
+        return {}, 0.0, ["too few samples after warm-up to judge memory"]
     third = max(1, len(after) // 3)
     head, tail = after[:third], after[-third:]
-    for pid in after[0].rss_kib:
-        if any(pid not in s.rss_kib for s in tail):
-            report.failures.append(f"process {pid} disappeared during the soak")
+    growth, failures = {}, []
+    for pid in after[0]["rss_kib"]:
+        if any(pid not in s["rss_kib"] for s in tail):
+            failures.append(f"process {pid} disappeared during the soak")
             continue
-        role = "tritonserver" if pid == report.server_pid else f"stub {pid}"
-        base = statistics.median(s.rss_kib[pid] for s in head if pid in s.rss_kib)
-        end = statistics.median(s.rss_kib[pid] for s in tail)
-        growth = report.rss_growth[role] = {
+        role = "tritonserver" if pid == server_pid else f"stub {pid}"
+        base, end = (statistics.median(s["rss_kib"][pid] for s in part if pid in s["rss_kib"])
+                     for part in (head, tail))
+        row = growth[role] = {
             "after_warmup_mib": round(base / 1024, 1),
             "at_end_mib": round(end / 1024, 1),
-            "peak_mib": round(max(s.rss_kib.get(pid, 0) for s in after) / 1024, 1),
+            "peak_mib": round(max(s["rss_kib"].get(pid, 0) for s in after) / 1024, 1),
             "growth_mib": round((end - base) / 1024, 1),
             "growth_pct": round(100.0 * (end - base) / base, 2),
         }
-        allowed_kib = max(cfg.max_rss_growth * base, cfg.rss_slack_mib * 1024)
+        allowed_kib = max(max_growth * base, RSS_SLACK_MIB * 1024)
         if end - base > allowed_kib:
-            report.failures.append(
-                f"{role} RSS grew {growth['growth_mib']} MiB ({growth['growth_pct']}%) "
-                f"after warm-up, over the allowed {allowed_kib / 1024:.1f} MiB"
-            )
-    report.shm_growth_mib = round((after[-1].shm_bytes - after[0].shm_bytes) / 2**20, 1)
-    if report.shm_growth_mib > cfg.max_shm_growth_mib:
-        report.failures.append(f"/dev/shm regions grew {report.shm_growth_mib} MiB after warm-up")
+            failures.append(f"{role} RSS grew {row['growth_mib']} MiB ({row['growth_pct']}%) "
+                            f"after warm-up, over the allowed {allowed_kib / 1024:.1f} MiB")
+    shm = round((after[-1]["shm_bytes"] - after[0]["shm_bytes"]) / 2**20, 1)
+    if shm > 0:
+        failures.append(f"/dev/shm regions grew {shm} MiB after warm-up")
+    return growth, shm, failures
 
 
-async def run_soak(cfg: SoakConfig, log=print) -> SoakReport:
-    """Run one bounded soak and judge it; never raises for server-side failures."""
+async def run_soak(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict:
+    """Run one bounded soak (`main`'s arguments) and judge it: the report; never raises for
+    server-side failures."""
     import tritonclient.grpc.aio as aio
 
-    port = int(cfg.url.rsplit(":", 1)[1])
-    server_pid = cfg.server_pid or pid_listening_on(port)
+    port = int(args.url.rsplit(":", 1)[1])
+    server_pid = args.server_pid or pid_listening_on(port)
     if server_pid is None:
         raise RuntimeError(f"no process of this user listens on port {port}; pass --server-pid")
-    payloads = load_payloads(cfg.images_dir)
-    config = {k: str(v) for k, v in asdict(cfg).items()}
-    report = SoakReport(config, server_pid, stub_pids(server_pid))
-    latencies: list[float] = []
+    payloads = load_payloads(args.images_dir)
+    counts: Counter[str] = Counter()
     errors: Counter[str] = Counter()
-    sent = iter(range(10**12))
+    latencies: list[float] = []
+    samples: list[dict] = []
+    stubs = stub_pids(server_pid)
 
-    async with aio.InferenceServerClient(cfg.url) as client:
+    async with aio.InferenceServerClient(args.url) as client:
         if not await client.is_model_ready(MODEL_NAME):
-            raise RuntimeError(f"model {MODEL_NAME} is not ready at {cfg.url}")
+            raise RuntimeError(f"model {MODEL_NAME} is not ready at {args.url}")
         # Priming: a request as large as the largest batch this soak can form, so the
         # stub's allocator meets its biggest activations before the clock starts.
         valid = [p for p in payloads if not p.hostile]
-        await send(client, valid[: min(cfg.concurrency, MAX_BATCH_ITEMS)], cfg.request_timeout_s)
+        await send(client, valid[: min(args.concurrency, MAX_BATCH_ITEMS)], REQUEST_TIMEOUT_S)
         started = time.monotonic()
-        deadline = started + cfg.duration_s
+        deadline = started + args.duration_s
 
         async def worker() -> None:
             while time.monotonic() < deadline:
-                payload = payloads[next(sent) % len(payloads)]
-                report.requests += 1
+                payload = payloads[counts["requests"] % len(payloads)]
+                counts["requests"] += 1
                 seconds, outcome, message, result = await send(
-                    client, [payload], cfg.request_timeout_s
+                    client, [payload], REQUEST_TIMEOUT_S
                 )
                 probs = result.as_numpy("PROBS") if result is not None else None
                 if payload.hostile:
                     if outcome == "INVALID_ARGUMENT":
-                        report.expected_invalid += 1
+                        counts["expected_invalid"] += 1
                     else:
                         errors[f"a hostile request was {outcome}: {message}"[:200]] += 1
                 elif outcome != "answered":
@@ -230,36 +169,44 @@ async def run_soak(cfg: SoakConfig, log=print) -> SoakReport:
                 elif probs is None or probs.shape != (1, 3) or abs(float(probs.sum()) - 1) > 1e-3:
                     errors[f"malformed PROBS {probs!r}"[:200]] += 1
                 else:
-                    report.ok += 1
+                    counts["ok"] += 1
                     latencies.append(seconds)
 
-        async def sampler() -> None:
-            while True:
-                sample = _sample(server_pid, started, report.requests)
-                report.samples.append(sample)
-                rss = ", ".join(f"{pid}={kib / 1024:.0f}MiB" for pid, kib in sample.rss_kib.items())
-                log(
-                    f"soak: t={sample.t_s:6.1f}s requests={sample.requests} ok={report.ok} "
-                    f"errors={sum(errors.values())} rss[{rss}] "
-                    f"shm={sample.shm_bytes / 2**20:.0f}MiB"
-                )
-                if time.monotonic() >= deadline:
-                    return
-                await asyncio.sleep(min(cfg.sample_interval_s, deadline - time.monotonic()))
+        workers = asyncio.gather(*(worker() for _ in range(args.concurrency)))
+        while True:  # a sample every interval, and one at the end
+            now = sample(server_pid, time.monotonic() - started, counts["requests"])
+            samples.append(now)
+            rss = ", ".join(f"{pid}={kib / 1024:.0f}MiB" for pid, kib in now["rss_kib"].items())
+            log(f"soak: t={now['t_s']:6.1f}s requests={now['requests']} ok={counts['ok']} "
+                f"errors={sum(errors.values())} rss[{rss}] shm={now['shm_bytes'] / 2**20:.0f}MiB")
+            if time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(min(args.sample_interval_s, deadline - time.monotonic()))
+        await workers
+        samples.append(sample(server_pid, time.monotonic() - started, counts["requests"]))
 
-        sampling = asyncio.create_task(sampler())
-        await asyncio.gather(*(worker() for _ in range(cfg.concurrency)))
-        await sampling
-        report.samples.append(_sample(server_pid, started, report.requests))
-
-    report.errors = sum(errors.values())
-    report.error_messages = dict(errors.most_common(10))
-    report.throughput_rps = round(report.ok / (time.monotonic() - started), 2)
-    if latencies:
-        quantiles = (("p50", 50), ("p95", 95), ("p99", 99), ("max", 100))
-        report.latency_ms = {k: round(1000 * percentile(latencies, q), 1) for k, q in quantiles}
-    _judge(report, cfg)
-    log(f"soak: {'PASSED' if report.passed else 'FAILED'} {'; '.join(report.failures)}")
+    quantiles = (("p50", 50), ("p95", 95), ("p99", 99), ("max", 100)) if latencies else ()
+    messages = dict(errors.most_common(10))
+    failures = [f"{sum(errors.values())} unexpected errors: {messages}"] if errors else []
+    failures += [] if counts["ok"] else ["no request succeeded"]
+    growth, shm, memory = judge_memory(samples, server_pid, args.warmup_s, args.max_rss_growth)
+    failures += memory
+    report = {
+        "config": {k: str(v) for k, v in vars(args).items()},
+        "server_pid": server_pid,
+        "stub_pids": stubs,
+        **{k: counts[k] for k in ("requests", "ok", "expected_invalid")},
+        "errors": sum(errors.values()),
+        "error_messages": messages,
+        "latency_ms": {k: round(1000 * percentile(latencies, q), 1) for k, q in quantiles},
+        "throughput_rps": round(counts["ok"] / (time.monotonic() - started), 2),
+        "samples": samples,
+        "rss_growth": growth,
+        "shm_growth_mib": shm,
+        "failures": failures,
+        "passed": not failures,
+    }
+    log(f"soak: {'PASSED' if report['passed'] else 'FAILED'} {'; '.join(failures)}")
     return report
 
 
@@ -269,30 +216,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     add("--url", default="127.0.0.1:8001", help="gRPC HOST:PORT (loopback only)")
     add("--duration", dest="duration_s", type=float, default=600.0, metavar="S", help="(600)")
     add("--concurrency", type=int, default=8, help="requests in flight")
-    add("--warmup", dest="warmup_s", type=float, metavar="S", help="before memory is baselined")
+    add("--warmup", dest="warmup_s", type=float, metavar="S",
+        help="before memory is baselined (default: a quarter of the run)")
     add("--sample-interval", dest="sample_interval_s", type=float, default=5.0, metavar="S")
     add("--server-pid", type=int, help="tritonserver PID (default: by port)")
     add("--images", dest="images_dir", type=Path, default=workload.IMAGES_DIR, metavar="DIR")
     add("--max-rss-growth-pct", dest="max_rss_growth", type=lambda pct: float(pct) / 100,
         default="5", metavar="PCT")
     add("--json", type=Path, help="write the full report here")
-    args = vars(parser.parse_args(argv))
-    path = args.pop("json")
+    args = parser.parse_args(argv)
+    if args.warmup_s is None:
+        args.warmup_s = 0.25 * args.duration_s
     try:
-        cfg = SoakConfig(**args)
+        check_loopback(args.url)
     except ValueError as e:
         parser.error(str(e))
+    if args.duration_s <= 0 or args.concurrency < 1 or args.sample_interval_s <= 0:
+        parser.error("duration, concurrency and sample interval must be positive")
+    if not 0 <= args.warmup_s < args.duration_s:
+        parser.error("warm-up must be shorter than the duration")
     try:
-        report = asyncio.run(run_soak(cfg))
+        report = asyncio.run(run_soak(args))
     except RuntimeError as e:
         print(f"soak: {e}", file=sys.stderr)
         return 1
     keys = ("requests", "ok", "expected_invalid", "errors", "throughput_rps", "latency_ms")
-    keys += ("rss_growth", "shm_growth_mib")
-    print(json.dumps({**{k: getattr(report, k) for k in keys}, "passed": report.passed}, indent=2))
-    if path:
-        path.write_text(report.to_json() + "\n")
-    return 0 if report.passed else 1
+    keys += ("rss_growth", "shm_growth_mib", "passed")
+    machine.report(report, json.dumps({k: report[k] for k in keys}, indent=2), args.json)
+    return 0 if report["passed"] else 1
 
 
 if __name__ == "__main__":

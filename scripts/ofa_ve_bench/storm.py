@@ -36,28 +36,6 @@ _REQUEST_ID = re.compile(r"^\[request id: [^\]]*\]\s*")
 IMAGE = IMAGES_DIR / "astronaut_640x480.jpg"
 
 
-async def _storm(url: str, requests: int, deadline_s: float, items: int) -> tuple[list, float]:
-    import tritonclient.grpc.aio as aio
-
-    image = IMAGE.read_bytes()
-    hypotheses = [h.encode() for h in HYPOTHESES]
-    batches = [
-        [Payload(image, hypotheses[(i + j) % len(hypotheses)]) for j in range(items)]
-        for i in range(requests)
-    ]
-    async with aio.InferenceServerClient(url) as client:
-        await client.get_model_metadata(MODEL_NAME)  # the channel is up before the storm
-        tasks = [asyncio.ensure_future(send(client, batch, deadline_s)) for batch in batches]
-        done, pending = await asyncio.wait(tasks, timeout=deadline_s + 30)  # a hard bound
-        for task in pending:
-            task.cancel()
-        outcomes = [task.result()[:3] for task in tasks if task in done]
-        probe_s, outcome, message, _ = await send(client, batches[0][:1], 120)
-        if outcome != "answered":
-            raise RuntimeError(f"no answer after the storm: {outcome} {message}")
-    return outcomes, probe_s
-
-
 def storm(
     url: str, requests: int, deadline_s: float, prompt_s: float, items: int = 1
 ) -> dict[str, Any]:
@@ -67,7 +45,25 @@ def storm(
     if not 1 <= items <= MAX_ITEMS:
         raise ValueError(f"items must be 1..{MAX_ITEMS}")
     check_loopback(url)
-    outcomes, probe_s = asyncio.run(_storm(url, requests, deadline_s, items))
+    image, hypotheses = IMAGE.read_bytes(), [h.encode() for h in HYPOTHESES]
+    batches = [[Payload(image, hypotheses[(i + j) % len(hypotheses)]) for j in range(items)]
+               for i in range(requests)]
+
+    async def run() -> tuple[list, float]:
+        import tritonclient.grpc.aio as aio
+
+        async with aio.InferenceServerClient(url) as client:
+            await client.get_model_metadata(MODEL_NAME)  # the channel is up before the storm
+            tasks = [asyncio.ensure_future(send(client, b, deadline_s)) for b in batches]
+            done, pending = await asyncio.wait(tasks, timeout=deadline_s + 30)  # a hard bound
+            for task in pending:
+                task.cancel()
+            probe_s, outcome, message, _ = await send(client, batches[0][:1], 120)
+            if outcome != "answered":
+                raise RuntimeError(f"no answer after the storm: {outcome} {message}")
+        return [task.result()[:3] for task in tasks if task in done], probe_s
+
+    outcomes, probe_s = asyncio.run(run())
     return {"items_per_request": items, **summarize(outcomes, requests, prompt_s, probe_s)}
 
 

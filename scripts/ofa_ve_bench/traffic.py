@@ -42,17 +42,12 @@ def inputs(items: Sequence[Payload]) -> list[Any]:
     """One request carrying `items`; PREMISE only when an item has one (empty: absent)."""
     from tritonclient.grpc import InferInput
 
-    def tensor(name: str, values: list[bytes]) -> Any:
-        t = InferInput(name, [len(values), 1], "BYTES")
-        t.set_data_from_numpy(np.array(values, dtype=np.object_).reshape(-1, 1))
-        return t
-
-    tensors = [
-        tensor("IMAGE", [p.image for p in items]),
-        tensor("HYPOTHESIS", [p.hypothesis for p in items]),
-    ]
-    if any(p.premise for p in items):
-        tensors.append(tensor("PREMISE", [p.premise for p in items]))
+    names = ["IMAGE", "HYPOTHESIS", *(["PREMISE"] if any(p.premise for p in items) else [])]
+    tensors = []
+    for name in names:
+        values = [getattr(p, name.lower()) for p in items]
+        tensors.append(InferInput(name, [len(values), 1], "BYTES"))
+        tensors[-1].set_data_from_numpy(np.array(values, dtype=np.object_).reshape(-1, 1))
     return tensors
 
 

@@ -195,8 +195,9 @@ def offline_environment() -> Iterator[None]:
                 os.environ[name] = value
 
 
-def build_pipeline(model_dir: str | os.PathLike[str]) -> Any:
-    """ModelScope's visual-entailment pipeline for a local model directory, on CPU."""
+def build_pipeline(model_dir: str | os.PathLike[str], device: str = "cpu") -> Any:
+    """ModelScope's visual-entailment pipeline for a local model directory, on `device`
+    (`cpu`, `cuda` or `cuda:N`)."""
     install_import_stubs()
     from modelscope.pipelines import pipeline
     from modelscope.utils.constant import Tasks
@@ -206,7 +207,8 @@ def build_pipeline(model_dir: str | os.PathLike[str]) -> Any:
         raise FileNotFoundError(
             f"not a ModelScope model directory (no configuration.json): {model_dir}"
         )
-    return pipeline(Tasks.visual_entailment, model=str(model_dir), device="cpu")
+    return pipeline(Tasks.visual_entailment, model=str(model_dir),
+                    device=device.replace("cuda", "gpu"))
 
 
 def image_path(image: str | os.PathLike[str] | bytes, scratch: Path, index: int) -> str:

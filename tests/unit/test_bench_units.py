@@ -34,13 +34,18 @@ pytest.importorskip("tritonclient.grpc.model_config_pb2")
 # ------------------------------------------------------------------ model_config
 
 
+def _parameters(config) -> dict[str, str]:
+    """A `ModelConfig` message's `parameters` as name -> string value."""
+    return {key: value.string_value for key, value in config.parameters.items()}
+
+
 def test_config_round_trip_preserves_the_committed_config() -> None:
     committed = model_config.load(CONFIG_PBTXT)
     again = model_config.parse(model_config.to_text(committed))
     assert again == committed
     assert committed.name == MODEL_NAME
     assert committed.max_batch_size == 32
-    assert "dtype" in model_config.parameters(committed)
+    assert "dtype" in _parameters(committed)
 
 
 def test_config_edits_apply_and_leave_the_rest(tmp_path: Path) -> None:
@@ -61,10 +66,10 @@ def test_config_edits_apply_and_leave_the_rest(tmp_path: Path) -> None:
     assert edited.instance_group[0].Kind.Name(kind) == "KIND_CPU"
     assert edited.dynamic_batching.max_queue_delay_microseconds == 1500
     assert list(edited.dynamic_batching.preferred_batch_size) == [16, 64]
-    params = model_config.parameters(edited)
+    params = _parameters(edited)
     assert params["dtype"] == "float16" and params["image_path"] == "gpu"
     # Everything not edited is as committed.
-    before = model_config.parameters(committed)
+    before = _parameters(committed)
     assert {k: v for k, v in params.items() if k not in ("dtype", "image_path")} == {
         k: v for k, v in before.items() if k not in ("dtype", "image_path")
     }
@@ -93,9 +98,9 @@ def test_config_refuses_an_unknown_kind() -> None:
         model_config.apply(model_config.load(), model_config.ConfigEdits(kind="KIND_TPU"))
 
 
-def test_preferred_sizes_parse() -> None:
-    assert model_config.preferred_sizes("4, 8,") == [4, 8]
-    assert model_config.preferred_sizes(None) is None
+def test_comma_separated_options_parse() -> None:
+    assert results.listed("4, 8,", int) == [4, 8] and results.listed("") == []
+    assert results.listed(" float32,int8 ") == ["float32", "int8"]
 
 
 # ------------------------------------------------------------- engine parameters
@@ -130,6 +135,9 @@ def test_timed_stops_after_the_seconds_and_the_calls() -> None:
     calls: list[int] = []
     run = results.timed("x", 4, calls.append, seconds=0.0, min_calls=3)
     assert calls == [0, 1, 2] and run.items == 12 and len(run.latencies_ms) == 3
+    calls.clear()
+    run = results.timed("x", 2, calls.append, seconds=0.0, min_calls=2, warmup=3)
+    assert calls == [0, 1, 2, 3, 4] and run.items == 4 and len(run.latencies_ms) == 2
     run = results.timed("x", 1, lambda n: None, seconds=0.02)
     assert run.seconds >= 0.02 and run.items == len(run.latencies_ms) >= 1
 

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
-from ofa_ve_bench import gpu_check, gpu_rehearsal, wheelhouse
+from ofa_ve_bench import engine_runner, gpu_check, gpu_rehearsal, wheelhouse
 from ofa_ve_data import workload
 from ofa_ve_ops.paths import REPO_ROOT
 
@@ -23,10 +23,10 @@ def test_gpu_check_budgets_and_a_summary_after_every_step(tmp_path: Path) -> Non
     """Each step runs under its own budget (never more than the run has left), and the
     summary on disk is rewritten after each step, so a call cut short still returns it."""
     now = [0.0]
-    budget = gpu_check.Budget(100.0, clock=lambda: now[0])
     summary = {"mode": "cpu", "part": "engine", "date": "today", "budget_s": 100.0,
                "environment": {}}
-    check = gpu_check.Check(budget, summary, tmp_path)
+    check = gpu_check.Check(None, "cpu", gpu_check.CPU_SIZES, tmp_path, 100.0, summary,
+                            clock=lambda: now[0])
     given: list[float] = []
 
     def on_disk() -> list[str]:
@@ -34,22 +34,23 @@ def test_gpu_check_budgets_and_a_summary_after_every_step(tmp_path: Path) -> Non
 
     seen: list[list[str]] = []  # the summary on disk as each step starts
 
-    def fine(step, own):
+    def fine(check, step):
         seen.append(on_disk())
-        given.append(own.left())
+        given.append(check.left())
         now[0] += 30.0
         return [{"x": 1.23456}]
 
     check.run("fine", 40.0, fine)
-    check.run("broken", 40.0, lambda step, own: seen.append(on_disk()) or 1 / 0)
+    check.run("broken", 40.0, lambda check, step: seen.append(on_disk()) or 1 / 0)
     check.run("capped", 500.0,
-              lambda step, own: seen.append(on_disk()) or given.append(own.left()))
+              lambda check, step: seen.append(on_disk()) or given.append(check.left()))
     assert seen == [[], ["fine"], ["fine", "broken"]]
     now[0] = 99.0
-    check.run("late", 40.0, lambda step, own: None)
+    check.run("late", 40.0, lambda check, step: None)
     assert given == [40.0, 70.0]  # its own 40 s; then all that is left (70), not 500
     assert [s.status for s in check.steps] == ["ok", "failed", "ok", "skipped"]
     assert "ZeroDivisionError" in check.steps[1].notes[0]
+    assert check.steps[3].notes == ["time budget spent (1 s left of the run)"]
     assert on_disk() == ["fine", "broken", "capped", "late"] and summary["failed"] == ["broken"]
     text = (tmp_path / "summary.md").read_text()
     assert gpu_check.CPU_MODE_BANNER in text and "Unfinished" in text
@@ -75,13 +76,16 @@ def test_any_steps_figures_render_as_tables_and_lines() -> None:
     assert gpu_check.figures_markdown(None) == []
 
 
-def test_timed_counts_the_items_of_every_timed_call() -> None:
+def test_rate_counts_the_items_of_every_timed_call(tmp_path: Path) -> None:
+    """Every step's rate comes from `results.timed`: warm-up calls first, untimed."""
     sizes = gpu_check.CPU_SIZES
     seen: list[int] = []
-    rate = gpu_check.timed(lambda i: seen.append(i) or 3, sizes)
+    check = gpu_check.Check(None, "cpu", sizes, tmp_path, 100.0, {"mode": "cpu", "part": "all",
+                            "date": "today", "budget_s": 100.0})
+    rate = check.rate(seen.append, 3)
     assert seen[: sizes.warmup_calls + 1] == list(range(sizes.warmup_calls + 1))
     assert rate["calls"] == len(seen) - sizes.warmup_calls >= sizes.min_calls
-    assert rate["items_per_s"] > 0
+    assert rate["items_per_s"] > 0 and "ms_per_call" in rate
 
 
 def test_tf32_off_restores_the_flags() -> None:
@@ -90,7 +94,7 @@ def test_tf32_off_restores_the_flags() -> None:
     saved = torch.backends.cudnn.allow_tf32
     torch.backends.cudnn.allow_tf32 = True
     try:
-        with gpu_check.tf32_off():
+        with engine_runner.tf32_off():
             assert not torch.backends.cudnn.allow_tf32
             assert not torch.backends.cuda.matmul.allow_tf32
         assert torch.backends.cudnn.allow_tf32
