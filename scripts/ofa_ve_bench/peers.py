@@ -146,17 +146,44 @@ def ours(model_dir: Path, precision: str, params: dict[str, str]) -> tuple[Peer,
     return Peer("ours", precision, engine.predict, note), engine
 
 
-def onnxruntime_peer(onnx_path: Path, precision: str, threads: int, pad_id: int) -> Peer:
-    """ONNX Runtime's CPU provider on the exported graph (float32 only)."""
-    if precision != "float32":
-        return Peer("onnxruntime", precision, None, "not run yet: needs onnxruntime.quantization"
-                    if precision == "int8" else
-                    "not run: no bfloat16 inference mode in ONNX Runtime's x86 CPU provider")
+ORT_INT8_OPS = ("Conv", "MatMul", "Gemm")
+"""What ONNX Runtime's int8 quantises (the embedding gathers stay float, as for OpenVINO)."""
+
+
+def onnxruntime_peer(onnx_path: Path, precision: str, threads: int, pad_id: int,
+                     calibration: Sequence[dict[str, np.ndarray]] = ()) -> Peer:
+    """ONNX Runtime's CPU provider on the exported graph: float32, or int8 through its
+    static post-training quantisation (QDQ, unsigned activations and signed per-channel
+    weights as it advises for VNNI CPUs), calibrated on ``calibration``."""
     from ofa_ve_ops.export_onnx import network_inputs, ort_session
 
+    note = ""
+    if precision == "bfloat16":
+        return Peer("onnxruntime", precision, None,
+                    "not run: no bfloat16 inference mode in ONNX Runtime's x86 CPU provider")
+    if precision == "int8":
+        if not calibration:
+            return Peer("onnxruntime", precision, None, "not run: no calibration items")
+        from onnxruntime import quantization as q
+
+        class Calibration(q.CalibrationDataReader):
+            def __init__(self) -> None:
+                self.inputs = iter(calibration)
+
+            def get_next(self) -> dict[str, np.ndarray] | None:
+                return next(self.inputs, None)
+
+        quantised = onnx_path.with_name(f"{onnx_path.stem}-int8.onnx")
+        q.quantize_static(str(onnx_path), str(quantised), Calibration(),
+                          quant_format=q.QuantFormat.QDQ,
+                          activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
+                          per_channel=True, op_types_to_quantize=list(ORT_INT8_OPS))
+        onnx_path = quantised
+        note = (f"static QDQ, {len(calibration)} calibration items; int8: "
+                f"{', '.join(ORT_INT8_OPS)}")
     session = ort_session(onnx_path, threads)
     return Peer("onnxruntime", precision,
-                lambda items: session.run(None, network_inputs(items, pad_id))[0])
+                lambda items: session.run(None, network_inputs(items, pad_id))[0], note)
 
 
 OPENVINO_PRECISION = {"float32": "f32", "bfloat16": "bf16"}
@@ -265,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             calibration = [export_onnx.network_inputs([item], pad_id) for item in calibrating]
         peers = []
         for (peer, _), precision in zip(ours_peers, precisions, strict=True):
-            peers += [peer, onnxruntime_peer(onnx_path, precision, threads, pad_id),
+            peers += [peer, onnxruntime_peer(onnx_path, precision, threads, pad_id, calibration),
                       openvino_peer(onnx_path, precision, threads, pad_id, calibration,
                                     listed(args.int8_ignore))]
         described = machine.describe("cpu")

@@ -82,7 +82,8 @@ def test_the_peers_tool_runs_the_exported_graph(
     exported: Path, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     """`ofa_ve_bench.peers` end to end on the tiny checkpoint (its float32 peers within
-    1e-4 of ours, our int8 and OpenVINO's quantised and run; timings meaningless here)."""
+    1e-4 of ours, our int8, ONNX Runtime's and OpenVINO's quantised and run; timings
+    meaningless here)."""
     import json
 
     from ofa_ve_bench import peers
@@ -98,5 +99,8 @@ def test_the_peers_tool_runs_the_exported_graph(
     ours_int8 = rows[("ours", "int8")]  # quantization int8, on any CPU (measured, noted)
     assert ours_int8["ms_per_item"] is not None and ours_int8["label_agreement"] is not None
     assert "quantization int8" in ours_int8["note"]
+    ort_int8 = rows[("onnxruntime", "int8")]  # its static QDQ quantisation, then run
+    assert ort_int8["ms_per_item"] is not None and ort_int8["label_agreement"] is not None
+    assert "static QDQ" in ort_int8["note"]
     if importlib.util.find_spec("nncf") is not None:  # OpenVINO's int8 through NNCF
         assert rows[("openvino", "int8")]["label_agreement"] is not None
