@@ -72,8 +72,9 @@ def describe(device: str = "cpu") -> Machine:
     except ImportError:
         pass
     cpu = procfs.cpu_model() or platform.processor() or platform.machine()
-    return Machine(platform.node(), cpu, features, os.cpu_count() or 1, torch_version, threads,
-                   device, gpu, load_average())
+    return Machine(host=platform.node(), cpu=cpu, cpu_features=features,
+                   cores=os.cpu_count() or 1, torch=torch_version, torch_threads=threads,
+                   device=device, gpu=gpu, load_average=load_average())
 
 
 def version(name: str, imported: bool = True) -> str:

@@ -46,7 +46,7 @@ from pathlib import Path
 
 from ofa_ve_ops import triton_runtime
 from ofa_ve_ops.paths import MODEL_REPOSITORY, SHM_REGION_PREFIX
-from ofa_ve_ops.procfs import cmdline, descendants
+from ofa_ve_ops.procfs import cmdline, descendants, process_state
 
 MODEL_DIR_ENV = "OFA_VE_MODEL_DIR"
 
@@ -283,10 +283,20 @@ class TritonServer:
                 )
             time.sleep(0.1)
 
+    def _owns_pid(self) -> bool:
+        """Whether the server's process number still names its process, or its leftover
+        group. Once Popen has reaped the process the number is free, and a live process
+        with it is someone else's (PIDs wrap at pid_max, and fast where tests start many
+        processes): its group, children and stubs must not be touched. While a group
+        lives, the kernel does not hand out its number, so leftover stubs stay ours."""
+        if self._process is None:
+            return False
+        return self._process.returncode is None or process_state(self._process.pid) is None
+
     def _stub_shm_regions(self) -> set[str]:
         """The /dev/shm regions of this server's Python-backend stubs (named on their
         command lines), so that they can be removed after a SIGKILL, which leaves them."""
-        if self._process is None:
+        if not self._owns_pid():
             return set()
         tree = [self._process.pid, *descendants(self._process.pid)]
         return {a for pid in tree for a in cmdline(pid) if a.startswith(SHM_REGION_PREFIX)}
@@ -325,8 +335,9 @@ class TritonServer:
 
     def _kill_group(self) -> None:
         """SIGKILL the process group and every process below it (under the stub
-        watchdog, tritonserver and its stubs are in a group of their own)."""
-        if self._process is not None:
+        watchdog, tritonserver and its stubs are in a group of their own); nothing once
+        the process number is someone else's (``_owns_pid``)."""
+        if self._owns_pid():
             # The stubs alive now: a model reloaded since READY has a region of its own.
             self._shm_regions.update(self._stub_shm_regions())
             tree = descendants(self._process.pid)
