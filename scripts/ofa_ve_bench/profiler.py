@@ -38,7 +38,7 @@ CONV_SHAPES = ((64, 120, 2), (128, 60, 2), (256, 30, 8))
 """(channels, side, batch) of the stem's three stages; the last at 8 images, where AMX is
 busiest (the peak is what the CPU allows, not what a batch of one gets)."""
 KINDS = (  # torch.profiler operator names -> the kind of work (first match wins)
-    ("convolution", ("convolution",)),
+    ("convolution", ("convolution", "LlgaPartition")),  # the graph stem's fused partitions
     ("attention", ("scaled_dot_product", "flash_attention")),
     ("linear", ("addmm", "aten::mm", "aten::bmm", "linear_pointwise", "aten::matmul")),
     ("norm", ("layer_norm",)),

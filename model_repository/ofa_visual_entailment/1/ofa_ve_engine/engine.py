@@ -38,7 +38,7 @@ from .labels import ANSWERS, LABELS
 from .limits import InputLimits
 from .modeling import OFAModel
 from .onednn import Linear, choose_linear_backend
-from .onednn_stem import OneDNNStem, choose_stem_backend
+from .onednn_stem import OneDNNGraphStem, OneDNNStem, choose_stem_backend
 from .quantization import Int8Stem, calibration_photos, check_quantization, quantize_stem
 from .resnet import fold_batchnorm
 from .scoring import AnswerScorer
@@ -265,8 +265,9 @@ class VisualEntailmentEngine:
                 (measurement tools); so is int8 on a CPU without int8 kernels.
             compile: compile the stem with inductor for every batch size it will see
                 (seconds; a C++ compiler on CPU; ``compilation.py``).
-            linear_backend, stem_backend: ``auto``, ``onednn`` or ``aten``: what runs
-                the linear layers (``onednn.py``) and the stem (``onednn_stem.py``).
+            linear_backend, stem_backend: ``auto``, ``onednn`` or ``aten`` (the stem also
+                ``onednn_graph``): what runs the linear layers (``onednn.py``) and the
+                stem (``onednn_stem.py``).
             quantization: ``none`` or ``int8`` (the stem in int8, calibrated here on the
                 shipped photos: ``quantization.py``; CPU and float32 only, ValueError
                 elsewhere, before loading).
@@ -371,14 +372,17 @@ class VisualEntailmentEngine:
 
     @property
     def stem_backend(self) -> str:
-        """What runs the ResNet stem: ``onednn`` (fused convolutions, ``onednn_stem.py``),
-        ``int8`` (``quantization.py``), ``inductor`` (``compile=True``) or ``aten`` (the
-        eager modules)."""
+        """What runs the ResNet stem: ``onednn_graph`` (the traced stem, oneDNN's graph
+        compiler) or ``onednn`` (fused convolutions; both ``onednn_stem.py``), ``int8``
+        (``quantization.py``), ``inductor`` (``compile=True``) or ``aten`` (the eager
+        modules)."""
         runner = self.model.encoder.stem_runner
         if runner is None:
             return "aten"
         if isinstance(runner, Int8Stem):
             return "int8"
+        if isinstance(runner, OneDNNGraphStem):
+            return "onednn_graph"
         return "onednn" if isinstance(runner, OneDNNStem) else "inductor"
 
     @property

@@ -9,14 +9,23 @@ with the weights reordered once, here, at load: faster, with identical float32
 outputs (docs/benchmarks.md). It is what ``compile`` gets from
 inductor for the convolutions, without a C++ compiler and seconds of start-up.
 
-``OneDNNStem`` wraps a ResNet whose BatchNorms are folded (``fold_batchnorm``);
-``choose_stem_backend`` builds one where it is eligible (CPU, float32 or
-bfloat16, a torch with these operators) and checks, on one small random image,
-that it gives the eager stem's features within the dtype's rounding, before the
-engine uses it.
+``OneDNNStem`` wraps a ResNet whose BatchNorms are folded (``fold_batchnorm``).
+
+``OneDNNGraphStem`` goes further: the folded stem traced and frozen for TorchScript's
+oneDNN Graph fuser, which hands oneDNN whole partitions of the graph, compiled once per
+input shape. At one image torch's own cost around each of the 43 fused convolutions
+(dispatch, descriptors, allocation) is a fifth of the oneDNN stem's time; the graph
+runs without it (docs/benchmarks.md).
+
+``choose_stem_backend`` builds one where it is eligible (CPU, float32 or bfloat16, a
+torch with these operators) and checks, on one small random image, that it gives the
+eager stem's features within the dtype's rounding, before the engine uses it.
 """
 
 from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -115,6 +124,40 @@ class OneDNNStem:
         return x
 
 
+class OneDNNGraphStem:
+    """A callable stand-in for a folded ``ResNet``: traced, frozen and run by TorchScript's
+    oneDNN Graph fuser. Each new batch size is profiled and compiled on its first calls;
+    ``batch_sizes`` are done here, at load."""
+
+    WARM_CALLS = 3
+    """Calls at a new shape before TorchScript runs the fused graph (two profile it)."""
+
+    def __init__(
+        self, resnet: ResNet, image_size: int, dtype: torch.dtype,
+        batch_sizes: Iterable[int] = (1, 2),
+    ) -> None:
+        if not _is_folded(resnet):
+            raise ValueError("the oneDNN Graph stem needs a ResNet with its BatchNorms folded")
+        torch.jit.enable_onednn_fusion(True)  # process-wide; read by TorchScript graphs only
+        example = torch.zeros(1, 3, image_size, image_size, dtype=dtype)
+        example = example.contiguous(memory_format=torch.channels_last)
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TorchScript's notices about its own future
+            self._module = torch.jit.freeze(torch.jit.trace(resnet.eval(), example))
+        for size in batch_sizes:
+            batch = example.expand(size, -1, -1, -1).contiguous(memory_format=torch.channels_last)
+            for _ in range(self.WARM_CALLS):
+                self(batch)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self._module(images)
+
+
+def _graph_fuser_available() -> bool:
+    return hasattr(torch.jit, "enable_onednn_fusion") and torch.backends.mkldnn.is_available()
+
+
 def stem_is_eligible(resnet: ResNet, device: torch.device, dtype: torch.dtype) -> bool:
     """CPU, float32 or bfloat16, folded BatchNorms and a torch with the fused operators."""
     return device.type == "cpu" and dtype in DTYPES and _is_folded(resnet) and _ops_available()
@@ -126,13 +169,14 @@ in a fiftieth of the time at 480)."""
 
 
 @torch.inference_mode()
-def _agrees(stem: OneDNNStem, resnet: ResNet, dtype: torch.dtype) -> bool:
+def _agrees(stem: OneDNNStem | OneDNNGraphStem, resnet: ResNet, dtype: torch.dtype) -> bool:
     generator = torch.Generator().manual_seed(0)
     size = CHECK_IMAGE_SIZE
     image = torch.randn(1, 3, size, size, generator=generator).to(dtype)
     image = image.contiguous(memory_format=torch.channels_last)
     want = resnet(image).float()
-    got = stem(image).float()
+    for _ in range(OneDNNGraphStem.WARM_CALLS):  # the graph stem's compiled run is the last
+        got = stem(image).float()
     scale = float(want.abs().max()) or 1.0
     return got.shape == want.shape and float((got - want).abs().max()) <= _TOLERANCE[dtype] * scale
 
@@ -143,37 +187,48 @@ def choose_stem_backend(
     dtype: torch.dtype,
     image_size: int,
     backend: str = "auto",
-) -> OneDNNStem | None:
-    """The oneDNN stem runner, or None where the eager modules run.
+) -> OneDNNStem | OneDNNGraphStem | None:
+    """The stem's runner, or None where the eager modules run.
 
     Args:
         resnet: the folded stem; its weights are reordered for one image.
         device, dtype: where and in what it runs (oneDNN: CPU, float32 or bfloat16).
         image_size: the side of the images it will see.
-        backend: ``onednn`` (ValueError where it cannot run), ``auto`` (where eligible
-            and it agrees with the eager stem at load) or ``aten`` (None).
+        backend: ``onednn_graph`` or ``onednn`` (ValueError where it cannot run),
+            ``auto`` (the first of them that runs here and agrees with the eager stem
+            at load) or ``aten`` (None).
     """
     if backend not in BACKENDS:
         raise ValueError(f"stem backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "aten":
         return None
     eligible = stem_is_eligible(resnet, device, dtype)
-    if backend == "onednn" and not eligible:
+    if backend != "auto" and not eligible:
         raise ValueError(
-            "stem backend 'onednn' needs a CPU device, float32 or bfloat16, folded "
+            f"stem backend {backend!r} needs a CPU device, float32 or bfloat16, folded "
             "BatchNorms and a torch with oneDNN's fused convolutions"
         )
     if not eligible:
         return None
-    try:
-        stem = OneDNNStem(resnet, image_size)
-        agrees = _agrees(stem, resnet, dtype)
-    except RuntimeError:  # an operator this build of oneDNN refuses
-        if backend == "onednn":
-            raise
-        return None
-    if not agrees:
-        if backend == "onednn":
-            raise ValueError("the oneDNN stem does not agree with the eager stem here")
-        return None
-    return stem
+    graph = _graph_fuser_available()
+    if backend == "onednn_graph" and not graph:
+        raise ValueError("stem backend 'onednn_graph' needs a torch with TorchScript's "
+                         "oneDNN Graph fuser (torch.jit.enable_onednn_fusion)")
+    builders = {
+        "onednn_graph": lambda: OneDNNGraphStem(resnet, image_size, dtype),
+        "onednn": lambda: OneDNNStem(resnet, image_size),
+    }
+    tried = [backend] if backend != "auto" else [*(["onednn_graph"] if graph else []), "onednn"]
+    for name in tried:
+        try:
+            stem = builders[name]()
+            agrees = _agrees(stem, resnet, dtype)
+        except RuntimeError:  # an operator this build of oneDNN refuses
+            if backend != "auto":
+                raise
+            continue
+        if agrees:
+            return stem
+        if backend != "auto":
+            raise ValueError(f"the {name} stem does not agree with the eager stem here")
+    return None

@@ -30,7 +30,7 @@ WEIGHTS_FOLDER = "weights"
 """A version folder's weights: ``<model>/<version>/weights/``, a ModelScope model directory."""
 DTYPE_NAMES = ("float32", "float16", "bfloat16")
 LINEAR_BACKENDS = ("auto", "onednn", "aten")
-STEM_BACKENDS = ("auto", "onednn", "aten")
+STEM_BACKENDS = ("auto", "onednn_graph", "onednn", "aten")
 IMAGE_PATHS = ("exact", "fast", "gpu")
 QUANTIZATIONS = ("none", "int8")
 
@@ -146,10 +146,12 @@ PARAMETERS: tuple[Parameter, ...] = (
     ),
     Parameter(
         "stem_backend", "choice", AUTO,
-        "What runs the ResNet stem on CPU (float32, bfloat16): `onednn` fuses each "
-        "convolution with its ReLU and residual add (oneDNN, weights reordered once at "
-        "load); `aten` runs the eager modules; `auto` is `onednn` where it runs and agrees "
-        "with `aten` at load. `compile` and `quantization` `int8` override it.",
+        "What runs the ResNet stem on CPU (float32, bfloat16): `onednn_graph` hands the "
+        "traced stem to oneDNN's graph compiler (TorchScript's oneDNN Graph fuser); "
+        "`onednn` fuses each convolution with its ReLU and residual add (oneDNN, weights "
+        "reordered once at load); `aten` runs the eager modules; `auto` is the first of "
+        "`onednn_graph` and `onednn` that runs and agrees with `aten` at load. `compile` "
+        "and `quantization` `int8` override it.",
         choices=STEM_BACKENDS,
     ),
     Parameter(
