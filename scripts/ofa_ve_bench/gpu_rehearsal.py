@@ -28,6 +28,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from ofa_ve_ops import procfs
 from ofa_ve_ops.paths import REPO_ROOT
 
 from ofa_ve_bench import wheelhouse
@@ -129,7 +130,23 @@ def run_call(
             with contextlib.suppress(ProcessLookupError, subprocess.TimeoutExpired):
                 os.killpg(process.pid, sig)
                 process.wait(timeout=10)
+        _kill_stragglers(process.pid)
     return code, time.monotonic() - started
+
+
+def _kill_stragglers(group: int, seconds: float = 10.0) -> None:
+    """SIGKILL what is still in the call's process group until it is empty: a process the
+    shell was forking as the call was cut can outlive both signals (seen under load). The
+    leader is reaped, so a live process with its number is someone else's: then stop."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and procfs.process_state(group) is None:
+        left = [p for p in procfs.process_group(group) if procfs.process_state(p) != "Z"]
+        if not left:
+            return
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
 
 
 def check_outcome(out: Path, code: int) -> list[str]:
