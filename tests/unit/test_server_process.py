@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from ofa_ve_ops.procfs import children, process_state
+from ofa_ve_ops.procfs import children, process_group, process_state
 from ofa_ve_ops.server_process import TritonServer
 from support.waiting import wait_for
 
@@ -71,10 +71,7 @@ def test_a_group_left_by_a_reaped_server_is_still_killed(tmp_path: Path) -> None
         start_new_session=True, stdout=subprocess.PIPE,
     )
     leader.stdout.readline()  # its child started, in the leader's group
-    (orphan,) = [
-        pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
-        if pid != leader.pid and _group(pid) == leader.pid
-    ]
+    (orphan,) = [pid for pid in process_group(leader.pid) if pid != leader.pid]
     leader.wait(10)  # the leader exits and is reaped; its child keeps the group alive
     server = TritonServer(tmp_path / "repository", log_dir=tmp_path / "log")
     server._process = leader
@@ -84,10 +81,3 @@ def test_a_group_left_by_a_reaped_server_is_still_killed(tmp_path: Path) -> None
     finally:
         if process_state(orphan) not in (None, "Z"):
             os.kill(orphan, signal.SIGKILL)
-
-
-def _group(pid: int) -> int | None:
-    try:
-        return os.getpgid(pid)
-    except ProcessLookupError:
-        return None
