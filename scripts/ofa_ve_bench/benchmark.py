@@ -31,8 +31,9 @@ from pathlib import Path
 
 from ofa_ve_data import workload
 from ofa_ve_engine.parameters import parse_assignments
+from ofa_ve_ops import model_config
 
-from ofa_ve_bench import engine_runner, machine, model_config, results, server_run
+from ofa_ve_bench import engine_runner, machine, results, server_run
 from ofa_ve_bench.perf_analyzer_sweep import sweep
 from ofa_ve_bench.results import listed
 

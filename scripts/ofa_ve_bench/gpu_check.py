@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import concurrent.futures
 import datetime as dt
 import functools
 import importlib.util
@@ -40,9 +39,7 @@ STEP_NAMES = {
     "equal": "fp32 GPU answers equal CPU answers",
     "precision": "reduced precision against float32",
     "network": "network items/s per dtype and batch (distinct images)",
-    "shared": "network items/s, one image shared by the batch",
     "image_path": "nvJPEG against the exact image path",
-    "prepare": "prepare() items/s per thread count",
     "server_exact": "tritonserver + perf_analyzer, image_path=exact",
     "server_gpu": "tritonserver + perf_analyzer, image_path=gpu",
 }
@@ -57,7 +54,6 @@ class Sizes:
     """How much each step does and may take; GPU and CPU mode differ only here."""
 
     batch_sizes: tuple[int, ...]
-    threads: tuple[int, ...]
     dtypes: tuple[str, ...]
     agreement_pairs: int  # 0: all of workload.agreement_items
     seconds: float  # timed per point, after the warm-up calls
@@ -71,19 +67,19 @@ class Sizes:
 
 
 GPU_SIZES = Sizes(
-    batch_sizes=(1, 2, 4, 8, 16, 32, 64, 128), threads=(1, 2, 4, 8, 16),
+    batch_sizes=(1, 2, 4, 8, 16, 32, 64, 128),
     dtypes=("float32", "float16", "bfloat16"), agreement_pairs=0, seconds=1.0,
     warmup_calls=3, min_calls=5, concurrency=(1, 16, 64, 128), perf_request_count=0,
     server_max_batch=64, server_dtype="float16",
-    step_budget_s={"equal": 35, "precision": 35, "network": 90, "shared": 10,
-                   "image_path": 20, "prepare": 35, "server_exact": 110, "server_gpu": 110},
+    step_budget_s={"equal": 35, "precision": 35, "network": 100, "image_path": 20,
+                   "server_exact": 120, "server_gpu": 120},
 )
 CPU_SIZES = Sizes(
-    batch_sizes=(1, 2), threads=(1, 2), dtypes=("float32", "bfloat16"), agreement_pairs=6,
+    batch_sizes=(1, 2), dtypes=("float32", "bfloat16"), agreement_pairs=6,
     seconds=0.3, warmup_calls=1, min_calls=2, concurrency=(1, 2), perf_request_count=4,
     server_max_batch=4, server_dtype="float32",
-    step_budget_s={"equal": 30, "precision": 60, "network": 60, "shared": 30,
-                   "image_path": 60, "prepare": 60, "server_exact": 120, "server_gpu": 120},
+    step_budget_s={"equal": 30, "precision": 60, "network": 60, "image_path": 60,
+                   "server_exact": 120, "server_gpu": 120},
 )
 
 
@@ -272,20 +268,6 @@ def step_network(check: Check, step: Step) -> list[dict]:
     return rows
 
 
-def step_shared(check: Check, step: Step) -> list[dict]:
-    """Many hypotheses about one image: the batch shares one stem pass. Its own figure,
-    labelled one distinct image, never a network throughput."""
-    largest, dtype = max(check.sizes.batch_sizes), check.sizes.server_dtype
-    engine = load_engine(check.model_dir, check.device, dtype, largest)
-    (image,) = workload.distinct_jpegs(1)
-    hypotheses = [*workload.AGREEMENT_HYPOTHESES, *(h for h, _ in workload.LOAD_TEXTS)]
-    items = [engine.prepare(image, f"{hypotheses[i % len(hypotheses)]} ({i})")
-             for i in range(largest)]
-    return [{"dtype": dtype, "batch_size": largest, "distinct_images": 1,
-             "images": "one image, a distinct hypothesis per item",
-             **check.rate(lambda _: engine.predict(items), largest)}]
-
-
 def step_image_path(check: Check, step: Step) -> dict:
     """nvJPEG + device resize against the exact CPU route on the test JPEGs: pixels, then
     answers. On a GPU it fails where nvJPEG did not run: CPU decoding must not pass for it."""
@@ -330,36 +312,6 @@ def step_image_path(check: Check, step: Step) -> dict:
     return figures
 
 
-def step_prepare(check: Check, step: Step) -> list[dict]:
-    """`prepare()` (decode, resize, tokenise) at 1..N threads on distinct JPEGs, photo-sized
-    and camera-sized."""
-    engine = load_engine(check.model_dir, "cpu", "float32", 1)
-    most = max(check.sizes.threads)
-    sets = {"photo-sized JPEGs": workload.distinct_jpegs(max(most, 64)),
-            "camera JPEGs (1920x1080, 4032x3024)": workload.camera_jpegs(most)}
-    rows = []
-    for label, images in sets.items():
-        for threads in check.sizes.threads:
-            if check.left() < 3:
-                step.notes.append(f"budget: stopped before {label} at {threads} threads")
-                return rows
-            per_call = 4 * threads  # a few items a thread: no call ends on one straggler
-            with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-                figures = check.rate(
-                    functools.partial(_prepare_call, pool, engine, images, per_call), per_call)
-            rows.append({"images": label, "threads": threads,
-                         "distinct_images": min(len(images), figures["calls"] * per_call),
-                         **figures})
-    return rows
-
-
-def _prepare_call(pool: Any, engine: Any, images: list[bytes], n: int, i: int) -> None:
-    """Call i of the prepare step: its `n` images, the next in turn, through `pool`."""
-    hypothesis, premise = workload.LOAD_TEXTS[1]
-    picks = [images[j % len(images)] for j in range(i * n, (i + 1) * n)]
-    list(pool.map(lambda image: engine.prepare(image, hypothesis, premise), picks))
-
-
 # --------------------------------------------------------------- server steps
 
 
@@ -395,10 +347,10 @@ def step_server(check: Check, step: Step, image_path: str) -> dict:
     """A real tritonserver with `image_path`, perf_analyzer at each concurrency, every
     request one item of its own distinct JPEG. On a GPU its instances are KIND_GPU: a
     Triton that sees no GPU refuses to load instead of measuring the CPU."""
-    from ofa_ve_ops import prometheus
+    from ofa_ve_ops import model_config, prometheus
     from ofa_ve_ops.server_process import ServerStartError
 
-    from ofa_ve_bench import model_config, server_run
+    from ofa_ve_bench import server_run
     from ofa_ve_bench.perf_analyzer_sweep import sweep
 
     sizes, on_gpu, batch = check.sizes, check.device != "cpu", check.sizes.server_max_batch
@@ -474,7 +426,7 @@ def _copy_log(log_dir: Path, dest: Path, limit: int = 200_000) -> None:
 
 STEPS: dict[str, Callable[[Check, Step], Any]] = {
     "equal": step_equal, "precision": step_precision, "network": step_network,
-    "shared": step_shared, "image_path": step_image_path, "prepare": step_prepare,
+    "image_path": step_image_path,
     "server_exact": functools.partial(step_server, image_path="exact"),
     "server_gpu": functools.partial(step_server, image_path="gpu"),
 }

@@ -168,11 +168,11 @@ def check_outcome(out: Path, code: int) -> list[str]:
         step = steps.get(name, {"status": "missing", "notes": skipped})
         if step["status"] != "ok":
             problems.append(f"{name}: {step['status']} ({step['notes']})")
-    for step in summary.get("steps", []):  # every throughput row, bar the one-image figure
+    for step in summary.get("steps", []):  # every throughput row
         figures = step.get("figures")
         rows = figures if isinstance(figures, list) else (figures or {}).get("levels", [])
-        for row in rows if step["name"] != STEP_NAMES["shared"] else ():
-            wanted = row.get("batch_size") or row.get("concurrency") or row.get("threads") or 1
+        for row in rows:
+            wanted = row.get("batch_size") or row.get("concurrency") or 1
             if ("items_per_s" in row or "throughput" in row) and \
                     row.get("distinct_images", 0) < wanted:
                 problems.append(f"{step['name']}: a row with {row.get('distinct_images')} "

@@ -1,16 +1,13 @@
-"""Where one engine item's time goes, and what this CPU's convolutions allow.
+"""Where one engine item's time goes: the kernels, the other operators, the rest.
 
-Why: "the engine runs N items/s" says little until it is set against what the hardware
-allows, and most of an item's arithmetic is the ResNet stem's convolutions. The peak: the
-stem's 3x3 convolutions at its three stages' shapes (eager, and prepacked for oneDNN as the
-engine's stem runs them) and an encoder-shaped linear layer, per dtype. With --model-dir,
-one item's wall time (distinct JPEGs, batch 1, as a CPU instance runs them) split into the
-convolution primitives' own exec time (oneDNN's verbose mode), torch.profiler's self time
-of the other operators by kind, and the rest; then what the peak allows and what the
-engine and a kernels-only bound reach of it.
+Why: "the engine runs N items/s" says little about what to speed up. One item's wall time
+(distinct JPEGs, batch 1, as a CPU instance runs them) is split into the convolution
+primitives' own exec time (oneDNN's verbose mode), torch.profiler's self time of the
+other operators by kind, and the time outside them (Python, dispatch); the kernels alone
+bound the items/s that any amount of work around them could reach.
 
-    .venv/bin/python -m ofa_ve_bench.profiler [--model-dir DIR] [--dtypes float32,bfloat16]
-        [--passes 3] [--peak-seconds 2] [--threads N] [--json out.json]
+    .venv/bin/python -m ofa_ve_bench.profiler --model-dir DIR [--precisions float32,bfloat16,int8]
+        [--passes 3] [--threads N] [--json out.json]
 """
 
 from __future__ import annotations
@@ -18,27 +15,22 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
-import functools
 import os
 import re
 import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from ofa_ve_bench import machine
 from ofa_ve_bench.results import listed, timed
 
-GFLOP_PER_ITEM = 38.5  # multiply-adds x 2 of one item at 480 px (docs/benchmarks.md)
-DTYPES = ("float32", "bfloat16")
-CONV_SHAPES = ((64, 120, 2), (128, 60, 2), (256, 30, 8))
-"""(channels, side, batch) of the stem's three stages; the last at 8 images, where AMX is
-busiest (the peak is what the CPU allows, not what a batch of one gets)."""
+PRECISIONS = ("float32", "bfloat16", "int8")  # int8: quantization int8 (engine_runner)
 KINDS = (  # torch.profiler operator names -> the kind of work (first match wins)
-    ("convolution", ("convolution", "LlgaPartition")),  # the graph stem's fused partitions
+    # the graph stem's fused partitions, and the int8 stem's quantized::conv2d(_relu)
+    ("convolution", ("convolution", "LlgaPartition", "quantized::conv")),
     ("attention", ("scaled_dot_product", "flash_attention")),
     ("linear", ("addmm", "aten::mm", "aten::bmm", "linear_pointwise", "aten::matmul")),
     ("norm", ("layer_norm",)),
@@ -50,66 +42,6 @@ _CONV_SHAPE = re.compile(
     r"ih\d+oh(?P<oh>\d+)kh(?P<kh>\d+)sh\d+dh\d+ph\d+_"
     r"iw\d+ow(?P<ow>\d+)kw(?P<kw>\d+)"
 )
-
-
-def best_rate(step: Callable[[], object], flop: float, seconds: float) -> float:
-    """GFLOP/s of `step` (`flop` per call): the best timed window of at least 0.2 s (and 3
-    calls) within `seconds`, the first after 3 warm-up calls (oneDNN caches its kernels)."""
-    best, end, warmup = 0.0, time.perf_counter() + seconds, 3
-    while time.perf_counter() < end:
-        window = timed("", 1, lambda _: step(), 0.2, min_calls=3, warmup=warmup)
-        best, warmup = max(best, flop * window.items_per_s / 1e9), 0
-    return best
-
-
-def measure_peak(seconds: float, dtypes: Sequence[str] = DTYPES) -> dict[str, dict[str, float]]:
-    """dtype -> shape -> GFLOP/s."""
-    import torch
-
-    mkldnn = getattr(torch.ops, "mkldnn", None)
-    prepack = torch.backends.mkldnn.is_available() and hasattr(mkldnn, "_convolution_pointwise")
-    geometry = ([1, 1], [1, 1], [1, 1], 1)
-    out: dict[str, dict[str, float]] = {}
-    with torch.inference_mode():
-        for name in dtypes:
-            dtype, rates = getattr(torch, name), {}
-            for channels, size, batch in CONV_SHAPES:
-                conv = torch.nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-                conv = conv.to(dtype=dtype, memory_format=torch.channels_last).eval()
-                x = torch.randn(batch, channels, size, size, dtype=dtype)
-                x = x.to(memory_format=torch.channels_last)
-                steps = {"eager": functools.partial(conv, x)}
-                if prepack:  # oneDNN's fused operator on a weight reordered once
-                    w = conv.weight.detach()
-                    w = mkldnn._reorder_convolution_weight(w, *geometry, list(x.shape))
-                    steps["prepacked"] = functools.partial(
-                        mkldnn._convolution_pointwise, x, w, None, *geometry, "none", [], ""
-                    )
-                flop = 2.0 * batch * channels * channels * 9 * size * size
-                for how, step in steps.items():
-                    key = f"conv3x3_{channels}ch_{size}px_b{batch}_{how}"
-                    rates[key] = best_rate(step, flop, seconds)
-            linear = torch.nn.Linear(256, 1024).to(dtype=dtype).eval()
-            step = functools.partial(linear, torch.randn(930, 256, dtype=dtype))
-            rates["linear_930x256x1024"] = best_rate(step, 2.0 * 930 * 256 * 1024, seconds)
-            out[name] = rates
-    return out
-
-
-def conv_peak(rates: dict[str, dict[str, float]]) -> dict[str, float]:
-    """dtype -> the best convolution rate of `measure_peak`'s figures (GFLOP/s)."""
-    return {d: max(v for k, v in r.items() if k.startswith("conv")) for d, r in rates.items()}
-
-
-def peak_report(rates: dict[str, dict[str, float]]) -> str:
-    dtypes, peak = list(rates), conv_peak(rates)
-    lines = [f"{'shape':<32}" + "".join(f"{d:>12}" for d in dtypes) + "   (GFLOP/s)"]
-    for shape in rates[dtypes[0]]:
-        lines.append(f"{shape:<32}" + "".join(f"{rates[d][shape]:>12.0f}" for d in dtypes))
-    allows = ", ".join(f"{d} {peak[d] / GFLOP_PER_ITEM:.1f}" for d in dtypes)
-    lines.append(f"items/s the best convolution rate allows at {GFLOP_PER_ITEM} GFLOP/item: "
-                 + allows)
-    return "\n".join(lines)
 
 
 def parse_verbose(text: str) -> list[dict[str, Any]]:
@@ -163,8 +95,8 @@ def _captured_stdout() -> Iterator[list[str]]:
             sink.append(tmp.read().decode(errors="replace"))
 
 
-def measure_split(model_dir: Path, dtype: str, passes: int, count: int | None = None) -> dict:
-    """One engine in `dtype`, ms per item: `wall_ms` (median of timed passes, nothing
+def measure_split(model_dir: Path, precision: str, passes: int, count: int | None = None) -> dict:
+    """One engine in `precision`, ms per item: `wall_ms` (median of timed passes, nothing
     watching), `profiled_wall_ms` (a pass under torch.profiler: what the split adds up to),
     `op_self_ms` (its self time by kind), `conv_exec_ms` and `conv_gflop` (a pass in
     oneDNN's verbose mode), the kernels-only bound."""
@@ -174,7 +106,7 @@ def measure_split(model_dir: Path, dtype: str, passes: int, count: int | None = 
 
     from ofa_ve_bench.engine_runner import load_engine, prepare_all
 
-    engine = load_engine(model_dir, "cpu", dtype, 1)
+    engine = load_engine(model_dir, "cpu", precision, 1)
     items = workload.items(formats="jpeg", seed=0)[:count]
 
     def one_pass() -> float:
@@ -196,7 +128,7 @@ def measure_split(model_dir: Path, dtype: str, passes: int, count: int | None = 
         one_pass()
     convs = [p for p in parse_verbose("".join(captured)) if p["kind"] == "convolution"]
     split = {
-        "dtype": dtype,
+        "precision": precision,
         "items": len(items),
         "wall_ms": statistics.median(walls),
         "profiled_wall_ms": profiled_ms,
@@ -212,13 +144,13 @@ def measure_split(model_dir: Path, dtype: str, passes: int, count: int | None = 
     return split
 
 
-def split_report(splits: Sequence[dict], peak: dict[str, float] | None) -> str:
+def split_report(splits: Sequence[dict]) -> str:
     lines = []
     for s in splits:
         rest = s["profiled_wall_ms"] - sum(s["op_self_ms"].values())
         lines += [
-            f"{s['dtype']}: {s['wall_ms']:.1f} ms/item wall ({1000 / s['wall_ms']:.2f} items/s), "
-            f"{s['items']} distinct items, batch 1",
+            f"{s['precision']}: {s['wall_ms']:.1f} ms/item wall "
+            f"({1000 / s['wall_ms']:.2f} items/s), {s['items']} distinct items, batch 1",
             f"  convolution primitives (oneDNN exec): {s['conv_exec_ms']:.1f} ms, "
             f"{s['conv_gflop']:.1f} GFLOP, {s['conv_gflops']:.0f} GFLOP/s "
             f"[{', '.join(s['conv_implementations'])}]",
@@ -228,47 +160,29 @@ def split_report(splits: Sequence[dict], peak: dict[str, float] | None) -> str:
             f"  kernels only (conv exec + linear + attention): {s['kernel_ms']:.1f} ms "
             f"-> at most {s['kernel_bound_items_per_s']:.2f} items/s",
         ]
-        if peak and s["dtype"] in peak:
-            allows = peak[s["dtype"]] / GFLOP_PER_ITEM
-            lines.append(
-                f"  convolution peak {peak[s['dtype']]:.0f} GFLOP/s allows {allows:.1f} items/s: "
-                f"engine {1000 / s['wall_ms'] / allows:.2f} of it, kernels-only bound "
-                f"{s['kernel_bound_items_per_s'] / allows:.2f}; the convolutions themselves "
-                f"run at {s['conv_gflops'] / peak[s['dtype']]:.2f} of the peak"
-            )
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add = parser.add_argument
-    add("--model-dir", type=Path, help="also split an item's time (the engine)")
-    add("--dtypes", default="float32,bfloat16", help="comma-separated")
+    add("--model-dir", type=Path, required=True, help="ModelScope model dir")
+    add("--precisions", "--dtypes", dest="precisions", default="float32,bfloat16",
+        help=f"comma-separated, of {', '.join(PRECISIONS)}")
     add("--passes", type=int, default=3, help="timed passes over the items")
-    add("--peak-seconds", type=float, default=2.0, help="per peak shape (0: no peak)")
     add("--threads", type=int, help="torch threads (default: torch's)")
     add("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
-    dtypes = listed(args.dtypes)
-    if not dtypes or any(d not in DTYPES for d in dtypes):
-        parser.error(f"--dtypes: each one of {', '.join(DTYPES)}")
-    if args.model_dir is None and args.peak_seconds <= 0:
-        parser.error("nothing to measure: give --model-dir or a --peak-seconds above 0")
+    precisions = listed(args.precisions)
+    if not precisions or any(p not in PRECISIONS for p in precisions):
+        parser.error(f"--precisions: each one of {', '.join(PRECISIONS)}")
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    results: dict[str, Any] = {"machine": machine.describe().to_dict()}
-    texts, peak = [], None
-    if args.peak_seconds > 0:
-        rates = measure_peak(args.peak_seconds, dtypes)
-        peak = conv_peak(rates)
-        results.update(gflops=rates, conv_peak_gflops=peak, gflop_per_item=GFLOP_PER_ITEM)
-        texts.append(peak_report(rates))
-    if args.model_dir is not None:
-        results["splits"] = [measure_split(args.model_dir, d, args.passes) for d in dtypes]
-        texts.append(split_report(results["splits"], peak))
-    machine.report(results, "\n\n".join(texts), args.json)
+    splits = [measure_split(args.model_dir, p, args.passes) for p in precisions]
+    results = {"machine": machine.describe().to_dict(), "splits": splits}
+    machine.report(results, split_report(splits), args.json)
     return 0
 
 

@@ -16,10 +16,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ofa_ve_ops import procfs
+from ofa_ve_ops import model_config, procfs
 from ofa_ve_ops.paths import MODEL_NAME, MODEL_REPOSITORY, STUB_NAME
 
-from ofa_ve_bench import machine, model_config
+from ofa_ve_bench import machine
 
 
 def parse_gpu_memory(csv_text: str | None) -> dict[int, int]:

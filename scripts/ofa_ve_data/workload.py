@@ -242,21 +242,3 @@ def distinct_jpegs(count: int, images_dir: Path = IMAGES_DIR) -> list[bytes]:
             out.append(data)
         k += 1
     return out
-
-
-def camera_jpegs(
-    count: int,
-    sizes: Sequence[tuple[int, int]] = ((1920, 1080), (4032, 3024)),
-    images_dir: Path = IMAGES_DIR,
-) -> list[bytes]:
-    """``count`` distinct camera-sized JPEGs: ``large_jpegs`` at the given sizes in turn,
-    each from the next photo and a quality of its own (85 + i % 11)."""
-    sources = image_paths("jpeg", images_dir)
-    out = []
-    for i in range(count):
-        (data,) = large_jpegs(
-            (sizes[i % len(sizes)],), quality=85 + i % 11,
-            images_dir=images_dir, first=(i // len(sizes)) % len(sources),
-        )
-        out.append(data)
-    return out

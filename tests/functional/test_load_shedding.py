@@ -13,10 +13,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from ofa_ve_bench.model_config import ConfigEdits, make_model_repository
 from ofa_ve_bench.storm import storm
 from ofa_ve_client import ResourceExhaustedError, RetryPolicy, VisualEntailmentClient
 from ofa_ve_data.workload import HYPOTHESES, TEST_IMAGES
+from ofa_ve_ops.model_config import ConfigEdits, make_model_repository
 from ofa_ve_ops.server_process import TritonServer
 from support.servers import running
 

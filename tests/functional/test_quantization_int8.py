@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ofa_ve_bench.model_config import ConfigEdits, make_model_repository
 from ofa_ve_client import LABELS, VisualEntailmentClient
 from ofa_ve_data.workload import TEST_IMAGES
 from ofa_ve_engine import VisualEntailmentEngine
 from ofa_ve_engine.cpu_features import INT8_FLAGS, cpu_flags
+from ofa_ve_ops.model_config import ConfigEdits, make_model_repository
 from ofa_ve_ops.server_process import TritonServer
 from support.servers import running
 

@@ -87,7 +87,7 @@ def make_model_repository(dest: Path, edits: ConfigEdits, source: Path = MODEL_R
     path = dest / MODEL_NAME / "config.pbtxt"
     config = apply(load(path), edits)
     path.write_text(
-        "# Written by ofa_ve_bench.model_config from the committed config.pbtxt plus edits.\n"
+        "# Written by ofa_ve_ops.model_config from the committed config.pbtxt plus edits.\n"
         + to_text(config)
     )
     return dest
