@@ -110,6 +110,25 @@ def test_int8_stem_features_are_close_to_float32(int8_engine: VisualEntailmentEn
     assert not torch.equal(got, want)  # it did run in int8
 
 
+@torch.inference_mode()
+def test_int8_stem_fuses_residual_adds_and_leaves_the_quantized_engine_as_it_was(
+    int8_engine: VisualEntailmentEngine,
+) -> None:
+    """Each Bottleneck's last convolution, its residual add and ReLU are one kernel, which
+    exists on oneDNN's quantised engine only: the stem switches to it per call and back."""
+    kinds = {type(m).__name__ for m in int8_engine.model.encoder.stem_runner.module.modules()}
+    assert {"ConvAddReLU2d", "ConvReLU2d"} <= kinds
+    engines = [e for e in torch.backends.quantized.supported_engines if e != "onednn"]
+    previous = torch.backends.quantized.engine
+    torch.backends.quantized.engine = engines[0]
+    try:
+        images = _images(int8_engine, calibration_photos()[:1])
+        assert int8_engine.model.encoder.stem_runner(images).shape[0] == 1
+        assert torch.backends.quantized.engine == engines[0]
+    finally:
+        torch.backends.quantized.engine = previous
+
+
 def test_a_stem_that_loses_its_features_is_refused(tiny_engine: VisualEntailmentEngine) -> None:
     images = _images(tiny_engine, calibration_photos()[:1])
     with pytest.raises(ValueError, match="does not keep its features"):

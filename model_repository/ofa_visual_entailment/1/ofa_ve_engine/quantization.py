@@ -8,10 +8,11 @@ transformer, moved too many labels (docs/benchmarks.md), so the rest of the netw
 stays in float32 and ``dtype`` must be float32.
 
 Why this API: torch's FX graph-mode post-training static quantisation
-(``torch.ao.quantization.quantize_fx``) needs no compiler and no new dependency, fuses
-each convolution with its ReLU (and residual add), and lowers to oneDNN's quantised
-kernels. torch deprecates it in favour of torchao's pt2e flow, a new dependency; it
-works in the pinned torch, so its warnings are silenced here, around its calls only.
+(``torch.ao.quantization.quantize_fx``) needs no compiler and no new dependency and
+lowers to oneDNN's quantised kernels; with oneDNN's backend config it fuses each
+convolution with its ReLU, and with its residual add and ReLU, into one kernel. torch
+deprecates it in favour of torchao's pt2e flow, a new dependency; it works in the pinned
+torch, so its warnings are silenced here, around its calls only.
 
 Calibration: at load, on the real photos in ``calibration/`` next to this module (a
 model repository copied alone has them; their sources and licences are in its
@@ -105,19 +106,25 @@ def calibration_photos(folder: Path = CALIBRATION_DIR) -> list[bytes]:
 
 
 @contextlib.contextmanager
-def _quantization_api() -> Iterator[None]:
-    """torch's quantised engine set to oneDNN's, and the FX API's deprecation warnings
-    silenced, for the calls inside only (the previous engine comes back after: the
-    converted stem's packed weights keep their backend)."""
+def _onednn_engine() -> Iterator[None]:
+    """torch's quantised engine set to oneDNN's inside (the fused conv+add+ReLU exists
+    only there), the previous one back after: the setting is process-wide."""
     previous = torch.backends.quantized.engine
     torch.backends.quantized.engine = QUANTIZED_ENGINE
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r"torch\.ao\.quantization is deprecated")
-            warnings.filterwarnings("ignore", message=r"(?s).*quantized tensor creation")
-            yield
+        yield
     finally:
         torch.backends.quantized.engine = previous
+
+
+@contextlib.contextmanager
+def _quantization_api() -> Iterator[None]:
+    """oneDNN's quantised engine, and the FX API's deprecation warnings silenced, for
+    the calls inside only."""
+    with _onednn_engine(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"torch\.ao\.quantization is deprecated")
+        warnings.filterwarnings("ignore", message=r"(?s).*quantized tensor creation")
+        yield
 
 
 def _without_identities(resnet: ResNet) -> torch.fx.GraphModule:
@@ -155,7 +162,8 @@ class Int8Stem:
         """The smallest cosine, over those photos, between its features and float32's."""
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        return self.module(images)
+        with _onednn_engine():
+            return self.module(images)
 
     def describe(self) -> str:
         """For the instance's start-up log line."""
@@ -178,20 +186,23 @@ def quantize_stem(
             smaller cosine similarity to the float32 features.
     """
     from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.backend_config import get_onednn_backend_config
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
     if images.shape[0] < 1:
         raise ValueError("quantize_stem needs at least one calibration image")
     with _quantization_api():
         graph_module = _without_identities(resnet)
+        backend = get_onednn_backend_config()
         prepared = prepare_fx(
             graph_module,
             get_default_qconfig_mapping(QUANTIZED_ENGINE),
             example_inputs=(images[:1],),
+            backend_config=backend,
         )
         with torch.no_grad():
             reference = [prepared(image) for image in images.split(1)]  # observes; float32
-        converted = convert_fx(prepared)
+        converted = convert_fx(prepared, backend_config=backend)
         with torch.inference_mode():
             cosines = [
                 cosine
