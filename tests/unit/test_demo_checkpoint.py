@@ -40,6 +40,7 @@ def demo(demo_model_dir: Path) -> Path:
     return demo_model_dir
 
 
+@pytest.mark.slow
 def test_same_seed_same_bytes_and_rewrites_in_place(demo: Path, tmp_path: Path) -> None:
     target = write_demo_checkpoint(tmp_path / "model", seed=DEFAULT_SEED)
     first = _digests(target)

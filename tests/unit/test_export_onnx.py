@@ -78,6 +78,7 @@ def test_needs_the_aten_modules(tiny_model_dir: Path) -> None:
         export_onnx.OnePassNetwork(engine)
 
 
+@pytest.mark.slow
 def test_the_peers_tool_runs_the_exported_graph(
     exported: Path, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
