@@ -129,6 +129,27 @@ def test_int8_stem_fuses_residual_adds_and_leaves_the_quantized_engine_as_it_was
         torch.backends.quantized.engine = previous
 
 
+@torch.inference_mode()
+def test_int8_stems_called_from_threads_at_once_all_answer(
+    int8_engine: VisualEntailmentEngine,
+) -> None:
+    """The quantised engine is process-wide: one call's exit must not switch it back
+    under another's running stem."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    stem = int8_engine.model.encoder.stem_runner
+    images = _images(int8_engine, calibration_photos()[:1])[..., :64, :64].contiguous()
+    want = stem(images)
+    previous = torch.backends.quantized.engine
+    torch.backends.quantized.engine = "x86"  # what a call's exit switches back to
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            for got in pool.map(lambda _: stem(images), range(400)):
+                assert torch.equal(got, want)
+    finally:
+        torch.backends.quantized.engine = previous
+
+
 def test_a_stem_that_loses_its_features_is_refused(tiny_engine: VisualEntailmentEngine) -> None:
     images = _images(tiny_engine, calibration_photos()[:1])
     with pytest.raises(ValueError, match="does not keep its features"):

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -105,16 +106,21 @@ def calibration_photos(folder: Path = CALIBRATION_DIR) -> list[bytes]:
     return [path.read_bytes() for path in paths]
 
 
+_ENGINE_LOCK = threading.RLock()
+
+
 @contextlib.contextmanager
 def _onednn_engine() -> Iterator[None]:
     """torch's quantised engine set to oneDNN's inside (the fused conv+add+ReLU exists
-    only there), the previous one back after: the setting is process-wide."""
-    previous = torch.backends.quantized.engine
-    torch.backends.quantized.engine = QUANTIZED_ENGINE
-    try:
-        yield
-    finally:
-        torch.backends.quantized.engine = previous
+    only there), the previous one back after. The setting is process-wide, so one thread
+    at a time: another's exit must not switch it back under a running stem."""
+    with _ENGINE_LOCK:
+        previous = torch.backends.quantized.engine
+        torch.backends.quantized.engine = QUANTIZED_ENGINE
+        try:
+            yield
+        finally:
+            torch.backends.quantized.engine = previous
 
 
 @contextlib.contextmanager
