@@ -3,8 +3,8 @@
 Why: "the engine runs N items/s" says little about what to speed up. One item's wall time
 (distinct JPEGs, batch 1, as a CPU instance runs them) is split into the convolution
 primitives' own exec time (oneDNN's verbose mode), torch.profiler's self time of the
-other operators by kind, and the time outside them (Python, dispatch); the kernels alone
-bound the items/s that any amount of work around them could reach.
+other operators by kind, and the time outside them (preparing, Python, dispatch); the kernels
+alone bound the items/s that any amount of work around them could reach.
 
     .venv/bin/python -m ofa_ve_bench.profiler --model-dir DIR [--precisions float32,bfloat16,int8]
         [--passes 3] [--threads N] [--json out.json]
